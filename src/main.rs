@@ -1,1 +1,42 @@
-fn main() {}
+//! Parses the command line, sets up logging and runs the chosen command; nothing else.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+use vfi_orchestrator::app::{self, App};
+use vfi_orchestrator::config::{Cli, Command};
+use vfi_orchestrator::{http, store, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let app = App::build(&args).await?;
+            let shutdown = CancellationToken::new();
+            app::cancel_on_signal(shutdown.clone());
+            app.run(shutdown).await
+        }
+        Command::Migrate(args) => {
+            let pool = store::pool(&args.database_url, 1)?;
+            store::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", http::openapi().to_pretty_json()?);
+            Ok(())
+        }
+    }
+}

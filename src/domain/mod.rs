@@ -1,0 +1,15 @@
+//! Pure types and rules of the service: run templates and their validation, task definitions,
+//! the run status state machine. Nothing in here does I/O; everything here is testable inline.
+
+pub mod names;
+pub mod run;
+pub mod status;
+pub mod task;
+pub mod template;
+pub mod validation;
+
+pub use run::{AdHocRun, Run, RunOverrides, Trigger};
+pub use status::RunStatus;
+pub use task::{Task, TaskName, TaskSpec};
+pub use template::RunTemplate;
+pub use validation::{FieldError, Invalid};

@@ -1,0 +1,91 @@
+//! Runs: one execution of a task (or an ad-hoc template), which becomes exactly one Kubernetes Job.
+
+use super::template::{validate_labels, EnvVar};
+use super::validation::{Errors, Invalid};
+use super::{names, RunTemplate};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum Trigger {
+    /// A client called the API.
+    Api,
+    /// A client asked to run an earlier run again.
+    Rerun,
+    /// The task's schedule.
+    Schedule,
+    /// A Git host's webhook.
+    Webhook,
+}
+
+/// Per-run changes to a task's template.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunOverrides {
+    /// Environment variables set on top of the task's (same name replaces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Labels merged over the task's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl RunOverrides {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut errors = Errors::new();
+        for (i, var) in self.env.iter().enumerate() {
+            errors.check(format!("env[{i}].name"), names::env_var_name(&var.name));
+        }
+        validate_labels(&self.labels, "labels", &mut errors);
+        errors.finish()
+    }
+}
+
+/// An ad-hoc run: a template given inline, like `kubectl create job`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdHocRun {
+    pub template: RunTemplate,
+}
+
+impl AdHocRun {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.template.validate("template")
+    }
+}
+
+/// A run, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: uuid::Uuid,
+    /// Sequential per task (Jenkins' build number); ad-hoc runs share their own sequence.
+    pub number: i64,
+    /// The task it belongs to; absent for ad-hoc runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    pub status: super::RunStatus,
+    /// Machine-readable cause of the status (e.g. `BackoffLimitExceeded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// Human-readable detail of the status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    pub trigger: Trigger,
+    /// The run this one re-runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<uuid::Uuid>,
+    /// The template the Job is built from: the task's template with this run's overrides.
+    pub template: RunTemplate,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}

@@ -1,0 +1,643 @@
+//! The run template: the batch/v1 Job fields users set, and their validation as the Kubernetes API
+//! server would do it, so a bad template is refused at submission rather than later in the cluster.
+
+use super::names;
+use super::validation::{Errors, Invalid};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// Label and annotation keys under this prefix belong to the service (they tie Jobs to runs).
+pub const RESERVED_PREFIX: &str = "vfi-orchestrator.io/";
+
+/// What one run executes: a container and the Job settings around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"image": "perl:5.34.0", "command": ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]}))]
+pub struct RunTemplate {
+    /// Container image, e.g. `perl:5.34.0`.
+    pub image: String,
+    /// Entrypoint (the image's ENTRYPOINT when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments to the entrypoint (the image's CMD when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Successful pods needed for the Job to complete (Kubernetes default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completions: Option<i32>,
+    /// Pods running at once at most (Kubernetes default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_mode: Option<CompletionMode>,
+    /// Retries before the Job is failed (Kubernetes default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_limit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// `Never` (default: a failed container means a new pod) or `OnFailure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Compute resources, as Kubernetes quantities (`500m`, `2Gi`, `1` for `nvidia.com/gpu`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum CompletionMode {
+    NonIndexed,
+    Indexed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `Equal` (default) or `Exists`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// Kubernetes caps Indexed Jobs at this many completions.
+const MAX_INDEXED_COMPLETIONS: i32 = 100_000;
+/// Kubernetes caps the total size of an object's annotations at 256 KiB.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+impl RunTemplate {
+    /// A template with just an image and a command, everything else defaulted.
+    pub fn new(image: impl Into<String>, command: Vec<String>) -> Self {
+        RunTemplate {
+            image: image.into(),
+            command,
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            resources: None,
+            completions: None,
+            parallelism: None,
+            completion_mode: None,
+            backoff_limit: None,
+            active_deadline_seconds: None,
+            ttl_seconds_after_finished: None,
+            restart_policy: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            namespace: None,
+            service_account_name: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+        }
+    }
+
+    /// Checks every field; `at` is the JSON path of the template in the request (e.g. `template`).
+    pub fn validate(&self, at: &str) -> Result<(), Invalid> {
+        let mut errors = Errors::new();
+        self.collect_errors(at, &mut errors);
+        errors.finish()
+    }
+
+    pub(crate) fn collect_errors(&self, at: &str, errors: &mut Errors) {
+        let field = |name: &str| format!("{at}.{name}");
+
+        if self.image.trim().is_empty() {
+            errors.add(field("image"), "is required");
+        } else if self
+            .image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            errors.add(field("image"), "must not contain whitespace");
+        }
+        for (i, var) in self.env.iter().enumerate() {
+            errors.check(
+                format!("{at}.env[{i}].name"),
+                names::env_var_name(&var.name),
+            );
+        }
+        if let Some(dir) = &self.working_dir {
+            if dir.is_empty() {
+                errors.add(field("workingDir"), "must not be empty when given");
+            }
+        }
+        if let Some(resources) = &self.resources {
+            validate_resources(resources, &field("resources"), errors);
+        }
+
+        non_negative(errors, &field("completions"), self.completions);
+        non_negative(errors, &field("parallelism"), self.parallelism);
+        non_negative(errors, &field("backoffLimit"), self.backoff_limit);
+        non_negative(
+            errors,
+            &field("ttlSecondsAfterFinished"),
+            self.ttl_seconds_after_finished,
+        );
+        if let Some(deadline) = self.active_deadline_seconds {
+            if deadline <= 0 {
+                errors.add(
+                    field("activeDeadlineSeconds"),
+                    format!("must be greater than 0 (is {deadline})"),
+                );
+            }
+        }
+        if let (Some(parallelism), Some(completions)) = (self.parallelism, self.completions) {
+            if parallelism > completions && completions > 0 {
+                errors.add(
+                    field("parallelism"),
+                    format!("must not exceed completions ({completions}); is {parallelism}"),
+                );
+            }
+        }
+        if self.completion_mode == Some(CompletionMode::Indexed) {
+            match self.completions {
+                None => errors.add(
+                    field("completions"),
+                    "is required when completionMode is Indexed",
+                ),
+                Some(c) if c > MAX_INDEXED_COMPLETIONS => errors.add(
+                    field("completions"),
+                    format!(
+                        "must be at most {MAX_INDEXED_COMPLETIONS} when completionMode is Indexed"
+                    ),
+                ),
+                _ => {}
+            }
+        }
+
+        validate_labels(&self.labels, &field("labels"), errors);
+        let mut annotation_bytes = 0;
+        for (key, value) in &self.annotations {
+            errors.check(
+                format!("{at}.annotations.{key}"),
+                names::qualified_name(key),
+            );
+            if key.starts_with(RESERVED_PREFIX) {
+                errors.add(
+                    format!("{at}.annotations.{key}"),
+                    format!("keys under {RESERVED_PREFIX} are reserved for the service"),
+                );
+            }
+            annotation_bytes += key.len() + value.len();
+        }
+        if annotation_bytes > MAX_ANNOTATIONS_BYTES {
+            errors.add(
+                field("annotations"),
+                format!("total size must be at most {MAX_ANNOTATIONS_BYTES} bytes (is {annotation_bytes})"),
+            );
+        }
+        if let Some(namespace) = &self.namespace {
+            errors.check(field("namespace"), names::dns1123_label(namespace));
+        }
+        if let Some(account) = &self.service_account_name {
+            errors.check(
+                field("serviceAccountName"),
+                names::dns1123_subdomain(account),
+            );
+        }
+        for (key, value) in &self.node_selector {
+            errors.check(
+                format!("{at}.nodeSelector.{key}"),
+                names::qualified_name(key),
+            );
+            errors.check(
+                format!("{at}.nodeSelector.{key}"),
+                names::label_value(value),
+            );
+        }
+        for (i, toleration) in self.tolerations.iter().enumerate() {
+            validate_toleration(toleration, &format!("{at}.tolerations[{i}]"), errors);
+        }
+    }
+
+    /// Applies per-run overrides: env vars replace those of the same name or are appended;
+    /// labels are merged over the template's.
+    pub fn with_overrides(mut self, overrides: &super::RunOverrides) -> Self {
+        for var in &overrides.env {
+            match self.env.iter_mut().find(|e| e.name == var.name) {
+                Some(existing) => existing.value = var.value.clone(),
+                None => self.env.push(var.clone()),
+            }
+        }
+        for (key, value) in &overrides.labels {
+            self.labels.insert(key.clone(), value.clone());
+        }
+        self
+    }
+}
+
+fn non_negative(errors: &mut Errors, field: &str, value: Option<i32>) {
+    if let Some(v) = value {
+        if v < 0 {
+            errors.add(
+                field,
+                format!("must be greater than or equal to 0 (is {v})"),
+            );
+        }
+    }
+}
+
+pub(crate) fn validate_labels(labels: &BTreeMap<String, String>, at: &str, errors: &mut Errors) {
+    for (key, value) in labels {
+        let path = format!("{at}.{key}");
+        errors.check(path.clone(), names::qualified_name(key));
+        errors.check(path.clone(), names::label_value(value));
+        if key.starts_with(RESERVED_PREFIX) {
+            errors.add(
+                path,
+                format!("keys under {RESERVED_PREFIX} are reserved for the service"),
+            );
+        }
+    }
+}
+
+fn validate_toleration(t: &Toleration, at: &str, errors: &mut Errors) {
+    if let Some(key) = &t.key {
+        errors.check(format!("{at}.key"), names::qualified_name(key));
+    }
+    match t.operator.as_deref() {
+        None | Some("Equal") => {
+            if t.key.is_none() {
+                errors.add(format!("{at}.operator"), "must be Exists when key is empty");
+            }
+            if let Some(value) = &t.value {
+                errors.check(format!("{at}.value"), names::label_value(value));
+            }
+        }
+        Some("Exists") => {
+            if t.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                errors.add(
+                    format!("{at}.value"),
+                    "must be empty when operator is Exists",
+                );
+            }
+        }
+        Some(other) => errors.add(
+            format!("{at}.operator"),
+            format!("{other:?} is not supported; expected Equal or Exists"),
+        ),
+    }
+    match t.effect.as_deref() {
+        None | Some("") | Some("NoSchedule") | Some("PreferNoSchedule") | Some("NoExecute") => {}
+        Some(other) => errors.add(
+            format!("{at}.effect"),
+            format!(
+                "{other:?} is not supported; expected NoSchedule, PreferNoSchedule or NoExecute"
+            ),
+        ),
+    }
+    if t.toleration_seconds.is_some() && t.effect.as_deref() != Some("NoExecute") {
+        errors.add(
+            format!("{at}.tolerationSeconds"),
+            "may only be set when effect is NoExecute",
+        );
+    }
+}
+
+fn validate_resources(resources: &Resources, at: &str, errors: &mut Errors) {
+    let mut parsed = |kind: &str, map: &BTreeMap<String, String>| {
+        let mut out = BTreeMap::new();
+        for (name, quantity) in map {
+            let path = format!("{at}.{kind}.{name}");
+            if let Err(message) = resource_name(name) {
+                errors.add(path, message);
+                continue;
+            }
+            match parse_quantity(quantity) {
+                Ok(value) if value < 0.0 => errors.add(path, "must not be negative"),
+                Ok(value) => {
+                    if is_extended(name) && value.fract() != 0.0 {
+                        errors.add(path, "must be a whole number for an extended resource");
+                    } else {
+                        out.insert(name.clone(), value);
+                    }
+                }
+                Err(message) => errors.add(path, message),
+            }
+        }
+        out
+    };
+    let requests = parsed("requests", &resources.requests);
+    let limits = parsed("limits", &resources.limits);
+    for (name, request) in &requests {
+        match limits.get(name) {
+            Some(limit) if is_extended(name) && request != limit => errors.add(
+                format!("{at}.requests.{name}"),
+                "must equal the limit for an extended resource",
+            ),
+            Some(limit) if request > limit => errors.add(
+                format!("{at}.requests.{name}"),
+                format!(
+                    "must be less than or equal to the {name} limit ({})",
+                    resources.limits[name]
+                ),
+            ),
+            None if is_extended(name) => errors.add(
+                format!("{at}.limits.{name}"),
+                "is required when an extended resource is requested",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Extended resources (like `nvidia.com/gpu`) are whole units that cannot be overcommitted.
+fn is_extended(name: &str) -> bool {
+    name.contains('/') && !name.starts_with("kubernetes.io/")
+}
+
+fn resource_name(name: &str) -> Result<(), String> {
+    if matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-") {
+        return Ok(());
+    }
+    if name.contains('/') {
+        return names::qualified_name(name);
+    }
+    Err(format!(
+        "{name:?} is not a resource name: use cpu, memory, ephemeral-storage, hugepages-<size> or a domain-prefixed extended resource such as nvidia.com/gpu"
+    ))
+}
+
+/// Parses a Kubernetes quantity (`100m`, `1.5`, `2Gi`, `1e3`) into its value.
+pub fn parse_quantity(text: &str) -> Result<f64, String> {
+    let invalid = || {
+        format!(
+            "{text:?} is not a quantity: expected a number with an optional suffix (m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei, or an exponent like e3)"
+        )
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let sign_stripped = number.strip_prefix(['+', '-']).unwrap_or(number);
+    if sign_stripped.is_empty()
+        || sign_stripped.contains(['+', '-'])
+        || sign_stripped.matches('.').count() > 1
+        || sign_stripped == "."
+    {
+        return Err(invalid());
+    }
+    let value: f64 = number.parse().map_err(|_| invalid())?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exp if exp.starts_with(['e', 'E']) => {
+            let power: i32 = exp[1..].parse().map_err(|_| invalid())?;
+            10f64.powi(power)
+        }
+        _ => return Err(invalid()),
+    };
+    Ok(value * multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(extra: serde_json::Value) -> RunTemplate {
+        let mut base = json!({"image": "perl:5.34.0", "command": ["perl", "-e", "1"]});
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).expect("template parses")
+    }
+
+    fn fields(result: Result<(), Invalid>) -> Vec<String> {
+        result
+            .err()
+            .map(|e| e.0.into_iter().map(|f| f.field).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_calculatepi_template_is_valid() {
+        let t = template(json!({}));
+        assert_eq!(t.validate("template"), Ok(()));
+    }
+
+    #[test]
+    fn negative_counts_are_refused_naming_the_field() {
+        let t = template(json!({"parallelism": -1, "completions": -2, "backoffLimit": -3}));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.completions",
+                "template.parallelism",
+                "template.backoffLimit"
+            ]
+        );
+    }
+
+    #[test]
+    fn parallelism_above_completions_is_refused() {
+        let t = template(json!({"parallelism": 5, "completions": 2}));
+        assert_eq!(fields(t.validate("template")), ["template.parallelism"]);
+        let ok = template(json!({"parallelism": 5, "completions": 20}));
+        assert_eq!(ok.validate("template"), Ok(()));
+    }
+
+    #[test]
+    fn indexed_jobs_need_completions() {
+        let t = template(json!({"completionMode": "Indexed"}));
+        assert_eq!(fields(t.validate("template")), ["template.completions"]);
+    }
+
+    #[test]
+    fn deadlines_must_be_positive() {
+        let t = template(json!({"activeDeadlineSeconds": 0}));
+        assert_eq!(
+            fields(t.validate("template")),
+            ["template.activeDeadlineSeconds"]
+        );
+    }
+
+    #[test]
+    fn bad_names_and_labels_are_refused() {
+        let t = template(json!({
+            "namespace": "Not_A_Namespace",
+            "serviceAccountName": "-sa",
+            "labels": {"ok": "fine", "bad key": "x", "app": "has space"},
+            "env": [{"name": "GOOD", "value": "1"}, {"name": "9BAD"}],
+            "nodeSelector": {"disk": "ssd!"}
+        }));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.env[1].name",
+                "template.labels.app",
+                "template.labels.bad key",
+                "template.namespace",
+                "template.serviceAccountName",
+                "template.nodeSelector.disk"
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_label_keys_are_refused() {
+        let t = template(json!({"labels": {"vfi-orchestrator.io/run-id": "x"}}));
+        assert_eq!(
+            fields(t.validate("template")),
+            ["template.labels.vfi-orchestrator.io/run-id"]
+        );
+    }
+
+    #[test]
+    fn resources_are_checked_like_the_api_server() {
+        let ok = template(json!({"resources": {
+            "requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "1"},
+            "limits": {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "1"}
+        }}));
+        assert_eq!(ok.validate("template"), Ok(()));
+
+        let bad = template(json!({"resources": {
+            "requests": {"cpu": "3", "memory": "lots", "gpu": "1", "nvidia.com/gpu": "1"},
+            "limits": {"cpu": "2"}
+        }}));
+        assert_eq!(
+            fields(bad.validate("template")),
+            [
+                "template.resources.requests.gpu",
+                "template.resources.requests.memory",
+                "template.resources.requests.cpu",
+                "template.resources.limits.nvidia.com/gpu"
+            ]
+        );
+    }
+
+    #[test]
+    fn tolerations_follow_the_operator_rules() {
+        let t = template(json!({"tolerations": [
+            {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"operator": "Equal", "value": "x"},
+            {"key": "a", "operator": "Exists", "value": "x"},
+            {"key": "b", "effect": "NoSchedule", "tolerationSeconds": 5},
+            {"key": "c", "operator": "Maybe"}
+        ]}));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.tolerations[1].operator",
+                "template.tolerations[2].value",
+                "template.tolerations[3].tolerationSeconds",
+                "template.tolerations[4].operator"
+            ]
+        );
+    }
+
+    #[test]
+    fn quantities_parse_with_every_suffix() {
+        assert_eq!(parse_quantity("500m"), Ok(0.5));
+        assert_eq!(parse_quantity("2Ki"), Ok(2048.0));
+        assert_eq!(parse_quantity("1e3"), Ok(1000.0));
+        assert_eq!(parse_quantity("1.5G"), Ok(1.5e9));
+        for bad in ["", "m", "1.2.3", "1x", "--1", "1 Gi"] {
+            assert!(parse_quantity(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn overrides_replace_env_by_name_and_merge_labels() {
+        let t = template(json!({"env": [{"name": "A", "value": "1"}], "labels": {"x": "1"}}));
+        let overrides = crate::domain::RunOverrides {
+            env: vec![
+                EnvVar {
+                    name: "A".into(),
+                    value: "2".into(),
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: "3".into(),
+                },
+            ],
+            labels: [("y".to_string(), "2".to_string())].into(),
+        };
+        let t = t.with_overrides(&overrides);
+        assert_eq!(
+            t.env,
+            [
+                EnvVar {
+                    name: "A".into(),
+                    value: "2".into()
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: "3".into()
+                }
+            ]
+        );
+        assert_eq!(t.labels.len(), 2);
+    }
+
+    #[test]
+    fn unknown_template_fields_are_refused() {
+        let parsed: Result<RunTemplate, _> =
+            serde_json::from_value(json!({"image": "x", "privileged": true}));
+        assert!(parsed
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `privileged`"));
+    }
+}

@@ -1,0 +1,66 @@
+//! The service's one error type. Which HTTP status each variant becomes is decided in
+//! `http::problem`, and nowhere else.
+
+use crate::domain::{FieldError, Invalid, RunStatus};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request's body names invalid fields (422).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The request's path, query or headers are malformed (400).
+    #[error("bad request: {0}")]
+    BadRequest(Invalid),
+    /// The body is not JSON at all, or not of the expected content type (400 / 415).
+    #[error("malformed body: {message}")]
+    MalformedBody {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than allowed (413).
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// The operation does not fit the resource's current state (409).
+    #[error("run is {status}")]
+    RunIsFinal { status: RunStatus },
+    /// An Idempotency-Key was reused with a different request (422).
+    #[error("Idempotency-Key reused with a different request")]
+    IdempotencyMismatch,
+    /// The database is unreachable or overloaded (503).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Error::Unavailable(error)
+            }
+            other => Error::Database(other),
+        }
+    }
+}
+
+impl Error {
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::BadRequest(Invalid::one(field, message))
+    }
+
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            Error::Invalid(invalid) | Error::BadRequest(invalid) => &invalid.0,
+            _ => &[],
+        }
+    }
+}

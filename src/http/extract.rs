@@ -1,0 +1,138 @@
+//! Extractors whose rejections are problem+json naming the field at fault.
+
+use super::AppState;
+use crate::error::Error;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use serde::de::DeserializeOwned;
+
+/// A JSON body. Unknown fields are refused (the types deny them), errors name the JSON path, and
+/// an empty body reads as `{}` so optional bodies may be left out.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::BodyTooLarge {
+                        limit: state.limits.max_body_bytes,
+                    }
+                } else {
+                    Error::MalformedBody {
+                        message: rejection.body_text(),
+                        field: None,
+                    }
+                }
+            })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            if !content_type.as_deref().is_some_and(is_json) {
+                return Err(Error::UnsupportedMediaType(format!(
+                    "send the body as application/json (got {})",
+                    content_type.as_deref().unwrap_or("no Content-Type")
+                )));
+            }
+            &bytes
+        };
+        parse(bytes).map(ApiJson)
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses JSON, turning serde's errors into field-level problems: syntax errors are 400s,
+/// well-formed JSON of the wrong shape is a 422 naming the path.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // Syntax first, over the whole body, so `{} {}` is malformed rather than "missing field".
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| Error::MalformedBody {
+        message: format!("the body is not valid JSON: {e}"),
+        field: None,
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = strip_position(e.inner());
+        let field = match unknown_field(&message) {
+            Some(name) if path == "." || path.is_empty() => name.to_string(),
+            Some(name) if !path.ends_with(name) => format!("{path}.{name}"),
+            _ if path == "." => "body".to_string(),
+            _ => path,
+        };
+        Error::Invalid(crate::domain::Invalid::one(field, message))
+    })
+}
+
+/// serde's "unknown field `x`, expected ..." names the field; pull it out.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+fn strip_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Query parameters; unknown or malformed ones are a 400 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let message = e.to_string();
+                let field = unknown_field(&message).unwrap_or("query").to_string();
+                Error::bad_request(field, message)
+            })
+    }
+}
+
+/// The optional `Idempotency-Key` header.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let valid = value
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()));
+        match valid {
+            Some(key) => Ok(IdempotencyKey(Some(key.to_string()))),
+            None => Err(Error::bad_request(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Liveness and readiness probes. Liveness never touches the database, so an outage does not get
+//! the pods restarted; readiness says whether this replica can serve.
+
+use super::problem::Problem;
+use crate::store;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when answered.
+    status: &'static str,
+}
+
+/// Alive: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Ready: the database is reachable and every migration is applied.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(db): State<PgPool>) -> Response {
+    let unready = |detail: &str| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            detail,
+        )
+        .into_response()
+    };
+    match store::migrations_applied(&db).await {
+        Ok(true) => Json(Health { status: "ok" }).into_response(),
+        Ok(false) => unready("database migrations are not applied; run `vfi-orchestrator migrate`"),
+        Err(error) => {
+            tracing::warn!(error = %error, "readiness check failed");
+            unready("the database is unreachable")
+        }
+    }
+}

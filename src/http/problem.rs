@@ -1,0 +1,173 @@
+//! RFC 9457 problem+json: the one place where errors become HTTP statuses. Responses never carry
+//! internal error text; the cause chain goes to the log (inside the request's span) instead.
+
+use crate::domain::FieldError;
+use crate::error::Error;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// A URI identifying the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// The fields at fault, for validation problems.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("urn:vfi-orchestrator:problem:{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+fn describe(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<&Error> for Problem {
+    fn from(error: &Error) -> Problem {
+        match error {
+            Error::Invalid(invalid) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "Invalid request",
+                describe(&invalid.0),
+            )
+            .with_errors(invalid.0.clone()),
+            Error::BadRequest(invalid) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                describe(&invalid.0),
+            )
+            .with_errors(invalid.0.clone()),
+            Error::MalformedBody { message, field } => {
+                let problem = Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-body",
+                    "Malformed request body",
+                    message.clone(),
+                );
+                match field {
+                    Some(field) => problem.with_errors(vec![FieldError {
+                        field: field.clone(),
+                        message: message.clone(),
+                    }]),
+                    None => problem,
+                }
+            }
+            Error::UnsupportedMediaType(message) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                message.clone(),
+            ),
+            Error::BodyTooLarge { limit } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!("the request body must be at most {limit} bytes"),
+            ),
+            Error::NotFound { kind, name } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("{kind} {name:?} does not exist"),
+            ),
+            Error::RunIsFinal { status } => Problem::new(
+                StatusCode::CONFLICT,
+                "run-finished",
+                "Run already finished",
+                format!("the run is already {status}"),
+            ),
+            Error::IdempotencyMismatch => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was already used with a different request body; use a new key for a new request",
+            )
+            .with_errors(vec![FieldError {
+                field: "Idempotency-Key".into(),
+                message: "already used with a different request body".into(),
+            }]),
+            Error::Unavailable(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the database is unavailable; retry later",
+            ),
+            Error::Database(_) | Error::Internal(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the server failed to handle the request; the cause is in its logs",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let problem = Problem::from(&self);
+        let mut response = problem.into_response();
+        // The logging middleware reports the cause chain of server-side errors.
+        if response.status().is_server_error() {
+            response.extensions_mut().insert(ErrorChain(chain(&self)));
+        }
+        response
+    }
+}
+
+/// The cause chain of a 5xx, carried to the logging middleware on the response.
+#[derive(Clone)]
+pub struct ErrorChain(pub String);
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,241 @@
+//! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
+
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::idempotency::Idempotent;
+use super::pagination;
+use super::problem::Problem;
+use super::tasks::parse_name;
+use crate::domain::{AdHocRun, Run, RunOverrides, RunStatus, RunTemplate, Trigger};
+use crate::error::{Error, Result};
+use crate::store::{self, runs::NewRun, runs::RunFilter};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Start a run of a task, optionally with extra env vars and labels.
+#[utoipa::path(
+    post, path = "/v1/tasks/{name}/runs", tag = "runs",
+    params(
+        ("name" = String, Path, description = "Task name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body"),
+    ),
+    request_body(content = RunOverrides, description = "Optional; may be empty"),
+    responses(
+        (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn start_task_run(
+    State(db): State<PgPool>,
+    Path(name): Path<String>,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(overrides): ApiJson<RunOverrides>,
+) -> Result<Response> {
+    let name = parse_name(name)?;
+    overrides.validate()?;
+    let task = store::tasks::get(&db, name.as_str())
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "task",
+            name: name.to_string(),
+        })?;
+    let template = task.template.with_overrides(&overrides);
+    template.validate("template")?;
+    let idempotent = Idempotent::new(key, format!("POST /v1/tasks/{name}/runs"), &overrides);
+    create(&db, idempotent, Some(name.as_str()), &template).await
+}
+
+/// Start an ad-hoc run from an inline template, like `kubectl create job`.
+#[utoipa::path(
+    post, path = "/v1/runs", tag = "runs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
+    request_body = AdHocRun,
+    responses(
+        (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_run(
+    State(db): State<PgPool>,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(request): ApiJson<AdHocRun>,
+) -> Result<Response> {
+    request.validate()?;
+    let idempotent = Idempotent::new(key, "POST /v1/runs".into(), &request);
+    create(&db, idempotent, None, &request.template).await
+}
+
+async fn create(
+    db: &PgPool,
+    idempotent: Option<Idempotent>,
+    task_name: Option<&str>,
+    template: &RunTemplate,
+) -> Result<Response> {
+    let mut tx = db.begin().await?;
+    if let Some(idempotent) = &idempotent {
+        if let Some(replay) = idempotent.claim(&mut tx).await? {
+            return Ok(replay);
+        }
+    }
+    let run = store::runs::insert(
+        &mut tx,
+        NewRun {
+            task_name,
+            template,
+            trigger: Trigger::Api,
+            rerun_of: None,
+        },
+    )
+    .await?;
+    let location = format!("/v1/runs/{}", run.id);
+    if let Some(idempotent) = &idempotent {
+        idempotent
+            .record(&mut tx, StatusCode::CREATED, &run, Some(&location))
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(run_id = %run.id, task = task_name, number = run.number, "run queued");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(run),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct RunListQuery {
+    /// Only runs of this task.
+    task: Option<String>,
+    /// Only runs in these statuses (comma-separated, e.g. `failed,lost`).
+    status: Option<String>,
+    /// Only runs with all these labels: `key=value[,key=value...]`.
+    label_selector: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of runs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPage {
+    pub items: Vec<Run>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Run history, newest first, with filters and keyset pagination.
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs",
+    params(RunListQuery),
+    responses(
+        (status = 200, body = RunPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_runs(
+    State(db): State<PgPool>,
+    ApiQuery(query): ApiQuery<RunListQuery>,
+) -> Result<Json<RunPage>> {
+    let limit = pagination::limit(query.limit)?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(pagination::decode_run_cursor)
+        .transpose()?;
+    let filter = RunFilter {
+        task: query.task.map(parse_task_filter).transpose()?,
+        statuses: query
+            .status
+            .as_deref()
+            .map(parse_statuses)
+            .transpose()?
+            .unwrap_or_default(),
+        labels: query
+            .label_selector
+            .as_deref()
+            .map(parse_label_selector)
+            .transpose()?
+            .unwrap_or_default(),
+    };
+    let mut items = store::runs::list(&db, &filter, before, limit + 1).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| pagination::encode_run_cursor(r.id))
+    } else {
+        None
+    };
+    Ok(Json(RunPage { items, next_cursor }))
+}
+
+fn parse_task_filter(task: String) -> Result<String> {
+    crate::domain::TaskName::parse(task)
+        .map(String::from)
+        .map_err(|message| Error::bad_request("task", message))
+}
+
+fn parse_statuses(text: &str) -> Result<Vec<RunStatus>> {
+    text.split(',')
+        .map(|s| s.trim().parse::<RunStatus>())
+        .collect::<Result<_, _>>()
+        .map_err(|message| Error::bad_request("status", message))
+}
+
+fn parse_label_selector(text: &str) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for term in text.split(',').filter(|t| !t.trim().is_empty()) {
+        let (key, value) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .ok_or_else(|| {
+                Error::bad_request(
+                    "labelSelector",
+                    format!("{term:?} is not key=value; only equality terms are supported"),
+                )
+            })?;
+        let (key, value) = (key.trim(), value.trim());
+        crate::domain::names::qualified_name(key)
+            .and_then(|()| crate::domain::names::label_value(value))
+            .map_err(|message| Error::bad_request("labelSelector", message))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
+}
+
+pub(super) fn parse_run_id(id: &str) -> Result<Uuid> {
+    Uuid::parse_str(id)
+        .map_err(|_| Error::bad_request("id", format!("{id:?} is not a run id (a UUID)")))
+}
+
+/// Read a run.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, body = Run),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_run(State(db): State<PgPool>, Path(id): Path<String>) -> Result<Json<Run>> {
+    let id = parse_run_id(&id)?;
+    store::runs::get(&db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::NotFound {
+            kind: "run",
+            name: id.to_string(),
+        })
+}

@@ -1,0 +1,12 @@
+//! vfi-orchestrator: runs batch tasks as Kubernetes Jobs from a REST API, with history in
+//! PostgreSQL.
+//!
+//! Arrows point one way: `http` -> `store`/`domain`; `domain` depends on nothing.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod store;
+pub mod telemetry;

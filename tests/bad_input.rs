@@ -1,0 +1,187 @@
+//! Bad input of every kind gets a clear problem+json 4xx naming the field, and leaves nothing
+//! behind in the database.
+
+mod common;
+
+use common::{assert_problem, calculatepi, TestApp, MAX_BODY_BYTES};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(app.count("runs").await, 0);
+    assert_eq!(app.count("tasks").await, 0);
+    assert_eq!(app.count("idempotency_keys").await, 0);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn malformed_json_is_a_400(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let response = app
+        .send_raw(
+            Method::POST,
+            "/v1/runs",
+            "application/json",
+            b"{\"template\": {".to_vec(),
+        )
+        .await;
+    let body = assert_problem(response, StatusCode::BAD_REQUEST, None).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+    let trailing = app
+        .send_raw(
+            Method::POST,
+            "/v1/runs",
+            "application/json",
+            b"{} {}".to_vec(),
+        )
+        .await;
+    assert_problem(trailing, StatusCode::BAD_REQUEST, None).await;
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn unknown_fields_are_refused_by_name(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let mut template = calculatepi();
+    template["privileged"] = json!(true);
+    let response = app
+        .post_json("/v1/runs", &json!({"template": template}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.privileged"),
+    )
+    .await;
+
+    let response = app
+        .post_json(
+            "/v1/runs",
+            &json!({"template": calculatepi(), "priority": 1}),
+        )
+        .await;
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn wrong_types_name_the_field(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let mut template = calculatepi();
+    template["completions"] = json!("twenty");
+    let response = app
+        .post_json("/v1/runs", &json!({"template": template}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.completions"),
+    )
+    .await;
+
+    let mut template = calculatepi();
+    template["env"] = json!([{"name": "A", "value": "1"}, {"name": "B", "value": 2}]);
+    let response = app
+        .post_json("/v1/runs", &json!({"template": template}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.env[1].value"),
+    )
+    .await;
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn negative_parallelism_is_refused(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let mut template = calculatepi();
+    template["parallelism"] = json!(-1);
+    let response = app
+        .http
+        .post(app.url("/v1/runs"))
+        .header("Idempotency-Key", "k")
+        .json(&json!({"template": template}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.parallelism"),
+    )
+    .await;
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("greater than or equal to 0"));
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn invalid_names_are_refused(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let response = app
+        .put_json("/v1/tasks/UPPER", &json!({"template": calculatepi()}))
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST, Some("name")).await;
+    let long = "a".repeat(51);
+    let response = app
+        .post_json(&format!("/v1/tasks/{long}/runs"), &json!({}))
+        .await;
+    assert_problem(response, StatusCode::BAD_REQUEST, Some("name")).await;
+    let mut template = calculatepi();
+    template["namespace"] = json!("Team_A");
+    let response = app
+        .post_json("/v1/runs", &json!({"template": template}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.namespace"),
+    )
+    .await;
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_5_mb_body_is_a_413(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let huge = json!({"template": {"image": "perl:5.34.0", "args": ["x".repeat(5 * 1024 * 1024)]}});
+    let response = app.post_json("/v1/runs", &huge).await;
+    let body = assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&MAX_BODY_BYTES.to_string()));
+    let response = app.put_json("/v1/tasks/big", &huge).await;
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_body_that_is_not_json_is_a_415(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let response = app
+        .send_raw(
+            Method::POST,
+            "/v1/runs",
+            "text/plain",
+            b"image=perl".to_vec(),
+        )
+        .await;
+    assert_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, None).await;
+    assert_nothing_stored(&app).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn unknown_routes_and_methods_are_problems_too(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    assert_problem(app.get("/v1/nothing").await, StatusCode::NOT_FOUND, None).await;
+    let response = app.http.patch(app.url("/v1/runs")).send().await.unwrap();
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, None).await;
+}
