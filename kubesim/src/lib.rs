@@ -1,1 +1,212 @@
-//! placeholder
+//! kubesim: a Kubernetes API server, Job controller and kubelet simulator that real clients
+//! (kube-rs, kubectl) drive over HTTP. [`KubeSim::start`] binds a port, serves the API and runs
+//! the control loop; [`Faults`] injects failures. See README.md for what is and is not
+//! simulated.
+//!
+//! Module map: `store` (objects, resourceVersions, history), `api` (HTTP), `controller` (Job
+//! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
+//! (`selectors`, `patch`, `validation`, `objects`, `time`).
+
+pub mod api;
+pub mod controller;
+pub mod error;
+pub mod faults;
+pub mod kubelet;
+pub mod logs;
+pub mod objects;
+pub mod patch;
+pub mod selectors;
+pub mod store;
+pub mod time;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{Error, Status};
+pub use faults::Faults;
+pub use kubelet::{HostRunner, RunOutcome, RunSpec, Runner, ScriptedRunner};
+pub use store::Store;
+
+/// Which container runtime the simulated kubelet uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunnerKind {
+    /// Behaviour from `KUBESIM_*` env vars of the container (see [`kubelet::scripted`]).
+    #[default]
+    Scripted,
+    /// Really runs `command` + `args` on the host (see [`kubelet::host`]).
+    Host,
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub runner: RunnerKind,
+    /// Max pods bound to the node (not yet terminal) at once; the rest stay Pending/Unschedulable.
+    pub node_capacity: usize,
+    /// Delay between a pod being bound (ContainerCreating) and its container running.
+    pub start_delay: Duration,
+    /// Events kept per kind for watch replay; older resourceVersions get 410 Expired.
+    pub watch_history: usize,
+    pub addr: SocketAddr,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            runner: RunnerKind::Scripted,
+            node_capacity: 1000,
+            start_delay: Duration::from_millis(10),
+            watch_history: 10_000,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running simulator.
+pub struct KubeSim {
+    addr: SocketAddr,
+    store: Arc<Store>,
+    logs: Arc<logs::Logs>,
+    faults: Faults,
+    cancel: CancellationToken,
+    server: JoinHandle<()>,
+    control: JoinHandle<()>,
+}
+
+fn namespace(name: &str) -> Namespace {
+    let mut ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    validation::default_namespace(&mut ns);
+    ns
+}
+
+impl KubeSim {
+    /// Binds `config.addr`, starts the API server and the control loop, and returns once the
+    /// server accepts connections.
+    pub async fn start(config: SimConfig) -> Result<KubeSim, Error> {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let store = Arc::new(Store::new(config.watch_history));
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let _ = store.create(namespace(ns));
+        }
+        let logs = Arc::new(logs::Logs::default());
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let faults = Faults::new(cmd_tx);
+        let cancel = CancellationToken::new();
+        let runner: Arc<dyn Runner> = match config.runner {
+            RunnerKind::Scripted => Arc::new(ScriptedRunner),
+            RunnerKind::Host => Arc::new(HostRunner),
+        };
+        let control = tokio::spawn(controller::run(
+            controller::LoopConfig {
+                store: store.clone(),
+                logs: logs.clone(),
+                runner,
+                node_capacity: config.node_capacity,
+                start_delay: config.start_delay,
+                faults: faults.clone(),
+                commands: cmd_rx,
+            },
+            cancel.clone(),
+        ));
+        let app = api::router(api::AppState {
+            store: store.clone(),
+            logs: logs.clone(),
+            faults: faults.clone(),
+            shutdown: cancel.clone(),
+            bookmark_interval: config.bookmark_interval,
+        });
+        let shutdown = cancel.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "kubesim server stopped");
+            }
+        });
+        Ok(KubeSim {
+            addr,
+            store,
+            logs,
+            faults,
+            cancel,
+            server,
+            control,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A kube client for this simulator (default namespace `default`).
+    pub fn client(&self) -> kube::Client {
+        let uri: http::Uri = self.url().parse().expect("kubesim URL is a valid URI");
+        let config = kube::Config::new(uri);
+        kube::Client::try_from(config).expect("kube client for kubesim")
+    }
+
+    /// A kubeconfig kubectl can use (cluster, user and context named `kubesim`).
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {url}\ncontexts:\n- name: kubesim\n  context:\n    cluster: kubesim\n    namespace: default\n    user: kubesim\ncurrent-context: kubesim\nusers:\n- name: kubesim\n  user:\n    token: kubesim\npreferences: {{}}\n",
+            url = self.url()
+        )
+    }
+
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// Direct access to the store (for assertions that must not go through HTTP).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The raw (timestamp-free) log of a container instance, if it exists.
+    pub fn container_log(&self, pod_uid: &str, container: &str, restart: i32) -> Option<Vec<u8>> {
+        self.logs
+            .get(&(pod_uid.to_string(), container.to_string(), restart))
+            .map(|b| b.snapshot())
+    }
+
+    /// Stops the server (open watches and log streams end) and the control loop.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.control).await;
+    }
+}

@@ -1,0 +1,105 @@
+//! Discovery documents: `/version`, `/api`, `/apis`, `/api/v1`, `/apis/batch/v1`. Served as
+//! plain `application/json` so kubectl's aggregated-discovery request falls back to the legacy
+//! documents, as it does against a server without aggregated discovery.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::json;
+
+use super::json_response;
+
+pub async fn ok() -> &'static str {
+    "ok"
+}
+
+pub async fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": "33",
+            "gitVersion": "v1.33.0",
+            "gitCommit": "60a317eadfcb839692a68eab88b2096f4d708f4f",
+            "gitTreeState": "clean",
+            "buildDate": "2025-04-23T13:00:00Z",
+            "goVersion": "go1.24.2",
+            "compiler": "gc",
+            "platform": "linux/amd64"
+        }),
+    )
+}
+
+pub async fn api_versions(headers: HeaderMap) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]
+        }),
+    )
+}
+
+fn batch_group_doc() -> serde_json::Value {
+    json!({
+        "name": "batch",
+        "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+        "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}
+    })
+}
+
+pub async fn api_groups() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [batch_group_doc()]}),
+    )
+}
+
+pub async fn batch_group() -> Response {
+    let mut g = batch_group_doc();
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    json_response(StatusCode::OK, &g)
+}
+
+pub async fn core_v1() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIResourceList",
+            "groupVersion": "v1",
+            "resources": [
+                {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
+                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"],
+                 "storageVersionHash": "Q3oi5N2YM8M="},
+                {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                 "shortNames": ["po"], "categories": ["all"], "storageVersionHash": "xPOwRZ+Yhw8="},
+                {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
+                {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}
+            ]
+        }),
+    )
+}
+
+pub async fn batch_v1() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "batch/v1",
+            "resources": [
+                {"name": "jobs", "singularName": "job", "namespaced": true, "kind": "Job",
+                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                 "categories": ["all"], "storageVersionHash": "mudhfqk/qZY="},
+                {"name": "jobs/status", "singularName": "", "namespaced": true, "kind": "Job", "verbs": ["get"]}
+            ]
+        }),
+    )
+}

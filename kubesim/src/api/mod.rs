@@ -1,0 +1,223 @@
+//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, the
+//! fault-injection middleware, and the request plumbing shared by the handlers (query
+//! parameters, content negotiation, body decoding). Handlers only read and write the store;
+//! controllers act on what they write.
+
+pub mod discovery;
+pub mod logs;
+pub mod protobuf;
+pub mod resources;
+pub mod tables;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Status;
+use crate::faults::Faults;
+use crate::logs::Logs;
+use crate::store::Store;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub logs: Arc<Logs>,
+    pub faults: Faults,
+    pub shutdown: CancellationToken,
+    /// How often watches with allowWatchBookmarks get a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+/// Query parameters as a map (the API server accepts many, each handler picks its own).
+pub type Query = HashMap<String, String>;
+
+pub fn flag(q: &Query, key: &str) -> bool {
+    matches!(
+        q.get(key).map(String::as_str),
+        Some("1") | Some("true") | Some("True")
+    )
+}
+
+/// True when the client asked for meta.k8s.io Table output.
+pub fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|part| part.contains("as=Table")))
+}
+
+/// The real server answers JSON whenever the Accept header allows it (kubectl lists
+/// `application/json` after protobuf); only an Accept that excludes JSON is refused.
+pub fn check_accept(headers: &HeaderMap) -> Result<(), Status> {
+    let Some(accept) = headers.get("accept").and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let ok = accept.split(',').any(|p| {
+        let base = p.split(';').next().unwrap_or("").trim();
+        base.is_empty()
+            || base == "*/*"
+            || base == "application/*"
+            || base == "application/json"
+            || base.starts_with("application/json")
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::new(
+            406,
+            "NotAcceptable",
+            format!("only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf (asked for {accept})"),
+        ))
+    }
+}
+
+pub fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string()
+}
+
+pub fn json_response(code: axum::http::StatusCode, v: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (
+        code,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Decodes a JSON body into `T`, answering 400/415 like the real server.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    kind: &str,
+) -> Result<T, Status> {
+    let ct = content_type(headers);
+    let base = ct.split(';').next().unwrap_or("").trim();
+    if base != "application/json" && base != "*/*" && !base.is_empty() {
+        return Err(Status::unsupported_media_type(&ct));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Status::bad_request(format!(
+            "{kind} in version \"v1\" cannot be handled as a {kind}: {e}"
+        ))
+    })
+}
+
+async fn faults_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let faults = &state.faults;
+    let latency = faults.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if faults.outage() {
+        return Status::from_code(503, None).into_response();
+    }
+    if let Some((code, retry_after)) = faults.take_failure() {
+        return Status::from_code(code, retry_after).into_response();
+    }
+    tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
+    next.run(req).await
+}
+
+async fn not_found() -> Response {
+    Status::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+    .into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    use resources as r;
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(discovery::ok))
+        .route("/livez", get(discovery::ok))
+        .route("/readyz", get(discovery::ok))
+        .route("/api", get(discovery::api_versions))
+        .route("/apis", get(discovery::api_groups))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis/batch", get(discovery::batch_group))
+        .route("/apis/batch/v1", get(discovery::batch_v1))
+        // Jobs
+        .route("/apis/batch/v1/jobs", get(r::list_all::<Job>))
+        .route(
+            "/apis/batch/v1/namespaces/{ns}/jobs",
+            get(r::list_ns::<Job>).post(r::create::<Job>),
+        )
+        .route(
+            "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
+            get(r::get_one::<Job>)
+                .delete(r::delete_one::<Job>)
+                .patch(r::patch_one::<Job>)
+                .put(r::replace_one::<Job>),
+        )
+        .route(
+            "/apis/batch/v1/namespaces/{ns}/jobs/{name}/status",
+            get(r::get_one::<Job>)
+                .patch(r::status_write_refused)
+                .put(r::status_write_refused),
+        )
+        // Pods
+        .route("/api/v1/pods", get(r::list_all::<Pod>))
+        .route(
+            "/api/v1/namespaces/{ns}/pods",
+            get(r::list_ns::<Pod>).post(r::create::<Pod>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            get(r::get_one::<Pod>)
+                .delete(r::delete_one::<Pod>)
+                .patch(r::patch_one::<Pod>)
+                .put(r::replace_one::<Pod>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/status",
+            get(r::get_one::<Pod>)
+                .patch(r::status_write_refused)
+                .put(r::status_write_refused),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/log",
+            get(logs::pod_log),
+        )
+        // Namespaces
+        .route(
+            "/api/v1/namespaces",
+            get(r::list_cluster::<Namespace>).post(r::create_cluster::<Namespace>),
+        )
+        .route(
+            "/api/v1/namespaces/{name}",
+            get(r::get_cluster::<Namespace>)
+                .patch(r::patch_cluster::<Namespace>)
+                .put(r::replace_cluster::<Namespace>)
+                .delete(r::delete_namespace_refused),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            Status::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )
+            .into_response()
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), faults_layer))
+        .with_state(state)
+}

@@ -1,0 +1,777 @@
+//! Generic REST handlers for the stored kinds: list (with pagination and selectors), watch
+//! (delegated to [`super::watch`]), get, create, update, patch and delete, with the per-kind
+//! rules (defaulting/validation, Job delete propagation, pod graceful deletion) supplied by the
+//! [`ApiKind`] trait. Writes go to the store; nothing here runs controllers.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query as AxQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use serde_json::{json, Value};
+
+use super::tables::{self, IncludeObject, Tabled};
+use super::{
+    check_accept, content_type, decode_json, flag, json_response, wants_table, AppState, Query,
+};
+use crate::controller::gc::{FOREGROUND, ORPHAN};
+use crate::error::{Cause, Status};
+use crate::objects::pod_delete_grace;
+use crate::patch::{self, PatchKind};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{Kind, Store};
+use crate::validation;
+
+/// How a delete request is carried out for a kind.
+pub struct DeletePlan {
+    pub grace: i64,
+    pub finalizers: Vec<&'static str>,
+    pub warning: Option<&'static str>,
+}
+
+/// Per-kind API behaviour.
+pub trait ApiKind: Tabled {
+    const LIST_KIND: &'static str;
+    /// Defaulting and validation before the first write; `uid` is the uid it will get.
+    fn prepare_create(obj: &mut Self, uid: &str) -> Result<(), Status>;
+    /// Checks and adjusts an update of `old` into `new` (status stays the controller's).
+    fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status>;
+    fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
+        decode_json(headers, body, Self::KIND)
+    }
+    fn delete_plan(obj: &Self, opts: &DeleteOpts) -> DeletePlan;
+    /// Whole-object responses for immediate deletes (pods return the object, others a Status).
+    const RETURN_DELETED_OBJECT: bool = false;
+}
+
+/// DeleteOptions from the query string and/or the body.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOpts {
+    pub propagation: Option<String>,
+    pub grace: Option<i64>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+impl DeleteOpts {
+    fn parse(q: &Query, body: &Bytes) -> Result<DeleteOpts, Status> {
+        let mut o = DeleteOpts {
+            propagation: q.get("propagationPolicy").cloned(),
+            grace: q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+            dry_run: q.contains_key("dryRun"),
+            ..Default::default()
+        };
+        if let Some(orphan) = q.get("orphanDependents") {
+            o.propagation = Some(
+                if orphan == "true" {
+                    "Orphan"
+                } else {
+                    "Background"
+                }
+                .into(),
+            );
+        }
+        if !body.is_empty() {
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|e| Status::bad_request(format!("decoding DeleteOptions: {e}")))?;
+            if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+                o.propagation = Some(p.into());
+            }
+            if let Some(od) = v.get("orphanDependents").and_then(Value::as_bool) {
+                o.propagation = Some(if od { "Orphan" } else { "Background" }.into());
+            }
+            if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
+                o.grace = Some(g);
+            }
+            if let Some(uid) = v.pointer("/preconditions/uid").and_then(Value::as_str) {
+                o.precondition_uid = Some(uid.into());
+            }
+            if let Some(rv) = v
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                o.precondition_rv = Some(rv.into());
+            }
+            if v.get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+            {
+                o.dry_run = true;
+            }
+        }
+        if let Some(p) = &o.propagation {
+            if !["Orphan", "Background", "Foreground"].contains(&p.as_str()) {
+                return Err(Status::invalid(
+                    "DeleteOptions",
+                    "",
+                    "",
+                    vec![Cause::not_supported(
+                        "propagationPolicy",
+                        p,
+                        &["Foreground", "Background", "Orphan", "nil"],
+                    )],
+                ));
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn gc_finalizers(opts: &DeleteOpts, default: &str) -> Vec<&'static str> {
+    match opts.propagation.as_deref().unwrap_or(default) {
+        "Foreground" => vec![FOREGROUND],
+        "Orphan" => vec![ORPHAN],
+        _ => vec![],
+    }
+}
+
+impl ApiKind for Job {
+    const LIST_KIND: &'static str = "JobList";
+
+    fn prepare_create(obj: &mut Self, uid: &str) -> Result<(), Status> {
+        validation::default_job(obj, uid);
+        validation::validate_job(obj)
+    }
+
+    fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
+        new.status = old.status.clone();
+        // Fields the server owns or defaults: keep them when a client omits them.
+        let (os, ns) = (
+            old.spec.clone().unwrap_or_default(),
+            new.spec.get_or_insert_with(Default::default),
+        );
+        if ns.selector.is_none() {
+            ns.selector = os.selector.clone();
+        }
+        if ns.completion_mode.is_none() {
+            ns.completion_mode = os.completion_mode.clone();
+        }
+        if ns.backoff_limit.is_none() {
+            ns.backoff_limit = os.backoff_limit;
+        }
+        if ns.suspend.is_none() {
+            ns.suspend = Some(false);
+        }
+        if ns.pod_replacement_policy.is_none() {
+            ns.pod_replacement_policy = os.pod_replacement_policy.clone();
+        }
+        if let Some(ps) = ns.template.spec.as_mut() {
+            validation::default_pod_spec(ps);
+        }
+        validation::validate_job_update(old, new)?;
+        if serde_json::to_value(&old.spec).ok() != serde_json::to_value(&new.spec).ok() {
+            new.metadata.generation = Some(old.metadata.generation.unwrap_or(1) + 1);
+        } else {
+            new.metadata.generation = old.metadata.generation;
+        }
+        Ok(())
+    }
+
+    fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
+        let ct = content_type(headers);
+        if ct.starts_with("application/vnd.kubernetes.protobuf") {
+            return super::protobuf::decode_job(body);
+        }
+        decode_json(headers, body, "Job")
+    }
+
+    fn delete_plan(_obj: &Self, opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: 0,
+            finalizers: gc_finalizers(opts, "Orphan"),
+            warning: opts.propagation.is_none().then_some(
+                "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning",
+            ),
+        }
+    }
+}
+
+impl ApiKind for Pod {
+    const LIST_KIND: &'static str = "PodList";
+    const RETURN_DELETED_OBJECT: bool = true;
+
+    fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
+        validation::default_pod(obj);
+        validation::validate_pod(obj)
+    }
+
+    fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
+        new.status = old.status.clone();
+        // Pod spec is immutable apart from a few fields the simulator does not model.
+        if let Some(ps) = new.spec.as_mut() {
+            validation::default_pod_spec(ps);
+        }
+        if serde_json::to_value(&old.spec).ok() != serde_json::to_value(&new.spec).ok() {
+            return Err(Status::invalid(
+                "Pod",
+                "",
+                old.metadata.name.as_deref().unwrap_or(""),
+                vec![Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)")],
+            ));
+        }
+        Ok(())
+    }
+
+    fn delete_plan(obj: &Self, opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: pod_delete_grace(obj, opts.grace),
+            finalizers: gc_finalizers(opts, "Background")
+                .into_iter()
+                .filter(|f| *f != FOREGROUND)
+                .collect(),
+            warning: None,
+        }
+    }
+}
+
+impl ApiKind for Namespace {
+    const LIST_KIND: &'static str = "NamespaceList";
+
+    fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
+        validation::default_namespace(obj);
+        validation::validate_namespace(obj)
+    }
+
+    fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
+        new.status = old.status.clone();
+        new.spec = old.spec.clone();
+        Ok(())
+    }
+
+    fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: 0,
+            finalizers: vec![],
+            warning: None,
+        }
+    }
+}
+
+/// The object as JSON, as the server returns it.
+pub fn to_json<K: Kind>(obj: &K) -> Value {
+    serde_json::to_value(obj).unwrap_or(Value::Null)
+}
+
+/// List items omit kind/apiVersion, like the real server's typed lists.
+fn list_item<K: Kind>(obj: &K) -> Value {
+    let mut v = to_json(obj);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("kind");
+        m.remove("apiVersion");
+    }
+    v
+}
+
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub namespace: Option<String>,
+}
+
+impl Filter {
+    pub fn parse<K: Kind>(q: &Query, namespace: Option<String>) -> Result<Filter, Status> {
+        let labels =
+            LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+        let probe = K::default();
+        let fields = FieldSelector::parse(
+            q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            |k| probe.field(k).is_some(),
+        )?;
+        Ok(Filter {
+            labels,
+            fields,
+            namespace,
+        })
+    }
+
+    pub fn matches<K: Kind>(&self, obj: &K) -> bool {
+        let m = obj.metadata();
+        if let Some(ns) = &self.namespace {
+            if m.namespace.as_deref() != Some(ns.as_str()) {
+                return false;
+            }
+        }
+        self.labels.matches(m.labels.as_ref()) && self.fields.matches(|k| obj.field(k))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: u64,
+    start: String,
+}
+
+fn encode_continue(rv: u64, key: &(String, String)) -> String {
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: format!("{}/{}", key.0, key.1),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(s: &str) -> Result<(u64, (String, String)), Status> {
+    let bad = || {
+        Status::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let t: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let (ns, name) = t.start.split_once('/').ok_or_else(bad)?;
+    Ok((t.rv, (ns.to_string(), name.to_string())))
+}
+
+fn namespace_exists(store: &Store, ns: &str) -> Result<(), Status> {
+    if store.get::<Namespace>("", ns).is_some() {
+        Ok(())
+    } else {
+        Err(Status::not_found("namespaces", ns))
+    }
+}
+
+async fn list_or_watch<K: ApiKind>(
+    state: AppState,
+    ns: Option<String>,
+    q: Query,
+    headers: HeaderMap,
+) -> Result<Response, Status> {
+    check_accept(&headers)?;
+    let filter = Filter::parse::<K>(&q, ns.clone())?;
+    if flag(&q, "watch") {
+        return super::watch::watch::<K>(state, filter, q, headers).await;
+    }
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let (items, list_rv) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(tok) => {
+            let (rv, after) = decode_continue(tok)?;
+            if rv < state.store.compacted_rv::<K>() {
+                return Err(Status::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."));
+            }
+            let (items, _) = state.store.list_after::<K>(ns.as_deref(), &after);
+            (items, rv)
+        }
+        None => state.store.list::<K>(ns.as_deref()),
+    };
+    let matching: Vec<&K> = items
+        .iter()
+        .map(|a| a.as_ref())
+        .filter(|o| filter.matches(*o))
+        .collect();
+    let (page, rest) = if limit > 0 && matching.len() > limit {
+        (&matching[..limit], matching.len() - limit)
+    } else {
+        (&matching[..], 0)
+    };
+    let cont = (rest > 0).then(|| {
+        let last = page[page.len() - 1].metadata();
+        encode_continue(
+            list_rv,
+            &(
+                last.namespace.clone().unwrap_or_default(),
+                last.name.clone().unwrap_or_default(),
+            ),
+        )
+    });
+    if wants_table(&headers) {
+        let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
+        return Ok(json_response(
+            StatusCode::OK,
+            &tables::table(page, list_rv, cont, include),
+        ));
+    }
+    let mut meta = json!({ "resourceVersion": list_rv.to_string() });
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+        if filter.labels.is_empty() && filter.fields.is_empty() {
+            meta["remainingItemCount"] = json!(rest);
+        }
+    }
+    let body = json!({
+        "kind": K::LIST_KIND,
+        "apiVersion": K::API_VERSION,
+        "metadata": meta,
+        "items": page.iter().map(|o| list_item(*o)).collect::<Vec<_>>(),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn respond(r: Result<Response, Status>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn list_ns<K: ApiKind>(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+) -> Response {
+    respond(list_or_watch::<K>(state, Some(ns), q, headers).await)
+}
+
+pub async fn list_all<K: ApiKind>(
+    State(state): State<AppState>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+) -> Response {
+    respond(list_or_watch::<K>(state, None, q, headers).await)
+}
+
+pub async fn list_cluster<K: ApiKind>(
+    state: State<AppState>,
+    q: AxQuery<Query>,
+    headers: HeaderMap,
+) -> Response {
+    list_all::<K>(state, q, headers).await
+}
+
+fn single<K: ApiKind>(obj: &K, headers: &HeaderMap, q: &Query, code: StatusCode) -> Response {
+    if wants_table(headers) {
+        let include = IncludeObject::parse(q.get("includeObject").map(String::as_str));
+        let rv = obj
+            .metadata()
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        return json_response(code, &tables::table(&[obj], rv, None, include));
+    }
+    json_response(code, &to_json(obj))
+}
+
+async fn get_impl<K: ApiKind>(
+    state: AppState,
+    ns: &str,
+    name: &str,
+    q: Query,
+    headers: HeaderMap,
+) -> Result<Response, Status> {
+    check_accept(&headers)?;
+    let obj = state
+        .store
+        .get::<K>(ns, name)
+        .ok_or_else(|| Status::not_found(K::GROUP_RESOURCE, name))?;
+    Ok(single(obj.as_ref(), &headers, &q, StatusCode::OK))
+}
+
+pub async fn get_one<K: ApiKind>(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+) -> Response {
+    respond(get_impl::<K>(state, &ns, &name, q, headers).await)
+}
+
+pub async fn get_cluster<K: ApiKind>(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+) -> Response {
+    respond(get_impl::<K>(state, "", &name, q, headers).await)
+}
+
+async fn create_impl<K: ApiKind>(
+    state: AppState,
+    ns: Option<String>,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Status> {
+    let mut obj = K::decode_create(&headers, &body)?;
+    if let Some(ns) = &ns {
+        match obj.metadata().namespace.as_deref() {
+            Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
+                return Err(Status::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {}
+        }
+    }
+    {
+        let m = obj.metadata_mut();
+        m.namespace = ns.clone();
+        m.uid = None;
+        m.resource_version = None;
+        m.creation_timestamp = None;
+        m.deletion_timestamp = None;
+        m.deletion_grace_period_seconds = None;
+        m.generation = None;
+        m.managed_fields = None;
+        validation::apply_generate_name(m);
+    }
+    let uid = uuid::Uuid::new_v4().to_string();
+    K::prepare_create(&mut obj, &uid)?;
+    if let Some(ns) = &ns {
+        namespace_exists(&state.store, ns)?;
+    }
+    obj.metadata_mut().uid = Some(uid);
+    if q.contains_key("dryRun") {
+        return Ok(json_response(StatusCode::CREATED, &to_json(&obj)));
+    }
+    let created = state.store.create(obj)?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &to_json(created.as_ref()),
+    ))
+}
+
+pub async fn create<K: ApiKind>(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(create_impl::<K>(state, Some(ns), q, headers, body).await)
+}
+
+pub async fn create_cluster<K: ApiKind>(
+    State(state): State<AppState>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(create_impl::<K>(state, None, q, headers, body).await)
+}
+
+/// Applies an update (PUT body or patched object) through the kind's rules and the store.
+fn write_update<K: ApiKind>(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    expected_rv: Option<String>,
+    make: impl FnOnce(&K) -> Result<K, Status>,
+) -> Result<Option<std::sync::Arc<K>>, Status> {
+    store.update::<K>(ns, name, |cur| {
+        if let Some(rv) = expected_rv.as_deref().filter(|r| !r.is_empty()) {
+            if cur.metadata().resource_version.as_deref() != Some(rv) {
+                return Err(Status::conflict(K::GROUP_RESOURCE, name));
+            }
+        }
+        let mut new = make(cur)?;
+        if new.metadata().name.as_deref().is_some_and(|n| n != name) {
+            return Err(Status::bad_request("the name of the object does not match the name on the URL"));
+        }
+        K::prepare_update(cur, &mut new)?;
+        let (om, nm) = (cur.metadata(), new.metadata_mut());
+        if om.deletion_timestamp.is_some() {
+            let added: Vec<&String> = nm
+                .finalizers
+                .iter()
+                .flatten()
+                .filter(|f| !om.finalizers.iter().flatten().any(|o| o == *f))
+                .collect();
+            if !added.is_empty() {
+                return Err(Status::invalid(
+                    K::KIND,
+                    K::GROUP,
+                    name,
+                    vec![Cause::forbidden(
+                        "metadata.finalizers",
+                        &format!("no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"),
+                    )],
+                ));
+            }
+        }
+        nm.generation = nm.generation.or(om.generation);
+        nm.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+        nm.managed_fields = None;
+        if nm.finalizers.as_ref().is_some_and(|f| f.is_empty()) {
+            nm.finalizers = None;
+        }
+        *cur = new;
+        Ok(())
+    })
+}
+
+fn written<K: ApiKind>(
+    r: Option<std::sync::Arc<K>>,
+    ns: &str,
+    name: &str,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Response {
+    match r {
+        Some(obj) => single(obj.as_ref(), headers, q, StatusCode::OK),
+        // The write removed the last finalizer of a deleting object: it is gone now.
+        None => json_response(StatusCode::OK, &success_status::<K>(name, ns)),
+    }
+}
+
+fn success_status<K: Kind>(name: &str, _ns: &str) -> Value {
+    let (kind, group) = match K::GROUP_RESOURCE.split_once('.') {
+        Some((r, g)) => (r, g),
+        None => (K::GROUP_RESOURCE, ""),
+    };
+    let mut details = json!({ "name": name, "kind": kind });
+    if !group.is_empty() {
+        details["group"] = json!(group);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
+}
+
+async fn replace_impl<K: ApiKind>(
+    state: AppState,
+    ns: &str,
+    name: &str,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Status> {
+    let new: K = decode_json(&headers, &body, K::KIND)?;
+    let rv = new.metadata().resource_version.clone();
+    let r = write_update::<K>(&state.store, ns, name, rv, |_| Ok(new))?;
+    Ok(written(r, ns, name, &q, &headers))
+}
+
+pub async fn replace_one<K: ApiKind>(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(replace_impl::<K>(state, &ns, &name, q, headers, body).await)
+}
+
+pub async fn replace_cluster<K: ApiKind>(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(replace_impl::<K>(state, "", &name, q, headers, body).await)
+}
+
+async fn patch_impl<K: ApiKind>(
+    state: AppState,
+    ns: &str,
+    name: &str,
+    q: Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Status> {
+    let ct = content_type(&headers);
+    let kind =
+        PatchKind::from_content_type(&ct).ok_or_else(|| Status::unsupported_media_type(&ct))?;
+    if kind == PatchKind::Apply {
+        return Err(Status::unsupported_media_type(&ct));
+    }
+    let p: Value = serde_json::from_slice(&body)
+        .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
+    let expected_rv = p
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let r = write_update::<K>(&state.store, ns, name, expected_rv, |cur| {
+        let patched = patch::apply(kind, &to_json(cur), &p)?;
+        serde_json::from_value::<K>(patched).map_err(|e| {
+            Status::bad_request(format!("patched object is not a valid {}: {e}", K::KIND))
+        })
+    })?;
+    Ok(written(r, ns, name, &q, &headers))
+}
+
+pub async fn patch_one<K: ApiKind>(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(patch_impl::<K>(state, &ns, &name, q, headers, body).await)
+}
+
+pub async fn patch_cluster<K: ApiKind>(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(patch_impl::<K>(state, "", &name, q, headers, body).await)
+}
+
+async fn delete_impl<K: ApiKind>(
+    state: AppState,
+    ns: &str,
+    name: &str,
+    q: Query,
+    body: Bytes,
+) -> Result<Response, Status> {
+    let opts = DeleteOpts::parse(&q, &body)?;
+    let cur = state
+        .store
+        .get::<K>(ns, name)
+        .ok_or_else(|| Status::not_found(K::GROUP_RESOURCE, name))?;
+    if let Some(rv) = &opts.precondition_rv {
+        if cur.metadata().resource_version.as_deref() != Some(rv.as_str()) {
+            return Err(Status::conflict(K::GROUP_RESOURCE, name));
+        }
+    }
+    let plan = K::delete_plan(cur.as_ref(), &opts);
+    let mut resp = if opts.dry_run {
+        json_response(StatusCode::OK, &to_json(cur.as_ref()))
+    } else {
+        let r = state.store.delete::<K>(
+            ns,
+            name,
+            plan.grace,
+            &plan.finalizers,
+            opts.precondition_uid.as_deref(),
+        )?;
+        match r {
+            Some(obj) => json_response(StatusCode::OK, &to_json(obj.as_ref())),
+            None if K::RETURN_DELETED_OBJECT => {
+                json_response(StatusCode::OK, &to_json(cur.as_ref()))
+            }
+            None => {
+                let mut s = success_status::<K>(name, ns);
+                s["details"]["uid"] = json!(cur.metadata().uid);
+                json_response(StatusCode::OK, &s)
+            }
+        }
+    };
+    if let Some(w) = plan.warning {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{w}\"")) {
+            resp.headers_mut().insert("warning", v);
+        }
+    }
+    Ok(resp)
+}
+
+pub async fn delete_one<K: ApiKind>(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    AxQuery(q): AxQuery<Query>,
+    body: Bytes,
+) -> Response {
+    respond(delete_impl::<K>(state, &ns, &name, q, body).await)
+}
+
+pub async fn delete_namespace_refused() -> Response {
+    Status::method_not_allowed("kubesim does not simulate namespace deletion").into_response()
+}
+
+/// Status is written only by the simulated controllers.
+pub async fn status_write_refused() -> Response {
+    Status::method_not_allowed(
+        "kubesim: the status subresource is written only by the simulated controllers",
+    )
+    .into_response()
+}

@@ -1,0 +1,629 @@
+//! The Job controller's sync: for one Job, count its pods (through the
+//! `batch.kubernetes.io/job-tracking` finalizer, removed once a finished pod is counted),
+//! decide success/failure (completions, backoffLimit, activeDeadlineSeconds, podFailurePolicy),
+//! suspend/resume, create the missing pods and write status as kube-controller-manager does
+//! (`SuccessCriteriaMet` then `Complete`; `FailureTarget` then `Failed`), and schedule the TTL
+//! deletion of finished Jobs. It is the only writer of Job status and never writes pod status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+
+use super::gc::FOREGROUND;
+use super::{Timer, Timers};
+use crate::objects::{has_finalizer, is_terminal, phase, pod_delete_grace, pod_ready};
+use crate::store::{ObjKey, Store};
+use crate::time::{now_time, unix_now};
+use crate::validation::{
+    generate_name, COMPLETION_INDEX, CONTROLLER_UID, JOB_NAME, JOB_TRACKING_FINALIZER,
+    LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME,
+};
+
+fn condition(ty: &str, reason: &str, message: &str, status: bool) -> JobCondition {
+    let now = now_time();
+    JobCondition {
+        type_: ty.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_probe_time: Some(now.clone()),
+        last_transition_time: Some(now),
+    }
+}
+
+fn find<'a>(conds: &'a [JobCondition], ty: &str) -> Option<&'a JobCondition> {
+    conds.iter().find(|c| c.type_ == ty)
+}
+
+fn is_true(conds: &[JobCondition], ty: &str) -> bool {
+    find(conds, ty).is_some_and(|c| c.status == "True")
+}
+
+/// Adds or flips a condition; unchanged conditions keep their times.
+fn set(conds: &mut Vec<JobCondition>, c: JobCondition) {
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) if x.status == c.status => {}
+        Some(x) => *x = c,
+        None => conds.push(c),
+    }
+}
+
+/// Parses `completedIndexes` ("1,3-5") into a set.
+pub fn parse_indexes(s: &str) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(a) = part.parse() {
+                    out.insert(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Formats a set of indexes the way the controller writes `completedIndexes`.
+pub fn format_indexes(set: &BTreeSet<i32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut iter = set.iter().peekable();
+    while let Some(&start) = iter.next() {
+        let mut end = start;
+        while iter.peek().is_some_and(|&&n| n == end + 1) {
+            end = *iter.next().unwrap_or(&end);
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    parts.join(",")
+}
+
+fn pod_index(p: &Pod) -> Option<i32> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(COMPLETION_INDEX))
+        .and_then(|v| v.parse().ok())
+}
+
+/// What podFailurePolicy says about a failed pod.
+enum PolicyVerdict {
+    Count,
+    Ignore,
+    FailJob(String),
+}
+
+fn apply_failure_policy(job: &Job, pod: &Pod) -> PolicyVerdict {
+    let Some(pfp) = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+    else {
+        return PolicyVerdict::Count;
+    };
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    for (i, rule) in pfp.rules.iter().enumerate() {
+        let matched: Option<String> = if let Some(oe) = &rule.on_exit_codes {
+            statuses.iter().find_map(|cs| {
+                if oe.container_name.as_ref().is_some_and(|n| n != &cs.name) {
+                    return None;
+                }
+                let code = cs.state.as_ref()?.terminated.as_ref()?.exit_code;
+                let hit = match oe.operator.as_str() {
+                    "In" => oe.values.contains(&code),
+                    "NotIn" => code != 0 && !oe.values.contains(&code),
+                    _ => false,
+                };
+                hit.then(|| {
+                    format!(
+                        "Container {} for pod {}/{} failed with exit code {} matching {} rule at index {}",
+                        cs.name,
+                        pod.metadata.namespace.as_deref().unwrap_or(""),
+                        pod.metadata.name.as_deref().unwrap_or(""),
+                        code,
+                        rule.action,
+                        i
+                    )
+                })
+            })
+        } else {
+            rule.on_pod_conditions.iter().flatten().find_map(|pc| {
+                let conds = pod.status.as_ref()?.conditions.as_ref()?;
+                let want = pc.status.as_str();
+                conds
+                    .iter()
+                    .any(|c| c.type_ == pc.type_ && c.status == want)
+                    .then(|| {
+                        format!(
+                            "Pod {}/{} has condition {} matching {} rule at index {}",
+                            pod.metadata.namespace.as_deref().unwrap_or(""),
+                            pod.metadata.name.as_deref().unwrap_or(""),
+                            pc.type_,
+                            rule.action,
+                            i
+                        )
+                    })
+            })
+        };
+        if let Some(msg) = matched {
+            return match rule.action.as_str() {
+                "FailJob" => PolicyVerdict::FailJob(msg),
+                "Ignore" => PolicyVerdict::Ignore,
+                _ => PolicyVerdict::Count,
+            };
+        }
+    }
+    PolicyVerdict::Count
+}
+
+fn remove_tracking_finalizer(store: &Store, pod: &Pod) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone();
+    let _ = store.update::<Pod>(&ns, &name, |p| {
+        if p.metadata.uid != uid {
+            return Ok(());
+        }
+        if let Some(f) = p.metadata.finalizers.as_mut() {
+            f.retain(|x| x != JOB_TRACKING_FINALIZER);
+            if f.is_empty() {
+                p.metadata.finalizers = None;
+            }
+        }
+        Ok(())
+    });
+}
+
+fn delete_pod(store: &Store, pod: &Pod) {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let grace = pod_delete_grace(pod, None);
+    let _ = store.delete::<Pod>(&ns, &name, grace, &[], pod.metadata.uid.as_deref());
+}
+
+/// A pod for `job` (with the completion index for Indexed Jobs), as the controller builds it.
+pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let spec = job.spec.clone().unwrap_or_default();
+    let tmeta = spec.template.metadata.clone().unwrap_or_default();
+    let mut labels = tmeta.labels.clone().unwrap_or_default();
+    labels.insert(CONTROLLER_UID.into(), uid.clone());
+    labels.insert(LEGACY_CONTROLLER_UID.into(), uid.clone());
+    labels.insert(JOB_NAME.into(), name.clone());
+    labels.insert(LEGACY_JOB_NAME.into(), name.clone());
+    let mut annotations = tmeta.annotations.clone().unwrap_or_default();
+    let mut pod_spec = spec.template.spec.clone().unwrap_or_default();
+    let prefix = match index {
+        Some(i) => {
+            labels.insert(COMPLETION_INDEX.into(), i.to_string());
+            annotations.insert(COMPLETION_INDEX.into(), i.to_string());
+            let env = EnvVar {
+                name: "JOB_COMPLETION_INDEX".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".into()),
+                        field_path: format!("metadata.annotations['{COMPLETION_INDEX}']"),
+                    }),
+                    ..Default::default()
+                }),
+            };
+            for c in pod_spec
+                .containers
+                .iter_mut()
+                .chain(pod_spec.init_containers.iter_mut().flatten())
+            {
+                c.env.get_or_insert_with(Vec::new).push(env.clone());
+            }
+            if pod_spec.hostname.is_none() {
+                pod_spec.hostname = Some(format!("{name}-{i}"));
+            }
+            format!("{name}-{i}-")
+        }
+        None => format!("{name}-"),
+    };
+    let mut finalizers = tmeta.finalizers.clone().unwrap_or_default();
+    finalizers.push(JOB_TRACKING_FINALIZER.into());
+    let mut pod = Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix.clone()),
+            name: Some(generate_name(&prefix)),
+            namespace: job.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            finalizers: Some(finalizers),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: name.clone(),
+                uid,
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(pod_spec),
+        status: None,
+    };
+    crate::validation::default_pod(&mut pod);
+    pod
+}
+
+fn create_pod(store: &Store, job: &Job, index: Option<i32>) {
+    for _ in 0..5 {
+        if store.create(new_pod(job, index)).is_ok() {
+            return;
+        }
+    }
+}
+
+/// Syncs one Job. Safe to call any number of times.
+pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
+    let Some(job) = store.get::<Job>(&key.0, &key.1) else {
+        return;
+    };
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let pods: Vec<Arc<Pod>> = store
+        .dependents::<Pod>(&uid)
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        })
+        .collect();
+    let spec = job.spec.clone().unwrap_or_default();
+    let old_status = job.status.clone().unwrap_or_default();
+    let mut st: JobStatus = old_status.clone();
+    let mut conds = st.conditions.clone().unwrap_or_default();
+    let finished = is_true(&conds, "Complete") || is_true(&conds, "Failed");
+    let deleting = job.metadata.deletion_timestamp.is_some();
+    let suspended = spec.suspend == Some(true);
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions;
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+
+    // 1. Count finished pods that still carry the tracking finalizer.
+    let mut succeeded = st.succeeded.unwrap_or(0);
+    let mut failed = st.failed.unwrap_or(0);
+    let mut completed = parse_indexes(st.completed_indexes.as_deref().unwrap_or(""));
+    let mut counted: Vec<Arc<Pod>> = Vec::new();
+    let mut policy_failure: Option<String> = None;
+    for p in &pods {
+        if !has_finalizer(&p.metadata, JOB_TRACKING_FINALIZER) {
+            continue;
+        }
+        if finished {
+            counted.push(p.clone());
+            continue;
+        }
+        match phase(p) {
+            "Succeeded" => {
+                if indexed {
+                    if let Some(i) = pod_index(p) {
+                        if completions.is_some_and(|c| i >= 0 && i < c) {
+                            completed.insert(i);
+                        }
+                    }
+                } else {
+                    succeeded += 1;
+                }
+                counted.push(p.clone());
+            }
+            "Failed" => {
+                if !(suspended && p.metadata.deletion_timestamp.is_some()) {
+                    match apply_failure_policy(&job, p) {
+                        PolicyVerdict::Ignore => {}
+                        PolicyVerdict::Count => failed += 1,
+                        PolicyVerdict::FailJob(msg) => {
+                            failed += 1;
+                            policy_failure.get_or_insert(msg);
+                        }
+                    }
+                }
+                counted.push(p.clone());
+            }
+            _ => {}
+        }
+    }
+    if indexed {
+        succeeded = completed.len() as i32;
+        st.completed_indexes = Some(format_indexes(&completed));
+    }
+    let counted_uids: BTreeSet<String> = counted
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let live: Vec<&Arc<Pod>> = pods
+        .iter()
+        .filter(|p| {
+            !is_terminal(p) && !counted_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
+        })
+        .collect();
+    let mut active: Vec<&Arc<Pod>> = live
+        .iter()
+        .copied()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let terminating = live.len() - active.len();
+    let now = unix_now();
+
+    // 2. Decide.
+    if !finished {
+        let failure_target = find(&conds, "FailureTarget")
+            .filter(|c| c.status == "True")
+            .cloned();
+        let success_target = is_true(&conds, "SuccessCriteriaMet");
+        if failure_target.is_none() && !success_target && !deleting {
+            if suspended {
+                for p in &active {
+                    delete_pod(store, p);
+                }
+                active.clear();
+                if !is_true(&conds, "Suspended") {
+                    set(
+                        &mut conds,
+                        condition("Suspended", "JobSuspended", "Job suspended", true),
+                    );
+                }
+            } else {
+                if is_true(&conds, "Suspended") {
+                    set(
+                        &mut conds,
+                        condition("Suspended", "JobResumed", "Job resumed", false),
+                    );
+                    st.start_time = Some(now_time());
+                }
+                if st.start_time.is_none() {
+                    st.start_time = Some(now_time());
+                }
+                let restarts: i32 = if spec
+                    .template
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.restart_policy.as_deref())
+                    == Some("OnFailure")
+                {
+                    pods.iter()
+                        .filter(|p| !is_terminal(p))
+                        .flat_map(|p| {
+                            p.status
+                                .iter()
+                                .flat_map(|s| s.container_statuses.iter().flatten())
+                        })
+                        .map(|c| c.restart_count)
+                        .sum()
+                } else {
+                    0
+                };
+                let backoff = spec.backoff_limit.unwrap_or(6);
+                let started = st
+                    .start_time
+                    .as_ref()
+                    .map(|t| t.0.as_second())
+                    .unwrap_or(now);
+                let deadline_passed = spec
+                    .active_deadline_seconds
+                    .is_some_and(|ads| now >= started + ads);
+                let failure = if let Some(msg) = policy_failure {
+                    Some(("PodFailurePolicy", msg))
+                } else if failed + restarts > backoff {
+                    Some((
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit".to_string(),
+                    ))
+                } else if deadline_passed {
+                    Some((
+                        "DeadlineExceeded",
+                        "Job was active longer than specified deadline".to_string(),
+                    ))
+                } else {
+                    None
+                };
+                let success = match (indexed, completions) {
+                    (true, Some(c)) => completed.len() as i32 >= c,
+                    (false, Some(c)) => succeeded >= c,
+                    (_, None) => succeeded > 0 && active.is_empty(),
+                };
+                if let Some((reason, msg)) = failure {
+                    set(&mut conds, condition("FailureTarget", reason, &msg, true));
+                } else if success {
+                    set(
+                        &mut conds,
+                        condition(
+                            "SuccessCriteriaMet",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                            true,
+                        ),
+                    );
+                } else {
+                    // Create the missing pods.
+                    if indexed {
+                        let c = completions.unwrap_or(0);
+                        let busy: BTreeSet<i32> =
+                            active.iter().filter_map(|p| pod_index(p)).collect();
+                        let mut room = parallelism - active.len() as i32;
+                        for i in 0..c {
+                            if room <= 0 {
+                                break;
+                            }
+                            if completed.contains(&i) || busy.contains(&i) {
+                                continue;
+                            }
+                            create_pod(store, &job, Some(i));
+                            room -= 1;
+                        }
+                    } else {
+                        let remaining = match completions {
+                            Some(c) => c - succeeded,
+                            None => parallelism,
+                        };
+                        let want = remaining.min(parallelism) - active.len() as i32;
+                        for _ in 0..want.max(0) {
+                            create_pod(store, &job, None);
+                        }
+                    }
+                    if let Some(ads) = spec.active_deadline_seconds {
+                        let left = (started + ads - now).max(0) as u64;
+                        timers.add(
+                            Duration::from_secs(left) + Duration::from_millis(5),
+                            Timer::SyncJob(key.clone()),
+                        );
+                    }
+                }
+            }
+        }
+        // Targets reached: stop the remaining pods, then finish once none are left running.
+        let failure_target = find(&conds, "FailureTarget")
+            .filter(|c| c.status == "True")
+            .cloned();
+        let success_target = find(&conds, "SuccessCriteriaMet")
+            .filter(|c| c.status == "True")
+            .cloned();
+        if failure_target.is_some() || success_target.is_some() {
+            for p in &active {
+                delete_pod(store, p);
+            }
+            let all_gone = pods.iter().all(|p| {
+                is_terminal(p) || counted_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
+            });
+            if all_gone && active.iter().all(|p| is_terminal(p)) {
+                if let Some(ft) = failure_target {
+                    set(
+                        &mut conds,
+                        condition(
+                            "Failed",
+                            ft.reason.as_deref().unwrap_or(""),
+                            ft.message.as_deref().unwrap_or(""),
+                            true,
+                        ),
+                    );
+                } else if success_target.is_some() {
+                    set(
+                        &mut conds,
+                        condition(
+                            "Complete",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                            true,
+                        ),
+                    );
+                    st.completion_time = Some(now_time());
+                }
+            }
+            active.clear();
+        }
+    }
+
+    let active_n = live
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count() as i32;
+    let ready_n = live
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+        .count() as i32;
+    let finished_now = is_true(&conds, "Complete") || is_true(&conds, "Failed");
+    st.active = (active_n > 0 && !finished_now).then_some(active_n);
+    st.ready = Some(if finished_now { 0 } else { ready_n });
+    st.terminating = Some(terminating as i32);
+    st.succeeded = (succeeded > 0).then_some(succeeded);
+    st.failed = (failed > 0).then_some(failed);
+    st.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+    st.conditions = (!conds.is_empty()).then_some(conds);
+    if st != old_status {
+        let _ = store.update::<Job>(&key.0, &key.1, |j| {
+            if j.metadata.uid.as_deref() == Some(uid.as_str()) {
+                j.status = Some(st.clone());
+            }
+            Ok(())
+        });
+    }
+    // Counted pods lose their finalizer only after the count is stored.
+    for p in counted {
+        remove_tracking_finalizer(store, &p);
+    }
+    if finished_now {
+        schedule_ttl(store, &job, &st, key, timers);
+    }
+}
+
+fn finish_time(st: &JobStatus) -> Option<i64> {
+    st.conditions
+        .iter()
+        .flatten()
+        .filter(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .filter_map(|c| c.last_transition_time.as_ref())
+        .map(|t: &Time| t.0.as_second())
+        .next()
+}
+
+fn schedule_ttl(store: &Store, job: &Job, st: &JobStatus, key: &ObjKey, timers: &mut Timers) {
+    let Some(ttl) = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished) else {
+        return;
+    };
+    if job.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let Some(done) = finish_time(st) else {
+        return;
+    };
+    let expire = done + ttl as i64;
+    let now = unix_now();
+    if now >= expire {
+        // The TTL-after-finished controller deletes with foreground propagation and a uid
+        // precondition.
+        let _ = store.delete::<Job>(
+            &key.0,
+            &key.1,
+            0,
+            &[FOREGROUND],
+            job.metadata.uid.as_deref(),
+        );
+    } else {
+        timers.add(
+            Duration::from_secs((expire - now) as u64) + Duration::from_millis(5),
+            Timer::SyncJob(key.clone()),
+        );
+    }
+}
+
+/// Labels the real controller puts on a Job's pods (for tests and table output).
+pub fn pod_labels(job: &Job) -> BTreeMap<String, String> {
+    new_pod(job, None).metadata.labels.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_round_trip_as_ranges() {
+        let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into_iter().collect();
+        assert_eq!(format_indexes(&set), "0-2,4,6-7");
+        assert_eq!(parse_indexes("0-2,4,6-7"), set);
+    }
+}

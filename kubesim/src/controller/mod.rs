@@ -1,0 +1,276 @@
+//! The control loop: one task that plays kube-controller-manager (Job controller, garbage
+//! collector, TTL-after-finished) and the node's kubelet. It is event driven: it follows the
+//! store's history like a watch, reacts to timers (start delays, deadlines, TTLs) and runner
+//! exits, and resyncs everything when it falls behind the bounded history. It never serves HTTP.
+
+pub mod gc;
+pub mod job;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::faults::{Command, Faults};
+use crate::kubelet::{Exit, Kubelet, Runner};
+use crate::logs::Logs;
+use crate::objects::controller_ref;
+use crate::store::{EventType, ObjKey, Store};
+
+/// Something the loop must do at a given time.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    /// Start delay of a bound pod elapsed.
+    StartPod(ObjKey, String),
+    /// Pod activeDeadlineSeconds elapsed.
+    PodDeadline(ObjKey, String),
+    /// Re-sync a Job (its activeDeadlineSeconds or TTL may have passed).
+    SyncJob(ObjKey),
+}
+
+/// A min-heap of timers. A Job re-sync is kept only once per Job (the earliest): the sync it
+/// triggers schedules the next one, so later duplicates would be redundant.
+#[derive(Default)]
+pub struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    seq: u64,
+    job_syncs: HashMap<ObjKey, Instant>,
+}
+
+impl Timers {
+    pub fn add(&mut self, after: Duration, t: Timer) {
+        self.at(Instant::now() + after, t);
+    }
+
+    pub fn at(&mut self, when: Instant, t: Timer) {
+        if let Timer::SyncJob(key) = &t {
+            match self.job_syncs.get(key) {
+                Some(&pending) if pending <= when => return,
+                _ => {
+                    self.job_syncs.insert(key.clone(), when);
+                }
+            }
+        }
+        self.seq += 1;
+        self.heap.push(Reverse((when, self.seq, t)));
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        if self.next_deadline()? <= now {
+            let t = self.heap.pop().map(|Reverse((when, _, t))| (when, t));
+            if let Some((when, Timer::SyncJob(key))) = &t {
+                if self.job_syncs.get(key) == Some(when) {
+                    self.job_syncs.remove(key);
+                }
+            }
+            t.map(|(_, t)| t)
+        } else {
+            None
+        }
+    }
+}
+
+pub(crate) struct LoopConfig {
+    pub store: Arc<Store>,
+    pub logs: Arc<Logs>,
+    pub runner: Arc<dyn Runner>,
+    pub node_capacity: usize,
+    pub start_delay: Duration,
+    pub faults: Faults,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+}
+
+struct Loop {
+    store: Arc<Store>,
+    kubelet: Kubelet,
+    timers: Timers,
+    dirty_jobs: BTreeSet<ObjKey>,
+    gc: gc::Gc,
+    job_cursor: u64,
+    pod_cursor: u64,
+    resync: bool,
+}
+
+impl Loop {
+    fn mark_owner_dirty(&mut self, pod: &Pod) {
+        if let Some(o) = controller_ref(&pod.metadata) {
+            if o.kind == "Job" {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                self.dirty_jobs.insert((ns, o.name.clone()));
+            }
+        }
+    }
+
+    fn full_resync(&mut self) {
+        let rv = self.store.current_rv();
+        self.job_cursor = rv;
+        self.pod_cursor = rv;
+        let (jobs, _) = self.store.list::<Job>(None);
+        for j in &jobs {
+            let key = (
+                j.metadata.namespace.clone().unwrap_or_default(),
+                j.metadata.name.clone().unwrap_or_default(),
+            );
+            self.dirty_jobs.insert(key);
+            self.gc.job_changed(j);
+        }
+        let (pods, _) = self.store.list::<Pod>(None);
+        for p in &pods {
+            self.kubelet.reconcile(p, &mut self.timers);
+            self.gc.pod_seen(&self.store, p);
+        }
+    }
+
+    fn drain_events(&mut self) {
+        if self.resync {
+            self.resync = false;
+            self.full_resync();
+            return;
+        }
+        match self.store.events_since::<Job>(self.job_cursor) {
+            Ok((evs, _)) => {
+                for ev in evs {
+                    self.job_cursor = ev.rv;
+                    let j = &ev.obj;
+                    let key = (
+                        j.metadata.namespace.clone().unwrap_or_default(),
+                        j.metadata.name.clone().unwrap_or_default(),
+                    );
+                    match ev.kind {
+                        EventType::Deleted => self.gc.job_deleted(&self.store, j),
+                        _ => {
+                            self.gc.job_changed(j);
+                            self.dirty_jobs.insert(key);
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                self.full_resync();
+                return;
+            }
+        }
+        match self.store.events_since::<Pod>(self.pod_cursor) {
+            Ok((evs, _)) => {
+                for ev in evs {
+                    self.pod_cursor = ev.rv;
+                    let p = &ev.obj;
+                    match ev.kind {
+                        EventType::Deleted => {
+                            self.kubelet.forget(p, &mut self.timers);
+                            self.gc.pod_deleted(p);
+                        }
+                        _ => {
+                            self.kubelet.reconcile(p, &mut self.timers);
+                            self.gc.pod_seen(&self.store, p);
+                        }
+                    }
+                    self.mark_owner_dirty(p);
+                }
+            }
+            Err(_) => self.full_resync(),
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(t) = self.timers.pop_due(now) {
+            match t {
+                Timer::StartPod(key, uid) => self.kubelet.start(&key, &uid, &mut self.timers),
+                Timer::PodDeadline(key, uid) => self.kubelet.deadline(&key, &uid),
+                Timer::SyncJob(key) => {
+                    self.dirty_jobs.insert(key);
+                }
+            }
+        }
+    }
+
+    fn sync_dirty(&mut self) {
+        self.gc.run(&self.store);
+        let dirty = std::mem::take(&mut self.dirty_jobs);
+        for key in dirty {
+            job::sync(&self.store, &key, &mut self.timers);
+        }
+    }
+}
+
+/// Runs the loop until `cancel` fires.
+pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
+    let LoopConfig {
+        store,
+        logs,
+        runner,
+        node_capacity,
+        start_delay,
+        faults,
+        mut commands,
+    } = cfg;
+    let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
+    let mut changes = store.subscribe();
+    let mut paused = faults.state.paused.subscribe();
+    let kubelet = Kubelet::new(
+        store.clone(),
+        logs,
+        runner,
+        node_capacity,
+        start_delay,
+        exit_tx,
+    );
+    let mut lp = Loop {
+        store,
+        kubelet,
+        timers: Timers::default(),
+        dirty_jobs: BTreeSet::new(),
+        gc: gc::Gc::default(),
+        job_cursor: 0,
+        pod_cursor: 0,
+        resync: true,
+    };
+    loop {
+        if *paused.borrow_and_update() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = paused.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        changes.borrow_and_update();
+        lp.drain_events();
+        lp.run_timers();
+        while let Ok(exit) = exits.try_recv() {
+            lp.kubelet.on_exit(exit, &mut lp.timers);
+        }
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Evict { namespace, name } => lp.kubelet.evict(&namespace, &name),
+            }
+        }
+        lp.sync_dirty();
+        if changes.has_changed().unwrap_or(false) {
+            // Our own writes produced events; handle them before sleeping.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let next = lp.timers.next_deadline();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+            Some(exit) = exits.recv() => lp.kubelet.on_exit(exit, &mut lp.timers),
+            Some(cmd) = commands.recv() => match cmd {
+                Command::Evict { namespace, name } => lp.kubelet.evict(&namespace, &name),
+            },
+            _ = async { match next { Some(t) => tokio::time::sleep_until(t).await, None => futures::future::pending().await } } => {},
+            r = paused.changed() => if r.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! The simulated node: scheduling onto a fixed pod capacity, the pod lifecycle a kubelet drives
+//! (Pending/unschedulable -> ContainerCreating -> Running -> Succeeded/Failed, restarts under
+//! `OnFailure`, kills on deletion, evictions, pod activeDeadlineSeconds) and the status it
+//! reports. It is the only writer of pod *status*; it never touches Jobs. Containers are run by
+//! a pluggable [`Runner`]: [`ScriptedRunner`] (default) or [`HostRunner`].
+
+pub mod host;
+pub mod runner;
+pub mod scripted;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use host::HostRunner;
+pub use runner::{RunOutcome, RunSpec, Runner};
+pub use scripted::ScriptedRunner;
+
+use crate::controller::{Timer, Timers};
+use crate::logs::Logs;
+use crate::objects::{controller_ref, is_terminal, phase};
+use crate::store::{ObjKey, Store};
+use crate::time::now_time;
+use crate::validation::COMPLETION_INDEX;
+
+pub const NODE_NAME: &str = "kubesim-node-1";
+pub const HOST_IP: &str = "10.0.0.10";
+
+/// A container instance finished.
+#[derive(Debug)]
+pub struct Exit {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub restart_count: i32,
+    pub outcome: RunOutcome,
+}
+
+struct Running {
+    kill: CancellationToken,
+    restart_count: i32,
+}
+
+/// Why the kubelet is stopping a running container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillReason {
+    Deleted,
+    Evicted,
+    Deadline,
+}
+
+pub struct Kubelet {
+    store: Arc<Store>,
+    logs: Arc<Logs>,
+    runner: Arc<dyn Runner>,
+    capacity: usize,
+    start_delay: Duration,
+    /// Pods bound to the node and not yet terminal: what capacity counts.
+    bound: HashSet<String>,
+    queue: VecDeque<(ObjKey, String)>,
+    queued: HashSet<String>,
+    running: HashMap<String, Running>,
+    killing: HashMap<String, KillReason>,
+    /// Pods with a start timer pending (so repeated events do not add more timers).
+    starting: HashSet<String>,
+    attempts: HashMap<String, u32>,
+    exits: mpsc::UnboundedSender<Exit>,
+    next_ip: AtomicU64,
+}
+
+fn cond(ty: &str, status: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
+    PodCondition {
+        type_: ty.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.map(Into::into),
+        message,
+        last_transition_time: Some(now_time()),
+        ..Default::default()
+    }
+}
+
+/// Sets a condition, keeping lastTransitionTime when the status does not change.
+fn set_cond(status: &mut PodStatus, c: PodCondition) {
+    let conds = status.conditions.get_or_insert_with(Vec::new);
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => {
+            if x.status != c.status {
+                *x = c;
+            } else {
+                x.reason = c.reason;
+                x.message = c.message;
+            }
+        }
+        None => conds.push(c),
+    }
+}
+
+fn container_id() -> String {
+    format!(
+        "containerd://{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn image_id(image: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    image.hash(&mut h);
+    let digest = format!("{:016x}", h.finish());
+    let repo = image.split(':').next().unwrap_or(image);
+    let repo = if repo.contains('/') {
+        repo.to_string()
+    } else {
+        format!("docker.io/library/{repo}")
+    };
+    format!("{repo}@sha256:{digest:0>64}")
+}
+
+fn container_names(pod: &Pod) -> Vec<(String, String)> {
+    pod.spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn unready_message(pod: &Pod) -> String {
+    let names: Vec<String> = container_names(pod).into_iter().map(|(n, _)| n).collect();
+    format!("containers with unready status: [{}]", names.join(" "))
+}
+
+impl Kubelet {
+    pub fn new(
+        store: Arc<Store>,
+        logs: Arc<Logs>,
+        runner: Arc<dyn Runner>,
+        capacity: usize,
+        start_delay: Duration,
+        exits: mpsc::UnboundedSender<Exit>,
+    ) -> Kubelet {
+        Kubelet {
+            store,
+            logs,
+            runner,
+            capacity: capacity.max(1),
+            start_delay,
+            bound: HashSet::new(),
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            running: HashMap::new(),
+            killing: HashMap::new(),
+            starting: HashSet::new(),
+            attempts: HashMap::new(),
+            exits,
+            next_ip: AtomicU64::new(0),
+        }
+    }
+
+    fn key(pod: &Pod) -> ObjKey {
+        (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn uid(pod: &Pod) -> String {
+        pod.metadata.uid.clone().unwrap_or_default()
+    }
+
+    /// Writes a pod's status if it is still the same pod (uid) and the closure wants to.
+    fn write(&self, key: &ObjKey, uid: &str, f: impl FnOnce(&mut Pod)) -> Option<Arc<Pod>> {
+        self.store
+            .update::<Pod>(&key.0, &key.1, |p| {
+                if p.metadata.uid.as_deref() != Some(uid) {
+                    return Err(crate::error::Status::conflict("pods", &key.1));
+                }
+                f(p);
+                Ok(())
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Brings the node's view of one pod in line with the stored object. Idempotent: called for
+    /// every pod event and on resync.
+    pub fn reconcile(&mut self, pod: &Pod, timers: &mut Timers) {
+        let uid = Self::uid(pod);
+        let key = Self::key(pod);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            if let Some(r) = self.running.get(&uid) {
+                self.killing
+                    .entry(uid.clone())
+                    .or_insert(KillReason::Deleted);
+                r.kill.cancel();
+                return;
+            }
+            if !is_terminal(pod) {
+                let started = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some();
+                self.write(&key, &uid, |p| {
+                    let st = p.status.get_or_insert_with(Default::default);
+                    st.phase = Some("Failed".into());
+                    if started {
+                        for cs in st.container_statuses.iter_mut().flatten() {
+                            cs.ready = false;
+                            cs.started = Some(false);
+                            cs.state = Some(ContainerState {
+                                terminated: Some(ContainerStateTerminated {
+                                    exit_code: 137,
+                                    reason: Some("ContainerStatusUnknown".into()),
+                                    message: Some("The container could not be located when the pod was terminated".into()),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                });
+            }
+            self.release(&uid);
+            if pod.metadata.deletion_grace_period_seconds.unwrap_or(0) != 0 {
+                self.finish_deletion(&key, &uid);
+            }
+            self.try_schedule(timers);
+            return;
+        }
+        if is_terminal(pod) {
+            self.release(&uid);
+            self.try_schedule(timers);
+            return;
+        }
+        if node.is_empty() {
+            if self.queued.insert(uid.clone()) {
+                self.queue.push_back((key, uid));
+            }
+            self.try_schedule(timers);
+            return;
+        }
+        if !self.bound.contains(&uid) {
+            // Bound by someone else (created with nodeName) or seen again after a resync.
+            self.bound.insert(uid.clone());
+        }
+        let waiting = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.waiting.is_some());
+        let no_status = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_none();
+        if (waiting || no_status)
+            && !self.running.contains_key(&uid)
+            && phase(pod) == "Pending"
+            && self.starting.insert(uid.clone())
+        {
+            timers.add(self.start_delay, Timer::StartPod(key, uid));
+        }
+    }
+
+    /// The pod object is gone.
+    pub fn forget(&mut self, pod: &Pod, timers: &mut Timers) {
+        let uid = Self::uid(pod);
+        if let Some(r) = self.running.get(&uid) {
+            r.kill.cancel();
+        }
+        self.release(&uid);
+        self.queued.remove(&uid);
+        self.starting.remove(&uid);
+        self.logs.remove_pod(&uid);
+        self.try_schedule(timers);
+    }
+
+    fn release(&mut self, uid: &str) {
+        self.bound.remove(uid);
+    }
+
+    fn finish_deletion(&self, key: &ObjKey, uid: &str) {
+        self.write(key, uid, |p| {
+            p.metadata.deletion_grace_period_seconds = Some(0);
+        });
+    }
+
+    fn try_schedule(&mut self, timers: &mut Timers) {
+        while self.bound.len() < self.capacity {
+            let Some((key, uid)) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued.remove(&uid);
+            let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+                continue;
+            };
+            if Self::uid(&pod) != uid
+                || pod.metadata.deletion_timestamp.is_some()
+                || is_terminal(&pod)
+            {
+                continue;
+            }
+            self.bind(&key, &uid, &pod);
+            self.starting.insert(uid.clone());
+            timers.add(self.start_delay, Timer::StartPod(key, uid));
+        }
+        // Everyone still waiting is unschedulable; say so once per pod.
+        for (key, uid) in self.queue.iter() {
+            let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+                continue;
+            };
+            let already = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled"));
+            if !already {
+                let cap = self.capacity;
+                self.write(key, uid, |p| {
+                    let st = p.status.get_or_insert_with(Default::default);
+                    st.phase = Some("Pending".into());
+                    set_cond(
+                        st,
+                        cond(
+                            "PodScheduled",
+                            false,
+                            Some("Unschedulable"),
+                            Some(format!("0/1 nodes are available: 1 Too many pods (node capacity {cap}). preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.")),
+                        ),
+                    );
+                });
+            }
+        }
+    }
+
+    fn bind(&mut self, key: &ObjKey, uid: &str, pod: &Pod) {
+        self.bound.insert(uid.to_string());
+        let names = container_names(pod);
+        let unready = unready_message(pod);
+        self.write(key, uid, |p| {
+            if let Some(s) = p.spec.as_mut() {
+                s.node_name = Some(NODE_NAME.into());
+            }
+            let st = p.status.get_or_insert_with(Default::default);
+            st.phase = Some("Pending".into());
+            st.host_ip = Some(HOST_IP.into());
+            st.host_ips = Some(vec![HostIP { ip: HOST_IP.into() }]);
+            st.start_time = Some(now_time());
+            st.qos_class.get_or_insert_with(|| "BestEffort".into());
+            set_cond(st, cond("PodScheduled", true, None, None));
+            set_cond(st, cond("PodReadyToStartContainers", false, None, None));
+            set_cond(st, cond("Initialized", true, None, None));
+            set_cond(
+                st,
+                cond(
+                    "Ready",
+                    false,
+                    Some("ContainersNotReady"),
+                    Some(unready.clone()),
+                ),
+            );
+            set_cond(
+                st,
+                cond(
+                    "ContainersReady",
+                    false,
+                    Some("ContainersNotReady"),
+                    Some(unready),
+                ),
+            );
+            st.container_statuses = Some(
+                names
+                    .iter()
+                    .map(|(n, image)| ContainerStatus {
+                        name: n.clone(),
+                        image: image.clone(),
+                        image_id: String::new(),
+                        ready: false,
+                        restart_count: 0,
+                        started: Some(false),
+                        state: Some(ContainerState {
+                            waiting: Some(ContainerStateWaiting {
+                                reason: Some("ContainerCreating".into()),
+                                message: None,
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+        });
+    }
+
+    fn pod_ip(&self) -> String {
+        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
+        format!("10.244.{}.{}", (n / 250) % 256, n % 250 + 2)
+    }
+
+    /// The start delay passed: the container starts running.
+    pub fn start(&mut self, key: &ObjKey, uid: &str, timers: &mut Timers) {
+        self.starting.remove(uid);
+        let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+            return;
+        };
+        if Self::uid(&pod) != uid
+            || pod.metadata.deletion_timestamp.is_some()
+            || is_terminal(&pod)
+            || self.running.contains_key(uid)
+            || !self.bound.contains(uid)
+        {
+            return;
+        }
+        let ip = self.pod_ip();
+        let now = now_time();
+        let restart_count = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| c.restart_count)
+            .unwrap_or(0);
+        let Some(pod) = self.write(key, uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            st.phase = Some("Running".into());
+            if st.pod_ip.is_none() {
+                st.pod_ip = Some(ip.clone());
+                st.pod_ips = Some(vec![PodIP { ip: ip.clone() }]);
+            }
+            set_cond(st, cond("PodReadyToStartContainers", true, None, None));
+            set_cond(st, cond("Initialized", true, None, None));
+            set_cond(st, cond("Ready", true, None, None));
+            set_cond(st, cond("ContainersReady", true, None, None));
+            set_cond(st, cond("PodScheduled", true, None, None));
+            for cs in st.container_statuses.iter_mut().flatten() {
+                cs.ready = true;
+                cs.started = Some(true);
+                cs.container_id = Some(container_id());
+                cs.image_id = image_id(&cs.image);
+                cs.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }) else {
+            return;
+        };
+        if let Some(ads) = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds) {
+            let started = pod.status.as_ref().and_then(|s| s.start_time.clone());
+            let elapsed = started
+                .map(|t| crate::time::unix_now() - t.0.as_second())
+                .unwrap_or(0);
+            let left = (ads - elapsed).max(0) as u64;
+            timers.add(
+                Duration::from_secs(left),
+                Timer::PodDeadline(key.clone(), uid.to_string()),
+            );
+        }
+        self.launch(&pod, restart_count);
+    }
+
+    fn launch(&mut self, pod: &Pod, restart_count: i32) {
+        let uid = Self::uid(pod);
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let Some(container) = spec.containers.first().cloned() else {
+            return;
+        };
+        let attempt_key = controller_ref(&pod.metadata)
+            .map(|o| o.uid.clone())
+            .unwrap_or_else(|| uid.clone());
+        let attempt = {
+            let n = self.attempts.entry(attempt_key).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        let index = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(COMPLETION_INDEX))
+            .and_then(|i| i.parse::<u32>().ok());
+        let env = resolve_env(pod, &container);
+        let run = RunSpec {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            pod_name: pod.metadata.name.clone().unwrap_or_default(),
+            container: container.clone(),
+            env,
+            completion_index: index,
+            attempt,
+            grace: Duration::from_secs(
+                spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64
+            ),
+        };
+        let log = self
+            .logs
+            .open((uid.clone(), container.name.clone(), restart_count));
+        let kill = CancellationToken::new();
+        self.running.insert(
+            uid.clone(),
+            Running {
+                kill: kill.clone(),
+                restart_count,
+            },
+        );
+        let fut = self.runner.run(run, log.clone(), kill);
+        let tx = self.exits.clone();
+        let (ns, name) = Self::key(pod);
+        tokio::spawn(async move {
+            let outcome = fut.await;
+            log.close();
+            let _ = tx.send(Exit {
+                namespace: ns,
+                name,
+                uid,
+                restart_count,
+                outcome,
+            });
+        });
+    }
+
+    /// A container instance exited: restart it, or make the pod terminal.
+    pub fn on_exit(&mut self, exit: Exit, timers: &mut Timers) {
+        let Some(r) = self.running.get(&exit.uid) else {
+            return;
+        };
+        if r.restart_count != exit.restart_count {
+            return;
+        }
+        self.running.remove(&exit.uid);
+        let killed = self.killing.remove(&exit.uid);
+        let key = (exit.namespace.clone(), exit.name.clone());
+        let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+            self.release(&exit.uid);
+            self.try_schedule(timers);
+            return;
+        };
+        if Self::uid(&pod) != exit.uid {
+            return;
+        }
+        let now = now_time();
+        let started_at = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.clone());
+        let out = &exit.outcome;
+        let reason = out.reason.clone().unwrap_or_else(|| {
+            if out.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .to_string()
+        });
+        let terminated = |cid: Option<String>| ContainerStateTerminated {
+            exit_code: out.exit_code,
+            reason: Some(reason.clone()),
+            message: out.message.clone(),
+            started_at: started_at.clone(),
+            finished_at: Some(now.clone()),
+            container_id: cid,
+            ..Default::default()
+        };
+        let restart_policy = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let restart = killed.is_none()
+            && pod.metadata.deletion_timestamp.is_none()
+            && (restart_policy == "Always"
+                || (restart_policy == "OnFailure" && out.exit_code != 0));
+        if restart {
+            let Some(pod) = self.write(&key, &exit.uid, |p| {
+                let st = p.status.get_or_insert_with(Default::default);
+                for cs in st.container_statuses.iter_mut().flatten().take(1) {
+                    let last = terminated(cs.container_id.clone());
+                    cs.last_state = Some(ContainerState {
+                        terminated: Some(last),
+                        ..Default::default()
+                    });
+                    cs.restart_count += 1;
+                    cs.container_id = Some(container_id());
+                    cs.state = Some(ContainerState {
+                        running: Some(ContainerStateRunning {
+                            started_at: Some(now.clone()),
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }) else {
+                return;
+            };
+            let rc = exit.restart_count + 1;
+            self.launch(&pod, rc);
+            return;
+        }
+        let unready = unready_message(&pod);
+        let succeeded = out.exit_code == 0 && killed.is_none();
+        self.write(&key, &exit.uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            st.phase = Some(if succeeded { "Succeeded" } else { "Failed" }.into());
+            let why = if succeeded { "PodCompleted" } else { "PodFailed" };
+            set_cond(st, cond("Ready", false, Some(why), Some(unready.clone())));
+            set_cond(st, cond("ContainersReady", false, Some(why), Some(unready)));
+            set_cond(st, cond("PodReadyToStartContainers", false, None, None));
+            match killed {
+                Some(KillReason::Evicted) => {
+                    st.reason = Some("Evicted".into());
+                    st.message = Some("The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ".into());
+                    set_cond(st, cond("DisruptionTarget", true, Some("TerminationByKubelet"), Some("The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. ".into())));
+                }
+                Some(KillReason::Deadline) => {
+                    st.reason = Some("DeadlineExceeded".into());
+                    st.message = Some("Pod was active on the node longer than the specified deadline".into());
+                }
+                _ => {}
+            }
+            for cs in st.container_statuses.iter_mut().flatten() {
+                cs.ready = false;
+                cs.started = Some(false);
+                cs.state = Some(ContainerState {
+                    terminated: Some(terminated(cs.container_id.clone())),
+                    ..Default::default()
+                });
+            }
+        });
+        self.release(&exit.uid);
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.finish_deletion(&key, &exit.uid);
+        }
+        self.try_schedule(timers);
+    }
+
+    /// Node-pressure eviction of a pod: its container is killed and the pod fails (it is not
+    /// deleted; the Job controller sees a Failed pod).
+    pub fn evict(&mut self, namespace: &str, name: &str) {
+        let Some(pod) = self.store.get::<Pod>(namespace, name) else {
+            return;
+        };
+        let uid = Self::uid(&pod);
+        if let Some(r) = self.running.get(&uid) {
+            self.killing.insert(uid.clone(), KillReason::Evicted);
+            r.kill.cancel();
+        } else if !is_terminal(&pod) {
+            let key = Self::key(&pod);
+            self.write(&key, &uid, |p| {
+                let st = p.status.get_or_insert_with(Default::default);
+                st.phase = Some("Failed".into());
+                st.reason = Some("Evicted".into());
+                st.message = Some("The node was low on resource: memory. ".into());
+                set_cond(
+                    st,
+                    cond("DisruptionTarget", true, Some("TerminationByKubelet"), None),
+                );
+            });
+            self.release(&uid);
+        }
+    }
+
+    /// Pod-level activeDeadlineSeconds elapsed.
+    pub fn deadline(&mut self, key: &ObjKey, uid: &str) {
+        if let Some(r) = self.running.get(uid) {
+            self.killing.insert(uid.to_string(), KillReason::Deadline);
+            r.kill.cancel();
+        }
+        let _ = key;
+    }
+}
+
+/// The container's env as the kubelet would give it: literal values, plus the downward-API
+/// fields the simulator knows (JOB_COMPLETION_INDEX comes from an annotation fieldRef).
+fn resolve_env(pod: &Pod, c: &k8s_openapi::api::core::v1::Container) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in c.env.iter().flatten() {
+        let v = if let Some(v) = &e.value {
+            v.clone()
+        } else if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+            let path = f.field_path.as_str();
+            let meta = &pod.metadata;
+            let from_map = |m: &Option<std::collections::BTreeMap<String, String>>,
+                            prefix: &str| {
+                path.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix("']"))
+                    .and_then(|k| m.as_ref().and_then(|m| m.get(k)).cloned())
+            };
+            match path {
+                "metadata.name" => meta.name.clone().unwrap_or_default(),
+                "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+                "spec.nodeName" => NODE_NAME.into(),
+                "status.hostIP" => HOST_IP.into(),
+                _ => from_map(&meta.annotations, "metadata.annotations['")
+                    .or_else(|| from_map(&meta.labels, "metadata.labels['"))
+                    .unwrap_or_default(),
+            }
+        } else {
+            String::new()
+        };
+        out.push((e.name.clone(), v));
+    }
+    out
+}

@@ -1,0 +1,646 @@
+//! Create-time defaulting and validation of Jobs, Pods and Namespaces, mirroring the real API
+//! server's `SetDefaults_*`, `PrepareForCreate` (the generated Job selector) and `Validate*`
+//! functions for the fields the simulator understands. Failures are collected as [`Cause`]s so
+//! the 422 lists every problem with its field path, as the real server does. Pure: no store.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::error::{Cause, Status};
+
+pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
+pub const LEGACY_CONTROLLER_UID: &str = "controller-uid";
+pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+pub const LEGACY_JOB_NAME: &str = "job-name";
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+pub const JOB_TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.')
+            .all(|p| !p.is_empty() && p.len() <= 63 && is_label(p))
+}
+
+fn q(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+/// `metadata.name` / `generateName` checks shared by every kind.
+fn validate_name(meta: &ObjectMeta, label_only: bool, causes: &mut Vec<Cause>) {
+    match meta.name.as_deref() {
+        None | Some("") => {
+            if meta.generate_name.as_deref().unwrap_or("").is_empty() {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    field: "metadata.name".into(),
+                    message: "Required value: name or generateName is required".into(),
+                });
+            }
+        }
+        Some(n) => {
+            let ok = if label_only {
+                is_label(n)
+            } else {
+                is_dns1123_subdomain(n)
+            };
+            if !ok {
+                let msg = if label_only {
+                    DNS1123_LABEL_MSG
+                } else {
+                    DNS1123_SUBDOMAIN_MSG
+                };
+                causes.push(Cause::invalid("metadata.name", &q(n), msg));
+            }
+        }
+    }
+    for (k, v) in meta.labels.iter().flatten() {
+        if v.len() > 63 {
+            causes.push(Cause::invalid(
+                "metadata.labels",
+                &q(v),
+                "must be no more than 63 characters",
+            ));
+        }
+        if k.is_empty() {
+            causes.push(Cause::invalid(
+                "metadata.labels",
+                &q(k),
+                "name part must be non-empty",
+            ));
+        }
+    }
+}
+
+/// Fills `metadata.name` from `generateName` plus 5 random characters, as the server does.
+pub fn apply_generate_name(meta: &mut ObjectMeta) {
+    if meta.name.as_deref().unwrap_or("").is_empty() {
+        if let Some(prefix) = meta.generate_name.as_deref().filter(|p| !p.is_empty()) {
+            meta.name = Some(generate_name(prefix));
+        }
+    }
+}
+
+const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// `names.SimpleNameGenerator`: prefix truncated to 58 bytes, then 5 random characters.
+pub fn generate_name(prefix: &str) -> String {
+    use rand::Rng;
+    let base: String = prefix.chars().take(58).collect();
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| ALPHANUMS[rng.random_range(0..ALPHANUMS.len())] as char)
+        .collect();
+    format!("{base}{suffix}")
+}
+
+fn default_container(c: &mut Container) {
+    if c.termination_message_path.is_none() {
+        c.termination_message_path = Some("/dev/termination-log".into());
+    }
+    if c.termination_message_policy.is_none() {
+        c.termination_message_policy = Some("File".into());
+    }
+    if c.image_pull_policy.is_none() {
+        let image = c.image.clone().unwrap_or_default();
+        let last = image.rsplit('/').next().unwrap_or("");
+        let tag = if image.contains('@') {
+            Some("digest")
+        } else {
+            last.split_once(':').map(|(_, t)| t)
+        };
+        c.image_pull_policy = Some(match tag {
+            None | Some("latest") => "Always".into(),
+            _ => "IfNotPresent".into(),
+        });
+    }
+    if c.resources.is_none() {
+        c.resources = Some(Default::default());
+    }
+}
+
+pub fn default_pod_spec(spec: &mut PodSpec) {
+    if spec.restart_policy.is_none() {
+        spec.restart_policy = Some("Always".into());
+    }
+    if spec.termination_grace_period_seconds.is_none() {
+        spec.termination_grace_period_seconds = Some(30);
+    }
+    if spec.dns_policy.is_none() {
+        spec.dns_policy = Some("ClusterFirst".into());
+    }
+    if spec.scheduler_name.is_none() {
+        spec.scheduler_name = Some("default-scheduler".into());
+    }
+    if spec.security_context.is_none() {
+        spec.security_context = Some(Default::default());
+    }
+    for c in spec.containers.iter_mut() {
+        default_container(c);
+    }
+    for c in spec.init_containers.iter_mut().flatten() {
+        default_container(c);
+    }
+}
+
+fn validate_pod_spec(spec: &PodSpec, path: &str, causes: &mut Vec<Cause>) {
+    if spec.containers.is_empty() {
+        causes.push(Cause::required(format!("{path}.containers")));
+    }
+    let mut seen = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let cp = format!("{path}.containers[{i}]");
+        if c.name.is_empty() {
+            causes.push(Cause::required(format!("{cp}.name")));
+        } else if !is_label(&c.name) {
+            causes.push(Cause::invalid(
+                format!("{cp}.name"),
+                &q(&c.name),
+                DNS1123_LABEL_MSG,
+            ));
+        } else if seen.contains(&c.name) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: format!("{cp}.name"),
+                message: format!("Duplicate value: {}", q(&c.name)),
+            });
+        }
+        seen.push(c.name.clone());
+        if c.image.as_deref().unwrap_or("").trim().is_empty() {
+            causes.push(Cause::required(format!("{cp}.image")));
+        }
+        for (j, e) in c.env.iter().flatten().enumerate() {
+            if e.name.is_empty() {
+                causes.push(Cause::required(format!("{cp}.env[{j}].name")));
+            }
+        }
+    }
+    if let Some(ads) = spec.active_deadline_seconds {
+        if ads <= 0 {
+            causes.push(Cause::invalid(
+                format!("{path}.activeDeadlineSeconds"),
+                &ads.to_string(),
+                "must be between 1 and 2147483647, inclusive",
+            ));
+        }
+    }
+    if let Some(g) = spec.termination_grace_period_seconds {
+        if g < 0 {
+            causes.push(Cause::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &g.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+fn nonneg(v: Option<i32>, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(v) = v {
+        if v < 0 {
+            causes.push(Cause::invalid(
+                field,
+                &v.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+/// Defaulting of a Job about to be created (uid already assigned by the caller).
+pub fn default_job(job: &mut Job, uid: &str) {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let spec = job.spec.get_or_insert_with(Default::default);
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
+        spec.parallelism = Some(1);
+    }
+    if spec.parallelism.is_none() {
+        spec.parallelism = Some(1);
+    }
+    if spec.backoff_limit.is_none() {
+        spec.backoff_limit = Some(if spec.backoff_limit_per_index.is_some() {
+            i32::MAX
+        } else {
+            6
+        });
+    }
+    if spec.completion_mode.is_none() {
+        spec.completion_mode = Some("NonIndexed".into());
+    }
+    if spec.suspend.is_none() {
+        spec.suspend = Some(false);
+    }
+    if spec.pod_replacement_policy.is_none() {
+        spec.pod_replacement_policy = Some(if spec.pod_failure_policy.is_some() {
+            "Failed".into()
+        } else {
+            "TerminatingOrFailed".into()
+        });
+    }
+    if let Some(pfp) = spec.pod_failure_policy.as_mut() {
+        for rule in pfp.rules.iter_mut() {
+            for pc in rule.on_pod_conditions.iter_mut().flatten() {
+                if pc.status.is_empty() {
+                    pc.status = "True".into();
+                }
+            }
+        }
+    }
+    // PrepareForCreate: the generated selector (manualSelector unset).
+    if spec.manual_selector != Some(true) {
+        spec.selector = Some(LabelSelector {
+            match_labels: Some([(CONTROLLER_UID.to_string(), uid.to_string())].into()),
+            ..Default::default()
+        });
+        let labels = spec
+            .template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new);
+        labels.insert(CONTROLLER_UID.into(), uid.into());
+        labels.insert(LEGACY_CONTROLLER_UID.into(), uid.into());
+        labels.insert(JOB_NAME.into(), name.clone());
+        labels.insert(LEGACY_JOB_NAME.into(), name);
+    }
+    if let Some(ps) = spec.template.spec.as_mut() {
+        default_pod_spec(ps);
+    }
+    // SetDefaults_Job copies template labels to a Job that has none.
+    let tl = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone());
+    if job.metadata.labels.as_ref().is_none_or(|l| l.is_empty()) {
+        job.metadata.labels = tl;
+    }
+    job.metadata.generation = Some(1);
+    job.status = Some(Default::default());
+}
+
+pub fn validate_job(job: &Job) -> Result<(), Status> {
+    let mut causes = Vec::new();
+    validate_name(&job.metadata, false, &mut causes);
+    let name = job.metadata.name.clone().unwrap_or_default();
+    if name.len() > 63 && causes.is_empty() {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &q(&name),
+            "must be no more than 63 characters",
+        ));
+    }
+    let Some(spec) = job.spec.as_ref() else {
+        causes.push(Cause::required("spec.template"));
+        return Err(Status::invalid("Job", "batch", &name, causes));
+    };
+    nonneg(spec.parallelism, "spec.parallelism", &mut causes);
+    nonneg(spec.completions, "spec.completions", &mut causes);
+    nonneg(spec.backoff_limit, "spec.backoffLimit", &mut causes);
+    nonneg(
+        spec.ttl_seconds_after_finished,
+        "spec.ttlSecondsAfterFinished",
+        &mut causes,
+    );
+    if let Some(ads) = spec.active_deadline_seconds {
+        if ads < 0 {
+            causes.push(Cause::invalid(
+                "spec.activeDeadlineSeconds",
+                &ads.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let mode = spec.completion_mode.as_deref().unwrap_or("NonIndexed");
+    match mode {
+        "NonIndexed" => {}
+        "Indexed" => {
+            if spec.completions.is_none() {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    field: "spec.completions".into(),
+                    message: "Required value: when completion mode is Indexed".into(),
+                });
+            }
+        }
+        other => causes.push(Cause::not_supported(
+            "spec.completionMode",
+            other,
+            &["NonIndexed", "Indexed"],
+        )),
+    }
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    match spec.selector.as_ref() {
+        None => causes.push(Cause::required("spec.selector")),
+        Some(sel) => {
+            let ok = sel
+                .match_labels
+                .iter()
+                .flatten()
+                .all(|(k, v)| template_labels.and_then(|l| l.get(k)) == Some(v));
+            if !ok {
+                causes.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &format!("{template_labels:?}"),
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        }
+    }
+    match spec.template.spec.as_ref() {
+        None => causes.push(Cause::required("spec.template.spec.containers")),
+        Some(ps) => {
+            validate_pod_spec(ps, "spec.template.spec", &mut causes);
+            let rp = ps.restart_policy.as_deref().unwrap_or("Always");
+            if rp != "Never" && rp != "OnFailure" {
+                causes.push(Cause::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    rp,
+                    &["OnFailure", "Never"],
+                ));
+            } else if spec.pod_failure_policy.is_some() && rp != "Never" {
+                causes.push(Cause::invalid(
+                    "spec.template.spec.restartPolicy",
+                    &q(rp),
+                    "only \"Never\" is supported when podFailurePolicy is specified",
+                ));
+            }
+        }
+    }
+    if let Some(pfp) = spec.pod_failure_policy.as_ref() {
+        for (i, r) in pfp.rules.iter().enumerate() {
+            let f = format!("spec.podFailurePolicy.rules[{i}]");
+            if !["FailJob", "Ignore", "Count", "FailIndex"].contains(&r.action.as_str()) {
+                causes.push(Cause::not_supported(
+                    format!("{f}.action"),
+                    &r.action,
+                    &["Count", "FailIndex", "FailJob", "Ignore"],
+                ));
+            }
+            if let Some(oe) = r.on_exit_codes.as_ref() {
+                if oe.operator != "In" && oe.operator != "NotIn" {
+                    causes.push(Cause::not_supported(
+                        format!("{f}.onExitCodes.operator"),
+                        &oe.operator,
+                        &["In", "NotIn"],
+                    ));
+                }
+                if oe.values.is_empty() {
+                    causes.push(Cause::required(format!("{f}.onExitCodes.values")));
+                }
+            } else if r.on_pod_conditions.as_ref().is_none_or(|c| c.is_empty()) {
+                causes.push(Cause::invalid(
+                    f.clone(),
+                    "\"\"",
+                    "specifying one of OnExitCodes and OnPodConditions is required",
+                ));
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid("Job", "batch", &name, causes))
+    }
+}
+
+/// Checks an update of a Job against the stored one: the fields the real server keeps immutable.
+pub fn validate_job_update(old: &Job, new: &Job) -> Result<(), Status> {
+    let mut causes = Vec::new();
+    let (os, ns) = (
+        old.spec.clone().unwrap_or_default(),
+        new.spec.clone().unwrap_or_default(),
+    );
+    if os.selector != ns.selector {
+        causes.push(Cause::invalid(
+            "spec.selector",
+            "{...}",
+            "field is immutable",
+        ));
+    }
+    if os.completion_mode != ns.completion_mode {
+        causes.push(Cause::invalid(
+            "spec.completionMode",
+            "\"\"",
+            "field is immutable",
+        ));
+    }
+    if os.completions != ns.completions {
+        causes.push(Cause::invalid(
+            "spec.completions",
+            &ns.completions.map(|c| c.to_string()).unwrap_or_default(),
+            "field is immutable",
+        ));
+    }
+    if strip_template(&os.template) != strip_template(&ns.template) {
+        causes.push(Cause::invalid(
+            "spec.template",
+            "{...}",
+            "field is immutable",
+        ));
+    }
+    nonneg(ns.parallelism, "spec.parallelism", &mut causes);
+    nonneg(ns.backoff_limit, "spec.backoffLimit", &mut causes);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid(
+            "Job",
+            "batch",
+            old.metadata.name.as_deref().unwrap_or(""),
+            causes,
+        ))
+    }
+}
+
+fn strip_template(t: &PodTemplateSpec) -> serde_json::Value {
+    serde_json::to_value(t).unwrap_or_default()
+}
+
+pub fn default_pod(pod: &mut Pod) {
+    if let Some(spec) = pod.spec.as_mut() {
+        default_pod_spec(spec);
+    }
+    if pod.status.is_none() {
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Pending".into()),
+            qos_class: Some("BestEffort".into()),
+            ..Default::default()
+        });
+    }
+}
+
+pub fn validate_pod(pod: &Pod) -> Result<(), Status> {
+    let mut causes = Vec::new();
+    validate_name(&pod.metadata, false, &mut causes);
+    match pod.spec.as_ref() {
+        None => causes.push(Cause::required("spec.containers")),
+        Some(spec) => {
+            validate_pod_spec(spec, "spec", &mut causes);
+            let rp = spec.restart_policy.as_deref().unwrap_or("Always");
+            if !["Always", "OnFailure", "Never"].contains(&rp) {
+                causes.push(Cause::not_supported(
+                    "spec.restartPolicy",
+                    rp,
+                    &["Always", "OnFailure", "Never"],
+                ));
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid(
+            "Pod",
+            "",
+            pod.metadata.name.as_deref().unwrap_or(""),
+            causes,
+        ))
+    }
+}
+
+pub fn default_namespace(ns: &mut Namespace) {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    ns.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("kubernetes.io/metadata.name".into(), name);
+    ns.spec = Some(k8s_openapi::api::core::v1::NamespaceSpec {
+        finalizers: Some(vec!["kubernetes".into()]),
+    });
+    ns.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+        phase: Some("Active".into()),
+        ..Default::default()
+    });
+}
+
+pub fn validate_namespace(ns: &Namespace) -> Result<(), Status> {
+    let mut causes = Vec::new();
+    validate_name(&ns.metadata, true, &mut causes);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid(
+            "Namespace",
+            "",
+            ns.metadata.name.as_deref().unwrap_or(""),
+            causes,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::batch::v1::JobSpec;
+
+    fn job(name: &str, containers: Vec<Container>, restart: Option<&str>) -> Job {
+        Job {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(JobSpec {
+                template: PodTemplateSpec {
+                    metadata: None,
+                    spec: Some(PodSpec {
+                        containers,
+                        restart_policy: restart.map(Into::into),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaulted_job_gets_generated_selector_and_counts() {
+        let mut j = job(
+            "pi",
+            vec![Container {
+                name: "c".into(),
+                image: Some("busybox".into()),
+                ..Default::default()
+            }],
+            Some("Never"),
+        );
+        default_job(&mut j, "u1");
+        let s = j.spec.as_ref().unwrap();
+        assert_eq!(s.completions, Some(1));
+        assert_eq!(s.parallelism, Some(1));
+        assert_eq!(s.backoff_limit, Some(6));
+        assert_eq!(s.completion_mode.as_deref(), Some("NonIndexed"));
+        assert_eq!(
+            s.selector.as_ref().unwrap().match_labels.as_ref().unwrap()[CONTROLLER_UID],
+            "u1"
+        );
+        assert_eq!(j.metadata.labels.as_ref().unwrap()[JOB_NAME], "pi");
+        assert!(validate_job(&j).is_ok());
+    }
+
+    #[test]
+    fn job_without_image_and_with_always_restart_is_invalid_with_both_causes() {
+        let mut j = job(
+            "pi",
+            vec![Container {
+                name: "c".into(),
+                ..Default::default()
+            }],
+            None,
+        );
+        default_job(&mut j, "u1");
+        let err = validate_job(&j).unwrap_err();
+        let fields: Vec<String> = err.details.unwrap()["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["field"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.template.spec.containers[0].image",
+                "spec.template.spec.restartPolicy"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        assert!(!is_dns1123_subdomain("Bad_Name"));
+        assert!(is_dns1123_subdomain("a.b-c"));
+        let mut j = job(
+            &"a".repeat(64),
+            vec![Container {
+                name: "c".into(),
+                image: Some("i".into()),
+                ..Default::default()
+            }],
+            Some("Never"),
+        );
+        default_job(&mut j, "u");
+        assert!(validate_job(&j).is_err());
+    }
+}
