@@ -300,6 +300,19 @@ impl Store {
         name: &str,
         f: impl FnOnce(&mut K) -> Result<(), Status>,
     ) -> Result<Option<Arc<K>>, Status> {
+        self.update_full(ns, name, f)
+            .map(|(obj, removed)| (!removed).then_some(obj))
+    }
+
+    /// Like [`Store::update`], but returns the final object even when the write removed it
+    /// (the API answers a write that completes a deletion with the object), plus whether it was
+    /// removed.
+    pub fn update_full<K: Kind>(
+        &self,
+        ns: &str,
+        name: &str,
+        f: impl FnOnce(&mut K) -> Result<(), Status>,
+    ) -> Result<(Arc<K>, bool), Status> {
         let mut inner = self.lock();
         let key = (ns.to_string(), name.to_string());
         let Some(old) = K::table_ref(&inner).objects.get(&key).cloned() else {
@@ -324,7 +337,7 @@ impl Store {
         }
         let remove = ready_to_remove(new.metadata());
         if !remove && same_json(&*old, &new) {
-            return Ok(Some(old));
+            return Ok((old, false));
         }
         inner.rv += 1;
         let rv = inner.rv;
@@ -342,15 +355,15 @@ impl Store {
         }
         let result = if remove {
             t.objects.remove(&key);
-            push_event(t, limit, rv, EventType::Deleted, new, Some(old));
-            None
+            push_event(t, limit, rv, EventType::Deleted, new.clone(), Some(old));
+            (new, true)
         } else {
             for uid in controller_uid(new.metadata()) {
                 t.by_owner.entry(uid).or_default().insert(key.clone());
             }
             t.objects.insert(key, new.clone());
             push_event(t, limit, rv, EventType::Modified, new.clone(), Some(old));
-            Some(new)
+            (new, false)
         };
         drop(inner);
         self.notify(rv);

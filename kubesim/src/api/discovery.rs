@@ -103,3 +103,56 @@ pub async fn batch_v1() -> Response {
         }),
     )
 }
+
+/// `/openapi/v3`: the index of group-version documents, as the real server serves it.
+pub async fn openapi_v3_root() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"paths": {
+            "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=KUBESIM0001"},
+            "apis/batch/v1": {"serverRelativeURL": "/openapi/v3/apis/batch/v1?hash=KUBESIM0001"}
+        }}),
+    )
+}
+
+/// A PATCH operation with the query parameters kubectl probes for (`fieldValidation`,
+/// `dryRun`) and the GVK extension it matches on.
+fn patch_op(group: &str, version: &str, kind: &str) -> serde_json::Value {
+    let qp = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    json!({
+        "patch": {
+            "operationId": format!("patch{kind}"),
+            "parameters": [qp("dryRun"), qp("fieldManager"), qp("fieldValidation"), qp("force")],
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "kind": kind, "version": version}
+        }
+    })
+}
+
+fn openapi_doc(paths: serde_json::Value) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "v1.33.0"},
+            "paths": paths,
+            "components": {"schemas": {}}
+        }),
+    )
+}
+
+/// `/openapi/v3/api/v1`: just enough for kubectl's server-side field validation probe.
+pub async fn openapi_v3_core() -> Response {
+    openapi_doc(json!({
+        "/api/v1/namespaces/{namespace}/pods/{name}": patch_op("", "v1", "Pod"),
+        "/api/v1/namespaces/{name}": patch_op("", "v1", "Namespace"),
+    }))
+}
+
+/// `/openapi/v3/apis/batch/v1`
+pub async fn openapi_v3_batch() -> Response {
+    openapi_doc(json!({
+        "/apis/batch/v1/namespaces/{namespace}/jobs/{name}": patch_op("batch", "v1", "Job"),
+    }))
+}

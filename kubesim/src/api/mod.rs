@@ -157,6 +157,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1", get(discovery::core_v1))
         .route("/apis/batch", get(discovery::batch_group))
         .route("/apis/batch/v1", get(discovery::batch_v1))
+        .route("/openapi/v3", get(discovery::openapi_v3_root))
+        .route("/openapi/v3/api/v1", get(discovery::openapi_v3_core))
+        .route(
+            "/openapi/v3/apis/batch/v1",
+            get(discovery::openapi_v3_batch),
+        )
         // Jobs
         .route("/apis/batch/v1/jobs", get(r::list_all::<Job>))
         .route(

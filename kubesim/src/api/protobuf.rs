@@ -25,6 +25,11 @@ fn opt_map(
     (!m.is_empty()).then_some(m)
 }
 
+/// Go's protobuf encodes empty (non-pointer) strings; in JSON they are omitted.
+fn ne(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
 fn opt_vec<T>(v: Vec<T>) -> Option<Vec<T>> {
     (!v.is_empty()).then_some(v)
 }
@@ -45,11 +50,11 @@ fn meta(m: pbm::ObjectMeta) -> ObjectMeta {
 fn env(e: pbc::EnvVar) -> EnvVar {
     EnvVar {
         name: e.name.unwrap_or_default(),
-        value: e.value,
+        value: ne(e.value),
         value_from: e.value_from.and_then(|vf| {
             vf.field_ref.map(|f| EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
-                    api_version: f.api_version,
+                    api_version: ne(f.api_version),
                     field_path: f.field_path.unwrap_or_default(),
                 }),
                 ..Default::default()
@@ -77,21 +82,21 @@ fn opt_map_q(
 fn container(c: pbc::Container) -> Container {
     Container {
         name: c.name.unwrap_or_default(),
-        image: c.image,
+        image: ne(c.image),
         command: opt_vec(c.command),
         args: opt_vec(c.args),
-        working_dir: c.working_dir,
+        working_dir: ne(c.working_dir),
         env: opt_vec(c.env.into_iter().map(env).collect()),
         resources: c.resources.map(|r| ResourceRequirements {
             limits: quantities(r.limits),
             requests: quantities(r.requests),
             ..Default::default()
         }),
-        image_pull_policy: c.image_pull_policy,
-        termination_message_path: c.termination_message_path,
-        termination_message_policy: c.termination_message_policy,
-        stdin: c.stdin,
-        tty: c.tty,
+        image_pull_policy: ne(c.image_pull_policy),
+        termination_message_path: ne(c.termination_message_path),
+        termination_message_policy: ne(c.termination_message_policy),
+        stdin: c.stdin.filter(|b| *b),
+        tty: c.tty.filter(|b| *b),
         ..Default::default()
     }
 }
@@ -100,15 +105,15 @@ fn pod_spec(s: pbc::PodSpec) -> PodSpec {
     PodSpec {
         containers: s.containers.into_iter().map(container).collect(),
         init_containers: opt_vec(s.init_containers.into_iter().map(container).collect()),
-        restart_policy: s.restart_policy,
+        restart_policy: ne(s.restart_policy),
         termination_grace_period_seconds: s.termination_grace_period_seconds,
         active_deadline_seconds: s.active_deadline_seconds,
-        dns_policy: s.dns_policy,
+        dns_policy: ne(s.dns_policy),
         node_selector: opt_map(s.node_selector),
-        service_account_name: s.service_account_name,
-        node_name: s.node_name,
-        scheduler_name: s.scheduler_name,
-        hostname: s.hostname,
+        service_account_name: ne(s.service_account_name),
+        node_name: ne(s.node_name),
+        scheduler_name: ne(s.scheduler_name),
+        hostname: ne(s.hostname),
         ..Default::default()
     }
 }
@@ -138,10 +143,10 @@ fn job_spec(s: pbb::JobSpec) -> JobSpec {
             })
             .unwrap_or_default(),
         ttl_seconds_after_finished: s.ttl_seconds_after_finished,
-        completion_mode: s.completion_mode,
+        completion_mode: ne(s.completion_mode),
         suspend: s.suspend,
-        pod_replacement_policy: s.pod_replacement_policy,
-        managed_by: s.managed_by,
+        pod_replacement_policy: ne(s.pod_replacement_policy),
+        managed_by: ne(s.managed_by),
         ..Default::default()
     }
 }

@@ -549,8 +549,8 @@ fn write_update<K: ApiKind>(
     name: &str,
     expected_rv: Option<String>,
     make: impl FnOnce(&K) -> Result<K, Status>,
-) -> Result<Option<std::sync::Arc<K>>, Status> {
-    store.update::<K>(ns, name, |cur| {
+) -> Result<std::sync::Arc<K>, Status> {
+    store.update_full::<K>(ns, name, |cur| {
         if let Some(rv) = expected_rv.as_deref().filter(|r| !r.is_empty()) {
             if cur.metadata().resource_version.as_deref() != Some(rv) {
                 return Err(Status::conflict(K::GROUP_RESOURCE, name));
@@ -590,23 +590,16 @@ fn write_update<K: ApiKind>(
         *cur = new;
         Ok(())
     })
+    .map(|(obj, _removed)| obj)
 }
 
-fn written<K: ApiKind>(
-    r: Option<std::sync::Arc<K>>,
-    ns: &str,
-    name: &str,
-    q: &Query,
-    headers: &HeaderMap,
-) -> Response {
-    match r {
-        Some(obj) => single(obj.as_ref(), headers, q, StatusCode::OK),
-        // The write removed the last finalizer of a deleting object: it is gone now.
-        None => json_response(StatusCode::OK, &success_status::<K>(name, ns)),
-    }
+/// The written object; when the write removed the last finalizer of a deleting object it is
+/// gone from the store, and the real server still answers with that final state.
+fn written<K: ApiKind>(obj: std::sync::Arc<K>, q: &Query, headers: &HeaderMap) -> Response {
+    single(obj.as_ref(), headers, q, StatusCode::OK)
 }
 
-fn success_status<K: Kind>(name: &str, _ns: &str) -> Value {
+fn success_status<K: Kind>(name: &str) -> Value {
     let (kind, group) = match K::GROUP_RESOURCE.split_once('.') {
         Some((r, g)) => (r, g),
         None => (K::GROUP_RESOURCE, ""),
@@ -635,7 +628,7 @@ async fn replace_impl<K: ApiKind>(
     let new: K = decode_json(&headers, &body, K::KIND)?;
     let rv = new.metadata().resource_version.clone();
     let r = write_update::<K>(&state.store, ns, name, rv, |_| Ok(new))?;
-    Ok(written(r, ns, name, &q, &headers))
+    Ok(written(r, &q, &headers))
 }
 
 pub async fn replace_one<K: ApiKind>(
@@ -684,7 +677,7 @@ async fn patch_impl<K: ApiKind>(
             Status::bad_request(format!("patched object is not a valid {}: {e}", K::KIND))
         })
     })?;
-    Ok(written(r, ns, name, &q, &headers))
+    Ok(written(r, &q, &headers))
 }
 
 pub async fn patch_one<K: ApiKind>(
@@ -741,7 +734,7 @@ async fn delete_impl<K: ApiKind>(
                 json_response(StatusCode::OK, &to_json(cur.as_ref()))
             }
             None => {
-                let mut s = success_status::<K>(name, ns);
+                let mut s = success_status::<K>(name);
                 s["details"]["uid"] = json!(cur.metadata().uid);
                 json_response(StatusCode::OK, &s)
             }

@@ -190,6 +190,26 @@ fn remove_tracking_finalizer(store: &Store, pod: &Pod) {
     });
 }
 
+/// A pod with the tracking finalizer whose Job is gone (or that was orphaned) can never be
+/// counted: the real controller removes the finalizer so the pod can go away.
+pub fn release_orphan(store: &Store, pod: &Pod) {
+    if !has_finalizer(&pod.metadata, JOB_TRACKING_FINALIZER) {
+        return;
+    }
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let owned = crate::objects::controller_ref(&pod.metadata)
+        .filter(|o| o.kind == "Job")
+        .and_then(|o| {
+            store
+                .get::<Job>(&ns, &o.name)
+                .filter(|j| j.metadata.uid.as_deref() == Some(o.uid.as_str()))
+        })
+        .is_some();
+    if !owned {
+        remove_tracking_finalizer(store, pod);
+    }
+}
+
 fn delete_pod(store: &Store, pod: &Pod) {
     if pod.metadata.deletion_timestamp.is_some() {
         return;

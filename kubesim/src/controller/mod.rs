@@ -128,6 +128,7 @@ impl Loop {
         for p in &pods {
             self.kubelet.reconcile(p, &mut self.timers);
             self.gc.pod_seen(&self.store, p);
+            job::release_orphan(&self.store, p);
         }
     }
 
@@ -173,6 +174,7 @@ impl Loop {
                         _ => {
                             self.kubelet.reconcile(p, &mut self.timers);
                             self.gc.pod_seen(&self.store, p);
+                            job::release_orphan(&self.store, p);
                         }
                     }
                     self.mark_owner_dirty(p);
