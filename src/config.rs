@@ -66,6 +66,51 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]
     pub shutdown_timeout_secs: u64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Where runs go and how the loops behave.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// This installation's name. Its Jobs are labelled with it, and it only touches Jobs that
+    /// carry it, so several installations can share a cluster.
+    #[arg(long, env = "INSTALLATION", default_value = "default")]
+    pub installation: String,
+    /// Namespaces runs may use (comma-separated); the first is the default for runs naming none.
+    #[arg(
+        long,
+        env = "JOB_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub namespaces: Vec<String>,
+    /// Service accounts runs may use (comma-separated).
+    #[arg(
+        long,
+        env = "ALLOWED_SERVICE_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub service_accounts: Vec<String>,
+    /// Prepended to Job names (for installations that share a namespace).
+    #[arg(long, env = "JOB_NAME_PREFIX", default_value = "")]
+    pub job_name_prefix: String,
+    /// Seconds a launcher holds a run it is creating before another replica may take over.
+    #[arg(long, env = "LAUNCH_LEASE_SECS", default_value_t = 30)]
+    pub launch_lease_secs: u64,
+    /// Jobs created concurrently by one replica.
+    #[arg(long, env = "LAUNCH_CONCURRENCY", default_value_t = 16)]
+    pub launch_concurrency: usize,
+    /// Seconds a run may wait for its Job to be created before it fails (LaunchTimeout).
+    #[arg(long, env = "MAX_QUEUE_WAIT_SECS", default_value_t = 3600)]
+    pub max_queue_wait_secs: u64,
+    /// Milliseconds between launcher polls for due retries (new runs wake it at once).
+    #[arg(long, env = "LAUNCHER_POLL_MS", default_value_t = 1000)]
+    pub launcher_poll_ms: u64,
+    /// Seconds between full re-lists of the cluster, behind the watches.
+    #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 300)]
+    pub reconcile_interval_secs: u64,
 }
 
 #[cfg(test)]

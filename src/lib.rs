@@ -4,9 +4,11 @@
 //! Arrows point one way: `http` -> `store`/`domain`; `domain` depends on nothing.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;

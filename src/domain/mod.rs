@@ -2,13 +2,15 @@
 //! the run status state machine. Nothing in here does I/O; everything here is testable inline.
 
 pub mod names;
+pub mod policy;
 pub mod run;
 pub mod status;
 pub mod task;
 pub mod template;
 pub mod validation;
 
-pub use run::{AdHocRun, Run, RunOverrides, Trigger};
+pub use policy::RunPolicy;
+pub use run::{AdHocRun, JobRef, LaunchInfo, PodCounts, PodRecord, Run, RunOverrides, Trigger};
 pub use status::RunStatus;
 pub use task::{Task, TaskName, TaskSpec};
 pub use template::RunTemplate;

@@ -88,4 +88,77 @@ pub struct Run {
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How launching the Job went: attempts, the last error, the next try.
+    pub launch: LaunchInfo,
+    /// The run's Job, once created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRef>,
+    /// The Job's pod counts, as its status last reported them.
+    pub pods: PodCounts,
+}
+
+/// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchInfo {
+    /// Attempts to create the Job so far.
+    pub attempts: i32,
+    /// Why the last attempt did not create the Job (e.g. the cluster was unreachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the launcher will try again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where the run's Job is.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// Pod counts of a Job, as in its status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCounts {
+    pub active: i32,
+    pub ready: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+}
+
+/// One pod of a run, as last seen in the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub name: String,
+    pub uid: String,
+    /// The pod's completion index, for Indexed Jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_index: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Pending, Running, Succeeded, Failed or Unknown.
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the container is waiting or terminated (e.g. `Completed`, `Error`, `OOMKilled`), or
+    /// why the pod failed (e.g. `Evicted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub restarts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The pod no longer exists in the cluster.
+    pub deleted: bool,
 }

@@ -11,6 +11,7 @@ pub mod problem;
 mod runs;
 mod tasks;
 
+use crate::domain::RunPolicy;
 use axum::extract::FromRef;
 use axum::Router;
 use sqlx::PgPool;
@@ -31,6 +32,8 @@ pub struct Limits {
 pub struct AppState {
     pub db: PgPool,
     pub limits: Arc<Limits>,
+    /// What run templates may ask of the cluster.
+    pub policy: Arc<RunPolicy>,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document and docs page, middleware.

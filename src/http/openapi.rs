@@ -36,6 +36,10 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::start_task_run))
         .routes(routes!(runs::create_run, runs::list_runs))
         .routes(routes!(runs::get_run))
+        .routes(routes!(runs::cancel_run))
+        .routes(routes!(runs::rerun))
+        .routes(routes!(runs::list_pods))
+        .routes(routes!(runs::history))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }

@@ -5,7 +5,7 @@ use super::idempotency::Idempotent;
 use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
-use crate::domain::{AdHocRun, Run, RunOverrides, RunStatus, RunTemplate, Trigger};
+use crate::domain::{AdHocRun, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Trigger};
 use crate::error::{Error, Result};
 use crate::store::{self, runs::NewRun, runs::RunFilter};
 use axum::extract::{Path, State};
@@ -15,6 +15,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -34,6 +35,7 @@ use uuid::Uuid;
 )]
 pub async fn start_task_run(
     State(db): State<PgPool>,
+    State(policy): State<Arc<RunPolicy>>,
     Path(name): Path<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(overrides): ApiJson<RunOverrides>,
@@ -48,8 +50,15 @@ pub async fn start_task_run(
         })?;
     let template = task.template.with_overrides(&overrides);
     template.validate("template")?;
+    policy.check(&template, "template")?;
     let idempotent = Idempotent::new(key, format!("POST /v1/tasks/{name}/runs"), &overrides);
-    create(&db, idempotent, Some(name.as_str()), &template).await
+    let new = NewRun {
+        task_name: Some(name.as_str()),
+        template: &template,
+        trigger: Trigger::Api,
+        rerun_of: None,
+    };
+    create(&db, idempotent, new).await
 }
 
 /// Start an ad-hoc run from an inline template, like `kubectl create job`.
@@ -64,36 +73,30 @@ pub async fn start_task_run(
 )]
 pub async fn create_run(
     State(db): State<PgPool>,
+    State(policy): State<Arc<RunPolicy>>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<AdHocRun>,
 ) -> Result<Response> {
     request.validate()?;
+    policy.check(&request.template, "template")?;
     let idempotent = Idempotent::new(key, "POST /v1/runs".into(), &request);
-    create(&db, idempotent, None, &request.template).await
+    let new = NewRun {
+        task_name: None,
+        template: &request.template,
+        trigger: Trigger::Api,
+        rerun_of: None,
+    };
+    create(&db, idempotent, new).await
 }
 
-async fn create(
-    db: &PgPool,
-    idempotent: Option<Idempotent>,
-    task_name: Option<&str>,
-    template: &RunTemplate,
-) -> Result<Response> {
+async fn create(db: &PgPool, idempotent: Option<Idempotent>, new: NewRun<'_>) -> Result<Response> {
     let mut tx = db.begin().await?;
     if let Some(idempotent) = &idempotent {
         if let Some(replay) = idempotent.claim(&mut tx).await? {
             return Ok(replay);
         }
     }
-    let run = store::runs::insert(
-        &mut tx,
-        NewRun {
-            task_name,
-            template,
-            trigger: Trigger::Api,
-            rerun_of: None,
-        },
-    )
-    .await?;
+    let run = store::runs::insert(&mut tx, new).await?;
     let location = format!("/v1/runs/{}", run.id);
     if let Some(idempotent) = &idempotent {
         idempotent
@@ -101,7 +104,7 @@ async fn create(
             .await?;
     }
     tx.commit().await?;
-    tracing::info!(run_id = %run.id, task = task_name, number = run.number, "run queued");
+    tracing::info!(run_id = %run.id, task = run.task.as_deref(), number = run.number, trigger = ?run.trigger, "run queued");
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
@@ -234,8 +237,106 @@ pub async fn get_run(State(db): State<PgPool>, Path(id): Path<String>) -> Result
     store::runs::get(&db, id)
         .await?
         .map(Json)
-        .ok_or_else(|| Error::NotFound {
-            kind: "run",
-            name: id.to_string(),
-        })
+        .ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: Uuid) -> Error {
+    Error::NotFound {
+        kind: "run",
+        name: id.to_string(),
+    }
+}
+
+/// Cancel a run. A queued run never reaches the cluster; an active run's Job is deleted with
+/// background propagation (its pods are removed by the garbage collector).
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Run),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run already finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_run(State(db): State<PgPool>, Path(id): Path<String>) -> Result<Json<Run>> {
+    let id = parse_run_id(&id)?;
+    match store::runs::cancel(&db, id).await? {
+        None => Err(not_found(id)),
+        Some(Ok(run)) => {
+            tracing::info!(run_id = %id, "run cancelled");
+            Ok(Json(run))
+        }
+        Some(Err(status)) => Err(Error::RunIsFinal { status }),
+    }
+}
+
+/// Run again: a new run with the same template and task, linked to the original.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/rerun", tag = "runs",
+    params(
+        ("id" = Uuid, Path, description = "Run id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key"),
+    ),
+    responses(
+        (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn rerun(
+    State(db): State<PgPool>,
+    Path(id): Path<String>,
+    IdempotencyKey(key): IdempotencyKey,
+) -> Result<Response> {
+    let id = parse_run_id(&id)?;
+    let original = store::runs::get(&db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let idempotent = Idempotent::new(key, format!("POST /v1/runs/{id}/rerun"), &());
+    let new = NewRun {
+        task_name: original.task.as_deref(),
+        template: &original.template,
+        trigger: Trigger::Rerun,
+        rerun_of: Some(original.id),
+    };
+    create(&db, idempotent, new).await
+}
+
+/// The run's pods, in completion-index order, then creation order.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/pods", tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, body = Vec<PodRecord>),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_pods(
+    State(db): State<PgPool>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<PodRecord>>> {
+    let id = parse_run_id(&id)?;
+    store::runs::get(&db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(store::pods::list(&db, id).await?))
+}
+
+/// The run's history: its creation and every status change, oldest first.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/events", tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, body = Vec<store::runs::RunEvent>),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn history(
+    State(db): State<PgPool>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<store::runs::RunEvent>>> {
+    let id = parse_run_id(&id)?;
+    store::runs::get(&db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(store::runs::history(&db, id).await?))
 }

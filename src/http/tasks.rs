@@ -3,7 +3,7 @@
 use super::extract::{ApiJson, ApiQuery};
 use super::pagination;
 use super::problem::Problem;
-use crate::domain::{Task, TaskName, TaskSpec};
+use crate::domain::{RunPolicy, Task, TaskName, TaskSpec};
 use crate::error::{Error, Result};
 use crate::store;
 use axum::extract::{Path, State};
@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 pub(super) fn parse_name(name: String) -> Result<TaskName> {
@@ -31,11 +32,13 @@ pub(super) fn parse_name(name: String) -> Result<TaskName> {
 )]
 pub async fn put_task(
     State(db): State<PgPool>,
+    State(policy): State<Arc<RunPolicy>>,
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>)> {
     let name = parse_name(name)?;
     spec.validate()?;
+    policy.check(&spec.template, "template")?;
     let (task, created) = store::tasks::upsert(&db, name.as_str(), &spec).await?;
     let status = if created {
         StatusCode::CREATED

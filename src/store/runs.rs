@@ -1,7 +1,7 @@
 //! SQL for runs. [`transition`] is the only code that changes a run's status, and it only makes
 //! the moves [`RunStatus::can_become`] allows, guarded by the status it expects to find.
 
-use crate::domain::{Run, RunStatus, RunTemplate, Trigger};
+use crate::domain::{JobRef, LaunchInfo, PodCounts, Run, RunStatus, RunTemplate, Trigger};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 const COLUMNS: &str = "id, task_name, number, status, status_reason, status_message, trigger, \
-     rerun_of, template, labels, created_at, updated_at, started_at, finished_at";
+     rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
+     job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
+     pods_active, pods_ready, pods_succeeded, pods_failed";
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
@@ -27,6 +29,16 @@ struct RunRow {
     updated_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    job_namespace: Option<String>,
+    job_name: Option<String>,
+    job_uid: Option<String>,
+    launch_attempts: i32,
+    launch_error: Option<String>,
+    launch_not_before: Option<DateTime<Utc>>,
+    pods_active: i32,
+    pods_ready: i32,
+    pods_succeeded: i32,
+    pods_failed: i32,
 }
 
 impl From<RunRow> for Run {
@@ -46,6 +58,27 @@ impl From<RunRow> for Run {
             updated_at: row.updated_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            launch: LaunchInfo {
+                attempts: row.launch_attempts,
+                last_error: row.launch_error,
+                next_attempt_at: row
+                    .launch_not_before
+                    .filter(|_| row.status == RunStatus::Queued),
+            },
+            job: match (row.job_namespace, row.job_name) {
+                (Some(namespace), Some(name)) => Some(JobRef {
+                    namespace,
+                    name,
+                    uid: row.job_uid,
+                }),
+                _ => None,
+            },
+            pods: PodCounts {
+                active: row.pods_active,
+                ready: row.pods_ready,
+                succeeded: row.pods_succeeded,
+                failed: row.pods_failed,
+            },
         }
     }
 }
@@ -82,8 +115,16 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .bind(Json(&new.template.labels))
     .fetch_one(&mut *conn)
     .await?;
+    // Wakes launchers on every replica at commit.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(QUEUED_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     Ok(row.into())
 }
+
+/// The Postgres NOTIFY channel that says "a run was queued".
+pub const QUEUED_CHANNEL: &str = "vfi_run_queued";
 
 pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
     let row: Option<RunRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM runs WHERE id = $1"))
@@ -150,6 +191,274 @@ pub struct StatusDetail<'a> {
     pub message: Option<&'a str>,
 }
 
+/// Every status that may move to `to`, from the state machine's one table.
+fn predecessors(to: RunStatus) -> Vec<&'static str> {
+    RunStatus::ALL
+        .into_iter()
+        .filter(|from| from.can_become(to))
+        .map(RunStatus::as_str)
+        .collect()
+}
+
+/// Claims up to `limit` runs for launching: queued runs whose retry time has come, and
+/// `creating` runs whose launcher's lease lapsed (it crashed mid-launch). Several launchers can
+/// claim at once; `SKIP LOCKED` hands each run to one.
+pub async fn claim_launchable(
+    db: impl PgExecutor<'_>,
+    owner: &str,
+    lease: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let rows: Vec<RunRow> = sqlx::query_as(&format!(
+        "UPDATE runs SET status = 'creating', lease_owner = $1,
+            lease_until = now() + make_interval(secs => $2), launch_attempts = launch_attempts + 1,
+            updated_at = now()
+         WHERE id IN (
+            SELECT id FROM runs
+            WHERE (status = 'queued' AND (launch_not_before IS NULL OR launch_not_before <= now()))
+               OR (status = 'creating' AND lease_until < now())
+            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Run::from).collect())
+}
+
+/// Records that the run's Job exists. A run still `creating` becomes `pending`; one that the
+/// tracker already moved on (or that was cancelled meanwhile) keeps its status.
+pub async fn mark_created(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    job: &JobRef,
+) -> Result<Option<Run>, sqlx::Error> {
+    let row: Option<RunRow> = sqlx::query_as(&format!(
+        "UPDATE runs SET
+            status = CASE WHEN status = 'creating' THEN 'pending' ELSE status END,
+            job_namespace = $2, job_name = $3, job_uid = coalesce($4, job_uid),
+            lease_owner = NULL, lease_until = NULL, launch_error = NULL, launch_not_before = NULL,
+            updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&job.namespace)
+    .bind(&job.name)
+    .bind(&job.uid)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Run::from))
+}
+
+/// Puts a run this launcher holds back in the queue after a transient failure, to be tried
+/// again at `not_before`; the error stays visible on the run.
+pub async fn retry_launch_later(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    owner: &str,
+    error: &str,
+    not_before: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE runs SET status = 'queued', launch_error = $3, launch_not_before = $4,
+            lease_owner = NULL, lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND status = 'creating' AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(error)
+    .bind(not_before)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// A status change that an observation caused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub previous: RunStatus,
+    pub current: RunStatus,
+}
+
+/// What the cluster says about a run: the status it implies and the pod counts.
+pub struct Observation<'a> {
+    pub status: RunStatus,
+    pub reason: Option<&'a str>,
+    pub message: Option<&'a str>,
+    pub counts: PodCounts,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub job: Option<&'a JobRef>,
+}
+
+/// Applies an observation: the status moves forward only where the state machine allows (a stale
+/// or replayed event never moves a run back), counts follow the cluster, and a final run is
+/// never touched. Returns the run's status before and after, or `None` if there is no such run.
+pub async fn observe(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    seen: &Observation<'_>,
+) -> Result<Option<Observed>, sqlx::Error> {
+    let (namespace, name, uid) = match seen.job {
+        Some(job) => (Some(&job.namespace), Some(&job.name), job.uid.as_ref()),
+        None => (None, None, None),
+    };
+    let row: Option<(RunStatus, RunStatus)> = sqlx::query_as(
+        "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE),
+         updated AS (
+            UPDATE runs r SET
+                status = CASE WHEN r.status = ANY($2) THEN $3 ELSE r.status END,
+                status_reason = CASE WHEN r.status = ANY($2) THEN $4 ELSE r.status_reason END,
+                status_message = CASE WHEN r.status = ANY($2) THEN $5 ELSE r.status_message END,
+                started_at = coalesce(r.started_at, $6,
+                    CASE WHEN r.status = ANY($2) AND $3 = 'running' THEN now() END),
+                finished_at = CASE WHEN r.status = ANY($2) AND $7 THEN coalesce($8, now())
+                                   ELSE r.finished_at END,
+                lease_owner = CASE WHEN r.status = ANY($2) THEN NULL ELSE r.lease_owner END,
+                lease_until = CASE WHEN r.status = ANY($2) THEN NULL ELSE r.lease_until END,
+                pods_active = $9, pods_ready = $10, pods_succeeded = $11, pods_failed = $12,
+                job_namespace = coalesce(r.job_namespace, $13),
+                job_name = coalesce(r.job_name, $14),
+                job_uid = coalesce(r.job_uid, $15),
+                updated_at = now()
+            FROM current
+            WHERE r.id = current.id
+              AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
+            RETURNING r.status)
+         SELECT current.status, coalesce((SELECT status FROM updated), current.status)
+         FROM current",
+    )
+    .bind(id)
+    .bind(predecessors(seen.status))
+    .bind(seen.status)
+    .bind(seen.reason)
+    .bind(seen.message)
+    .bind(seen.started_at)
+    .bind(seen.status.is_final())
+    .bind(seen.finished_at)
+    .bind(seen.counts.active)
+    .bind(seen.counts.ready)
+    .bind(seen.counts.succeeded)
+    .bind(seen.counts.failed)
+    .bind(namespace)
+    .bind(name)
+    .bind(uid)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(previous, current)| Observed { previous, current }))
+}
+
+/// Moves a run forward to `to` if the state machine allows it from where the run is now; a run
+/// already past it is left alone. Returns the change, if any.
+pub async fn advance(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    to: RunStatus,
+) -> Result<Option<Observed>, sqlx::Error> {
+    let row: Option<(RunStatus, RunStatus)> = sqlx::query_as(
+        "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
+         UPDATE runs r SET status = $3, updated_at = now(),
+             started_at = CASE WHEN $3 = 'running' THEN coalesce(r.started_at, now()) ELSE r.started_at END,
+             finished_at = CASE WHEN $4 THEN now() ELSE r.finished_at END,
+             lease_owner = NULL, lease_until = NULL
+         FROM current WHERE r.id = current.id AND r.status = ANY($2)
+         RETURNING current.status, r.status",
+    )
+    .bind(id)
+    .bind(predecessors(to))
+    .bind(to)
+    .bind(to.is_final())
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(previous, current)| Observed { previous, current }))
+}
+
+/// Cancels a run wherever it is in its life; its Job, if any, is deleted by the tracker.
+/// Returns the cancelled run, or the final status it already had.
+pub async fn cancel(
+    db: &sqlx::PgPool,
+    id: Uuid,
+) -> Result<Option<Result<Run, RunStatus>>, sqlx::Error> {
+    // A concurrent status change makes the guarded update miss; look again (bounded: statuses
+    // only move forward, so after a few tries the run is final).
+    for _ in 0..10 {
+        let Some(run) = get(db, id).await? else {
+            return Ok(None);
+        };
+        if run.status.is_final() {
+            return Ok(Some(Err(run.status)));
+        }
+        let detail = StatusDetail {
+            reason: Some("Cancelled"),
+            message: Some("cancelled through the API"),
+        };
+        match transition(db, id, run.status, RunStatus::Cancelled, detail).await {
+            Ok(run) => return Ok(Some(Ok(run))),
+            Err(TransitionOutcome::Database(e)) => return Err(e),
+            Err(TransitionOutcome::Refused(_)) => continue,
+        }
+    }
+    Ok(get(db, id).await?.map(|run| Err(run.status)))
+}
+
+/// The NOTIFY channel that says "a run was cancelled" (sent by the database's trigger).
+pub const CANCELLED_CHANNEL: &str = "vfi_run_cancelled";
+
+/// Cancelled runs whose Job still has to be deleted.
+pub async fn jobs_to_delete(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<(Uuid, JobRef)>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, job_namespace, job_name FROM runs
+         WHERE status = 'cancelled' AND job_name IS NOT NULL AND NOT job_delete_requested
+         ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, namespace, name)| {
+            (
+                id,
+                JobRef {
+                    namespace,
+                    name,
+                    uid: None,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Records that a cancelled run's Job was deleted.
+pub async fn job_deleted(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE runs SET job_delete_requested = true WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Unfinished runs whose Job was created, in `namespace`: what a re-list must account for.
+pub async fn live_with_jobs(
+    db: impl PgExecutor<'_>,
+    namespace: &str,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let rows: Vec<RunRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM runs
+         WHERE status IN ('pending', 'running') AND job_namespace = $1"
+    ))
+    .bind(namespace)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Run::from).collect())
+}
+
 /// Moves a run from `from` to `to`, only if it is still in `from`. Sets `started_at` on entering
 /// `running` and `finished_at` on entering a final status.
 pub async fn transition(
@@ -167,6 +476,7 @@ pub async fn transition(
     }
     let row: Option<RunRow> = sqlx::query_as(&format!(
         "UPDATE runs SET status = $3, status_reason = $4, status_message = $5, updated_at = now(),
+            lease_owner = NULL, lease_until = NULL,
             started_at = CASE WHEN $3 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
             finished_at = CASE WHEN $6 THEN now() ELSE finished_at END
          WHERE id = $1 AND status = $2 RETURNING {COLUMNS}"
@@ -190,4 +500,33 @@ pub enum TransitionOutcome {
     Refused(TransitionError),
     #[error(transparent)]
     Database(sqlx::Error),
+}
+
+/// One entry of a run's history.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunEvent {
+    /// Increases with every event of every run.
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `created` or `status`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<RunStatus>,
+    pub status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A run's history, oldest first.
+pub async fn history(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<RunEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, kind, previous, status, reason, message FROM run_events
+         WHERE run_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use vfi_orchestrator::domain::RunPolicy;
 use vfi_orchestrator::http::{self, AppState, Limits};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -24,6 +25,10 @@ impl TestApp {
             limits: Arc::new(Limits {
                 max_body_bytes: MAX_BODY_BYTES,
                 request_timeout: Duration::from_secs(30),
+            }),
+            policy: Arc::new(RunPolicy {
+                namespaces: vec!["default".into(), "batch".into()],
+                service_accounts: vec!["default".into()],
             }),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -150,3 +155,5 @@ pub async fn assert_problem(response: Response, status: StatusCode, field: Optio
     }
     body
 }
+
+pub mod service;

@@ -1,0 +1,49 @@
+//! Everything that talks to Kubernetes: rendering a run into a Job (pure), creating and deleting
+//! Jobs, the tracking finalizer, and reading what Jobs and Pods report (pure). It talks to the
+//! cluster only through kube-rs, exactly as against any real API server.
+
+pub mod jobs;
+pub mod observe;
+pub mod render;
+
+/// Label and annotation keys the service puts on its Jobs and pods.
+pub mod keys {
+    /// Which installation of the service owns the Job (several may share a cluster).
+    pub const INSTALLATION: &str = "vfi-orchestrator.io/installation";
+    /// The run the Job belongs to.
+    pub const RUN_ID: &str = "vfi-orchestrator.io/run-id";
+    /// The task of the run, when it has one.
+    pub const TASK: &str = "vfi-orchestrator.io/task";
+    /// The run's number (annotation).
+    pub const RUN_NUMBER: &str = "vfi-orchestrator.io/run-number";
+    /// Holds a Job in the API until the service has recorded its final state, so a TTL or a
+    /// deletion cannot make a run's outcome disappear between two watch events.
+    pub const TRACKING_FINALIZER: &str = "vfi-orchestrator.io/run-tracking";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGER: &str = "vfi-orchestrator";
+}
+
+/// Where and as whom this installation runs Jobs.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This installation's name; only Jobs labelled with it are touched.
+    pub installation: String,
+    /// Namespaces runs may use; the first is the default.
+    pub namespaces: Vec<String>,
+    /// Prepended to every Job name (for installations sharing a namespace).
+    pub job_name_prefix: String,
+}
+
+impl ClusterSettings {
+    pub fn default_namespace(&self) -> &str {
+        self.namespaces
+            .first()
+            .map(String::as_str)
+            .unwrap_or("default")
+    }
+
+    /// The label selector matching this installation's Jobs and pods.
+    pub fn selector(&self) -> String {
+        format!("{}={}", keys::INSTALLATION, self.installation)
+    }
+}

@@ -1,0 +1,279 @@
+//! Renders a run into its batch/v1 Job. Pure: the same run always gives the same Job, which is
+//! what makes creation idempotent (a retry finds the same name and adopts it).
+
+use super::{keys, ClusterSettings};
+use crate::domain::template::{CompletionMode, RestartPolicy};
+use crate::domain::Run;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+
+/// Kubernetes limits Job names to 63 characters (they become a label value on the pods).
+const MAX_JOB_NAME: usize = 63;
+
+/// The Job name of a run: `<prefix><task>-<number>`, or `<prefix>run-<number>` for ad-hoc runs;
+/// the task part is shortened when needed so the whole stays a valid 63-character DNS label.
+pub fn job_name(settings: &ClusterSettings, run: &Run) -> String {
+    let base = run.task.as_deref().unwrap_or("run");
+    let suffix = format!("-{}", run.number);
+    let room = MAX_JOB_NAME.saturating_sub(settings.job_name_prefix.len() + suffix.len());
+    let base = base[..base.len().min(room)].trim_end_matches('-');
+    format!("{}{base}{suffix}", settings.job_name_prefix)
+}
+
+pub fn namespace<'a>(settings: &'a ClusterSettings, run: &'a Run) -> &'a str {
+    run.template
+        .namespace
+        .as_deref()
+        .unwrap_or_else(|| settings.default_namespace())
+}
+
+/// The labels that tie a Job and its pods to a run of this installation.
+pub fn ownership_labels(settings: &ClusterSettings, run: &Run) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (
+            keys::INSTALLATION.to_string(),
+            settings.installation.clone(),
+        ),
+        (keys::RUN_ID.to_string(), run.id.to_string()),
+        (keys::MANAGED_BY.to_string(), keys::MANAGER.to_string()),
+    ]);
+    if let Some(task) = &run.task {
+        labels.insert(keys::TASK.to_string(), task.clone());
+    }
+    labels
+}
+
+pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
+    let t = &run.template;
+    let mut labels = t.labels.clone();
+    labels.extend(ownership_labels(settings, run));
+    let mut annotations = t.annotations.clone();
+    annotations.insert(keys::RUN_NUMBER.to_string(), run.number.to_string());
+
+    let quantities = |map: &BTreeMap<String, String>| {
+        (!map.is_empty()).then(|| {
+            map.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect::<BTreeMap<_, _>>()
+        })
+    };
+    let container = Container {
+        name: "main".into(),
+        image: Some(t.image.clone()),
+        command: (!t.command.is_empty()).then(|| t.command.clone()),
+        args: (!t.args.is_empty()).then(|| t.args.clone()),
+        env: (!t.env.is_empty()).then(|| {
+            t.env
+                .iter()
+                .map(|e| EnvVar {
+                    name: e.name.clone(),
+                    value: Some(e.value.clone()),
+                    value_from: None,
+                })
+                .collect()
+        }),
+        working_dir: t.working_dir.clone(),
+        resources: t.resources.as_ref().map(|r| ResourceRequirements {
+            requests: quantities(&r.requests),
+            limits: quantities(&r.limits),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let restart_policy = match t.restart_policy {
+        Some(RestartPolicy::OnFailure) => "OnFailure",
+        Some(RestartPolicy::Never) | None => "Never",
+    };
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some(restart_policy.into()),
+        service_account_name: t.service_account_name.clone(),
+        node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
+        tolerations: (!t.tolerations.is_empty()).then(|| {
+            t.tolerations
+                .iter()
+                .map(|tol| Toleration {
+                    key: tol.key.clone(),
+                    operator: tol.operator.clone(),
+                    value: tol.value.clone(),
+                    effect: tol.effect.clone(),
+                    toleration_seconds: tol.toleration_seconds,
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(settings, run)),
+            namespace: Some(namespace(settings, run).to_string()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
+            finalizers: Some(vec![keys::TRACKING_FINALIZER.to_string()]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            completions: t.completions,
+            parallelism: t.parallelism,
+            completion_mode: t.completion_mode.map(|m| {
+                match m {
+                    CompletionMode::Indexed => "Indexed",
+                    CompletionMode::NonIndexed => "NonIndexed",
+                }
+                .to_string()
+            }),
+            backoff_limit: t.backoff_limit,
+            active_deadline_seconds: t.active_deadline_seconds,
+            ttl_seconds_after_finished: t.ttl_seconds_after_finished,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RunStatus, RunTemplate, Trigger};
+    use serde_json::json;
+
+    fn settings() -> ClusterSettings {
+        ClusterSettings {
+            installation: "prod".into(),
+            namespaces: vec!["batch".into()],
+            job_name_prefix: String::new(),
+        }
+    }
+
+    fn run(task: Option<&str>, template: serde_json::Value) -> Run {
+        let template: RunTemplate = serde_json::from_value(template).unwrap();
+        Run {
+            id: uuid::Uuid::nil(),
+            number: 7,
+            task: task.map(str::to_string),
+            status: RunStatus::Queued,
+            status_reason: None,
+            status_message: None,
+            trigger: Trigger::Api,
+            rerun_of: None,
+            labels: template.labels.clone(),
+            template,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+            launch: Default::default(),
+            job: None,
+            pods: Default::default(),
+        }
+    }
+
+    #[test]
+    fn job_names_are_task_and_number_and_always_fit() {
+        assert_eq!(
+            job_name(&settings(), &run(Some("render"), json!({"image": "x"}))),
+            "render-7"
+        );
+        assert_eq!(
+            job_name(&settings(), &run(None, json!({"image": "x"}))),
+            "run-7"
+        );
+        let long = "a".repeat(49) + "-b";
+        let mut s = settings();
+        s.job_name_prefix = "team-x-".into();
+        let name = job_name(&s, &run(Some(&long), json!({"image": "x"})));
+        assert!(name.len() <= 63, "{name}");
+        assert!(crate::domain::names::dns1123_label(&name).is_ok(), "{name}");
+        assert!(name.starts_with("team-x-aaaa") && name.ends_with("-7"));
+    }
+
+    #[test]
+    fn the_calculatepi_run_renders_like_kubectl_create_job() {
+        let job = render(
+            &settings(),
+            &run(
+                None,
+                json!({"image": "perl:5.34.0", "command": ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]}),
+            ),
+        );
+        let value = serde_json::to_value(&job).unwrap();
+        assert_eq!(value["metadata"]["namespace"], "batch");
+        assert_eq!(
+            value["metadata"]["finalizers"],
+            json!([keys::TRACKING_FINALIZER])
+        );
+        let pod = &value["spec"]["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["containers"][0]["image"], "perl:5.34.0");
+        assert_eq!(
+            pod["containers"][0]["command"],
+            json!(["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"])
+        );
+        assert!(pod["containers"][0].get("args").is_none());
+    }
+
+    #[test]
+    fn jobs_and_pods_carry_the_ownership_labels_and_user_fields() {
+        let job = render(
+            &settings(),
+            &run(
+                Some("render"),
+                json!({
+                    "image": "x", "labels": {"team": "a"}, "annotations": {"note": "n"},
+                    "completions": 20, "parallelism": 5, "completionMode": "Indexed",
+                    "backoffLimit": 2, "activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 0,
+                    "namespace": "other", "serviceAccountName": "runner",
+                    "env": [{"name": "A", "value": "1"}],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    "nodeSelector": {"gpu": "true"},
+                    "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+                }),
+            ),
+        );
+        let value = serde_json::to_value(&job).unwrap();
+        for labels in [
+            &value["metadata"]["labels"],
+            &value["spec"]["template"]["metadata"]["labels"],
+        ] {
+            assert_eq!(labels["team"], "a");
+            assert_eq!(labels[keys::INSTALLATION], "prod");
+            assert_eq!(labels[keys::RUN_ID], uuid::Uuid::nil().to_string());
+            assert_eq!(labels[keys::TASK], "render");
+        }
+        assert_eq!(value["metadata"]["annotations"][keys::RUN_NUMBER], "7");
+        assert_eq!(value["metadata"]["namespace"], "other");
+        let spec = &value["spec"];
+        assert_eq!(
+            (
+                spec["completions"].as_i64(),
+                spec["parallelism"].as_i64(),
+                spec["backoffLimit"].as_i64()
+            ),
+            (Some(20), Some(5), Some(2))
+        );
+        assert_eq!(spec["completionMode"], "Indexed");
+        assert_eq!(spec["ttlSecondsAfterFinished"], 0);
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "runner");
+        assert_eq!(pod["nodeSelector"]["gpu"], "true");
+        assert_eq!(pod["tolerations"][0]["key"], "gpu");
+        assert_eq!(
+            pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+            "1"
+        );
+        assert_eq!(pod["containers"][0]["env"][0]["value"], "1");
+    }
+}

@@ -1,0 +1,162 @@
+//! The launcher: claims queued runs from Postgres (`FOR UPDATE SKIP LOCKED`, so any number of
+//! replicas can run it), renders each into its Job and creates it. Transient API failures go back
+//! to the queue with capped exponential backoff; permanent ones fail the run with the API
+//! server's message. A crash at any point leaves either a queued run or a `creating` run with a
+//! lapsing lease, and the deterministic Job name turns the retry into an adoption.
+
+use super::Runtime;
+use crate::cluster::jobs::{CreateError, Created};
+use crate::cluster::render;
+use crate::domain::{JobRef, Run, RunStatus};
+use crate::store::runs::{self, StatusDetail};
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: i64 = 64;
+
+pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
+    let mut listener = super::listen(&runtime, runs::QUEUED_CHANNEL).await;
+    loop {
+        if let Err(error) = launch_due(&runtime).await {
+            tracing::warn!(error = %error, "launcher: claiming runs failed; retrying");
+            metrics::counter!("vfi_launcher_errors_total", "kind" => "database").increment(1);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = super::notified(&mut listener) => {}
+            _ = tokio::time::sleep(runtime.settings.launcher_poll) => {}
+        }
+    }
+}
+
+/// Launches everything that is due, a batch at a time.
+async fn launch_due(runtime: &Runtime) -> Result<(), sqlx::Error> {
+    loop {
+        let batch = runs::claim_launchable(
+            &runtime.db,
+            &runtime.settings.instance,
+            runtime.settings.launch_lease,
+            BATCH,
+        )
+        .await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        futures::stream::iter(batch)
+            .for_each_concurrent(runtime.settings.launch_concurrency, |run| async move {
+                if let Err(error) = launch(runtime, &run).await {
+                    tracing::warn!(run_id = %run.id, error = %error, "launcher: recording the outcome failed; the lease will lapse and another attempt follows");
+                }
+            })
+            .await;
+    }
+}
+
+#[tracing::instrument(skip_all, fields(run_id = %run.id, task = run.task.as_deref(), number = run.number))]
+async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
+    let settings = &runtime.cluster.settings;
+    let job = render::render(settings, run);
+    let job_ref = JobRef {
+        namespace: render::namespace(settings, run).to_string(),
+        name: render::job_name(settings, run),
+        uid: None,
+    };
+    match runtime.cluster.create_job(run.id, &job).await {
+        Ok(created) => {
+            let (uid, adopted) = match created {
+                Created::New { uid } => (uid, false),
+                Created::Adopted { uid } => (uid, true),
+            };
+            metrics::counter!("vfi_jobs_created_total", "adopted" => adopted.to_string())
+                .increment(1);
+            tracing::info!(job = %job_ref.name, adopted, "job created");
+            runs::mark_created(&runtime.db, run.id, &JobRef { uid, ..job_ref }).await?;
+        }
+        Err(CreateError::Transient(message)) => {
+            metrics::counter!("vfi_launcher_errors_total", "kind" => "transient").increment(1);
+            let waited = chrono::Utc::now() - run.created_at;
+            if waited.to_std().unwrap_or_default() > runtime.settings.max_queue_wait {
+                tracing::warn!(error = %message, "launch timed out");
+                let message = format!(
+                    "the Job could not be created within {} s; last error: {message}",
+                    runtime.settings.max_queue_wait.as_secs()
+                );
+                fail(runtime, run, "LaunchTimeout", &message).await?;
+            } else {
+                let delay = backoff(run.launch.attempts);
+                tracing::info!(error = %message, retry_in = ?delay, "launch failed; will retry");
+                metrics::counter!("vfi_launcher_retries_total").increment(1);
+                let not_before =
+                    chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                runs::retry_launch_later(
+                    &runtime.db,
+                    run.id,
+                    &runtime.settings.instance,
+                    &message,
+                    not_before,
+                )
+                .await?;
+            }
+        }
+        Err(CreateError::Permanent { reason, message }) => {
+            metrics::counter!("vfi_launcher_errors_total", "kind" => "permanent").increment(1);
+            tracing::warn!(%reason, error = %message, "the API server refused the Job");
+            fail(runtime, run, &reason, &message).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn fail(
+    runtime: &Runtime,
+    run: &Run,
+    reason: &str,
+    message: &str,
+) -> Result<(), sqlx::Error> {
+    let detail = StatusDetail {
+        reason: Some(reason),
+        message: Some(message),
+    };
+    match runs::transition(
+        &runtime.db,
+        run.id,
+        RunStatus::Creating,
+        RunStatus::Failed,
+        detail,
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(runs::TransitionOutcome::Database(e)) => Err(e),
+        // Cancelled meanwhile: its status stays.
+        Err(runs::TransitionOutcome::Refused(_)) => Ok(()),
+    }
+}
+
+/// Capped exponential backoff with jitter for the `attempts`-th failed launch.
+pub fn backoff(attempts: i32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempts.saturating_sub(1).max(0) as usize)
+        .unwrap_or(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) < Duration::from_secs(2));
+        assert!(backoff(4) >= Duration::from_secs(4));
+        assert!(backoff(50) <= Duration::from_secs(120), "{:?}", backoff(50));
+    }
+}

@@ -1,0 +1,110 @@
+//! Long-lived loops that act on the cluster: the launcher turns queued runs into Jobs, the
+//! tracker follows Jobs and pods through watch streams and reconciles after every re-list.
+//! Each loop takes the shared state and a cancellation token, and never dies on one bad item.
+
+pub mod canceller;
+pub mod launcher;
+pub mod tracker;
+
+use crate::cluster::jobs::Cluster;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the loops.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// This process's name in launch leases.
+    pub instance: String,
+    /// How long a launcher holds a run it is creating before another may take over.
+    pub launch_lease: Duration,
+    /// Jobs created at once.
+    pub launch_concurrency: usize,
+    /// A run still not launched after this long fails (reason `LaunchTimeout`).
+    pub max_queue_wait: Duration,
+    /// How often the launcher looks for due retries when nothing wakes it.
+    pub launcher_poll: Duration,
+    /// How often the whole cluster is listed and compared with the database.
+    pub reconcile_interval: Duration,
+}
+
+/// What the loops share.
+#[derive(Clone)]
+pub struct Runtime {
+    pub db: PgPool,
+    pub cluster: Cluster,
+    pub settings: RuntimeSettings,
+}
+
+/// A running loop, named for the logs.
+pub struct Loop {
+    pub name: String,
+    pub handle: JoinHandle<()>,
+}
+
+/// Starts every loop.
+pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
+    let mut loops = vec![
+        Loop {
+            name: "launcher".into(),
+            handle: tokio::spawn(launcher::run(runtime.clone(), shutdown.clone())),
+        },
+        Loop {
+            name: "canceller".into(),
+            handle: tokio::spawn(canceller::run(runtime.clone(), shutdown.clone())),
+        },
+    ];
+    for namespace in runtime.cluster.settings.namespaces.clone() {
+        loops.push(Loop {
+            name: format!("job-tracker/{namespace}"),
+            handle: tokio::spawn(tracker::track_jobs(
+                runtime.clone(),
+                namespace.clone(),
+                shutdown.clone(),
+            )),
+        });
+        loops.push(Loop {
+            name: format!("pod-tracker/{namespace}"),
+            handle: tokio::spawn(tracker::track_pods(
+                runtime.clone(),
+                namespace.clone(),
+                shutdown.clone(),
+            )),
+        });
+    }
+    loops.push(Loop {
+        name: "reconciler".into(),
+        handle: tokio::spawn(tracker::reconcile_periodically(
+            runtime.clone(),
+            shutdown.clone(),
+        )),
+    });
+    loops
+}
+
+/// LISTENs on a NOTIFY channel, so work recorded on any replica wakes a loop at once. Without a
+/// listener (the database refused), loops still poll.
+async fn listen(runtime: &Runtime, channel: &str) -> Option<PgListener> {
+    let mut listener = match PgListener::connect_with(&runtime.db).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::warn!(%channel, error = %error, "cannot LISTEN; polling instead");
+            return None;
+        }
+    };
+    listener.listen(channel).await.ok()?;
+    Some(listener)
+}
+
+/// Resolves on the next notification (or never, without a listener).
+async fn notified(listener: &mut Option<PgListener>) {
+    match listener.as_mut() {
+        // An error means the connection dropped; sqlx reconnects on the next call.
+        Some(listener) => {
+            let _ = listener.try_recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,269 @@
+//! The tracker: kube-runtime watchers on this installation's Jobs and pods write what the cluster
+//! reports into Postgres. A watcher's re-list (`Init` .. `InitDone`) is the truth: after every
+//! one, each unfinished run is checked against it, so a lost connection, a 410 Gone or a missed
+//! `Delete` can delay a final state but never lose it. The Jobs' tracking finalizer is released
+//! only once a run's outcome is stored.
+
+use super::Runtime;
+use crate::cluster::{keys, observe};
+use crate::domain::{JobRef, RunStatus};
+use crate::store::{self, runs::Observation};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, ResourceExt};
+use std::collections::HashSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
+    let api: Api<Job> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
+    let config = watcher::Config::default().labels(&runtime.cluster.settings.selector());
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut listed = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Err(error)) => {
+                metrics::counter!("vfi_watch_errors_total", "kind" => "job").increment(1);
+                tracing::warn!(%namespace, error = %error, "job watch failed; it restarts with backoff");
+            }
+            Some(Ok(Event::Init)) => {
+                metrics::counter!("vfi_watch_relists_total", "kind" => "job").increment(1);
+                listed.clear();
+            }
+            Some(Ok(Event::InitApply(job))) => {
+                if let Some(id) = observe::run_id(job.metadata.labels.as_ref()) {
+                    listed.insert(id);
+                }
+                job_changed(&runtime, &job).await;
+            }
+            Some(Ok(Event::InitDone)) => reconcile(&runtime, &namespace, &listed).await,
+            Some(Ok(Event::Apply(job))) => job_changed(&runtime, &job).await,
+            Some(Ok(Event::Delete(job))) => job_gone(&runtime, &job).await,
+        }
+    }
+}
+
+fn job_ref(job: &Job) -> JobRef {
+    JobRef {
+        namespace: job.namespace().unwrap_or_default(),
+        name: job.name_any(),
+        uid: job.uid(),
+    }
+}
+
+/// Records what a Job says, then acts on runs that are final: deletes the Job of a cancelled
+/// run, and releases the tracking finalizer once the outcome is stored.
+#[tracing::instrument(skip_all, fields(job = %job.name_any()))]
+async fn job_changed(runtime: &Runtime, job: &Job) {
+    let Some(run_id) = observe::run_id(job.metadata.labels.as_ref()) else {
+        return;
+    };
+    let seen = observe::observe_job(job);
+    record(runtime, run_id, job, &seen).await;
+}
+
+/// A Job vanished from the API. With the tracking finalizer this only happens after the outcome
+/// was recorded, unless someone removed the finalizer: then whatever it last said is final.
+async fn job_gone(runtime: &Runtime, job: &Job) {
+    let Some(run_id) = observe::run_id(job.metadata.labels.as_ref()) else {
+        return;
+    };
+    let mut seen = observe::observe_job(job);
+    if !seen.status.is_final() {
+        seen.status = RunStatus::Lost;
+        seen.reason = Some("JobDeleted".into());
+        seen.message = Some("the Job was deleted before it finished".into());
+    }
+    record(runtime, run_id, job, &seen).await;
+}
+
+async fn record(runtime: &Runtime, run_id: Uuid, job: &Job, seen: &observe::JobObservation) {
+    let job_ref = job_ref(job);
+    let observation = Observation {
+        status: seen.status,
+        reason: seen.reason.as_deref(),
+        message: seen.message.as_deref(),
+        counts: seen.counts,
+        started_at: seen.started_at,
+        finished_at: seen.finished_at,
+        job: Some(&job_ref),
+    };
+    let observed = match store::runs::observe(&runtime.db, run_id, &observation).await {
+        Ok(observed) => observed,
+        Err(error) => {
+            // The next event or re-list for this Job tries again.
+            tracing::warn!(%run_id, error = %error, "recording a Job's state failed");
+            return;
+        }
+    };
+    let holds_finalizer = job
+        .finalizers()
+        .iter()
+        .any(|f| f == keys::TRACKING_FINALIZER);
+    let Some(observed) = observed else {
+        metrics::counter!("vfi_orphan_jobs_total").increment(1);
+        tracing::warn!(%run_id, job = %job_ref.name, namespace = %job_ref.namespace,
+            "a Job labelled as this installation's has no run; leaving it alone");
+        if seen.deleting && holds_finalizer {
+            release(runtime, job).await;
+        }
+        return;
+    };
+    if observed.previous != observed.current {
+        metrics::counter!("vfi_run_status_changes_total", "status" => observed.current.as_str())
+            .increment(1);
+        tracing::info!(%run_id, from = %observed.previous, to = %observed.current, "run status changed");
+    }
+    if !observed.current.is_final() {
+        return;
+    }
+    if observed.current == RunStatus::Cancelled && !seen.deleting {
+        if let Err(error) = runtime
+            .cluster
+            .delete_job(&job_ref.namespace, &job_ref.name)
+            .await
+        {
+            tracing::warn!(%run_id, error = %error, "deleting a cancelled run's Job failed; retried on its next event");
+        }
+    } else if holds_finalizer {
+        release(runtime, job).await;
+    }
+}
+
+async fn release(runtime: &Runtime, job: &Job) {
+    if let Err(error) = runtime.cluster.release_job(job).await {
+        tracing::warn!(job = %job.name_any(), error = %error, "releasing the Job's finalizer failed; retried on its next event");
+    }
+}
+
+/// After a re-list: every unfinished run whose Job was not listed is looked up directly (it may
+/// have been created after the list was taken); a Job that is really gone makes its run `lost`.
+#[tracing::instrument(skip(runtime, listed))]
+async fn reconcile(runtime: &Runtime, namespace: &str, listed: &HashSet<Uuid>) {
+    let live = match store::runs::live_with_jobs(&runtime.db, namespace).await {
+        Ok(live) => live,
+        Err(error) => {
+            tracing::warn!(error = %error, "reconcile: reading unfinished runs failed");
+            return;
+        }
+    };
+    let api = runtime.cluster.jobs(namespace);
+    for run in live.into_iter().filter(|r| !listed.contains(&r.id)) {
+        let Some(job_ref) = run.job.clone() else {
+            continue;
+        };
+        match api.get_opt(&job_ref.name).await {
+            Ok(Some(job)) => job_changed(runtime, &job).await,
+            Ok(None) => {
+                metrics::counter!("vfi_reconcile_corrections_total", "kind" => "lost").increment(1);
+                tracing::warn!(run_id = %run.id, job = %job_ref.name, "reconcile: the run's Job is gone; the run is lost");
+                let observation = Observation {
+                    status: RunStatus::Lost,
+                    reason: Some("JobMissing"),
+                    message: Some("the Job was no longer in the cluster before the run finished"),
+                    counts: run.pods,
+                    started_at: None,
+                    finished_at: None,
+                    job: None,
+                };
+                if let Err(error) = store::runs::observe(&runtime.db, run.id, &observation).await {
+                    tracing::warn!(run_id = %run.id, error = %error, "reconcile: recording a lost run failed");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(run_id = %run.id, error = %error, "reconcile: looking up a Job failed");
+            }
+        }
+    }
+}
+
+/// Lists every namespace's Jobs now and then and reconciles, as a safety net behind the watches.
+pub async fn reconcile_periodically(runtime: Runtime, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(runtime.settings.reconcile_interval) => {}
+        }
+        for namespace in runtime.cluster.settings.namespaces.clone() {
+            if let Err(error) = reconcile_by_listing(&runtime, &namespace).await {
+                tracing::warn!(%namespace, error = %error, "periodic reconcile failed");
+            }
+        }
+    }
+}
+
+async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), kube::Error> {
+    let api = runtime.cluster.jobs(namespace);
+    let mut params = ListParams::default()
+        .labels(&runtime.cluster.settings.selector())
+        .limit(500);
+    let mut listed = HashSet::new();
+    loop {
+        let page = api.list(&params).await?;
+        for job in &page.items {
+            if let Some(id) = observe::run_id(job.metadata.labels.as_ref()) {
+                listed.insert(id);
+            }
+            job_changed(runtime, job).await;
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    reconcile(runtime, namespace, &listed).await;
+    Ok(())
+}
+
+pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
+    let api: Api<Pod> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
+    let config = watcher::Config::default().labels(&runtime.cluster.settings.selector());
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Err(error)) => {
+                metrics::counter!("vfi_watch_errors_total", "kind" => "pod").increment(1);
+                tracing::warn!(%namespace, error = %error, "pod watch failed; it restarts with backoff");
+            }
+            Some(Ok(Event::Init)) => {
+                metrics::counter!("vfi_watch_relists_total", "kind" => "pod").increment(1);
+            }
+            Some(Ok(Event::InitDone)) => {}
+            Some(Ok(Event::InitApply(pod) | Event::Apply(pod))) => {
+                pod_changed(&runtime, &pod, false).await
+            }
+            Some(Ok(Event::Delete(pod))) => pod_changed(&runtime, &pod, true).await,
+        }
+    }
+}
+
+async fn pod_changed(runtime: &Runtime, pod: &Pod, deleted: bool) {
+    let Some(run_id) = observe::run_id(pod.metadata.labels.as_ref()) else {
+        return;
+    };
+    let record = observe::pod_record(pod, deleted);
+    if let Err(error) = store::pods::upsert(&runtime.db, run_id, &record).await {
+        tracing::warn!(%run_id, pod = %record.name, error = %error, "recording a pod failed");
+        return;
+    }
+    // A running pod is the earliest sign a run is running; the Job's status follows later.
+    if record.phase == "Running" && !deleted {
+        if let Err(error) = store::runs::advance(&runtime.db, run_id, RunStatus::Running).await {
+            tracing::warn!(%run_id, error = %error, "recording a running run failed");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The whole service (HTTP server, launcher, trackers) against real Postgres and an in-process
+//! kubesim, driven over HTTP like a user would.
+
+use clap::Parser;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::Api;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use vfi_orchestrator::app::App;
+use vfi_orchestrator::config::{Cli, Command};
+
+pub use kubesim::{KubeSim, RunnerKind, SimConfig};
+
+pub async fn kubesim(runner: RunnerKind) -> KubeSim {
+    KubeSim::start(SimConfig {
+        runner,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("kubesim starts")
+}
+
+pub struct Service {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: PgPool,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Service {
+    /// Starts the service on 127.0.0.1:0 with `extra` command-line flags.
+    pub async fn start(db: PgPool, client: kube::Client, extra: &[&str]) -> Service {
+        let mut argv = vec![
+            "vfi-orchestrator",
+            "serve",
+            "--database-url",
+            "postgres://unused",
+            "--listen",
+            "127.0.0.1:0",
+            "--launcher-poll-ms",
+            "200",
+        ];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command else {
+            unreachable!()
+        };
+        let app = App::new(&args, db.clone(), client)
+            .await
+            .expect("service builds");
+        let addr = app.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run(shutdown.clone()));
+        Service {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            db,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops the service as SIGTERM would, and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits an ad-hoc run and returns its id.
+    pub async fn submit(&self, template: Value) -> String {
+        let response = self
+            .post("/v1/runs", &json!({ "template": template }))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let run: Value = response.json().await.unwrap();
+        run["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn run(&self, id: &str) -> Value {
+        self.get(&format!("/v1/runs/{id}")).await
+    }
+
+    /// Waits until the run has `status`, failing on timeout or when it ends in another.
+    pub async fn wait_for(&self, id: &str, status: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self.run(id).await;
+            if run["status"] == status {
+                return run;
+            }
+            let finished = matches!(
+                run["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled" | "lost")
+            );
+            assert!(
+                !finished,
+                "run {id} ended {} instead of {status}: {run:#}",
+                run["status"]
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {id} not {status} within {timeout:?}: {run:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn statuses_seen(&self, id: &str) -> Vec<String> {
+        let events = self.get(&format!("/v1/runs/{id}/events")).await;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["status"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The Jobs in the simulated cluster that belong to run `id`.
+pub async fn jobs_of(client: &kube::Client, id: &str) -> Vec<Job> {
+    let api: Api<Job> = Api::all(client.clone());
+    api.list(&ListParams::default().labels(&format!("vfi-orchestrator.io/run-id={id}")))
+        .await
+        .unwrap()
+        .items
+}
+
+pub async fn pods_of(client: &kube::Client, id: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::all(client.clone());
+    api.list(&ListParams::default().labels(&format!("vfi-orchestrator.io/run-id={id}")))
+        .await
+        .unwrap()
+        .items
+}
+
+/// Waits until `check` holds, polling every 25 ms, or fails after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
