@@ -1,0 +1,261 @@
+//! The real kubectl against kubesim: `create job` (protobuf body) with the host runner,
+//! `wait`, `get` tables, `logs job/...`, `delete`, and `apply -f` of a parallel Job whose
+//! concurrency is checked from a recorded pod watch. Skips (with a clear line) when kubectl is
+//! not installed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+use kubesim::{KubeSim, RunnerKind, SimConfig};
+
+fn kubectl_path() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+struct Kubectl {
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl Kubectl {
+    fn new(sim: &KubeSim, bin: PathBuf, tag: &str) -> Kubectl {
+        let dir =
+            std::env::temp_dir().join(format!("kubesim-kubectl-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        sim.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        Kubectl { bin, dir }
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(&self.bin)
+            .args(args)
+            .env("KUBECONFIG", self.dir.join("kubeconfig"))
+            .env("KUBECACHEDIR", self.dir.join("cache"))
+            .output()
+            .await
+            .expect("kubectl runs")
+    }
+
+    /// Runs and requires success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Kubectl {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// The pi command from the Kubernetes docs. On hosts whose perl cannot run it (perl 5.36's
+/// bignum fails on `bpi(2000)` with "Can't use an undefined value as an ARRAY reference"),
+/// the equivalent Math::BigFloat call is used so the Job can complete.
+fn pi_command() -> (Vec<String>, Vec<u8>) {
+    let docs = ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"];
+    let fallback = [
+        "perl",
+        "-MMath::BigFloat",
+        "-wle",
+        "print Math::BigFloat->bpi(2000)",
+    ];
+    for (i, cmd) in [&docs[..], &fallback[..]].into_iter().enumerate() {
+        let out = std::process::Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .expect("perl runs");
+        if out.status.success() && !out.stdout.is_empty() {
+            if i == 1 {
+                println!("NOTE: host perl cannot run `perl -Mbignum=bpi -wle 'print bpi(2000)'`; using Math::BigFloat->bpi(2000)");
+            }
+            return (cmd.iter().map(|s| s.to_string()).collect(), out.stdout);
+        }
+    }
+    panic!("no working perl pi command on this host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_waits_lists_logs_and_deletes_a_host_run_job() {
+    let Some(bin) = kubectl_path() else {
+        println!("SKIPPED: kubectl not found");
+        return;
+    };
+    let sim = sim_with(SimConfig {
+        runner: RunnerKind::Host,
+        ..Default::default()
+    })
+    .await;
+    let k = Kubectl::new(&sim, bin, "pi");
+    let (cmd, expected) = pi_command();
+    let mut args = vec!["create", "job", "calculatepi", "--image=perl:5.34.0", "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    let out = k.ok(&args).await;
+    assert_eq!(out.trim(), "job.batch/calculatepi created");
+
+    let out = k
+        .ok(&[
+            "wait",
+            "--for=condition=complete",
+            "job/calculatepi",
+            "--timeout=60s",
+        ])
+        .await;
+    assert_eq!(out.trim(), "job.batch/calculatepi condition met");
+
+    let jobs = k.ok(&["get", "jobs"]).await;
+    let header = words(jobs.lines().next().unwrap());
+    assert_eq!(
+        header,
+        vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+    );
+    assert!(
+        jobs.lines()
+            .any(|l| words(l).starts_with(&["calculatepi", "Complete", "1/1"])),
+        "{jobs}"
+    );
+
+    let pods = k.ok(&["get", "pods"]).await;
+    let row = pods
+        .lines()
+        .find(|l| l.starts_with("calculatepi-"))
+        .expect("pod row");
+    let w = words(row);
+    assert_eq!(w[0].len(), "calculatepi-".len() + 5, "{row}");
+    assert_eq!(&w[1..3], &["0/1", "Completed"], "{pods}");
+
+    let out = k.run(&["logs", "job/calculatepi"]).await;
+    assert!(out.status.success());
+    assert_eq!(
+        out.stdout, expected,
+        "kubectl logs differs from running the command directly"
+    );
+
+    let out = k.ok(&["delete", "job/calculatepi"]).await;
+    assert_eq!(out.trim(), "job.batch \"calculatepi\" deleted");
+    let out = k.run(&["get", "job", "calculatepi"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("(NotFound)") && err.contains("jobs.batch \"calculatepi\" not found"),
+        "{err}"
+    );
+    let c = sim.client();
+    wait_until(&sim, "the pod is garbage collected", || async {
+        job_pods(&c, "calculatepi").await.is_empty()
+    })
+    .await;
+    let out = k.run(&["get", "pods"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No resources found"));
+    sim.shutdown().await;
+}
+
+const PARALLEL_JOB: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: parallel
+spec:
+  completions: 20
+  parallelism: 5
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: work
+        image: busybox
+        env:
+        - name: KUBESIM_DURATION_MS
+          value: "25"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_runs_twenty_completions_five_at_a_time() {
+    let Some(bin) = kubectl_path() else {
+        println!("SKIPPED: kubectl not found");
+        return;
+    };
+    let sim = sim().await;
+    let k = Kubectl::new(&sim, bin, "apply");
+    let manifest = k.dir.join("job.yaml");
+    std::fs::write(&manifest, PARALLEL_JOB).unwrap();
+    // Record every pod event from before the Job exists.
+    let pods = Api::<Pod>::default_namespaced(sim.client());
+    let mut stream = watcher(pods, watcher::Config::default().labels("job-name=parallel")).boxed();
+    assert!(matches!(
+        stream.try_next().await.unwrap(),
+        Some(watcher::Event::Init)
+    ));
+    assert!(matches!(
+        stream.try_next().await.unwrap(),
+        Some(watcher::Event::InitDone)
+    ));
+    let recorder = tokio::spawn(async move {
+        let mut live: HashMap<String, bool> = HashMap::new();
+        let mut max_active = 0;
+        let mut succeeded = 0;
+        while let Some(ev) = stream.try_next().await.unwrap() {
+            if let watcher::Event::Apply(p) = ev {
+                let ph = phase(&p);
+                let name = p.metadata.name.clone().unwrap();
+                let was_live = live.insert(name, !matches!(ph.as_str(), "Succeeded" | "Failed"));
+                if ph == "Succeeded" && was_live != Some(false) {
+                    succeeded += 1;
+                }
+                max_active = max_active.max(live.values().filter(|v| **v).count());
+                if succeeded == 20 {
+                    break;
+                }
+            }
+        }
+        (max_active, succeeded)
+    });
+    let out = k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    assert_eq!(out.trim(), "job.batch/parallel created");
+    k.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/parallel",
+        "--timeout=60s",
+    ])
+    .await;
+    let (max_active, succeeded) = tokio::time::timeout(WAIT, recorder).await.unwrap().unwrap();
+    assert_eq!(succeeded, 20);
+    assert!(max_active <= 5, "saw {max_active} pods active at once");
+    assert!(
+        max_active >= 2,
+        "the Job ran in parallel (max {max_active})"
+    );
+    let jobs = k.ok(&["get", "job", "parallel"]).await;
+    assert!(
+        jobs.lines()
+            .any(|l| words(l).starts_with(&["parallel", "Complete", "20/20"])),
+        "{jobs}"
+    );
+    let pods = k
+        .ok(&["get", "pods", "-l", "job-name=parallel", "--no-headers"])
+        .await;
+    assert_eq!(pods.lines().filter(|l| l.contains("Completed")).count(), 20);
+    sim.shutdown().await;
+}
