@@ -949,3 +949,51 @@ async fn logs_of_a_pod_that_has_not_started_are_a_400() {
     assert_eq!(all.items.len(), 1);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_active_jobs_all_complete() {
+    let sim = sim().await;
+    let c = sim.client();
+    let api = Api::<Job>::default_namespaced(c.clone());
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let started = std::time::Instant::now();
+    futures::stream::iter(0..1000)
+        .map(|i| {
+            let c = c.clone();
+            async move {
+                create_job(
+                    &c,
+                    &job(&format!("bulk-{i}"), &[("KUBESIM_DURATION_MS", "300")]),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let created = started.elapsed();
+    let mut complete = BTreeSet::new();
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(ev) = events.try_next().await.unwrap() {
+            if let watcher::Event::Apply(j) | watcher::Event::InitApply(j) = ev {
+                if has_condition(&j, "Complete") {
+                    complete.insert(j.metadata.name.unwrap());
+                }
+            }
+            if complete.len() == 1000 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        done.is_ok(),
+        "only {} of 1000 jobs completed",
+        complete.len()
+    );
+    println!(
+        "created 1000 jobs in {created:?}, all complete after {:?}",
+        started.elapsed()
+    );
+    sim.shutdown().await;
+}

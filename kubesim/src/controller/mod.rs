@@ -241,7 +241,10 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
     loop {
         if *paused.borrow_and_update() {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                lp.kubelet.kill_all();
+                return;
+            }
                 r = paused.changed() => if r.is_err() { return },
             }
             continue;
@@ -265,7 +268,10 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         }
         let next = lp.timers.next_deadline();
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                lp.kubelet.kill_all();
+                return;
+            }
             r = changes.changed() => if r.is_err() { return },
             Some(exit) = exits.recv() => lp.kubelet.on_exit(exit, &mut lp.timers),
             Some(cmd) = commands.recv() => match cmd {

@@ -69,6 +69,8 @@ pub struct Kubelet {
     queued: HashSet<String>,
     running: HashMap<String, Running>,
     killing: HashMap<String, KillReason>,
+    /// Queued pods already reported Unschedulable.
+    marked_unschedulable: HashSet<String>,
     /// Pods with a start timer pending (so repeated events do not add more timers).
     starting: HashSet<String>,
     attempts: HashMap<String, u32>,
@@ -163,6 +165,7 @@ impl Kubelet {
             running: HashMap::new(),
             killing: HashMap::new(),
             starting: HashSet::new(),
+            marked_unschedulable: HashSet::new(),
             attempts: HashMap::new(),
             exits,
             next_ip: AtomicU64::new(0),
@@ -291,6 +294,7 @@ impl Kubelet {
         self.release(&uid);
         self.queued.remove(&uid);
         self.starting.remove(&uid);
+        self.marked_unschedulable.remove(&uid);
         self.logs.remove_pod(&uid);
         self.try_schedule(timers);
     }
@@ -311,6 +315,7 @@ impl Kubelet {
                 break;
             };
             self.queued.remove(&uid);
+            self.marked_unschedulable.remove(&uid);
             let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
                 continue;
             };
@@ -325,7 +330,14 @@ impl Kubelet {
             timers.add(self.start_delay, Timer::StartPod(key, uid));
         }
         // Everyone still waiting is unschedulable; say so once per pod.
-        for (key, uid) in self.queue.iter() {
+        let unmarked: Vec<(ObjKey, String)> = self
+            .queue
+            .iter()
+            .filter(|(_, uid)| !self.marked_unschedulable.contains(uid))
+            .cloned()
+            .collect();
+        for (key, uid) in unmarked.iter() {
+            self.marked_unschedulable.insert(uid.clone());
             let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
                 continue;
             };
@@ -657,6 +669,13 @@ impl Kubelet {
             self.finish_deletion(&key, &exit.uid);
         }
         self.try_schedule(timers);
+    }
+
+    /// Kills every running container (the simulator is shutting down).
+    pub fn kill_all(&mut self) {
+        for r in self.running.values() {
+            r.kill.cancel();
+        }
     }
 
     /// Node-pressure eviction of a pod: its container is killed and the pod fails (it is not
