@@ -648,6 +648,19 @@ async fn evicted_pod_fails_with_reason_evicted_and_is_replaced() {
         p.status.as_ref().unwrap().reason.as_deref(),
         Some("Evicted")
     );
+    let table: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/namespaces/default/pods/{name}",
+            sim.url()
+        ))
+        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(table["rows"][0]["cells"][2], "Evicted");
     wait_job(&c, "evict", |j| {
         let s = j.status.clone().unwrap_or_default();
         s.failed == Some(1) && s.active == Some(1)
@@ -995,5 +1008,106 @@ async fn a_thousand_active_jobs_all_complete() {
         "created 1000 jobs in {created:?}, all complete after {:?}",
         started.elapsed()
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn pod_failure_policy_can_ignore_disruptions_by_pod_condition() {
+    let sim = sim().await;
+    let c = sim.client();
+    create_job(
+        &c,
+        &job_json(
+            "disrupt",
+            &[("KUBESIM_DURATION_MS", "60000")],
+            json!({"backoffLimit": 0, "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+            ]}}),
+        ),
+    )
+    .await;
+    wait_job(&c, "disrupt", |j| {
+        j.status.as_ref().and_then(|s| s.ready) == Some(1)
+    })
+    .await;
+    let name = job_pods(&c, "disrupt").await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    sim.faults().evict_pod("default", &name);
+    // The evicted pod is not counted, so backoffLimit 0 is not exceeded and a new pod runs.
+    wait_until(&sim, "a replacement pod runs", || async {
+        let pods = job_pods(&c, "disrupt").await;
+        pods.len() == 2 && pods.iter().any(|p| phase(p) == "Running")
+    })
+    .await;
+    let j = Api::<Job>::default_namespaced(c.clone())
+        .get("disrupt")
+        .await
+        .unwrap();
+    assert_eq!(j.status.as_ref().unwrap().failed, None);
+    assert!(!has_condition(&j, "Failed") && !has_condition(&j, "FailureTarget"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn termination_reason_and_pod_deadline_show_in_pod_status() {
+    let sim = sim().await;
+    let c = sim.client();
+    create_job(
+        &c,
+        &job(
+            "oom",
+            &[
+                ("KUBESIM_DURATION_MS", "5"),
+                ("KUBESIM_TERMINATION_REASON", "OOMKilled"),
+            ],
+        ),
+    )
+    .await;
+    let j = wait_finished(&c, "oom").await;
+    assert!(has_condition(&j, "Failed"));
+    let p = job_pods(&c, "oom").await.remove(0);
+    let t = p.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
+
+    let mut j = job("poddl", &[("KUBESIM_DURATION_MS", "60000")]);
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .active_deadline_seconds = Some(1);
+    create_job(&c, &j).await;
+    let j = wait_finished(&c, "poddl").await;
+    assert!(has_condition(&j, "Failed"));
+    let p = job_pods(&c, "poddl").await.remove(0);
+    assert_eq!(
+        p.status.unwrap().reason.as_deref(),
+        Some("DeadlineExceeded")
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_create_validates_without_storing() {
+    let sim = sim().await;
+    let c = sim.client();
+    let api = Api::<Job>::default_namespaced(c.clone());
+    let pp = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let j = api.create(&pp, &job("dry", &[])).await.unwrap();
+    assert_eq!(j.spec.unwrap().backoff_limit, Some(0));
+    assert_eq!(api_error(api.get("dry").await.unwrap_err()).code, 404);
     sim.shutdown().await;
 }

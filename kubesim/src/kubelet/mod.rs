@@ -657,6 +657,11 @@ impl Kubelet {
             }
             for cs in st.container_statuses.iter_mut().flatten() {
                 cs.ready = false;
+                // The eviction manager fails the pod without a final container state, which
+                // is why kubectl shows such pods as `Evicted`.
+                if killed == Some(KillReason::Evicted) {
+                    continue;
+                }
                 cs.started = Some(false);
                 cs.state = Some(ContainerState {
                     terminated: Some(terminated(cs.container_id.clone())),
