@@ -717,3 +717,53 @@ async fn status_subresource_is_readable_but_written_only_by_the_controller() {
     assert_eq!(err.code, 405);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_side_apply_creates_then_merges() {
+    let sim = sim().await;
+    let c = sim.client();
+    let api = Api::<Job>::default_namespaced(c.clone());
+    let pp = PatchParams::apply("kubesim-test");
+    let mut j = job("ssa", &[("KUBESIM_DURATION_MS", "60000")]);
+    let created = api.patch("ssa", &pp, &Patch::Apply(&j)).await.unwrap();
+    assert!(created.metadata.uid.is_some());
+    j.metadata.labels = Some([("applied".to_string(), "yes".to_string())].into());
+    let updated = api.patch("ssa", &pp, &Patch::Apply(&j)).await.unwrap();
+    assert_eq!(updated.metadata.labels.unwrap()["applied"], "yes");
+    assert_eq!(updated.metadata.uid, created.metadata.uid);
+    let err = api_error(
+        api.patch("ssa", &PatchParams::default(), &Patch::Apply(&j))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 422, "apply needs a field manager");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_collection_deletes_only_selected_jobs() {
+    let sim = sim().await;
+    let c = sim.client();
+    for (name, team) in [("dc-a", "x"), ("dc-b", "x"), ("dc-c", "y")] {
+        let mut j = job(name, &[("KUBESIM_DURATION_MS", "60000")]);
+        j.metadata.labels = Some([("team".to_string(), team.to_string())].into());
+        create_job(&c, &j).await;
+    }
+    let api = Api::<Job>::default_namespaced(c.clone());
+    api.delete_collection(
+        &DeleteParams::background(),
+        &ListParams::default().labels("team=x"),
+    )
+    .await
+    .unwrap();
+    let left: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(left, vec!["dc-c"]);
+    sim.shutdown().await;
+}

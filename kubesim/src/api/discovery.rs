@@ -78,7 +78,7 @@ pub async fn core_v1() -> Response {
                  "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"],
                  "storageVersionHash": "Q3oi5N2YM8M="},
                 {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
-                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
                  "shortNames": ["po"], "categories": ["all"], "storageVersionHash": "xPOwRZ+Yhw8="},
                 {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
                 {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}
@@ -96,7 +96,7 @@ pub async fn batch_v1() -> Response {
             "groupVersion": "batch/v1",
             "resources": [
                 {"name": "jobs", "singularName": "job", "namespaced": true, "kind": "Job",
-                 "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
                  "categories": ["all"], "storageVersionHash": "mudhfqk/qZY="},
                 {"name": "jobs/status", "singularName": "", "namespaced": true, "kind": "Job", "verbs": ["get"]}
             ]

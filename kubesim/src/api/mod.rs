@@ -167,7 +167,9 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/batch/v1/jobs", get(r::list_all::<Job>))
         .route(
             "/apis/batch/v1/namespaces/{ns}/jobs",
-            get(r::list_ns::<Job>).post(r::create::<Job>),
+            get(r::list_ns::<Job>)
+                .post(r::create::<Job>)
+                .delete(r::delete_collection::<Job>),
         )
         .route(
             "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
@@ -186,7 +188,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pods", get(r::list_all::<Pod>))
         .route(
             "/api/v1/namespaces/{ns}/pods",
-            get(r::list_ns::<Pod>).post(r::create::<Pod>),
+            get(r::list_ns::<Pod>)
+                .post(r::create::<Pod>)
+                .delete(r::delete_collection::<Pod>),
         )
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}",

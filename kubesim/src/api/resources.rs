@@ -662,11 +662,33 @@ async fn patch_impl<K: ApiKind>(
     let ct = content_type(&headers);
     let kind =
         PatchKind::from_content_type(&ct).ok_or_else(|| Status::unsupported_media_type(&ct))?;
+    let p: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        // kube-rs sends apply patches as JSON (valid YAML); real YAML is not parsed here.
+        Err(_) if kind == PatchKind::Apply => return Err(Status::unsupported_media_type(&ct)),
+        Err(e) => return Err(Status::bad_request(format!("error decoding patch: {e}"))),
+    };
     if kind == PatchKind::Apply {
-        return Err(Status::unsupported_media_type(&ct));
+        if q.get("fieldManager").is_none_or(|f| f.is_empty()) {
+            return Err(Status::invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                vec![Cause {
+                    reason: "FieldValueRequired",
+                    field: "fieldManager".into(),
+                    message: "Required value: is required for apply patch".into(),
+                }],
+            ));
+        }
+        if state.store.get::<K>(ns, name).is_none() {
+            // Server-side apply of a missing object creates it.
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            let scope = K::NAMESPACED.then(|| ns.to_string());
+            return create_impl::<K>(state, scope, q, h, body).await;
+        }
     }
-    let p: Value = serde_json::from_slice(&body)
-        .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
     let expected_rv = p
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -755,6 +777,54 @@ pub async fn delete_one<K: ApiKind>(
     body: Bytes,
 ) -> Response {
     respond(delete_impl::<K>(state, &ns, &name, q, body).await)
+}
+
+async fn delete_collection_impl<K: ApiKind>(
+    state: AppState,
+    ns: String,
+    q: Query,
+    body: Bytes,
+) -> Result<Response, Status> {
+    let filter = Filter::parse::<K>(&q, Some(ns.clone()))?;
+    let opts = DeleteOpts::parse(&q, &body)?;
+    let (items, _) = state.store.list::<K>(Some(&ns));
+    let mut out = Vec::new();
+    for obj in items.iter().filter(|o| filter.matches(o.as_ref())) {
+        let name = obj.metadata().name.clone().unwrap_or_default();
+        let plan = K::delete_plan(obj.as_ref(), &opts);
+        if opts.dry_run {
+            out.push(list_item(obj.as_ref()));
+            continue;
+        }
+        match state
+            .store
+            .delete::<K>(&ns, &name, plan.grace, &plan.finalizers, None)
+        {
+            Ok(Some(o)) => out.push(list_item(o.as_ref())),
+            Ok(None) => out.push(list_item(obj.as_ref())),
+            Err(_) => {}
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": K::LIST_KIND,
+            "apiVersion": K::API_VERSION,
+            "metadata": {"resourceVersion": state.store.current_rv().to_string()},
+            "items": out,
+        }),
+    ))
+}
+
+/// DELETE on a collection (with selectors), as `kubectl delete jobs -l ...` and kube-rs
+/// `delete_collection` use.
+pub async fn delete_collection<K: ApiKind>(
+    State(state): State<AppState>,
+    Path(ns): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    body: Bytes,
+) -> Response {
+    respond(delete_collection_impl::<K>(state, ns, q, body).await)
 }
 
 pub async fn delete_namespace_refused() -> Response {
