@@ -259,3 +259,65 @@ async fn kubectl_apply_runs_twenty_completions_five_at_a_time() {
     assert_eq!(pods.lines().filter(|l| l.contains("Completed")).count(), 20);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_namespaces_and_pods_and_runs_jobs_in_them() {
+    let Some(bin) = kubectl_path() else {
+        println!("SKIPPED: kubectl not found");
+        return;
+    };
+    let sim = sim().await;
+    let k = Kubectl::new(&sim, bin, "ns");
+    assert_eq!(
+        k.ok(&["create", "namespace", "team-a"]).await.trim(),
+        "namespace/team-a created"
+    );
+    k.ok(&[
+        "create",
+        "job",
+        "hello",
+        "-n",
+        "team-a",
+        "--image=busybox",
+        "--",
+        "true",
+    ])
+    .await;
+    k.ok(&[
+        "wait",
+        "-n",
+        "team-a",
+        "--for=condition=complete",
+        "job/hello",
+        "--timeout=30s",
+    ])
+    .await;
+    let all = k.ok(&["get", "jobs", "-A"]).await;
+    assert!(
+        all.lines()
+            .any(|l| words(l).starts_with(&["team-a", "hello", "Complete", "1/1"])),
+        "{all}"
+    );
+    let out = k
+        .ok(&[
+            "run",
+            "solo",
+            "--image=busybox",
+            "--restart=Never",
+            "--env=KUBESIM_LOG=from kubectl run",
+        ])
+        .await;
+    assert_eq!(out.trim(), "pod/solo created");
+    k.ok(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/solo",
+        "--timeout=30s",
+    ])
+    .await;
+    assert_eq!(k.ok(&["logs", "solo"]).await, "from kubectl run\n");
+    let out = k.run(&["get", "job", "missing"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("Error from server (NotFound): jobs.batch \"missing\" not found"));
+    sim.shutdown().await;
+}

@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+    Container, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec,
     ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -151,8 +151,8 @@ fn job_spec(s: pbb::JobSpec) -> JobSpec {
     }
 }
 
-/// Decodes a protobuf-encoded Job request body.
-pub fn decode_job(body: &[u8]) -> Result<Job, Status> {
+/// Strips the magic and the runtime.Unknown envelope, checking the kind.
+fn unwrap_unknown(body: &[u8], want: &str) -> Result<Vec<u8>, Status> {
     let rest = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| Status::bad_request("protobuf body does not start with the k8s magic"))?;
@@ -160,18 +160,46 @@ pub fn decode_job(body: &[u8]) -> Result<Job, Status> {
         .map_err(|e| Status::bad_request(format!("decoding runtime.Unknown: {e}")))?;
     let tm = unknown.type_meta.unwrap_or_default();
     let kind = tm.kind.unwrap_or_default();
-    if kind != "Job" {
+    if kind != want {
         return Err(Status::bad_request(format!(
-            "the body of the request was of kind {kind:?}, expected Job"
+            "the body of the request was of kind {kind:?}, expected {want}"
         )));
     }
-    let raw = unknown.raw.unwrap_or_default();
+    Ok(unknown.raw.unwrap_or_default())
+}
+
+/// Decodes a protobuf-encoded Job request body.
+pub fn decode_job(body: &[u8]) -> Result<Job, Status> {
+    let raw = unwrap_unknown(body, "Job")?;
     let pb = pbb::Job::decode(raw.as_slice())
         .map_err(|e| Status::bad_request(format!("decoding batch/v1 Job: {e}")))?;
     Ok(Job {
         metadata: pb.metadata.map(meta).unwrap_or_default(),
         spec: pb.spec.map(job_spec),
         status: None,
+    })
+}
+
+/// Decodes a protobuf-encoded Pod request body (`kubectl run`).
+pub fn decode_pod(body: &[u8]) -> Result<Pod, Status> {
+    let raw = unwrap_unknown(body, "Pod")?;
+    let pb = pbc::Pod::decode(raw.as_slice())
+        .map_err(|e| Status::bad_request(format!("decoding v1 Pod: {e}")))?;
+    Ok(Pod {
+        metadata: pb.metadata.map(meta).unwrap_or_default(),
+        spec: pb.spec.map(pod_spec),
+        status: None,
+    })
+}
+
+/// Decodes a protobuf-encoded Namespace request body (`kubectl create namespace`).
+pub fn decode_namespace(body: &[u8]) -> Result<Namespace, Status> {
+    let raw = unwrap_unknown(body, "Namespace")?;
+    let pb = pbc::Namespace::decode(raw.as_slice())
+        .map_err(|e| Status::bad_request(format!("decoding v1 Namespace: {e}")))?;
+    Ok(Namespace {
+        metadata: pb.metadata.map(meta).unwrap_or_default(),
+        ..Default::default()
     })
 }
 

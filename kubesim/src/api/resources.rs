@@ -128,6 +128,10 @@ fn gc_finalizers(opts: &DeleteOpts, default: &str) -> Vec<&'static str> {
     }
 }
 
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    content_type(headers).starts_with("application/vnd.kubernetes.protobuf")
+}
+
 impl ApiKind for Job {
     const LIST_KIND: &'static str = "JobList";
 
@@ -171,8 +175,7 @@ impl ApiKind for Job {
     }
 
     fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
-        let ct = content_type(headers);
-        if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        if is_protobuf(headers) {
             return super::protobuf::decode_job(body);
         }
         decode_json(headers, body, "Job")
@@ -192,6 +195,13 @@ impl ApiKind for Job {
 impl ApiKind for Pod {
     const LIST_KIND: &'static str = "PodList";
     const RETURN_DELETED_OBJECT: bool = true;
+
+    fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
+        if is_protobuf(headers) {
+            return super::protobuf::decode_pod(body);
+        }
+        decode_json(headers, body, "Pod")
+    }
 
     fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
         validation::default_pod(obj);
@@ -229,6 +239,13 @@ impl ApiKind for Pod {
 
 impl ApiKind for Namespace {
     const LIST_KIND: &'static str = "NamespaceList";
+
+    fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
+        if is_protobuf(headers) {
+            return super::protobuf::decode_namespace(body);
+        }
+        decode_json(headers, body, "Namespace")
+    }
 
     fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
         validation::default_namespace(obj);
