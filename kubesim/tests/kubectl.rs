@@ -76,11 +76,19 @@ fn words(line: &str) -> Vec<&str> {
 /// the equivalent Math::BigFloat call is used so the Job can complete.
 fn pi_command() -> (Vec<String>, Vec<u8>) {
     let docs = ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"];
-    let fallback = ["perl", "-MMath::BigFloat", "-wle", "print Math::BigFloat->bpi(2000)"];
+    let fallback = [
+        "perl",
+        "-MMath::BigFloat",
+        "-wle",
+        "print Math::BigFloat->bpi(2000)",
+    ];
     // Each takes seconds: run both at once.
     let run = |cmd: [&'static str; 4]| {
         std::thread::spawn(move || {
-            let out = std::process::Command::new(cmd[0]).args(&cmd[1..]).output().expect("perl runs");
+            let out = std::process::Command::new(cmd[0])
+                .args(&cmd[1..])
+                .output()
+                .expect("perl runs");
             (cmd, out)
         })
     };

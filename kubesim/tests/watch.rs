@@ -384,3 +384,30 @@ async fn watcher_recovers_from_expired_and_dropped_watches_and_sees_every_job_co
     driver.abort();
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn metadata_lists_and_watches_return_partial_object_metadata() {
+    let sim = sim().await;
+    let c = sim.client();
+    create_job(&c, &job("meta", &[("KUBESIM_DURATION_MS", "5")])).await;
+    let api = Api::<Job>::default_namespaced(c.clone());
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items[0].metadata.name.as_deref(), Some("meta"));
+    let one = api.get_metadata("meta").await.unwrap();
+    assert_eq!(one.types.unwrap().kind, "PartialObjectMetadata");
+    let _ = api;
+    let meta_api = Api::<kube::core::PartialObjectMeta<Job>>::default_namespaced(c.clone());
+    let mut s = watcher(meta_api, watcher::Config::default()).boxed();
+    loop {
+        let ev = tokio::time::timeout(WAIT, s.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let watcher::Event::InitApply(m) = ev {
+            assert_eq!(m.metadata.name.as_deref(), Some("meta"));
+            break;
+        }
+    }
+    sim.shutdown().await;
+}

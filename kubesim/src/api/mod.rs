@@ -59,6 +59,30 @@ pub fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.split(',').any(|part| part.contains("as=Table")))
 }
 
+/// True when the client asked for meta.k8s.io PartialObjectMetadata (kube-rs
+/// `list_metadata` / `metadata_watcher`).
+pub fn wants_metadata(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+        })
+}
+
+/// The object reduced to PartialObjectMetadata.
+pub fn partial_metadata(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+    })
+}
+
 /// The real server answers JSON whenever the Accept header allows it (kubectl lists
 /// `application/json` after protobuf); only an Accept that excludes JSON is refused.
 pub fn check_accept(headers: &HeaderMap) -> Result<(), Status> {

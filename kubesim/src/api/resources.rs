@@ -402,6 +402,7 @@ async fn list_or_watch<K: ApiKind>(
             &tables::table(page, list_rv, cont, include),
         ));
     }
+    let metadata_only = super::wants_metadata(&headers);
     let mut meta = json!({ "resourceVersion": list_rv.to_string() });
     if let Some(c) = cont {
         meta["continue"] = json!(c);
@@ -409,12 +410,21 @@ async fn list_or_watch<K: ApiKind>(
             meta["remainingItemCount"] = json!(rest);
         }
     }
-    let body = json!({
-        "kind": K::LIST_KIND,
-        "apiVersion": K::API_VERSION,
-        "metadata": meta,
-        "items": page.iter().map(|o| list_item(*o)).collect::<Vec<_>>(),
-    });
+    let body = if metadata_only {
+        json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": meta,
+            "items": page.iter().map(|o| super::partial_metadata(o.metadata())).collect::<Vec<_>>(),
+        })
+    } else {
+        json!({
+            "kind": K::LIST_KIND,
+            "apiVersion": K::API_VERSION,
+            "metadata": meta,
+            "items": page.iter().map(|o| list_item(*o)).collect::<Vec<_>>(),
+        })
+    };
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -457,6 +467,9 @@ fn single<K: ApiKind>(obj: &K, headers: &HeaderMap, q: &Query, code: StatusCode)
             .and_then(|r| r.parse().ok())
             .unwrap_or(0);
         return json_response(code, &tables::table(&[obj], rv, None, include));
+    }
+    if super::wants_metadata(headers) {
+        return json_response(code, &super::partial_metadata(obj.metadata()));
     }
     json_response(code, &to_json(obj))
 }

@@ -27,12 +27,14 @@ fn line(v: &Value) -> Bytes {
 
 struct Encoder {
     table: Option<IncludeObject>,
+    metadata_only: bool,
 }
 
 impl Encoder {
     fn object<K: ApiKind>(&self, obj: &K) -> Value {
         match self.table {
             Some(include) => tables::table(&[obj], rv_of(obj), None, include),
+            None if self.metadata_only => super::partial_metadata(obj.metadata()),
             None => to_json(obj),
         }
     }
@@ -117,6 +119,7 @@ pub async fn watch<K: ApiKind>(
     let enc = Encoder {
         table: wants_table(&headers)
             .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str))),
+        metadata_only: super::wants_metadata(&headers),
     };
     let gone = state.faults.take_watch_gone();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
