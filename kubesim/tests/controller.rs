@@ -1111,3 +1111,39 @@ async fn dry_run_create_validates_without_storing() {
     assert_eq!(api_error(api.get("dry").await.unwrap_err()).code, 404);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn deleting_a_running_job_pod_counts_as_a_failure_and_replaces_it() {
+    let sim = sim().await;
+    let c = sim.client();
+    create_job(
+        &c,
+        &job_json(
+            "replace",
+            &[("KUBESIM_DURATION_MS", "60000")],
+            json!({"backoffLimit": 3}),
+        ),
+    )
+    .await;
+    wait_job(&c, "replace", |j| {
+        j.status.as_ref().and_then(|s| s.ready) == Some(1)
+    })
+    .await;
+    let name = job_pods(&c, "replace").await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    Api::<Pod>::default_namespaced(c.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let j = wait_job(&c, "replace", |j| {
+        let s = j.status.clone().unwrap_or_default();
+        s.failed == Some(1) && s.ready == Some(1)
+    })
+    .await;
+    assert!(!has_condition(&j, "Failed"));
+    wait_gone(Api::<Pod>::default_namespaced(c.clone()), &name).await;
+    sim.shutdown().await;
+}

@@ -331,6 +331,9 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
     let mut completed = parse_indexes(st.completed_indexes.as_deref().unwrap_or(""));
     let mut counted: Vec<Arc<Pod>> = Vec::new();
     let mut policy_failure: Option<String> = None;
+    // isPodFailed: with podReplacementPolicy TerminatingOrFailed a deleted pod that has not
+    // succeeded counts as failed right away; with Failed only the terminal phase does.
+    let only_failed_phase = spec.pod_replacement_policy.as_deref() == Some("Failed");
     for p in &pods {
         if !has_finalizer(&p.metadata, JOB_TRACKING_FINALIZER) {
             continue;
@@ -352,7 +355,9 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                 }
                 counted.push(p.clone());
             }
-            "Failed" => {
+            ph if ph == "Failed"
+                || (!only_failed_phase && p.metadata.deletion_timestamp.is_some()) =>
+            {
                 if !(suspended && p.metadata.deletion_timestamp.is_some()) {
                     match apply_failure_policy(&job, p) {
                         PolicyVerdict::Ignore => {}
@@ -387,7 +392,10 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
         .copied()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
-    let terminating = live.len() - active.len();
+    let terminating = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some() && !is_terminal(p))
+        .count();
     let now = unix_now();
 
     // 2. Decide.
@@ -527,10 +535,8 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
             for p in &active {
                 delete_pod(store, p);
             }
-            let all_gone = pods.iter().all(|p| {
-                is_terminal(p) || counted_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
-            });
-            if all_gone && active.iter().all(|p| is_terminal(p)) {
+            // The terminal condition waits until no pod of the Job is still running.
+            if pods.iter().all(|p| is_terminal(p)) {
                 if let Some(ft) = failure_target {
                     set(
                         &mut conds,
