@@ -8,6 +8,7 @@ use super::Runtime;
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, RunStatus};
 use crate::store::{self, runs::Observation};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -16,13 +17,51 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 use std::collections::HashSet;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// Backoff between watch restarts: exponential with jitter, capped at 5 s (kube-runtime's default
+/// goes to 30 s plus jitter, which after an API outage delays every status by up to a minute),
+/// and reset by the first successful event.
+struct WatchBackoff {
+    builder: ExponentialBuilder,
+    current: backon::ExponentialBackoff,
+}
+
+impl WatchBackoff {
+    fn new() -> Self {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times();
+        WatchBackoff {
+            current: builder.build(),
+            builder,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.current.next()
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.current = self.builder.build();
+    }
+}
 
 pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
     let api: Api<Job> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
     let config = watcher::Config::default().labels(&runtime.cluster.settings.selector());
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = watcher::watcher(api, config)
+        .backoff(WatchBackoff::new())
+        .boxed();
     let mut listed = HashSet::new();
     loop {
         let event = tokio::select! {
@@ -227,7 +266,9 @@ async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), 
 pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
     let api: Api<Pod> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
     let config = watcher::Config::default().labels(&runtime.cluster.settings.selector());
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = watcher::watcher(api, config)
+        .backoff(WatchBackoff::new())
+        .boxed();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,

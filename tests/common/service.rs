@@ -37,6 +37,13 @@ pub struct Service {
 impl Service {
     /// Starts the service on 127.0.0.1:0 with `extra` command-line flags.
     pub async fn start(db: PgPool, client: kube::Client, extra: &[&str]) -> Service {
+        // TEST_LOG=debug (or any filter) shows the service's logs in failing tests' output.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let mut argv = vec![
             "vfi-orchestrator",
             "serve",
