@@ -55,9 +55,10 @@ pub struct SimConfig {
     /// Events kept per kind for watch replay; older resourceVersions get 410 Expired.
     pub watch_history: usize,
     pub addr: SocketAddr,
-    /// How often watches that allow bookmarks get one.
-    pub bookmark_interval: Duration,
 }
+
+/// How often watches that allow bookmarks get one (a real server: about a minute).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -67,7 +68,6 @@ impl Default for SimConfig {
             start_delay: Duration::from_millis(10),
             watch_history: 10_000,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            bookmark_interval: Duration::from_secs(1),
         }
     }
 }
@@ -138,7 +138,7 @@ impl KubeSim {
             logs: logs.clone(),
             faults: faults.clone(),
             shutdown: cancel.clone(),
-            bookmark_interval: config.bookmark_interval,
+            bookmark_interval: BOOKMARK_INTERVAL,
         });
         let shutdown = cancel.clone();
         let server = tokio::spawn(async move {

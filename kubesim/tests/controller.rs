@@ -582,7 +582,7 @@ async fn pods_beyond_node_capacity_stay_pending_unschedulable_until_room_frees()
         &c,
         &job_json(
             "cap",
-            &[("KUBESIM_DURATION_MS", "300")],
+            &[("KUBESIM_DURATION_MS", "1000")],
             json!({"completions": 4, "parallelism": 4}),
         ),
     )

@@ -133,11 +133,7 @@ async fn watch_older_than_history_gets_an_expired_error_event() {
 
 #[tokio::test]
 async fn bookmarks_carry_the_current_resource_version() {
-    let sim = sim_with(SimConfig {
-        bookmark_interval: Duration::from_millis(50),
-        ..Default::default()
-    })
-    .await;
+    let sim = sim().await;
     let c = sim.client();
     let api = Api::<Job>::default_namespaced(c.clone());
     let rv = api
