@@ -70,7 +70,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         start_delay: Duration::from_millis(args.start_delay_ms),
         watch_history: args.watch_history,
         addr: args.addr,
-        ..SimConfig::default()
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;
