@@ -1147,3 +1147,26 @@ async fn deleting_a_running_job_pod_counts_as_a_failure_and_replaces_it() {
     wait_gone(Api::<Pod>::default_namespaced(c.clone()), &name).await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn huge_deadlines_do_not_break_the_controller() {
+    let sim = sim().await;
+    let c = sim.client();
+    let mut j = job_json(
+        "forever",
+        &[("KUBESIM_DURATION_MS", "5")],
+        json!({"activeDeadlineSeconds": i64::MAX}),
+    );
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .active_deadline_seconds = Some(i64::MAX);
+    create_job(&c, &j).await;
+    let j = wait_finished(&c, "forever").await;
+    assert!(has_condition(&j, "Complete"));
+    sim.shutdown().await;
+}

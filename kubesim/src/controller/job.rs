@@ -454,7 +454,7 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                     .unwrap_or(now);
                 let deadline_passed = spec
                     .active_deadline_seconds
-                    .is_some_and(|ads| now >= started + ads);
+                    .is_some_and(|ads| now >= started.saturating_add(ads));
                 let failure = if let Some(msg) = policy_failure {
                     Some(("PodFailurePolicy", msg))
                 } else if failed + restarts > backoff {
@@ -515,9 +515,9 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                         }
                     }
                     if let Some(ads) = spec.active_deadline_seconds {
-                        let left = (started + ads - now).max(0) as u64;
+                        let left = started.saturating_add(ads).saturating_sub(now).max(0) as u64;
                         timers.add(
-                            Duration::from_secs(left) + Duration::from_millis(5),
+                            Duration::from_secs(left).saturating_add(Duration::from_millis(5)),
                             Timer::SyncJob(key.clone()),
                         );
                     }

@@ -45,6 +45,9 @@ pub struct Timers {
 
 impl Timers {
     pub fn add(&mut self, after: Duration, t: Timer) {
+        // Deadlines come from user input (activeDeadlineSeconds is an int64): clamp them so
+        // Instant arithmetic cannot overflow and take the loop down.
+        let after = after.min(Duration::from_secs(10 * 365 * 24 * 3600));
         self.at(Instant::now() + after, t);
     }
 
