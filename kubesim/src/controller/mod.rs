@@ -241,6 +241,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         pod_cursor: 0,
         resync: true,
     };
+    let mut pending_exits: Vec<Exit> = Vec::new();
+    let mut pending_cmds: Vec<Command> = Vec::new();
     loop {
         if *paused.borrow_and_update() {
             tokio::select! {
@@ -253,17 +255,36 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
             continue;
         }
         changes.borrow_and_update();
-        lp.drain_events();
-        lp.run_timers();
-        while let Ok(exit) = exits.try_recv() {
-            lp.kubelet.on_exit(exit, &mut lp.timers);
-        }
-        while let Ok(cmd) = commands.try_recv() {
-            match cmd {
-                Command::Evict { namespace, name } => lp.kubelet.evict(&namespace, &name),
+        // One bad object must not stop the simulated cluster: a panic in a step is logged and
+        // the next iteration starts with a full resync.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lp.drain_events();
+            lp.run_timers();
+            for exit in pending_exits.drain(..) {
+                lp.kubelet.on_exit(exit, &mut lp.timers);
             }
+            for cmd in pending_cmds.drain(..) {
+                match cmd {
+                    Command::Evict { namespace, name } => lp.kubelet.evict(&namespace, &name),
+                }
+            }
+            while let Ok(exit) = exits.try_recv() {
+                lp.kubelet.on_exit(exit, &mut lp.timers);
+            }
+            while let Ok(cmd) = commands.try_recv() {
+                match cmd {
+                    Command::Evict { namespace, name } => lp.kubelet.evict(&namespace, &name),
+                }
+            }
+            lp.sync_dirty();
+        }));
+        if step.is_err() {
+            tracing::error!("kubesim control loop step panicked; resyncing");
+            lp.resync = true;
+            lp.dirty_jobs.clear();
+            tokio::task::yield_now().await;
+            continue;
         }
-        lp.sync_dirty();
         if changes.has_changed().unwrap_or(false) {
             // Our own writes produced events; handle them before sleeping.
             tokio::task::yield_now().await;
@@ -276,10 +297,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
                 return;
             }
             r = changes.changed() => if r.is_err() { return },
-            Some(exit) = exits.recv() => lp.kubelet.on_exit(exit, &mut lp.timers),
-            Some(cmd) = commands.recv() => match cmd {
-                Command::Evict { namespace, name } => lp.kubelet.evict(&namespace, &name),
-            },
+            Some(exit) = exits.recv() => pending_exits.push(exit),
+            Some(cmd) = commands.recv() => pending_cmds.push(cmd),
             _ = async { match next { Some(t) => tokio::time::sleep_until(t).await, None => futures::future::pending().await } } => {},
             r = paused.changed() => if r.is_err() { return },
         }
