@@ -45,10 +45,10 @@ impl Tabled for Job {
         let spec = self.spec.clone().unwrap_or_default();
         let st = self.status.clone().unwrap_or_default();
         let succeeded = st.succeeded.unwrap_or(0);
-        let completions = match (spec.completions, spec.parallelism) {
+        let completions = match (spec.completions, spec.parallelism.unwrap_or(0)) {
             (Some(c), _) => format!("{succeeded}/{c}"),
-            (None, None) => format!("{succeeded}/1"),
-            (None, Some(p)) => format!("{succeeded}/1 of {p}"),
+            (None, p) if p > 1 => format!("{succeeded}/1 of {p}"),
+            (None, _) => format!("{succeeded}/1"),
         };
         let duration = match (&st.start_time, &st.completion_time) {
             (None, _) => String::new(),
@@ -286,4 +286,92 @@ pub fn table<K: Tabled>(
         "columnDefinitions": K::columns(),
         "rows": objs.iter().map(|o| row(*o, include)).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(v: Value) -> Job {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn job_status_and_completions_columns_follow_kubectl() {
+        let cond = |t: &str| json!({"status": {"conditions": [{"type": t, "status": "True"}]}, "spec": {"completions": 2, "template": {}}});
+        assert_eq!(job(cond("Complete")).cells()[1], "Complete");
+        assert_eq!(job(cond("Failed")).cells()[1], "Failed");
+        assert_eq!(job(cond("Suspended")).cells()[1], "Suspended");
+        assert_eq!(job(cond("FailureTarget")).cells()[1], "FailureTarget");
+        let mut deleting = cond("Suspended");
+        deleting["metadata"] = json!({"deletionTimestamp": "2025-01-01T00:00:00Z"});
+        assert_eq!(job(deleting).cells()[1], "Terminating");
+        assert_eq!(job(json!({"spec": {"template": {}}})).cells()[1], "Running");
+        assert_eq!(
+            job(json!({"spec": {"completions": 2, "template": {}}, "status": {"succeeded": 1}}))
+                .cells()[2],
+            "1/2"
+        );
+        assert_eq!(
+            job(json!({"spec": {"parallelism": 3, "template": {}}})).cells()[2],
+            "0/1 of 3"
+        );
+        assert_eq!(
+            job(json!({"spec": {"parallelism": 1, "template": {}}})).cells()[2],
+            "0/1"
+        );
+    }
+
+    #[test]
+    fn pod_status_column_follows_kubectl() {
+        let with = |phase: &str, state: Value| {
+            pod(
+                json!({"spec": {"containers": [{"name": "c"}]}, "status": {"phase": phase,
+                "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": state}]}}),
+            )
+        };
+        assert_eq!(
+            pod_status_reason(&pod(json!({"status": {"phase": "Pending"}}))),
+            "Pending"
+        );
+        assert_eq!(
+            pod_status_reason(&with(
+                "Pending",
+                json!({"waiting": {"reason": "ContainerCreating"}})
+            )),
+            "ContainerCreating"
+        );
+        assert_eq!(
+            pod_status_reason(&with(
+                "Succeeded",
+                json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+            )),
+            "Completed"
+        );
+        assert_eq!(
+            pod_status_reason(&with(
+                "Failed",
+                json!({"terminated": {"exitCode": 1, "reason": "Error"}})
+            )),
+            "Error"
+        );
+        assert_eq!(
+            pod_status_reason(&with(
+                "Failed",
+                json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})
+            )),
+            "OOMKilled"
+        );
+        let mut running = with("Running", json!({"running": {}}));
+        assert_eq!(pod_status_reason(&running), "Running");
+        running.metadata.deletion_timestamp = Some(crate::time::now_time());
+        assert_eq!(pod_status_reason(&running), "Terminating");
+        let evicted = pod(json!({"status": {"phase": "Failed", "reason": "Evicted"}}));
+        assert_eq!(pod_status_reason(&evicted), "Evicted");
+    }
 }
