@@ -1170,3 +1170,42 @@ async fn huge_deadlines_do_not_break_the_controller() {
     assert!(has_condition(&j, "Complete"));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn lowering_parallelism_deletes_surplus_pods() {
+    let sim = sim().await;
+    let c = sim.client();
+    let api = Api::<Job>::default_namespaced(c.clone());
+    create_job(
+        &c,
+        &job_json(
+            "scale",
+            &[("KUBESIM_DURATION_MS", "60000")],
+            json!({"parallelism": 3, "completions": 3}),
+        ),
+    )
+    .await;
+    wait_job(&c, "scale", |j| {
+        j.status.as_ref().and_then(|s| s.ready) == Some(3)
+    })
+    .await;
+    api.patch(
+        "scale",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"parallelism": 1}})),
+    )
+    .await
+    .unwrap();
+    wait_job(&c, "scale", |j| {
+        let s = j.status.clone().unwrap_or_default();
+        s.active == Some(1) && s.terminating == Some(0)
+    })
+    .await;
+    let j = api.get("scale").await.unwrap();
+    assert_eq!(
+        j.status.unwrap().failed,
+        None,
+        "scale-down is not a failure"
+    );
+    sim.shutdown().await;
+}

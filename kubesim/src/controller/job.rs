@@ -210,6 +210,14 @@ pub fn release_orphan(store: &Store, pod: &Pod) {
     }
 }
 
+/// deleteJobPods: pods the controller removes on purpose (suspend, lower parallelism) lose
+/// the tracking finalizer first, so they are never counted as failed.
+fn delete_pod_uncounted(store: &Store, pod: &Pod) {
+    remove_tracking_finalizer(store, pod);
+    delete_pod(store, pod);
+}
+
+/// deleteActivePods: the finalizer stays, so the pod counts as failed (Job finishing).
 fn delete_pod(store: &Store, pod: &Pod) {
     if pod.metadata.deletion_timestamp.is_some() {
         return;
@@ -358,14 +366,12 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
             ph if ph == "Failed"
                 || (!only_failed_phase && p.metadata.deletion_timestamp.is_some()) =>
             {
-                if !(suspended && p.metadata.deletion_timestamp.is_some()) {
-                    match apply_failure_policy(&job, p) {
-                        PolicyVerdict::Ignore => {}
-                        PolicyVerdict::Count => failed += 1,
-                        PolicyVerdict::FailJob(msg) => {
-                            failed += 1;
-                            policy_failure.get_or_insert(msg);
-                        }
+                match apply_failure_policy(&job, p) {
+                    PolicyVerdict::Ignore => {}
+                    PolicyVerdict::Count => failed += 1,
+                    PolicyVerdict::FailJob(msg) => {
+                        failed += 1;
+                        policy_failure.get_or_insert(msg);
                     }
                 }
                 counted.push(p.clone());
@@ -407,7 +413,7 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
         if failure_target.is_none() && !success_target && !deleting {
             if suspended {
                 for p in &active {
-                    delete_pod(store, p);
+                    delete_pod_uncounted(store, p);
                 }
                 active.clear();
                 if !is_true(&conds, "Suspended") {
@@ -488,6 +494,31 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                         ),
                     );
                 } else {
+                    // Too many active pods (parallelism lowered): delete the surplus,
+                    // not-ready and newest first, as the real controller prefers.
+                    let want_active = match (indexed, completions) {
+                        (true, Some(c)) => parallelism.min(c - completed.len() as i32),
+                        (false, Some(c)) => parallelism.min(c - succeeded),
+                        (_, None) => parallelism,
+                    }
+                    .max(0) as usize;
+                    if active.len() > want_active {
+                        let mut victims: Vec<&Arc<Pod>> = active.clone();
+                        victims.sort_by_key(|p| {
+                            (
+                                pod_ready(p),
+                                std::cmp::Reverse(
+                                    p.metadata
+                                        .creation_timestamp
+                                        .as_ref()
+                                        .map(|t| t.0.as_second()),
+                                ),
+                            )
+                        });
+                        for p in victims.iter().take(active.len() - want_active) {
+                            delete_pod_uncounted(store, p);
+                        }
+                    }
                     // Create the missing pods.
                     if indexed {
                         let c = completions.unwrap_or(0);
