@@ -30,9 +30,16 @@ async fn pump(mut r: impl AsyncRead + Unpin, log: Arc<LogBuf>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for &b in &buf[..n] {
-            line.extend_from_slice(&[b]);
-            if b == b'\n' || line.len() >= MAX_LINE {
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let room = MAX_LINE - line.len();
+            let take = match rest.iter().take(room).position(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => rest.len().min(room),
+            };
+            line.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if line.ends_with(b"\n") || line.len() >= MAX_LINE {
                 log.push_line(line.split().freeze());
             }
         }
@@ -166,6 +173,26 @@ mod tests {
             .await;
         assert_eq!(out.exit_code, 3);
         assert_eq!(log.snapshot(), b"hi\ntail");
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_split_at_16_kib_and_bytes_are_preserved() {
+        let log = Arc::new(LogBuf::default());
+        let out = HostRunner
+            .run(
+                spec(&[
+                    "sh",
+                    "-c",
+                    "head -c 40000 /dev/zero | tr '\\0' a; echo; echo tail",
+                ]),
+                log.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+        assert_eq!(out.exit_code, 0);
+        let mut want = vec![b'a'; 40000];
+        want.extend_from_slice(b"\ntail\n");
+        assert_eq!(log.snapshot(), want);
     }
 
     #[tokio::test]
