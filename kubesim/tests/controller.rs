@@ -1209,3 +1209,53 @@ async fn lowering_parallelism_deletes_surplus_pods() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn ttl_deletion_is_foreground_so_a_held_pod_keeps_the_job_terminating() {
+    let sim = sim().await;
+    let c = sim.client();
+    let jobs = Api::<Job>::default_namespaced(c.clone());
+    let pods = Api::<Pod>::default_namespaced(c.clone());
+    let mut j = job_json(
+        "ttlhold",
+        &[("KUBESIM_DURATION_MS", "5")],
+        json!({"ttlSecondsAfterFinished": 0}),
+    );
+    j.spec.as_mut().unwrap().template.metadata =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            finalizers: Some(vec!["example.com/archive".into()]),
+            ..Default::default()
+        });
+    create_job(&c, &j).await;
+    let held = wait_job(&c, "ttlhold", |j| j.metadata.deletion_timestamp.is_some()).await;
+    assert!(has_condition(&held, "Complete"));
+    assert!(held
+        .metadata
+        .finalizers
+        .unwrap()
+        .contains(&"foregroundDeletion".to_string()));
+    let pod = job_pods(&c, "ttlhold").await.remove(0);
+    let name = pod.metadata.name.clone().unwrap();
+    let pod = wait_obj(pods.clone(), &name, |p: &Pod| {
+        p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    assert_eq!(
+        pod.metadata.finalizers.unwrap(),
+        vec!["example.com/archive"]
+    );
+    // The pod's log is still readable while the finalizer holds it.
+    assert_eq!(
+        pods.logs(&name, &LogParams::default()).await.unwrap(),
+        format!("kubesim: {name} ran\n")
+    );
+    pods.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    wait_gone(jobs, "ttlhold").await;
+    sim.shutdown().await;
+}

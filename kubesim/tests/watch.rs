@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kubesim::SimConfig;
@@ -296,7 +297,7 @@ async fn dropped_watches_close_open_streams() {
 }
 
 #[tokio::test]
-async fn watcher_recovers_from_expired_and_dropped_watches_and_sees_every_job_complete() {
+async fn watchers_recover_from_expired_and_dropped_watches_and_see_every_job_and_pod_finish() {
     let sim = sim_with(SimConfig {
         watch_history: 200,
         ..Default::default()
@@ -310,7 +311,16 @@ async fn watcher_recovers_from_expired_and_dropped_watches_and_sees_every_job_co
         .default_backoff()
         .reflect(writer)
         .applied_objects();
+    let (pod_reader, pod_writer) = reflector::store::<Pod>();
+    let pod_stream = watcher(
+        Api::<Pod>::default_namespaced(c.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(pod_writer)
+    .applied_objects();
     let (seen_tx, mut seen) = tokio::sync::watch::channel(0u64);
+    let pod_seen_tx = seen_tx.clone();
     let driver = tokio::spawn(async move {
         let mut stream = stream.boxed();
         while let Some(r) = stream.next().await {
@@ -320,7 +330,16 @@ async fn watcher_recovers_from_expired_and_dropped_watches_and_sees_every_job_co
             }
         }
     });
+    let pod_driver = tokio::spawn(async move {
+        let mut stream = pod_stream.boxed();
+        while let Some(r) = stream.next().await {
+            if r.is_ok() {
+                pod_seen_tx.send_modify(|n| *n += 1);
+            }
+        }
+    });
     reader.wait_until_ready().await.unwrap();
+    pod_reader.wait_until_ready().await.unwrap();
     for i in 0..20 {
         let j = job(
             &format!("r{i}"),
@@ -347,7 +366,11 @@ async fn watcher_recovers_from_expired_and_dropped_watches_and_sees_every_job_co
     faults.drop_watches();
     let all_done = || {
         let jobs = reader.state();
-        jobs.len() == 20 && jobs.iter().all(|j| has_condition(j, "Complete"))
+        let pods = pod_reader.state();
+        jobs.len() == 20
+            && jobs.iter().all(|j| has_condition(j, "Complete"))
+            && pods.len() == 20
+            && pods.iter().all(|p| phase(p) == "Succeeded")
     };
     // Wait on the reflector's own progress, not on time.
     let done = tokio::time::timeout(WAIT, async {
@@ -378,6 +401,7 @@ async fn watcher_recovers_from_expired_and_dropped_watches_and_sees_every_job_co
         .collect();
     assert!(done.is_ok() && all_done(), "reflector state: {summary:?}");
     driver.abort();
+    pod_driver.abort();
     sim.shutdown().await;
 }
 
