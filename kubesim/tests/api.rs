@@ -767,3 +767,20 @@ async fn delete_collection_deletes_only_selected_jobs() {
     assert_eq!(left, vec!["dc-c"]);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_written_kubeconfig_works_for_kube_rs_too() {
+    let sim = sim().await;
+    let kc = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig_yaml()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(config.default_namespace, "default");
+    let client = kube::Client::try_from(config).unwrap();
+    let jobs = Api::<Job>::default_namespaced(client)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(jobs.items.is_empty());
+    sim.shutdown().await;
+}
