@@ -71,9 +71,10 @@ fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
 
-/// The pi command from the Kubernetes docs. On hosts whose perl cannot run it (perl 5.36's
-/// bignum fails on `bpi(2000)` with "Can't use an undefined value as an ARRAY reference"),
-/// the equivalent Math::BigFloat call is used so the Job can complete.
+/// The pi command from the Kubernetes docs, and what it prints when run directly. On this
+/// development host perl 5.36's bignum was seen failing `bpi(2000)` intermittently ("Can't use
+/// an undefined value as an ARRAY reference" in Math/BigInt/Calc.pm); if the docs command fails
+/// here, the equivalent Math::BigFloat call is used (and said so) so the Job can complete.
 fn pi_command() -> (Vec<String>, Vec<u8>) {
     let docs = ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"];
     let fallback = [
@@ -96,10 +97,14 @@ fn pi_command() -> (Vec<String>, Vec<u8>) {
     for (i, h) in [a, b].into_iter().enumerate() {
         let (cmd, out) = h.join().unwrap();
         if out.status.success() && !out.stdout.is_empty() {
-            if i == 1 {
-                println!("NOTE: host perl cannot run `perl -Mbignum=bpi -wle 'print bpi(2000)'`; using Math::BigFloat->bpi(2000)");
-            }
             return (cmd.iter().map(|s| s.to_string()).collect(), out.stdout);
+        }
+        if i == 0 {
+            println!(
+                "NOTE: `perl -Mbignum=bpi -wle 'print bpi(2000)'` failed here ({}: {}); using Math::BigFloat->bpi(2000)",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     panic!("no working perl pi command on this host");
