@@ -252,6 +252,8 @@ pub fn router(state: AppState) -> Router {
             )
             .into_response()
         })
+        // The real server accepts request bodies up to 3 MiB (axum's default is 2 MiB).
+        .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
         .layer(middleware::from_fn_with_state(state.clone(), faults_layer))
         .with_state(state)
 }
