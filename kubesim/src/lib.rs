@@ -99,6 +99,18 @@ impl KubeSim {
     /// Binds `config.addr`, starts the API server and the control loop, and returns once the
     /// server accepts connections.
     pub async fn start(config: SimConfig) -> Result<KubeSim, Error> {
+        let runner: Arc<dyn Runner> = match config.runner {
+            RunnerKind::Scripted => Arc::new(ScriptedRunner),
+            RunnerKind::Host => Arc::new(HostRunner),
+        };
+        Self::start_with_runner(config, runner).await
+    }
+
+    /// Like [`KubeSim::start`] with a custom container runtime (`config.runner` is ignored).
+    pub async fn start_with_runner(
+        config: SimConfig,
+        runner: Arc<dyn Runner>,
+    ) -> Result<KubeSim, Error> {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| Error::Bind {
@@ -117,10 +129,6 @@ impl KubeSim {
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
-        let runner: Arc<dyn Runner> = match config.runner {
-            RunnerKind::Scripted => Arc::new(ScriptedRunner),
-            RunnerKind::Host => Arc::new(HostRunner),
-        };
         let control = tokio::spawn(controller::run(
             controller::LoopConfig {
                 store: store.clone(),

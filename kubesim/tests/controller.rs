@@ -1259,3 +1259,41 @@ async fn ttl_deletion_is_foreground_so_a_held_pod_keeps_the_job_terminating() {
     wait_gone(jobs, "ttlhold").await;
     sim.shutdown().await;
 }
+
+/// A runner that always exits 7 after writing one line, to show the runtime is pluggable.
+struct Sevens;
+
+impl kubesim::Runner for Sevens {
+    fn run(
+        &self,
+        spec: kubesim::RunSpec,
+        log: std::sync::Arc<kubesim::logs::LogBuf>,
+        _kill: tokio_util::sync::CancellationToken,
+    ) -> futures::future::BoxFuture<'static, kubesim::RunOutcome> {
+        Box::pin(async move {
+            log.push_line(format!("custom runner ran {}\n", spec.pod_name).into());
+            kubesim::RunOutcome::exited(7)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_custom_runner_can_be_plugged_in() {
+    let sim =
+        kubesim::KubeSim::start_with_runner(SimConfig::default(), std::sync::Arc::new(Sevens))
+            .await
+            .unwrap();
+    let c = sim.client();
+    create_job(&c, &job("custom", &[])).await;
+    let j = wait_finished(&c, "custom").await;
+    assert!(has_condition(&j, "Failed"));
+    let p = job_pods(&c, "custom").await.remove(0);
+    let t = p.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(t.exit_code, 7);
+    sim.shutdown().await;
+}
