@@ -6,6 +6,7 @@ use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, ServeArgs};
 use crate::domain::RunPolicy;
 use crate::http::{self, AppState, Limits};
+use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::{self, Runtime, RuntimeSettings};
 use crate::store;
 use anyhow::Context;
@@ -49,6 +50,7 @@ impl App {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let runtime = runtime(&args.cluster, db.clone(), client);
         let state = AppState {
             db: db.clone(),
             limits: Arc::new(Limits {
@@ -56,10 +58,11 @@ impl App {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
             }),
             policy: Arc::new(policy(&args.cluster)),
+            cluster: runtime.cluster.clone(),
         };
         Ok(App {
             state,
-            runtime: runtime(&args.cluster, db, client),
+            runtime,
             listener,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         })
@@ -111,22 +114,37 @@ fn policy(args: &ClusterArgs) -> RunPolicy {
 }
 
 fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {
+    let cluster = Cluster {
+        client,
+        settings: Arc::new(ClusterSettings {
+            installation: args.installation.clone(),
+            namespaces: args.namespaces.clone(),
+            job_name_prefix: args.job_name_prefix.clone(),
+        }),
+    };
+    let instance = format!(
+        "{}-{}",
+        std::env::var("POD_NAME").unwrap_or_else(|_| "local".into()),
+        uuid::Uuid::new_v4().simple()
+    );
+    let archiver = Archiver::new(
+        db.clone(),
+        cluster.clone(),
+        LogSettings {
+            cap_bytes: args.log_cap_bytes.max(1024),
+            capture_timeout: Duration::from_secs(args.log_capture_timeout_secs),
+            concurrency: args.log_capture_concurrency.max(1),
+            lease: Duration::from_secs(args.launch_lease_secs.max(5)),
+            flush_interval: Duration::from_millis(args.log_flush_ms.max(10)),
+        },
+        instance.clone(),
+    );
     Runtime {
         db,
-        cluster: Cluster {
-            client,
-            settings: Arc::new(ClusterSettings {
-                installation: args.installation.clone(),
-                namespaces: args.namespaces.clone(),
-                job_name_prefix: args.job_name_prefix.clone(),
-            }),
-        },
+        cluster,
+        archiver,
         settings: RuntimeSettings {
-            instance: format!(
-                "{}-{}",
-                std::env::var("POD_NAME").unwrap_or_else(|_| "local".into()),
-                uuid::Uuid::new_v4().simple()
-            ),
+            instance,
             launch_lease: Duration::from_secs(args.launch_lease_secs),
             launch_concurrency: args.launch_concurrency.max(1),
             max_queue_wait: Duration::from_secs(args.max_queue_wait_secs),

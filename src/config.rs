@@ -28,6 +28,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Run the service.
     Serve(ServeArgs),
@@ -111,6 +112,19 @@ pub struct ClusterArgs {
     /// Seconds between full re-lists of the cluster, behind the watches.
     #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 300)]
     pub reconcile_interval_secs: u64,
+    /// Largest log archived per pod, in bytes; beyond it the head and the tail are kept.
+    #[arg(long, env = "LOG_CAP_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub log_cap_bytes: i64,
+    /// Seconds a pod's log may keep failing to be read after the pod ended before its
+    /// finalizer is removed anyway (the run then records the log as incomplete).
+    #[arg(long, env = "LOG_CAPTURE_TIMEOUT_SECS", default_value_t = 600)]
+    pub log_capture_timeout_secs: u64,
+    /// Pod logs captured at once by one replica.
+    #[arg(long, env = "LOG_CAPTURE_CONCURRENCY", default_value_t = 256)]
+    pub log_capture_concurrency: usize,
+    /// Milliseconds read log lines may wait before they are written to the archive.
+    #[arg(long, env = "LOG_FLUSH_MS", default_value_t = 1000)]
+    pub log_flush_ms: u64,
 }
 
 #[cfg(test)]

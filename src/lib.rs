@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod logs;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

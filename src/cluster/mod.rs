@@ -4,6 +4,7 @@
 
 pub mod jobs;
 pub mod observe;
+pub mod pods;
 pub mod render;
 
 /// Label and annotation keys the service puts on its Jobs and pods.
@@ -19,6 +20,9 @@ pub mod keys {
     /// Holds a Job in the API until the service has recorded its final state, so a TTL or a
     /// deletion cannot make a run's outcome disappear between two watch events.
     pub const TRACKING_FINALIZER: &str = "vfi-orchestrator.io/run-tracking";
+    /// Holds a run's pods until their logs are archived, so a TTL, a cancellation or garbage
+    /// collection cannot delete a pod before its log is safe.
+    pub const LOG_FINALIZER: &str = "vfi-orchestrator.io/log-capture";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGER: &str = "vfi-orchestrator";
 }

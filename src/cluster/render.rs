@@ -12,6 +12,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
+/// The name of the run's container in every pod.
+pub const CONTAINER: &str = "main";
+
 /// Kubernetes limits Job names to 63 characters (they become a label value on the pods).
 const MAX_JOB_NAME: usize = 63;
 
@@ -63,7 +66,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
         })
     };
     let container = Container {
-        name: "main".into(),
+        name: CONTAINER.into(),
         image: Some(t.image.clone()),
         command: (!t.command.is_empty()).then(|| t.command.clone()),
         args: (!t.args.is_empty()).then(|| t.args.clone()),
@@ -134,6 +137,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
                     annotations: Some(annotations),
+                    finalizers: Some(vec![keys::LOG_FINALIZER.to_string()]),
                     ..Default::default()
                 }),
                 spec: Some(pod_spec),

@@ -1,6 +1,7 @@
 //! Pure types and rules of the service: run templates and their validation, task definitions,
 //! the run status state machine. Nothing in here does I/O; everything here is testable inline.
 
+pub mod loglines;
 pub mod names;
 pub mod policy;
 pub mod run;

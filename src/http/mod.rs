@@ -4,6 +4,7 @@
 mod extract;
 mod health;
 mod idempotency;
+mod logs;
 mod middleware;
 mod openapi;
 mod pagination;
@@ -11,6 +12,7 @@ pub mod problem;
 mod runs;
 mod tasks;
 
+use crate::cluster::jobs::Cluster;
 use crate::domain::RunPolicy;
 use axum::extract::FromRef;
 use axum::Router;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// What run templates may ask of the cluster.
     pub policy: Arc<RunPolicy>,
+    /// For reading live pod logs.
+    pub cluster: Cluster,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document and docs page, middleware.

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document (generated from the handlers by utoipa), served at `/openapi.json`,
 //! with a readable API page at `/docs`.
 
-use super::{health, runs, tasks, AppState};
+use super::{health, logs, runs, tasks, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::OpenApi as Document;
@@ -40,6 +40,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::rerun))
         .routes(routes!(runs::list_pods))
         .routes(routes!(runs::history))
+        .routes(routes!(logs::run_logs))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }

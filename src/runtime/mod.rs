@@ -2,6 +2,7 @@
 //! tracker follows Jobs and pods through watch streams and reconciles after every re-list.
 //! Each loop takes the shared state and a cancellation token, and never dies on one bad item.
 
+pub mod archiver;
 pub mod canceller;
 pub mod launcher;
 pub mod tracker;
@@ -36,6 +37,7 @@ pub struct Runtime {
     pub db: PgPool,
     pub cluster: Cluster,
     pub settings: RuntimeSettings,
+    pub archiver: archiver::Archiver,
 }
 
 /// A running loop, named for the logs.

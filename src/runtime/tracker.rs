@@ -127,6 +127,15 @@ async fn job_gone(runtime: &Runtime, job: &Job) {
 
 async fn record(runtime: &Runtime, run_id: Uuid, job: &Job, seen: &observe::JobObservation) {
     let job_ref = job_ref(job);
+    if seen.status.is_final() {
+        // Pod events may trail the Job's: record the pods first, so a client that sees the run
+        // finished also sees all its pods.
+        if let Ok(Some(run)) = store::runs::get(&runtime.db, run_id).await {
+            if !run.status.is_final() {
+                sync_pods(runtime, &job_ref.namespace, run_id).await;
+            }
+        }
+    }
     let observation = Observation {
         status: seen.status,
         reason: seen.reason.as_deref(),
@@ -285,9 +294,25 @@ pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: Cancellat
             }
             Some(Ok(Event::InitDone)) => {}
             Some(Ok(Event::InitApply(pod) | Event::Apply(pod))) => {
-                pod_changed(&runtime, &pod, false).await
+                pod_changed(&runtime, &pod, false).await;
+                runtime.archiver.observe(&pod, &shutdown);
             }
             Some(Ok(Event::Delete(pod))) => pod_changed(&runtime, &pod, true).await,
+        }
+    }
+}
+
+/// Lists a run's pods and records each.
+async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) {
+    let params = ListParams::default().labels(&format!("{}={run_id}", keys::RUN_ID));
+    match runtime.cluster.pods(namespace).list(&params).await {
+        Ok(pods) => {
+            for pod in &pods.items {
+                pod_changed(runtime, pod, false).await;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%run_id, error = %error, "listing a finished run's pods failed")
         }
     }
 }

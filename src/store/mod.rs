@@ -2,6 +2,7 @@
 //! caller decides what is atomic. This is the only module that writes run status.
 
 pub mod idempotency;
+pub mod logs;
 pub mod pods;
 pub mod runs;
 pub mod tasks;

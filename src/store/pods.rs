@@ -19,8 +19,10 @@ pub async fn upsert(
              uid = EXCLUDED.uid,
              completion_index = EXCLUDED.completion_index,
              node_name = coalesce(EXCLUDED.node_name, run_pods.node_name),
-             -- A deleted pod's last real state is kept; only the flag changes.
-             phase = CASE WHEN EXCLUDED.deleted THEN run_pods.phase ELSE EXCLUDED.phase END,
+             -- A deleted pod's last real state is kept, and a finished pod stays finished: watch
+             -- events may arrive after a fresher list of the same pod.
+             phase = CASE WHEN EXCLUDED.deleted OR run_pods.phase IN ('Succeeded', 'Failed')
+                          THEN run_pods.phase ELSE EXCLUDED.phase END,
              exit_code = coalesce(EXCLUDED.exit_code, run_pods.exit_code),
              reason = coalesce(EXCLUDED.reason, run_pods.reason),
              message = coalesce(EXCLUDED.message, run_pods.message),

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use vfi_orchestrator::cluster::jobs::Cluster;
+use vfi_orchestrator::cluster::ClusterSettings;
 use vfi_orchestrator::domain::RunPolicy;
 use vfi_orchestrator::http::{self, AppState, Limits};
 
@@ -30,6 +32,18 @@ impl TestApp {
                 namespaces: vec!["default".into(), "batch".into()],
                 service_accounts: vec!["default".into()],
             }),
+            // These tests never reach a cluster: an address nothing listens on.
+            cluster: Cluster {
+                client: kube::Client::try_from(kube::Config::new(
+                    "http://127.0.0.1:9".parse().unwrap(),
+                ))
+                .unwrap(),
+                settings: Arc::new(ClusterSettings {
+                    installation: "default".into(),
+                    namespaces: vec!["default".into()],
+                    job_name_prefix: String::new(),
+                }),
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

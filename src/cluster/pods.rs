@@ -1,0 +1,72 @@
+//! Pods of the service's Jobs: reading their logs and releasing the log-capture finalizer.
+
+use super::jobs::Cluster;
+use super::keys;
+use futures::AsyncBufRead;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{LogParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+/// How to read a pod's log. Logs are always read with timestamps, which the archive keeps and
+/// readers use for `since` and strip unless asked.
+#[derive(Debug, Clone, Default)]
+pub struct LogRead {
+    pub follow: bool,
+    pub tail_lines: Option<i64>,
+}
+
+impl Cluster {
+    pub fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Opens a pod's log of the `main` container.
+    pub async fn pod_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        read: &LogRead,
+    ) -> Result<impl AsyncBufRead + Unpin + use<>, kube::Error> {
+        let params = LogParams {
+            container: Some(super::render::CONTAINER.to_string()),
+            follow: read.follow,
+            tail_lines: read.tail_lines,
+            timestamps: true,
+            ..Default::default()
+        };
+        let stream = self.pods(namespace).log_stream(pod, &params).await?;
+        Ok(Box::pin(stream))
+    }
+
+    /// Removes the service's log-capture finalizer from a pod, once its log is stored (or given
+    /// up on). A pod already gone is fine.
+    #[tracing::instrument(skip(self, pod), fields(pod = %pod.name_any()))]
+    pub async fn release_pod(&self, pod: &Pod) -> Result<(), kube::Error> {
+        let Some(index) = pod
+            .finalizers()
+            .iter()
+            .position(|f| f == keys::LOG_FINALIZER)
+        else {
+            return Ok(());
+        };
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": keys::LOG_FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+        ]))
+        .expect("a well-formed JSON patch");
+        let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+        match self
+            .pods(&namespace)
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}

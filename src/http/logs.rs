@@ -1,0 +1,246 @@
+//! `GET /v1/runs/{id}/logs`: a run's output as `text/plain` (chunked, streamed) or, for browsers,
+//! as Server-Sent Events with `Last-Event-ID` resume.
+
+use super::extract::ApiQuery;
+use super::problem::Problem;
+use super::runs::parse_run_id;
+use super::AppState;
+use crate::error::{Error, Result};
+use crate::logs::{self, LogItem, LogQuery};
+use crate::store;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Keep streaming new output until the run ends, then close.
+    follow: Option<bool>,
+    /// Only this pod.
+    pod: Option<String>,
+    /// Only the pod with this completion index.
+    index: Option<i32>,
+    /// Only the last N lines of each pod.
+    tail: Option<i64>,
+    /// Only lines written at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Prefix each line with its RFC 3339 time.
+    timestamps: Option<bool>,
+    /// Stop after this many bytes.
+    limit_bytes: Option<u64>,
+}
+
+/// A run's logs. One pod: its log as is. Several pods: each pod's block in completion-index
+/// (then creation) order, under a `==> pod <name> (index <i>) <==` header. Notes of the service
+/// (a truncated or missing log) are lines starting with `[vfi-orchestrator]`. With
+/// `Accept: text/event-stream`: one `log` event per line (data: JSON with pod, index, line,
+/// time, text), ids `<pod>:<line>` for `Last-Event-ID`, and an `end` event.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/logs", tag = "runs",
+    params(("id" = Uuid, Path, description = "Run id"), LogParams),
+    responses(
+        (status = 200, description = "The log, streamed", content_type = "text/plain"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn run_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<LogParams>,
+) -> Result<Response> {
+    let id = parse_run_id(&id)?;
+    let run = store::runs::get(&state.db, id)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "run",
+            name: id.to_string(),
+        })?;
+    if params.tail.is_some_and(|t| t < 0) {
+        return Err(Error::bad_request("tail", "must be 0 or more"));
+    }
+    if params.limit_bytes == Some(0) {
+        return Err(Error::bad_request("limitBytes", "must be 1 or more"));
+    }
+    let since = params
+        .since
+        .as_deref()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| Error::bad_request("since", format!("{s:?} is not an RFC 3339 time")))
+        })
+        .transpose()?;
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if sse => Some(parse_event_id(id)?),
+        _ => None,
+    };
+    let filtered = params.pod.is_some() || params.index.is_some();
+    let several = !filtered
+        && (run.template.completions.unwrap_or(1) > 1
+            || store::pods::list(&state.db, id).await?.len() > 1);
+    let query = LogQuery {
+        follow: params.follow.unwrap_or(false),
+        pod: params.pod,
+        index: params.index,
+        tail: params.tail,
+        since,
+        after,
+    };
+    let cluster = state.cluster.clone();
+    let items = logs::run_log(state.db.clone(), cluster, run, query);
+    let timestamps = params.timestamps.unwrap_or(false);
+    let limit = params.limit_bytes.unwrap_or(u64::MAX);
+    if sse {
+        Ok(sse_response(items, timestamps, limit).into_response())
+    } else {
+        Ok(text_response(items, several, timestamps, limit))
+    }
+}
+
+fn parse_event_id(id: &str) -> Result<(String, i64)> {
+    id.rsplit_once(':')
+        .and_then(|(pod, line)| Some((pod.to_string(), line.parse().ok()?)))
+        .ok_or_else(|| {
+            Error::bad_request(
+                "Last-Event-ID",
+                format!("{id:?} is not an id this server sent"),
+            )
+        })
+}
+
+fn note_line(text: &str) -> Bytes {
+    Bytes::from(format!("[vfi-orchestrator] {text}\n"))
+}
+
+fn text_response(
+    items: impl futures::Stream<Item = Result<LogItem, logs::LogError>> + Send + 'static,
+    several: bool,
+    timestamps: bool,
+    limit: u64,
+) -> Response {
+    let mut pods_seen = 0usize;
+    let chunks = items.map(move |item| match item {
+        Ok(LogItem::Pod(pod)) => {
+            pods_seen += 1;
+            if several || pods_seen > 1 {
+                let index = pod
+                    .completion_index
+                    .map(|i| format!(" (index {i})"))
+                    .unwrap_or_default();
+                Bytes::from(format!("==> pod {}{index} <==\n", pod.name))
+            } else {
+                Bytes::new()
+            }
+        }
+        Ok(LogItem::Line { time, text, .. }) => match (timestamps, time) {
+            (true, Some(time)) => {
+                let mut line = time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+                    .into_bytes();
+                line.push(b' ');
+                line.extend_from_slice(&text);
+                Bytes::from(line)
+            }
+            _ => text,
+        },
+        Ok(LogItem::Note { text, .. }) => note_line(&text),
+        Err(error) => {
+            tracing::warn!(error = %error, "reading a log failed mid-stream");
+            note_line("reading the log failed; retry the request")
+        }
+    });
+    let body = chunks
+        .scan(0u64, move |sent, bytes| {
+            if *sent >= limit {
+                return futures::future::ready(None);
+            }
+            let room = (limit - *sent).min(bytes.len() as u64) as usize;
+            *sent += room as u64;
+            futures::future::ready(Some(bytes.slice(..room)))
+        })
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn sse_response(
+    items: impl futures::Stream<Item = Result<LogItem, logs::LogError>> + Send + 'static,
+    timestamps: bool,
+    limit: u64,
+) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let mut index: Option<i32> = None;
+    let events = items
+        .scan(0u64, move |sent, item| {
+            if *sent >= limit {
+                return futures::future::ready(None);
+            }
+            let event = match item {
+                Ok(LogItem::Pod(pod)) => {
+                    index = pod.completion_index;
+                    None
+                }
+                Ok(LogItem::Line {
+                    pod,
+                    number,
+                    time,
+                    text,
+                }) => {
+                    *sent += text.len() as u64;
+                    let text = String::from_utf8_lossy(&text);
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let data = serde_json::json!({
+                        "pod": pod,
+                        "index": index,
+                        "line": number,
+                        "time": time.filter(|_| timestamps),
+                        "text": text,
+                    });
+                    let event = Event::default().event("log").data(data.to_string());
+                    Some(match number {
+                        Some(n) => event.id(format!("{pod}:{n}")),
+                        None => event,
+                    })
+                }
+                Ok(LogItem::Note { pod, text }) => Some(
+                    Event::default()
+                        .event("note")
+                        .data(serde_json::json!({"pod": pod, "text": text}).to_string()),
+                ),
+                Err(error) => {
+                    tracing::warn!(error = %error, "reading a log failed mid-stream");
+                    Some(
+                        Event::default()
+                            .event("error")
+                            .data("reading the log failed"),
+                    )
+                }
+            };
+            futures::future::ready(Some(event))
+        })
+        .filter_map(|event| futures::future::ready(event.map(Ok)))
+        .chain(futures::stream::once(async {
+            Ok(Event::default().event("end").data(""))
+        }));
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,271 @@
+//! Reading a run's logs as one stream of lines: per pod from the archive once it is captured,
+//! from the cluster while the pod lives, with no line repeated or lost at the switch (lines are
+//! numbered per pod, and a switch resumes after the last line sent). Used by the HTTP layer;
+//! reads only, so it may ask the cluster directly.
+
+use crate::cluster::jobs::Cluster;
+use crate::cluster::pods::LogRead;
+use crate::domain::loglines::{split_timestamp, LineSplitter};
+use crate::domain::{PodRecord, Run};
+use crate::store;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{AsyncReadExt, Stream};
+use sqlx::PgPool;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// What to read.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// Keep streaming new output until the run ends.
+    pub follow: bool,
+    /// Only this pod.
+    pub pod: Option<String>,
+    /// Only the pod of this completion index.
+    pub index: Option<i32>,
+    /// Only the last lines of each pod.
+    pub tail: Option<i64>,
+    /// Only lines written at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Resume after this line of this pod (and skip the pods before it).
+    pub after: Option<(String, i64)>,
+}
+
+/// One piece of a run's log stream.
+#[derive(Debug, Clone)]
+pub enum LogItem {
+    /// The lines that follow belong to this pod.
+    Pod(PodRecord),
+    /// One line: its number in the pod's log (`None` when not known, e.g. a live tail), its
+    /// time, and its text (with its newline, without the timestamp).
+    Line {
+        pod: String,
+        number: Option<i64>,
+        time: Option<DateTime<Utc>>,
+        text: Bytes,
+    },
+    /// A remark of the service's: a truncation, a log that could not be captured.
+    Note { pod: String, text: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// How long a reader waits for an ending pod's archive to be completed.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(30);
+/// How often a following reader looks for new pods.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+pub fn run_log(
+    db: PgPool,
+    cluster: Cluster,
+    run: Run,
+    query: LogQuery,
+) -> impl Stream<Item = Result<LogItem, LogError>> + Send {
+    async_stream::try_stream! {
+        let mut streamed: HashSet<String> = HashSet::new();
+        let mut resuming = query.after.clone();
+        loop {
+            let pods: Vec<PodRecord> = store::pods::list(&db, run.id)
+                .await?
+                .into_iter()
+                .filter(|p| query.pod.as_ref().is_none_or(|name| &p.name == name))
+                .filter(|p| query.index.is_none_or(|i| p.completion_index == Some(i)))
+                .collect();
+            for pod in pods {
+                if !streamed.insert(pod.name.clone()) {
+                    continue;
+                }
+                let mut after_line = -1;
+                if let Some((name, line)) = &resuming {
+                    if *name != pod.name {
+                        continue;
+                    }
+                    after_line = *line;
+                    resuming = None;
+                }
+                yield LogItem::Pod(pod.clone());
+                let lines = pod_log(&db, &cluster, &run, &pod, &query, after_line);
+                for await item in lines {
+                    yield item?;
+                }
+            }
+            if !query.follow {
+                break;
+            }
+            let finished = store::runs::get(&db, run.id).await?.is_none_or(|r| r.status.is_final());
+            if finished {
+                // One more look: pods recorded just before the end.
+                let remaining = store::pods::list(&db, run.id)
+                    .await?
+                    .iter()
+                    .filter(|p| query.pod.as_ref().is_none_or(|name| &p.name == name))
+                    .filter(|p| query.index.is_none_or(|i| p.completion_index == Some(i)))
+                    .any(|p| !streamed.contains(&p.name));
+                if !remaining {
+                    break;
+                }
+            } else {
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        }
+    }
+}
+
+/// One pod's lines after `after_line`, from wherever they are.
+fn pod_log<'a>(
+    db: &'a PgPool,
+    cluster: &'a Cluster,
+    run: &'a Run,
+    pod: &'a PodRecord,
+    query: &'a LogQuery,
+    after_line: i64,
+) -> impl Stream<Item = Result<LogItem, LogError>> + Send + 'a {
+    async_stream::try_stream! {
+        let archive = store::logs::get(db, run.id, &pod.name).await?;
+        let archived = archive.as_ref().is_some_and(|a| a.state != "capturing");
+        let mut last = after_line;
+        if !archived && !pod.deleted {
+            let namespace = run.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_else(|| "default".into());
+            let read = LogRead {
+                follow: query.follow,
+                // A tail of a live pod is asked of the cluster; its line numbers are unknown.
+                tail_lines: query.tail.filter(|_| after_line < 0),
+            };
+            if let Ok(mut reader) = cluster.pod_log(&namespace, &pod.name, &read).await {
+                let numbered = read.tail_lines.is_none();
+                let mut splitter = LineSplitter::default();
+                let mut buf = vec![0u8; 32 * 1024];
+                let mut number = -1i64;
+                loop {
+                    let n = match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    for raw in splitter.push(&buf[..n]) {
+                        number += 1;
+                        if numbered && number <= last {
+                            continue;
+                        }
+                        if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {
+                            yield item;
+                        }
+                        if numbered {
+                            last = number;
+                        }
+                    }
+                }
+                if let Some(raw) = splitter.finish() {
+                    number += 1;
+                    if !numbered || number > last {
+                        if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {
+                            yield item;
+                        }
+                        if numbered {
+                            last = number;
+                        }
+                    }
+                }
+                if !numbered {
+                    return;
+                }
+                // The live stream ended: if the archive has more (the stream was cut), go on there.
+                let archive = store::logs::get(db, run.id, &pod.name).await?;
+                match archive {
+                    Some(a) if a.state != "capturing" && a.lines > last + 1 => {}
+                    _ => return,
+                }
+            }
+        }
+        // From the archive, once the archiver has finished with the pod.
+        let deadline = tokio::time::Instant::now() + ARCHIVE_WAIT;
+        let archive = loop {
+            match store::logs::get(db, run.id, &pod.name).await? {
+                Some(a) if a.state != "capturing" => break Some(a),
+                _ if tokio::time::Instant::now() >= deadline => break None,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let Some(archive) = archive else {
+            yield LogItem::Note {
+                pod: pod.name.clone(),
+                text: format!("the log of pod {} is not available: it is still being captured, or the pod is gone and nothing was captured", pod.name),
+            };
+            return;
+        };
+        if archive.state == "missing" {
+            yield LogItem::Note {
+                pod: pod.name.clone(),
+                text: format!("no log was captured for pod {}: {}", pod.name, archive.detail.clone().unwrap_or_default()),
+            };
+            return;
+        }
+        let mut start = last + 1;
+        if let Some(tail) = query.tail.filter(|_| after_line < 0) {
+            start = start.max(archive.lines - tail);
+        }
+        let mut seq = 0;
+        let mut marked = false;
+        loop {
+            let chunks = store::logs::chunks(db, run.id, &pod.name, seq, 16).await?;
+            if chunks.is_empty() {
+                break;
+            }
+            for chunk in chunks {
+                seq = chunk.seq + 1;
+                if chunk.part == "tail" && !marked && archive.dropped_lines > 0 {
+                    marked = true;
+                    if start < chunk.first_line {
+                        yield LogItem::Note {
+                            pod: pod.name.clone(),
+                            text: format!(
+                                "{} lines ({} bytes) omitted: the log exceeded the per-pod cap; its start and end are kept",
+                                archive.dropped_lines, archive.dropped_bytes
+                            ),
+                        };
+                    }
+                }
+                if chunk.first_line + chunk.line_count as i64 <= start {
+                    continue;
+                }
+                let mut splitter = LineSplitter::default();
+                let mut lines = splitter.push(&chunk.data);
+                lines.extend(splitter.finish());
+                for (i, raw) in lines.into_iter().enumerate() {
+                    let number = chunk.first_line + i as i64;
+                    if number < start {
+                        continue;
+                    }
+                    if let Some(item) = line_item(&pod.name, Some(number), &raw, query) {
+                        yield item;
+                    }
+                }
+            }
+        }
+        if archive.state == "incomplete" {
+            yield LogItem::Note {
+                pod: pod.name.clone(),
+                text: format!("the log of pod {} is incomplete: {}", pod.name, archive.detail.clone().unwrap_or_default()),
+            };
+        }
+    }
+}
+
+fn line_item(pod: &str, number: Option<i64>, raw: &[u8], query: &LogQuery) -> Option<LogItem> {
+    let (time, text) = split_timestamp(raw);
+    if let (Some(since), Some(time)) = (query.since, time) {
+        if time < since {
+            return None;
+        }
+    }
+    Some(LogItem::Line {
+        pod: pod.to_string(),
+        number,
+        time,
+        text: Bytes::copy_from_slice(text),
+    })
+}

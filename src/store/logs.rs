@@ -1,0 +1,304 @@
+//! SQL for archived pod logs: claiming a pod's capture, appending chunks (head kept, tail as a
+//! rolling window under the per-pod cap), finishing, and reading chunks back.
+
+use chrono::{DateTime, Utc};
+use flate2::read::DeflateDecoder;
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
+use sqlx::{PgConnection, PgExecutor};
+use std::io::{Read, Write};
+use uuid::Uuid;
+
+/// A pod's archive, as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PodLog {
+    pub run_id: Uuid,
+    pub pod_name: String,
+    pub state: String,
+    pub detail: Option<String>,
+    pub lines: i64,
+    pub bytes: i64,
+    pub head_bytes: i64,
+    pub tail_bytes: i64,
+    pub dropped_lines: i64,
+    pub dropped_bytes: i64,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "run_id, pod_name, state, detail, lines, bytes, head_bytes, tail_bytes, \
+     dropped_lines, dropped_bytes, completed_at";
+
+/// Claims the capture of a pod's log for `owner` (new, lapsed, or already ours). `None` when
+/// another process holds it, when it is already finished, or when the run does not exist.
+pub async fn claim(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    owner: &str,
+    lease: std::time::Duration,
+) -> Result<Option<PodLog>, sqlx::Error> {
+    let result = sqlx::query_as(&format!(
+        "INSERT INTO pod_logs (run_id, pod_name, lease_owner, lease_until)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         ON CONFLICT (run_id, pod_name) DO UPDATE SET
+             lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+         WHERE pod_logs.state = 'capturing'
+           AND (pod_logs.lease_until < now() OR pod_logs.lease_owner = EXCLUDED.lease_owner)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(db)
+    .await;
+    match result {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => Ok(None),
+        other => other,
+    }
+}
+
+/// Lines to append to an archive.
+pub struct Append<'a> {
+    pub first_line: i64,
+    pub line_count: i32,
+    pub data: &'a [u8],
+    /// The per-pod cap: half is kept from the start, half from the end.
+    pub cap_bytes: i64,
+    pub owner: &'a str,
+    pub lease: std::time::Duration,
+}
+
+/// Appends a chunk and renews the lease, in one transaction. Returns false when the lease was
+/// lost (another process took over), in which case nothing was written.
+pub async fn append(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    pod_name: &str,
+    chunk: Append<'_>,
+) -> Result<bool, sqlx::Error> {
+    let half = chunk.cap_bytes / 2;
+    let len = chunk.data.len() as i64;
+    let renewed: Option<(i64, i64)> = sqlx::query_as(
+        "UPDATE pod_logs SET lease_until = now() + make_interval(secs => $4),
+             lines = lines + $5, bytes = bytes + $6
+         WHERE run_id = $1 AND pod_name = $2 AND lease_owner = $3 AND state = 'capturing'
+         RETURNING head_bytes, tail_bytes",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(chunk.owner)
+    .bind(chunk.lease.as_secs_f64())
+    .bind(chunk.line_count as i64)
+    .bind(len)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((head_bytes, _)) = renewed else {
+        return Ok(false);
+    };
+    let part = if head_bytes + len <= half || head_bytes == 0 {
+        "head"
+    } else {
+        "tail"
+    };
+    let (encoding, stored) = encode(chunk.data);
+    sqlx::query(
+        "INSERT INTO log_chunks (run_id, pod_name, seq, part, first_line, line_count, raw_len, encoding, data)
+         VALUES ($1, $2, (SELECT coalesce(max(seq) + 1, 0) FROM log_chunks WHERE run_id = $1 AND pod_name = $2),
+                 $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(part)
+    .bind(chunk.first_line)
+    .bind(chunk.line_count)
+    .bind(len as i32)
+    .bind(encoding)
+    .bind(stored)
+    .execute(&mut *conn)
+    .await?;
+    if part == "head" {
+        sqlx::query(
+            "UPDATE pod_logs SET head_bytes = head_bytes + $3 WHERE run_id = $1 AND pod_name = $2",
+        )
+        .bind(run_id)
+        .bind(pod_name)
+        .bind(len)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(true);
+    }
+    // The tail is a rolling window: drop its oldest chunks while it is over its half of the cap
+    // (always keeping the newest chunk).
+    sqlx::query(
+        "WITH tail AS (
+             SELECT seq, raw_len, line_count,
+                    sum(raw_len) OVER (ORDER BY seq DESC) AS newer_and_self
+             FROM log_chunks WHERE run_id = $1 AND pod_name = $2 AND part = 'tail'),
+         dropped AS (
+             DELETE FROM log_chunks c USING tail
+             WHERE c.run_id = $1 AND c.pod_name = $2 AND c.seq = tail.seq
+               AND tail.newer_and_self > $3 AND tail.newer_and_self > tail.raw_len
+             RETURNING c.raw_len, c.line_count)
+         UPDATE pod_logs SET
+             tail_bytes = tail_bytes + $4 - coalesce((SELECT sum(raw_len) FROM dropped), 0),
+             dropped_bytes = dropped_bytes + coalesce((SELECT sum(raw_len) FROM dropped), 0),
+             dropped_lines = dropped_lines + coalesce((SELECT sum(line_count) FROM dropped), 0)
+         WHERE run_id = $1 AND pod_name = $2",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(half)
+    .bind(len)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+/// Ends a capture: `complete`, `incomplete` or `missing`, with the reason when not complete.
+pub async fn finish(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    state: &str,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO pod_logs (run_id, pod_name, state, detail, completed_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (run_id, pod_name) DO UPDATE SET state = $3, detail = $4,
+             completed_at = now(), lease_owner = NULL, lease_until = NULL
+         WHERE pod_logs.state = 'capturing'",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(state)
+    .bind(detail)
+    .execute(db)
+    .await;
+    match result {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+pub async fn get(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+) -> Result<Option<PodLog>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM pod_logs WHERE run_id = $1 AND pod_name = $2"
+    ))
+    .bind(run_id)
+    .bind(pod_name)
+    .fetch_optional(db)
+    .await
+}
+
+/// A stored chunk, decoded.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub seq: i32,
+    pub part: String,
+    pub first_line: i64,
+    pub line_count: i32,
+    pub data: Vec<u8>,
+}
+
+/// Up to `limit` chunks with `seq >= from_seq`, in order.
+pub async fn chunks(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    from_seq: i32,
+    limit: i64,
+) -> Result<Vec<Chunk>, sqlx::Error> {
+    let rows: Vec<(i32, String, i64, i32, i16, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, part, first_line, line_count, encoding, data FROM log_chunks
+         WHERE run_id = $1 AND pod_name = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(from_seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, part, first_line, line_count, encoding, data)| {
+            Ok(Chunk {
+                seq,
+                part,
+                first_line,
+                line_count,
+                data: decode(encoding, data).map_err(|e| sqlx::Error::Decode(e.into()))?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes archives of pods whose capture ended before `before` (the log age limit).
+pub async fn delete_completed_before(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM pod_logs WHERE (run_id, pod_name) IN (
+             SELECT run_id, pod_name FROM pod_logs
+             WHERE completed_at < $1 ORDER BY completed_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// Deflates a chunk when that saves at least a tenth.
+fn encode(data: &[u8]) -> (i16, Vec<u8>) {
+    let mut encoder = DeflateEncoder::new(Vec::with_capacity(data.len() / 2), Compression::fast());
+    if encoder.write_all(data).is_ok() {
+        if let Ok(compressed) = encoder.finish() {
+            if compressed.len() * 10 < data.len() * 9 {
+                return (1, compressed);
+            }
+        }
+    }
+    (0, data.to_vec())
+}
+
+fn decode(encoding: i16, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    match encoding {
+        0 => Ok(data),
+        1 => {
+            let mut out = Vec::with_capacity(data.len() * 3);
+            DeflateDecoder::new(&data[..]).read_to_end(&mut out)?;
+            Ok(out)
+        }
+        other => Err(std::io::Error::other(format!(
+            "unknown log chunk encoding {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_compressed_or_not() {
+        let text = b"the same line again\n".repeat(100);
+        let (encoding, stored) = encode(&text);
+        assert_eq!(encoding, 1);
+        assert!(stored.len() < text.len() / 5);
+        assert_eq!(decode(encoding, stored).unwrap(), text);
+
+        let random: Vec<u8> = (0..64u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let (encoding, stored) = encode(&random);
+        assert_eq!(encoding, 0, "incompressible data is stored as is");
+        assert_eq!(decode(encoding, stored).unwrap(), random);
+    }
+}
