@@ -97,6 +97,14 @@ async fn started_count(db: &PgPool, task: &str) -> i64 {
     .unwrap()
 }
 
+/// A pool of its own on the test's database, as a separate replica (or a restarted process)
+/// would have: stopping a service closes its pool.
+fn own_pool(db: &PgPool) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect_lazy_with((*db.connect_options()).clone())
+}
+
 /// Moves the clock to `to` and waits until the scheduler has caught up with it.
 async fn advance_to(clock: &ManualClock, db: &PgPool, task: &str, to: DateTime<Utc>) {
     clock.set(to);
@@ -291,7 +299,7 @@ async fn ten_minutes_of_downtime_start_one_catch_up_run_only_within_the_starting
     let sim = kubesim(RunnerKind::Scripted).await;
     let clock = ManualClock::new(utc("2026-01-05T10:00:30Z"));
     let service =
-        Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
+        Service::start_with_clock(own_pool(&db), sim.client(), &[], Some(clock.clone())).await;
     for (name, deadline) in [("covered", 60), ("too-late", 30)] {
         put_task(
             &service,
@@ -314,7 +322,7 @@ async fn ten_minutes_of_downtime_start_one_catch_up_run_only_within_the_starting
     service.stop().await;
     clock.set(utc("2026-01-05T10:11:40Z"));
     let service =
-        Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
+        Service::start_with_clock(own_pool(&db), sim.client(), &[], Some(clock.clone())).await;
     for name in ["covered", "too-late"] {
         wait_considered(&db, name, utc("2026-01-05T10:11:40Z")).await;
     }
@@ -398,34 +406,48 @@ async fn a_berlin_daily_schedule_fires_once_through_the_fall_back_night(db: PgPo
     );
 }
 
+/// Builds the service's runtime (as `serve` would) on a pool of its own, without running it.
+async fn runtime_of(db: &PgPool, client: kube::Client) -> vfi_orchestrator::runtime::Runtime {
+    use clap::Parser;
+    use vfi_orchestrator::config::{Cli, Command};
+    let argv = [
+        "vfi-orchestrator",
+        "serve",
+        "--database-url",
+        "postgres://unused",
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!()
+    };
+    vfi_orchestrator::app::App::new(&args, own_pool(db), client)
+        .await
+        .unwrap()
+        .runtime
+}
+
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn two_instances_on_one_database_never_fire_a_scheduled_time_twice(db: PgPool) {
+    use vfi_orchestrator::runtime::scheduler::tick;
     let sim = kubesim(RunnerKind::Scripted).await;
     let start = utc("2026-01-05T10:00:30Z");
-    let clock = ManualClock::new(start);
-    let first = Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
-    let _second =
-        Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
-    put_task(
-        &first,
+    let first = runtime_of(&db, sim.client()).await;
+    let second = runtime_of(&db, sim.client()).await;
+    let api = common::TestApp::spawn(db.clone()).await;
+    api.put_task(
         "shared",
-        json!({
-            "template": scripted(1, json!({})),
-            "schedule": "* * * * *",
-            "successfulRunsHistoryLimit": 100,
-        }),
+        &json!({"template": scripted(1, json!({})), "schedule": "* * * * *"}),
     )
     .await;
-    wait_considered(&db, "shared", start).await;
+    tick(&first, start).await.unwrap();
 
+    // Both schedulers reach every minute at the same moment, for an hour.
     for minute in 1..=60 {
-        advance_to(
-            &clock,
-            &db,
-            "shared",
-            utc("2026-01-05T10:00:00Z") + Duration::minutes(minute),
-        )
-        .await;
+        let now = utc("2026-01-05T10:00:00Z") + Duration::minutes(minute);
+        let (a, b) = tokio::join!(tick(&first, now), tick(&second, now));
+        assert_eq!(a.unwrap(), Some(now + Duration::minutes(1)));
+        assert_eq!(b.unwrap(), Some(now + Duration::minutes(1)));
     }
 
     let runs = scheduled_runs(&db, "shared").await;
@@ -433,6 +455,7 @@ async fn two_instances_on_one_database_never_fire_a_scheduled_time_twice(db: PgP
     let distinct: std::collections::BTreeSet<_> = runs.iter().map(|r| r.0).collect();
     assert_eq!(distinct.len(), 60, "no scheduled time twice");
     assert_eq!(started_count(&db, "shared").await, 60);
+    assert!(skips(&db, "shared").await.is_empty());
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
