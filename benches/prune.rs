@@ -95,8 +95,12 @@ async fn main() -> anyhow::Result<()> {
     let load = CancellationToken::new();
     let mut clients = Vec::new();
     for i in 0..4 {
-        let (base, latencies, errors, load) =
-            (base.clone(), latencies.clone(), errors.clone(), load.clone());
+        let (base, latencies, errors, load) = (
+            base.clone(),
+            latencies.clone(),
+            errors.clone(),
+            load.clone(),
+        );
         clients.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let paths = ["/v1/tasks/bench", "/v1/runs?task=bench&limit=20"];
