@@ -1,12 +1,14 @@
 //! Builds the application state, runs the HTTP server and the loops, and owns shutdown: one
 //! cancellation token stops them all, with a deadline for in-flight requests.
 
+use crate::clock::SystemClock;
 use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
-use crate::config::{ClusterArgs, ServeArgs};
+use crate::config::{ClusterArgs, RetentionArgs, ServeArgs};
 use crate::domain::RunPolicy;
 use crate::http::{self, AppState, Limits};
 use crate::runtime::archiver::{Archiver, LogSettings};
+use crate::runtime::pruner::RetentionSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
 use crate::store;
 use anyhow::Context;
@@ -150,7 +152,24 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             max_queue_wait: Duration::from_secs(args.max_queue_wait_secs),
             launcher_poll: Duration::from_millis(args.launcher_poll_ms.max(10)),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
+            retention: retention(&args.retention),
         },
+        clock: Arc::new(SystemClock),
+    }
+}
+
+fn retention(args: &RetentionArgs) -> RetentionSettings {
+    const HOUR: u64 = 3600;
+    RetentionSettings {
+        interval: Duration::from_millis(args.prune_interval_ms.max(10)),
+        batch_size: i64::from(args.prune_batch_size.max(1)),
+        pause: Duration::from_millis(args.prune_pause_ms),
+        max_age: (args.run_max_age_hours > 0)
+            .then(|| Duration::from_secs(args.run_max_age_hours.saturating_mul(HOUR))),
+        max_count: (args.run_max_count > 0).then(|| args.run_max_count.min(i64::MAX as u64) as i64),
+        schedule_record_max_age: Duration::from_secs(
+            args.schedule_record_max_age_hours.saturating_mul(HOUR),
+        ),
     }
 }
 

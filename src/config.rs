@@ -27,6 +27,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
@@ -125,6 +127,34 @@ pub struct ClusterArgs {
     /// Milliseconds read log lines may wait before they are written to the archive.
     #[arg(long, env = "LOG_FLUSH_MS", default_value_t = 1000)]
     pub log_flush_ms: u64,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long run history is kept (see docs/schedules.md). Per-task history limits are part of
+/// each task; these are the global ones and the pruner's pace.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// Finished runs (of tasks and ad hoc) older than this many hours are deleted; 0 keeps
+    /// them however old they are.
+    #[arg(long, env = "RUN_MAX_AGE_HOURS", default_value_t = 90 * 24)]
+    pub run_max_age_hours: u64,
+    /// At most this many finished runs are kept overall (the newest); 0 means no limit.
+    #[arg(long, env = "RUN_MAX_COUNT", default_value_t = 0)]
+    pub run_max_count: u64,
+    /// Schedule records (scheduled times started or skipped) older than this many hours are
+    /// deleted.
+    #[arg(long, env = "SCHEDULE_RECORD_MAX_AGE_HOURS", default_value_t = 30 * 24)]
+    pub schedule_record_max_age_hours: u64,
+    /// Milliseconds between pruning passes.
+    #[arg(long, env = "PRUNE_INTERVAL_MS", default_value_t = 60_000)]
+    pub prune_interval_ms: u64,
+    /// Runs deleted per transaction while pruning.
+    #[arg(long, env = "PRUNE_BATCH_SIZE", default_value_t = 500)]
+    pub prune_batch_size: u32,
+    /// Milliseconds the pruner pauses between batches, leaving room to other work.
+    #[arg(long, env = "PRUNE_PAUSE_MS", default_value_t = 10)]
+    pub prune_pause_ms: u64,
 }
 
 #[cfg(test)]

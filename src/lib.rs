@@ -4,6 +4,7 @@
 //! Arrows point one way: `http` -> `store`/`domain`; `domain` depends on nothing.
 
 pub mod app;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod domain;

@@ -209,6 +209,7 @@ async fn seed_runs(db: &PgPool, task: Option<&str>, template: &RunTemplate, coun
                 template,
                 trigger: Trigger::Api,
                 rerun_of: None,
+                scheduled_time: None,
             },
         )
         .await

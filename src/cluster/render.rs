@@ -182,6 +182,7 @@ mod tests {
             launch: Default::default(),
             job: None,
             pods: Default::default(),
+            scheduled_time: None,
         }
     }
 

@@ -1,10 +1,11 @@
 //! Pure types and rules of the service: run templates and their validation, task definitions,
-//! the run status state machine. Nothing in here does I/O; everything here is testable inline.
+//! the run status state machine, schedules. Nothing in here does I/O; everything here is testable inline.
 
 pub mod loglines;
 pub mod names;
 pub mod policy;
 pub mod run;
+pub mod schedule;
 pub mod status;
 pub mod task;
 pub mod template;
@@ -13,6 +14,6 @@ pub mod validation;
 pub use policy::RunPolicy;
 pub use run::{AdHocRun, JobRef, LaunchInfo, PodCounts, PodRecord, Run, RunOverrides, Trigger};
 pub use status::RunStatus;
-pub use task::{Task, TaskName, TaskSpec};
+pub use task::{ScheduleSpec, Task, TaskName, TaskSpec};
 pub use template::RunTemplate;
 pub use validation::{FieldError, Invalid};

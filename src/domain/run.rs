@@ -95,6 +95,9 @@ pub struct Run {
     pub job: Option<JobRef>,
     /// The Job's pod counts, as its status last reported them.
     pub pods: PodCounts,
+    /// The scheduled time this run was started for (trigger `schedule`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.

@@ -1,6 +1,7 @@
 //! Tasks: named, reusable run definitions (like a Jenkins job or a Kubernetes CronJob).
 
 use super::names;
+use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,171 @@ pub struct TaskSpec {
     pub description: Option<String>,
     /// The Job template every run of the task starts from.
     pub template: RunTemplate,
+    /// A 5-field cron expression (minute hour day-of-month month day-of-week), or @yearly,
+    /// @annually, @monthly, @weekly, @daily, @midnight, @hourly. See docs/schedules.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The IANA time zone the schedule is read in (default UTC), e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// What a scheduled time does while a run of the task is active (default Allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// A scheduled time reached later than this many seconds does not start a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub starting_deadline_seconds: Option<i64>,
+    /// While true, scheduled times are skipped (and recorded as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Which missed scheduled times still start a run after a downtime (default latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_policy: Option<CatchUpPolicy>,
+    /// With catch-up policy `all`: the most runs one catch-up starts (1 to 100, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_catch_up_runs: Option<u32>,
+    /// Succeeded runs of the task to keep (default 3 for a scheduled task; a task without a
+    /// schedule and without this field keeps all, up to the global limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub successful_runs_history_limit: Option<i32>,
+    /// Failed (also cancelled and lost) runs of the task to keep (default 1 for a scheduled
+    /// task; as above otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub failed_runs_history_limit: Option<i32>,
+}
+
+impl TaskSpec {
+    /// The schedule and history fields, as one value.
+    pub fn schedule_spec(&self) -> ScheduleSpec {
+        ScheduleSpec {
+            schedule: self.schedule.clone(),
+            time_zone: self.time_zone.clone(),
+            concurrency_policy: self.concurrency_policy,
+            starting_deadline_seconds: self.starting_deadline_seconds,
+            suspend: self.suspend,
+            catch_up_policy: self.catch_up_policy,
+            max_catch_up_runs: self.max_catch_up_runs,
+            successful_runs_history_limit: self.successful_runs_history_limit,
+            failed_runs_history_limit: self.failed_runs_history_limit,
+        }
+    }
+}
+
+/// When a task runs on its own, and how much of its history is kept (a Kubernetes CronJob's
+/// fields, plus a catch-up policy), as [`TaskSpec`] has them. Every field is optional; absent
+/// fields are not stored, so tasks without a schedule look exactly as before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// A 5-field cron expression (minute hour day-of-month month day-of-week), or @yearly,
+    /// @annually, @monthly, @weekly, @daily, @midnight, @hourly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The IANA time zone the schedule is read in (default UTC), e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// What a scheduled time does while a run of the task is active (default Allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// A scheduled time reached later than this many seconds does not start a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub starting_deadline_seconds: Option<i64>,
+    /// While true, scheduled times are skipped (and recorded as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Which missed scheduled times still start a run after a downtime (default latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_policy: Option<CatchUpPolicy>,
+    /// With catch-up policy `all`: the most runs one catch-up starts (1 to 100, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_catch_up_runs: Option<u32>,
+    /// Succeeded runs of the task to keep (default 3 for a scheduled task; without a schedule
+    /// and without this field, all are kept up to the global limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub successful_runs_history_limit: Option<i32>,
+    /// Failed (also cancelled and lost) runs of the task to keep (default 1 for a scheduled
+    /// task; as above otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub failed_runs_history_limit: Option<i32>,
+}
+
+/// CronJob's defaults for `successfulJobsHistoryLimit` and `failedJobsHistoryLimit`.
+pub const DEFAULT_SUCCESSFUL_HISTORY: i32 = 3;
+pub const DEFAULT_FAILED_HISTORY: i32 = 1;
+
+impl ScheduleSpec {
+    /// The parsed schedule, if the task has one. Only call on a validated spec.
+    pub fn parsed(&self) -> Option<Result<Schedule, schedule::ScheduleError>> {
+        self.schedule
+            .as_deref()
+            .map(|expression| Schedule::parse(expression, self.time_zone.as_deref()))
+    }
+
+    pub fn fire_policy(&self) -> schedule::FirePolicy {
+        schedule::FirePolicy {
+            catch_up: self.catch_up_policy.unwrap_or_default(),
+            max_catch_up_runs: self
+                .max_catch_up_runs
+                .unwrap_or(schedule::DEFAULT_CATCH_UP_RUNS),
+            starting_deadline: self
+                .starting_deadline_seconds
+                .map(chrono::Duration::seconds),
+            suspended: self.suspend.unwrap_or(false),
+        }
+    }
+
+    /// How many succeeded and failed runs to keep, if the task limits its history.
+    pub fn history_limits(&self) -> Option<(i32, i32)> {
+        let limited = self.schedule.is_some()
+            || self.successful_runs_history_limit.is_some()
+            || self.failed_runs_history_limit.is_some();
+        limited.then(|| {
+            (
+                self.successful_runs_history_limit
+                    .unwrap_or(DEFAULT_SUCCESSFUL_HISTORY),
+                self.failed_runs_history_limit
+                    .unwrap_or(DEFAULT_FAILED_HISTORY),
+            )
+        })
+    }
+
+    fn collect_errors(&self, errors: &mut Errors) {
+        if let Some(Err(error)) = self.parsed() {
+            errors.add(error.field, error.message);
+        } else if let (None, Some(zone)) = (&self.schedule, &self.time_zone) {
+            if zone.parse::<chrono_tz::Tz>().is_err() {
+                errors.add(
+                    "timeZone",
+                    format!("{zone:?} is not an IANA time zone name (e.g. Europe/Berlin)"),
+                );
+            }
+        }
+        if self.starting_deadline_seconds.is_some_and(|s| s < 0) {
+            errors.add("startingDeadlineSeconds", "must be 0 or more");
+        }
+        if self
+            .max_catch_up_runs
+            .is_some_and(|n| n == 0 || n > schedule::MAX_CATCH_UP_RUNS)
+        {
+            errors.add(
+                "maxCatchUpRuns",
+                format!("must be 1 to {}", schedule::MAX_CATCH_UP_RUNS),
+            );
+        }
+        if self.successful_runs_history_limit.is_some_and(|n| n < 0) {
+            errors.add("successfulRunsHistoryLimit", "must be 0 or more");
+        }
+        if self.failed_runs_history_limit.is_some_and(|n| n < 0) {
+            errors.add("failedRunsHistoryLimit", "must be 0 or more");
+        }
+    }
 }
 
 impl TaskSpec {
@@ -72,6 +238,7 @@ impl TaskSpec {
             }
         }
         self.template.collect_errors("template", &mut errors);
+        self.schedule_spec().collect_errors(&mut errors);
         errors.finish()
     }
 }
@@ -84,6 +251,11 @@ pub struct Task {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub template: RunTemplate,
+    #[serde(flatten)]
+    pub schedule: ScheduleSpec,
+    /// Where the schedule stands (only on `GET /v1/tasks/{name}` of a scheduled task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_status: Option<schedule::ScheduleStatus>,
     /// Increases each time the definition changes.
     pub generation: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,

@@ -33,6 +33,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
             tasks::get_task,
             tasks::delete_task
         ))
+        .routes(routes!(tasks::backfill))
         .routes(routes!(runs::start_task_run))
         .routes(routes!(runs::create_run, runs::list_runs))
         .routes(routes!(runs::get_run))

@@ -57,6 +57,7 @@ pub async fn start_task_run(
         template: &template,
         trigger: Trigger::Api,
         rerun_of: None,
+        scheduled_time: None,
     };
     create(&db, idempotent, new).await
 }
@@ -85,6 +86,7 @@ pub async fn create_run(
         template: &request.template,
         trigger: Trigger::Api,
         rerun_of: None,
+        scheduled_time: None,
     };
     create(&db, idempotent, new).await
 }
@@ -297,6 +299,7 @@ pub async fn rerun(
         template: &original.template,
         trigger: Trigger::Rerun,
         rerun_of: Some(original.id),
+        scheduled_time: None,
     };
     create(&db, idempotent, new).await
 }

@@ -1,14 +1,18 @@
-//! `/v1/tasks`: create or replace, read, list and delete task definitions.
+//! `/v1/tasks`: create or replace, read, list and delete task definitions; a scheduled task's
+//! status, and backfilling its scheduled times.
 
 use super::extract::{ApiJson, ApiQuery};
 use super::pagination;
 use super::problem::Problem;
-use crate::domain::{RunPolicy, Task, TaskName, TaskSpec};
+use crate::domain::schedule::{Schedule, ScheduleStatus};
+use crate::domain::{Invalid, Run, RunPolicy, Task, TaskName, TaskSpec, Trigger};
 use crate::error::{Error, Result};
 use crate::store;
+use crate::store::runs::NewRun;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -59,13 +63,134 @@ pub async fn put_task(
 )]
 pub async fn get_task(State(db): State<PgPool>, Path(name): Path<String>) -> Result<Json<Task>> {
     let name = parse_name(name)?;
-    store::tasks::get(&db, name.as_str())
+    let mut task = store::tasks::get(&db, name.as_str())
         .await?
-        .map(Json)
         .ok_or_else(|| Error::NotFound {
             kind: "task",
             name: name.to_string(),
-        })
+        })?;
+    if let Some(Ok(schedule)) = task.schedule.parsed() {
+        task.schedule_status = Some(schedule_status(&db, name.as_str(), &schedule).await?);
+    }
+    Ok(Json(task))
+}
+
+/// Skipped times shown on a task.
+const RECENT_SKIPS: i64 = 20;
+
+async fn schedule_status(db: &PgPool, task: &str, schedule: &Schedule) -> Result<ScheduleStatus> {
+    let mut conn = db.acquire().await?;
+    let records = store::schedules::status(&mut conn, task, RECENT_SKIPS).await?;
+    let active_runs = store::schedules::active_runs(&mut *conn, task).await?;
+    // From where the scheduler has got to (its clock), or from now before it saw the task.
+    let next = schedule.next_after(records.considered_until.unwrap_or_else(chrono::Utc::now));
+    Ok(ScheduleStatus {
+        last_schedule_time: records.last_schedule_time,
+        last_successful_time: records.last_successful_time,
+        next_schedule_time: next,
+        next_schedule_time_local: next.map(|t| t.with_timezone(&schedule.zone()).to_rfc3339()),
+        time_zone: schedule.zone().name().to_string(),
+        active_runs,
+        recent_skips: records.recent_skips,
+    })
+}
+
+/// The most scheduled times one backfill may start.
+pub const MAX_BACKFILL: usize = 1000;
+
+/// A range of scheduled times to start runs for.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackfillRequest {
+    /// The first scheduled time of the range (inclusive).
+    pub from: DateTime<Utc>,
+    /// The last scheduled time of the range (inclusive).
+    pub to: DateTime<Utc>,
+}
+
+/// What a backfill did with each scheduled time of its range.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillResult {
+    /// Runs started, one per scheduled time that had none yet.
+    pub started: Vec<Run>,
+    /// Scheduled times that already had a run (each time runs at most once).
+    pub already_started: Vec<DateTime<Utc>>,
+}
+
+/// Start runs for the task's scheduled times in a range (each at most once, ever).
+///
+/// Times that were skipped (missed, Forbid, deadline passed...) get their run now; times that
+/// already have one are left alone. The concurrency policy does not apply: an admin asked.
+#[utoipa::path(
+    post, path = "/v1/tasks/{name}/backfill", tag = "tasks",
+    params(("name" = String, Path, description = "Task name")),
+    request_body = BackfillRequest,
+    responses(
+        (status = 200, body = BackfillResult),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No schedule, or an invalid range", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn backfill(
+    State(db): State<PgPool>,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<BackfillRequest>,
+) -> Result<Json<BackfillResult>> {
+    let name = parse_name(name)?;
+    let task = store::tasks::get(&db, name.as_str())
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "task",
+            name: name.to_string(),
+        })?;
+    let Some(Ok(schedule)) = task.schedule.parsed() else {
+        return Err(Invalid::one("schedule", "the task has no schedule to backfill").into());
+    };
+    if request.to < request.from {
+        return Err(Invalid::one("to", "must not be before from").into());
+    }
+    let times = schedule.times_between(
+        request.from - chrono::Duration::seconds(1),
+        request.to,
+        MAX_BACKFILL + 1,
+    );
+    if times.len() > MAX_BACKFILL {
+        return Err(Invalid::one(
+            "to",
+            format!(
+                "the range holds more than {MAX_BACKFILL} scheduled times; backfill it in parts"
+            ),
+        )
+        .into());
+    }
+    let mut tx = db.begin().await?;
+    let mut result = BackfillResult {
+        started: Vec::new(),
+        already_started: Vec::new(),
+    };
+    for time in times {
+        if !store::schedules::claim_time(&mut tx, name.as_str(), time).await? {
+            result.already_started.push(time);
+            continue;
+        }
+        let run = store::runs::insert(
+            &mut tx,
+            NewRun {
+                task_name: Some(name.as_str()),
+                template: &task.template,
+                trigger: Trigger::Schedule,
+                rerun_of: None,
+                scheduled_time: Some(time),
+            },
+        )
+        .await?;
+        store::schedules::attach_run(&mut tx, name.as_str(), time, run.id).await?;
+        result.started.push(run);
+    }
+    tx.commit().await?;
+    tracing::info!(task = %name, started = result.started.len(), already = result.already_started.len(), "backfill recorded");
+    Ok(Json(result))
 }
 
 /// Delete a task. Its runs stay in the history; run numbers are never reused.

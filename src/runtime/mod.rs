@@ -1,15 +1,20 @@
 //! Long-lived loops that act on the cluster: the launcher turns queued runs into Jobs, the
-//! tracker follows Jobs and pods through watch streams and reconciles after every re-list.
+//! tracker follows Jobs and pods through watch streams and reconciles after every re-list, the
+//! scheduler starts scheduled runs on time, the pruner keeps the history within its limits.
 //! Each loop takes the shared state and a cancellation token, and never dies on one bad item.
 
 pub mod archiver;
 pub mod canceller;
 pub mod launcher;
+pub mod pruner;
+pub mod scheduler;
 pub mod tracker;
 
+use crate::clock::Clock;
 use crate::cluster::jobs::Cluster;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +34,8 @@ pub struct RuntimeSettings {
     pub launcher_poll: Duration,
     /// How often the whole cluster is listed and compared with the database.
     pub reconcile_interval: Duration,
+    /// How the pruner keeps the history within its limits.
+    pub retention: pruner::RetentionSettings,
 }
 
 /// What the loops share.
@@ -38,6 +45,9 @@ pub struct Runtime {
     pub cluster: Cluster,
     pub settings: RuntimeSettings,
     pub archiver: archiver::Archiver,
+    /// The scheduler's time (the system clock, or a manual one in tests). Only the scheduler
+    /// reads it; everything else keeps real time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// A running loop, named for the logs.
@@ -76,6 +86,14 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
             )),
         });
     }
+    loops.push(Loop {
+        name: "scheduler".into(),
+        handle: tokio::spawn(scheduler::run(runtime.clone(), shutdown.clone())),
+    });
+    loops.push(Loop {
+        name: "pruner".into(),
+        handle: tokio::spawn(pruner::run(runtime.clone(), shutdown.clone())),
+    });
     loops.push(Loop {
         name: "reconciler".into(),
         handle: tokio::spawn(tracker::reconcile_periodically(

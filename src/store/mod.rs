@@ -4,7 +4,9 @@
 pub mod idempotency;
 pub mod logs;
 pub mod pods;
+pub mod retention;
 pub mod runs;
+pub mod schedules;
 pub mod tasks;
 
 use sqlx::migrate::Migrator;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 const COLUMNS: &str = "id, task_name, number, status, status_reason, status_message, trigger, \
      rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
      job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
-     pods_active, pods_ready, pods_succeeded, pods_failed";
+     pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time";
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
@@ -39,6 +39,7 @@ struct RunRow {
     pods_ready: i32,
     pods_succeeded: i32,
     pods_failed: i32,
+    scheduled_time: Option<DateTime<Utc>>,
 }
 
 impl From<RunRow> for Run {
@@ -79,6 +80,7 @@ impl From<RunRow> for Run {
                 succeeded: row.pods_succeeded,
                 failed: row.pods_failed,
             },
+            scheduled_time: row.scheduled_time,
         }
     }
 }
@@ -89,6 +91,8 @@ pub struct NewRun<'a> {
     pub template: &'a RunTemplate,
     pub trigger: Trigger,
     pub rerun_of: Option<Uuid>,
+    /// The scheduled time, for runs the schedule (or a backfill) started.
+    pub scheduled_time: Option<DateTime<Utc>>,
 }
 
 /// Records a queued run with the next number of its task (or of the ad-hoc sequence).
@@ -103,8 +107,9 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .fetch_one(&mut *conn)
     .await?;
     let row: RunRow = sqlx::query_as(&format!(
-        "INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template, labels)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING {COLUMNS}"
+        "INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template, labels,
+            scheduled_time)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.task_name)
@@ -113,6 +118,7 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .bind(new.rerun_of)
     .bind(Json(new.template))
     .bind(Json(&new.template.labels))
+    .bind(new.scheduled_time)
     .fetch_one(&mut *conn)
     .await?;
     // Wakes launchers on every replica at commit.
@@ -382,6 +388,19 @@ pub async fn cancel(
     db: &sqlx::PgPool,
     id: Uuid,
 ) -> Result<Option<Result<Run, RunStatus>>, sqlx::Error> {
+    let detail = StatusDetail {
+        reason: Some("Cancelled"),
+        message: Some("cancelled through the API"),
+    };
+    cancel_with(db, id, detail).await
+}
+
+/// [`cancel`], recording why (e.g. a schedule's `Replace` policy).
+pub async fn cancel_with(
+    db: &sqlx::PgPool,
+    id: Uuid,
+    detail: StatusDetail<'_>,
+) -> Result<Option<Result<Run, RunStatus>>, sqlx::Error> {
     // A concurrent status change makes the guarded update miss; look again (bounded: statuses
     // only move forward, so after a few tries the run is final).
     for _ in 0..10 {
@@ -391,11 +410,7 @@ pub async fn cancel(
         if run.status.is_final() {
             return Ok(Some(Err(run.status)));
         }
-        let detail = StatusDetail {
-            reason: Some("Cancelled"),
-            message: Some("cancelled through the API"),
-        };
-        match transition(db, id, run.status, RunStatus::Cancelled, detail).await {
+        match transition(db, id, run.status, RunStatus::Cancelled, detail.clone()).await {
             Ok(run) => return Ok(Some(Ok(run))),
             Err(TransitionOutcome::Database(e)) => return Err(e),
             Err(TransitionOutcome::Refused(_)) => continue,

@@ -23,14 +23,18 @@ struct UpsertRow {
 
 impl From<TaskRow> for Task {
     fn from(row: TaskRow) -> Task {
+        let schedule = row.spec.schedule_spec();
         let TaskSpec {
             description,
             template,
+            ..
         } = row.spec.0;
         Task {
             name: row.name,
             description,
             template,
+            schedule,
+            schedule_status: None,
             generation: row.generation,
             created_at: row.created_at,
             updated_at: row.updated_at,

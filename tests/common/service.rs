@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vfi_orchestrator::app::App;
+pub use vfi_orchestrator::clock::ManualClock;
 use vfi_orchestrator::config::{Cli, Command};
 
 pub use kubesim::{KubeSim, RunnerKind, SimConfig};
@@ -44,6 +45,16 @@ impl Service {
                 .with_test_writer()
                 .try_init();
         }
+        Service::start_with_clock(db, client, extra, None).await
+    }
+
+    /// Like [`Service::start`], with the scheduler on `clock` instead of the system clock.
+    pub async fn start_with_clock(
+        db: PgPool,
+        client: kube::Client,
+        extra: &[&str],
+        clock: Option<ManualClock>,
+    ) -> Service {
         let mut argv = vec![
             "vfi-orchestrator",
             "serve",
@@ -58,9 +69,12 @@ impl Service {
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command else {
             unreachable!()
         };
-        let app = App::new(&args, db.clone(), client)
+        let mut app = App::new(&args, db.clone(), client)
             .await
             .expect("service builds");
+        if let Some(clock) = clock {
+            app.runtime.clock = std::sync::Arc::new(clock);
+        }
         let addr = app.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run(shutdown.clone()));

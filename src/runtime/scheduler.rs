@@ -1,0 +1,176 @@
+//! The scheduler: starts the runs of scheduled tasks on time, exactly once per (task, scheduled
+//! time), on any number of replicas. It sleeps on its [`Clock`](crate::clock::Clock) until the
+//! next scheduled time, and wakes early when a task changes (the database NOTIFYs). What a due
+//! time does is decided by the pure `domain::schedule::plan`; each decision is applied in its
+//! own transaction that locks the task's cursor, so two replicas never work on one time, and
+//! the fire record's primary key backs that up should anything slip.
+
+use super::Runtime;
+use crate::domain::schedule::{ConcurrencyPolicy, Decision, SkipReason};
+use crate::domain::{RunStatus, TaskSpec, Trigger};
+use crate::store::runs::{self, NewRun, StatusDetail};
+use crate::store::schedules;
+use chrono::{DateTime, Duration, Utc};
+use tokio_util::sync::CancellationToken;
+
+/// Longest sleep without a due time, as a safety net behind NOTIFY.
+const IDLE: Duration = Duration::seconds(60);
+/// Real-time pause after a database error.
+const ERROR_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
+    let mut listener = super::listen(&runtime, schedules::TASK_CHANGED_CHANNEL).await;
+    loop {
+        let now = runtime.clock.now();
+        let wake = match tick(&runtime, now).await {
+            Ok(next) => next.map_or(now + IDLE, |next| next.min(now + IDLE)),
+            Err(error) => {
+                tracing::warn!(error = %error, "scheduler: a pass failed; retrying");
+                metrics::counter!("vfi_scheduler_errors_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                }
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = super::notified(&mut listener) => {}
+            _ = runtime.clock.sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Deals with every scheduled time up to `now`; returns the next scheduled time of any task.
+pub async fn tick(
+    runtime: &Runtime,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    schedules::forget_unscheduled(&runtime.db).await?;
+    let mut next: Option<DateTime<Utc>> = None;
+    for (task, spec) in schedules::scheduled_tasks(&runtime.db).await? {
+        match schedule_task(runtime, &task, &spec, now).await {
+            Ok(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+            Ok(None) => {}
+            // One task's trouble (e.g. deleted meanwhile) must not hold up the others.
+            Err(error) => {
+                tracing::warn!(%task, error = %error, "scheduler: scheduling a task failed");
+                metrics::counter!("vfi_scheduler_errors_total").increment(1);
+            }
+        }
+    }
+    Ok(next)
+}
+
+#[tracing::instrument(skip_all, fields(task = %task))]
+async fn schedule_task(
+    runtime: &Runtime,
+    task: &str,
+    spec: &TaskSpec,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let (Some(expression), Some(Ok(schedule))) = (&spec.schedule, spec.schedule_spec().parsed())
+    else {
+        // Stored specs were validated; one that no longer parses is left alone, loudly.
+        tracing::warn!("scheduler: the task's schedule does not parse; skipping it");
+        return Ok(None);
+    };
+    let zone = schedule.zone().name();
+    let after = schedules::cursor(&runtime.db, task, expression, zone, now).await?;
+    let policy = spec.schedule_spec().fire_policy();
+    for decision in crate::domain::schedule::plan(&schedule, &policy, after, now) {
+        apply(runtime, task, spec, &decision).await?;
+    }
+    schedules::advance(&runtime.db, task, now).await?;
+    Ok(schedule.next_after(now))
+}
+
+/// Applies one decision in its own transaction, under the task's cursor lock.
+async fn apply(
+    runtime: &Runtime,
+    task: &str,
+    spec: &TaskSpec,
+    decision: &Decision,
+) -> Result<(), sqlx::Error> {
+    let time = decision.time();
+    let mut tx = runtime.db.begin().await?;
+    if !schedules::lock_if_ahead(&mut tx, task, time).await? {
+        // Another replica (or an earlier pass) dealt with it.
+        return Ok(());
+    }
+    match decision {
+        Decision::Skip {
+            reason, message, ..
+        } => skip(&mut tx, task, time, *reason, message).await?,
+        Decision::Start { .. } => start(runtime, &mut tx, task, spec, time).await?,
+    }
+    schedules::advance(&mut *tx, task, time).await?;
+    tx.commit().await
+}
+
+async fn skip(
+    tx: &mut sqlx::PgConnection,
+    task: &str,
+    time: DateTime<Utc>,
+    reason: SkipReason,
+    message: &str,
+) -> Result<(), sqlx::Error> {
+    if schedules::record_skip(&mut *tx, task, time, reason, message).await? {
+        metrics::counter!("vfi_schedule_skipped_total", "reason" => reason.as_str()).increment(1);
+        tracing::info!(scheduled_time = %time, %reason, detail = message, "scheduled time skipped");
+    }
+    Ok(())
+}
+
+async fn start(
+    runtime: &Runtime,
+    tx: &mut sqlx::PgConnection,
+    task: &str,
+    spec: &TaskSpec,
+    time: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let policy = spec.concurrency_policy.unwrap_or_default();
+    if policy != ConcurrencyPolicy::Allow {
+        let active = schedules::active_runs(&mut *tx, task).await?;
+        if !active.is_empty() && policy == ConcurrencyPolicy::Forbid {
+            let message = format!(
+                "concurrencyPolicy is Forbid and {} run(s) of the task were active (oldest {})",
+                active.len(),
+                active[0]
+            );
+            return skip(tx, task, time, SkipReason::Forbid, &message).await;
+        }
+        let message = format!("replaced by the run scheduled for {}", time.to_rfc3339());
+        for id in active {
+            // Through the one cancel path, so the canceller deletes the Job.
+            let detail = StatusDetail {
+                reason: Some("Replaced"),
+                message: Some(&message),
+            };
+            if let Some(Ok(_)) = runs::cancel_with(&runtime.db, id, detail).await? {
+                metrics::counter!("vfi_schedule_replaced_total").increment(1);
+                tracing::info!(run_id = %id, scheduled_time = %time, "active run cancelled (Replace)");
+            }
+        }
+    }
+    if !schedules::claim_time(&mut *tx, task, time).await? {
+        return Ok(());
+    }
+    let run = runs::insert(
+        &mut *tx,
+        NewRun {
+            task_name: Some(task),
+            template: &spec.template,
+            trigger: Trigger::Schedule,
+            rerun_of: None,
+            scheduled_time: Some(time),
+        },
+    )
+    .await?;
+    schedules::attach_run(&mut *tx, task, time, run.id).await?;
+    debug_assert_eq!(run.status, RunStatus::Queued);
+    metrics::counter!("vfi_schedule_runs_started_total").increment(1);
+    tracing::info!(run_id = %run.id, number = run.number, scheduled_time = %time, "scheduled run queued");
+    Ok(())
+}
