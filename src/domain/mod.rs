@@ -1,6 +1,7 @@
 //! Pure types and rules of the service: run templates and their validation, task definitions,
-//! the run status state machine. Nothing in here does I/O; everything here is testable inline.
+//! the run status state machine, token scopes, webhook checks. Nothing in here does I/O; everything here is testable inline.
 
+pub mod auth;
 pub mod names;
 pub mod policy;
 pub mod run;
@@ -8,7 +9,9 @@ pub mod status;
 pub mod task;
 pub mod template;
 pub mod validation;
+pub mod webhook;
 
+pub use auth::{Caller, Denied, Scope};
 pub use policy::RunPolicy;
 pub use run::{AdHocRun, JobRef, LaunchInfo, PodCounts, PodRecord, Run, RunOverrides, Trigger};
 pub use status::RunStatus;

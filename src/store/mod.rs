@@ -5,6 +5,8 @@ pub mod idempotency;
 pub mod pods;
 pub mod runs;
 pub mod tasks;
+pub mod tokens;
+pub mod triggers;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

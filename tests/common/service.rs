@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vfi_orchestrator::app::App;
 use vfi_orchestrator::config::{Cli, Command};
+use vfi_orchestrator::domain::Scope;
 
 pub use kubesim::{KubeSim, RunnerKind, SimConfig};
 
@@ -46,6 +47,9 @@ impl Service {
             "127.0.0.1:0",
             "--launcher-poll-ms",
             "200",
+            // Tests poll the API faster than a client should; rate limits have their own tests.
+            "--rate-limit-per-second",
+            "0",
         ];
         argv.extend_from_slice(extra);
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command else {
@@ -55,11 +59,16 @@ impl Service {
             .await
             .expect("service builds");
         let addr = app.local_addr().unwrap();
+        let http = if args.security.auth_disabled {
+            reqwest::Client::new()
+        } else {
+            super::client_for(&super::new_token(&db, Scope::Admin, None).await)
+        };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run(shutdown.clone()));
         Service {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http,
             db,
             shutdown,
             handle: Some(handle),
