@@ -617,6 +617,51 @@ mod tests {
     }
 
     #[test]
+    fn pull_requests_run_when_opened_or_updated_and_match_their_target_branch() {
+        let github = |action: &str| {
+            serde_json::to_vec(&json!({
+                "action": action, "number": 42,
+                "pull_request": {"head": {"ref": "feature/x", "sha": "c".repeat(40)}, "base": {"ref": "main"}},
+                "repository": {"full_name": "o/r", "clone_url": "https://example.com/o/r.git"},
+                "sender": {"login": "octocat"}
+            }))
+            .unwrap()
+        };
+        let Parsed::Event(event) =
+            parse(Provider::Github, "pull_request", &github("opened")).unwrap()
+        else {
+            panic!("an opened pull request is an event")
+        };
+        assert_eq!(event.kind, EventKind::PullRequest);
+        assert_eq!(event.git_ref, "refs/heads/feature/x");
+        assert_eq!(event.base_ref.as_deref(), Some("refs/heads/main"));
+        let env = event.env(Provider::Github, "d");
+        assert!(env
+            .iter()
+            .any(|v| v.name == "VFI_GIT_PULL_REQUEST" && v.value == "42"));
+        let filter = Filter::new(&[EventKind::PullRequest], &["main".into()]).unwrap();
+        assert!(filter.check(&event).is_ok(), "the target branch is matched");
+        assert!(matches!(
+            parse(Provider::Github, "pull_request", &github("closed")).unwrap(),
+            Parsed::Ignored(_)
+        ));
+
+        let gitlab = serde_json::to_vec(&json!({
+            "object_kind": "merge_request", "user": {"username": "jsmith"},
+            "project": {"path_with_namespace": "g/p", "git_http_url": "https://example.com/g/p.git"},
+            "object_attributes": {"iid": 7, "action": "update", "source_branch": "fix", "target_branch": "main",
+                                  "last_commit": {"id": "d".repeat(40)}}
+        }))
+        .unwrap();
+        let Parsed::Event(mr) = parse(Provider::Gitlab, "Merge Request Hook", &gitlab).unwrap()
+        else {
+            panic!("an updated merge request is an event")
+        };
+        assert_eq!((mr.sha.len(), mr.pull_request), (40, Some(7)));
+        assert_eq!(mr.sender, "jsmith");
+    }
+
+    #[test]
     fn filters_match_event_kinds_and_ref_globs() {
         let sha = "b".repeat(40);
         let event =
