@@ -4,9 +4,10 @@
 use crate::clock::SystemClock;
 use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
-use crate::config::{ClusterArgs, RetentionArgs, ServeArgs};
+use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
 use crate::domain::RunPolicy;
-use crate::http::{self, AppState, Limits};
+use crate::http::server::ServerLimits;
+use crate::http::{self, AppState, AuthSettings, Limits, RateLimit};
 use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::pruner::RetentionSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
@@ -22,6 +23,7 @@ pub struct App {
     pub state: AppState,
     pub runtime: Runtime,
     pub listener: TcpListener,
+    pub server_limits: ServerLimits,
     pub shutdown_timeout: Duration,
 }
 
@@ -58,14 +60,20 @@ impl App {
             limits: Arc::new(Limits {
                 max_body_bytes: args.max_body_bytes,
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
+                max_queued_runs_per_task: args.security.max_queued_runs_per_task,
             }),
             policy: Arc::new(policy(&args.cluster)),
             cluster: runtime.cluster.clone(),
+            auth: Arc::new(auth(&args.security)?),
         };
         Ok(App {
             state,
             runtime,
             listener,
+            server_limits: ServerLimits {
+                header_read_timeout: Duration::from_secs(args.security.header_read_timeout_secs),
+                max_header_bytes: args.security.max_header_bytes,
+            },
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         })
     }
@@ -80,9 +88,12 @@ impl App {
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let loops = runtime::spawn(self.runtime.clone(), shutdown.clone());
         let router = http::router(self.state.clone());
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+        let server = tokio::spawn(http::server::serve(
+            self.listener,
+            router,
+            self.server_limits,
+            shutdown.clone().cancelled_owned(),
+        ));
 
         let (names, handles): (Vec<_>, Vec<_>) =
             loops.into_iter().map(|l| (l.name, l.handle)).unzip();
@@ -96,7 +107,7 @@ impl App {
             }
         }
         match tokio::time::timeout(self.shutdown_timeout, server).await {
-            Ok(joined) => joined.context("server task")?.context("server")?,
+            Ok(joined) => joined.context("server task")?,
             Err(_) => tracing::warn!("in-flight requests did not finish in time; stopping anyway"),
         }
         for handle in handles.into_inner() {
@@ -106,6 +117,30 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
+    if args.auth_disabled {
+        tracing::warn!(
+            "API authentication is DISABLED (AUTH_DISABLED): anyone who can reach this service may do anything. Use this only locally."
+        );
+    }
+    let cors_origins = args
+        .cors_allowed_origins
+        .iter()
+        .map(|origin| origin.trim())
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            origin
+                .parse()
+                .with_context(|| format!("CORS_ALLOWED_ORIGINS: {origin:?} is not a valid origin"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(AuthSettings {
+        enabled: !args.auth_disabled,
+        rate_limit: RateLimit::new(args.rate_limit_per_second, args.rate_limit_burst),
+        cors_origins,
+    })
 }
 
 fn policy(args: &ClusterArgs) -> RunPolicy {
@@ -122,6 +157,7 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             installation: args.installation.clone(),
             namespaces: args.namespaces.clone(),
             job_name_prefix: args.job_name_prefix.clone(),
+            run_as_non_root: args.run_as_non_root,
         }),
     };
     let instance = format!(

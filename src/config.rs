@@ -38,6 +38,48 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token and print it (once: only its hash is stored).
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Who or what uses the token, e.g. `ci` or `alice`.
+    #[arg(long)]
+    pub name: String,
+    /// read (history, logs), run (also start, cancel, re-run) or admin (also tasks, triggers,
+    /// tokens). Each includes the ones before.
+    #[arg(long, value_enum)]
+    pub scope: ScopeArg,
+    /// Limit the token to this task (repeat for several); every task when left out.
+    #[arg(long = "task")]
+    pub tasks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    Read,
+    Run,
+    Admin,
+}
+
+impl From<ScopeArg> for crate::domain::Scope {
+    fn from(scope: ScopeArg) -> Self {
+        match scope {
+            ScopeArg::Read => crate::domain::Scope::Read,
+            ScopeArg::Run => crate::domain::Scope::Run,
+            ScopeArg::Admin => crate::domain::Scope::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -70,7 +112,38 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]
     pub shutdown_timeout_secs: u64,
     #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// Who may call the API, and how much (see docs/security.md).
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// Turn off API authentication: every caller may do everything. For local use only; the
+    /// service logs a warning at start.
+    #[arg(long, env = "AUTH_DISABLED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub auth_disabled: bool,
+    /// Requests per second one token may make on average (and webhook deliveries per trigger);
+    /// 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 20)]
+    pub rate_limit_per_second: u32,
+    /// Requests one token may make in a burst, above the average rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 50)]
+    pub rate_limit_burst: u32,
+    /// Queued runs a task may have; more are refused with 429 (0: no cap).
+    #[arg(long, env = "MAX_QUEUED_RUNS_PER_TASK", default_value_t = 100)]
+    pub max_queued_runs_per_task: u32,
+    /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    /// `https://dash.example.com`; none by default.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// Seconds a client has to send a request's headers before the connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Largest request header section accepted, in bytes (at least 8192); larger gets a 431.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
 }
 
 /// Where runs go and how the loops behave.
@@ -114,6 +187,10 @@ pub struct ClusterArgs {
     /// Seconds between full re-lists of the cluster, behind the watches.
     #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 300)]
     pub reconcile_interval_secs: u64,
+    /// Require run containers to run as a non-root user (Pod Security Standards' restricted
+    /// profile). Off by default because common images (e.g. perl) run as root.
+    #[arg(long, env = "RUN_AS_NON_ROOT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub run_as_non_root: bool,
     /// Largest log archived per pod, in bytes; beyond it the head and the tail are kept.
     #[arg(long, env = "LOG_CAP_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub log_cap_bytes: i64,
@@ -165,5 +242,26 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn authentication_is_on_unless_explicitly_turned_off() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec![
+                "vfi-orchestrator",
+                "serve",
+                "--database-url",
+                "postgres://x",
+            ];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Serve(args) => args,
+                _ => unreachable!(),
+            }
+        };
+        assert!(!serve(&[]).security.auth_disabled);
+        assert!(serve(&["--auth-disabled"]).security.auth_disabled);
+        assert!(!serve(&["--auth-disabled", "false"]).security.auth_disabled);
+        assert!(serve(&[]).security.cors_allowed_origins.is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! The service's one error type. Which HTTP status each variant becomes is decided in
 //! `http::problem`, and nowhere else.
 
-use crate::domain::{FieldError, Invalid, RunStatus};
+use crate::domain::{Denied, FieldError, Invalid, RunStatus};
+use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -32,6 +33,22 @@ pub enum Error {
     /// An Idempotency-Key was reused with a different request (422).
     #[error("Idempotency-Key reused with a different request")]
     IdempotencyMismatch,
+    /// No bearer token, or one that is not (or no longer) valid (401).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The token does not allow this operation (403).
+    #[error("forbidden: {0}")]
+    Forbidden(#[from] Denied),
+    /// The caller sent too many requests; it may try again after the given time (429).
+    #[error("rate limited")]
+    RateLimited { retry_after: Duration },
+    /// The task already has as many queued runs as allowed (429).
+    #[error("task {task:?} has {limit} queued runs already")]
+    QueueFull { task: String, limit: u32 },
+    /// A webhook delivery whose signature or token does not check out (401). The reason is for
+    /// the logs only; the answer is always the same.
+    #[error("webhook delivery refused: {0}")]
+    WebhookRejected(String),
     /// The database is unreachable or overloaded (503).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),

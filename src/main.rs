@@ -4,7 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use vfi_orchestrator::app::{self, App};
-use vfi_orchestrator::config::{Cli, Command};
+use vfi_orchestrator::config::{Cli, Command, TokenCommand};
 use vfi_orchestrator::{http, store, telemetry};
 
 #[tokio::main]
@@ -36,6 +36,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Openapi => {
             println!("{}", http::openapi().to_pretty_json()?);
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create(args)) => {
+            let pool = store::pool(&args.database.database_url, 1)?;
+            let request = http::tokens::TokenRequest {
+                name: args.name,
+                scope: args.scope.into(),
+                tasks: (!args.tasks.is_empty()).then_some(args.tasks),
+            };
+            let created = http::tokens::create_token(&pool, &request)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The token goes to stdout alone, so scripts can capture it; it is never shown again.
+            println!("{}", created.token);
             Ok(())
         }
     }

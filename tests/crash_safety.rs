@@ -92,6 +92,7 @@ async fn a_launcher_that_died_right_after_creating_the_job_leads_to_exactly_one_
             installation: "default".into(),
             namespaces: vec!["default".into()],
             job_name_prefix: String::new(),
+            run_as_non_root: false,
         }),
     };
     let run = &claimed[0];

@@ -16,7 +16,11 @@ async fn probes_answer_when_the_database_is_migrated(db: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn readiness_fails_until_migrations_are_applied(db: PgPool) {
-    let app = TestApp::spawn(db.clone()).await;
+    let options = common::TestOptions {
+        admin_token: false,
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(db.clone(), options).await;
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     assert_eq!(
         app.get("/readyz").await.status(),

@@ -36,6 +36,8 @@ pub struct ClusterSettings {
     pub namespaces: Vec<String>,
     /// Prepended to every Job name (for installations sharing a namespace).
     pub job_name_prefix: String,
+    /// Pods must run as a non-root user (`runAsNonRoot`).
+    pub run_as_non_root: bool,
 }
 
 impl ClusterSettings {

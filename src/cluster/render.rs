@@ -6,7 +6,8 @@ use crate::domain::template::{CompletionMode, RestartPolicy};
 use crate::domain::Run;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements, Toleration,
+    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -51,6 +52,36 @@ pub fn ownership_labels(settings: &ClusterSettings, run: &Run) -> BTreeMap<Strin
     labels
 }
 
+/// The pod-level half of the Pod Security Standards' restricted profile. Templates cannot weaken
+/// it: they have no field for security settings, host namespaces or volumes.
+fn pod_security(settings: &ClusterSettings) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: settings.run_as_non_root.then_some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container-level half of the restricted profile.
+fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
     let t = &run.template;
     let mut labels = t.labels.clone();
@@ -81,6 +112,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 .collect()
         }),
         working_dir: t.working_dir.clone(),
+        security_context: Some(container_security()),
         resources: t.resources.as_ref().map(|r| ResourceRequirements {
             requests: quantities(&r.requests),
             limits: quantities(&r.limits),
@@ -95,6 +127,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
     let pod_spec = PodSpec {
         containers: vec![container],
         restart_policy: Some(restart_policy.into()),
+        security_context: Some(pod_security(settings)),
         service_account_name: t.service_account_name.clone(),
         node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
         tolerations: (!t.tolerations.is_empty()).then(|| {
@@ -159,6 +192,7 @@ mod tests {
             installation: "prod".into(),
             namespaces: vec!["batch".into()],
             job_name_prefix: String::new(),
+            run_as_non_root: false,
         }
     }
 
@@ -280,5 +314,42 @@ mod tests {
             "1"
         );
         assert_eq!(pod["containers"][0]["env"][0]["value"], "1");
+    }
+
+    #[test]
+    fn pods_follow_the_restricted_pod_security_profile() {
+        let job = render(&settings(), &run(None, json!({"image": "x"})));
+        let value = serde_json::to_value(&job).unwrap();
+        let pod = &value["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert!(
+            pod["securityContext"].get("runAsNonRoot").is_none(),
+            "root images still run by default"
+        );
+        assert!(pod.get("hostNetwork").is_none() && pod.get("hostPID").is_none());
+        assert!(
+            pod.get("volumes").is_none(),
+            "no host paths or any other volume"
+        );
+        let container = &pod["containers"][0]["securityContext"];
+        assert_eq!(container["allowPrivilegeEscalation"], false);
+        assert_eq!(container["privileged"], false);
+        assert_eq!(container["capabilities"]["drop"], json!(["ALL"]));
+        assert!(container["capabilities"].get("add").is_none());
+        assert_eq!(container["seccompProfile"]["type"], "RuntimeDefault");
+    }
+
+    #[test]
+    fn run_as_non_root_is_enforced_when_configured() {
+        let mut s = settings();
+        s.run_as_non_root = true;
+        let value = serde_json::to_value(render(&s, &run(None, json!({"image": "x"})))).unwrap();
+        assert_eq!(
+            value["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+            true
+        );
     }
 }

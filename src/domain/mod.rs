@@ -1,6 +1,8 @@
 //! Pure types and rules of the service: run templates and their validation, task definitions,
-//! the run status state machine, schedules. Nothing in here does I/O; everything here is testable inline.
+//! the run status state machine, schedules, token scopes, webhook checks. Nothing in here does
+//! I/O; everything here is testable inline.
 
+pub mod auth;
 pub mod loglines;
 pub mod names;
 pub mod policy;
@@ -10,7 +12,9 @@ pub mod status;
 pub mod task;
 pub mod template;
 pub mod validation;
+pub mod webhook;
 
+pub use auth::{Caller, Denied, Scope};
 pub use policy::RunPolicy;
 pub use run::{AdHocRun, JobRef, LaunchInfo, PodCounts, PodRecord, Run, RunOverrides, Trigger};
 pub use status::RunStatus;

@@ -640,4 +640,29 @@ mod tests {
             .to_string()
             .contains("unknown field `privileged`"));
     }
+
+    #[test]
+    fn templates_cannot_ask_for_privileges_host_access_or_volumes() {
+        for field in [
+            json!({"privileged": true}),
+            json!({"securityContext": {"privileged": true}}),
+            json!({"hostNetwork": true}),
+            json!({"hostPID": true}),
+            json!({"hostIPC": true}),
+            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+            json!({"hostPath": "/"}),
+            json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
+            json!({"runAsUser": 0}),
+        ] {
+            let mut body = json!({"image": "x"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(field.as_object().unwrap().clone());
+            let parsed: Result<RunTemplate, _> = serde_json::from_value(body);
+            assert!(
+                parsed.unwrap_err().to_string().contains("unknown field"),
+                "{field} was accepted"
+            );
+        }
+    }
 }

@@ -18,7 +18,7 @@ pub struct Health {
 }
 
 /// Alive: the process answers HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -26,6 +26,7 @@ pub async fn healthz() -> Json<Health> {
 /// Ready: the database is reachable and every migration is applied.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
+    security(()),
     responses(
         (status = 200, body = Health),
         (status = 503, body = Problem, content_type = "application/problem+json"),

@@ -1,6 +1,7 @@
 //! `GET /v1/runs/{id}/logs`: a run's output as `text/plain` (chunked, streamed) or, for browsers,
 //! as Server-Sent Events with `Last-Event-ID` resume.
 
+use super::auth::{Authorized, ForRead};
 use super::extract::ApiQuery;
 use super::problem::Problem;
 use super::runs::parse_run_id;
@@ -44,14 +45,18 @@ pub struct LogParams {
 /// time, text), ids `<pod>:<line>` for `Last-Event-ID`, and an `end` event.
 #[utoipa::path(
     get, path = "/v1/runs/{id}/logs", tag = "runs",
+    security(("bearer" = ["read"])),
     params(("id" = Uuid, Path, description = "Run id"), LogParams),
     responses(
         (status = 200, description = "The log, streamed", content_type = "text/plain"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn run_logs(
+    auth: Authorized<ForRead>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -64,6 +69,7 @@ pub async fn run_logs(
             kind: "run",
             name: id.to_string(),
         })?;
+    auth.task(run.task.as_deref())?;
     if params.tail.is_some_and(|t| t < 0) {
         return Err(Error::bad_request("tail", "must be 0 or more"));
     }

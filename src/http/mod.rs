@@ -1,8 +1,10 @@
 //! The HTTP API (axum only): routers per resource, extractors, problem+json, OpenAPI.
 //! Handlers record intent in the store and return; they never talk to the cluster.
 
+pub mod auth;
 mod extract;
 mod health;
+mod hooks;
 mod idempotency;
 mod logs;
 mod middleware;
@@ -10,23 +12,30 @@ mod openapi;
 mod pagination;
 pub mod problem;
 mod runs;
+pub mod server;
 mod tasks;
+pub mod tokens;
+mod triggers;
 
 use crate::cluster::jobs::Cluster;
 use crate::domain::RunPolicy;
 use axum::extract::FromRef;
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auth::{AuthSettings, RateLimit};
 pub use openapi::openapi;
 
 /// Request limits, from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Queued runs a task may have before new ones are refused (0: no cap).
+    pub max_queued_runs_per_task: u32,
 }
 
 /// What handlers share. Cheap to clone.
@@ -38,16 +47,50 @@ pub struct AppState {
     pub policy: Arc<RunPolicy>,
     /// For reading live pod logs.
     pub cluster: Cluster,
+    /// Who may call: tokens, rate limits, browser origins.
+    pub auth: Arc<AuthSettings>,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document and docs page, middleware.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::api_router().split_for_parts();
     let limits = state.limits.clone();
+    let cors = cors(&state.auth.cors_origins);
     let app = api
         .merge(openapi::docs_router(doc))
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state);
-    middleware::wrap(app, &limits)
+    let app = middleware::wrap(app, &limits);
+    // Outermost, so browsers' preflight requests are answered without a token.
+    match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
+}
+
+/// CORS for browser dashboards on the configured origins; none (no CORS headers at all) by
+/// default.
+fn cors(origins: &[HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(3600))
+    })
 }

@@ -1,11 +1,12 @@
 //! The OpenAPI 3.1 document (generated from the handlers by utoipa), served at `/openapi.json`,
 //! with a readable API page at `/docs`.
 
-use super::{health, logs, runs, tasks, AppState};
+use super::{health, hooks, logs, runs, tasks, tokens, triggers, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_scalar::{Scalar, Servable};
@@ -15,15 +16,34 @@ use utoipa_scalar::{Scalar, Servable};
     info(
         title = "vfi-orchestrator",
         description = "Runs batch tasks as Kubernetes Jobs from a REST API, with run history in PostgreSQL. \
-            Errors are RFC 9457 problem+json documents naming the field at fault.",
+            Errors are RFC 9457 problem+json documents naming the field at fault. \
+            Every /v1 operation needs a bearer token whose scope (read, run or admin; each includes the ones before) \
+            is named in its security requirement; webhook deliveries are authenticated by their signature instead.",
     ),
+    modifiers(&BearerScheme),
     tags(
         (name = "tasks", description = "Named, reusable run definitions"),
         (name = "runs", description = "Executions: each run is exactly one Kubernetes Job"),
+        (name = "triggers", description = "Webhook triggers: Git pushes start runs"),
+        (name = "tokens", description = "API tokens"),
         (name = "health", description = "Probes"),
     )
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` scheme that operations' security requirements name.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut bearer = Http::new(HttpAuthScheme::Bearer);
+        bearer.description = Some(
+            "An API token (`vfi-orchestrator token create`, or POST /v1/tokens); the scopes in an operation's requirement name the least scope it needs".into(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(bearer));
+    }
+}
 
 pub(super) fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -42,6 +62,15 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::list_pods))
         .routes(routes!(runs::history))
         .routes(routes!(logs::run_logs))
+        .routes(routes!(triggers::list_triggers))
+        .routes(routes!(
+            triggers::put_trigger,
+            triggers::get_trigger,
+            triggers::delete_trigger
+        ))
+        .routes(routes!(hooks::receive))
+        .routes(routes!(tokens::post_token, tokens::list_tokens))
+        .routes(routes!(tokens::delete_token))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }

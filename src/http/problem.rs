@@ -129,6 +129,41 @@ impl From<&Error> for Problem {
                 field: "Idempotency-Key".into(),
                 message: "already used with a different request body".into(),
             }]),
+            Error::Unauthenticated(detail) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                *detail,
+            ),
+            Error::Forbidden(denied) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                denied.0.clone(),
+            ),
+            Error::RateLimited { retry_after } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!(
+                    "this token sent too many requests; retry after {} s",
+                    retry_after_secs(*retry_after)
+                ),
+            ),
+            Error::QueueFull { task, limit } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-full",
+                "Too many queued runs",
+                format!(
+                    "task {task:?} already has {limit} queued runs, the most allowed; wait for some to start, or cancel some"
+                ),
+            ),
+            Error::WebhookRejected(_) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "webhook-unauthenticated",
+                "Webhook authentication failed",
+                "the delivery's signature or token does not match this trigger's secret",
+            ),
             Error::Unavailable(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -149,12 +184,31 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let problem = Problem::from(&self);
         let mut response = problem.into_response();
+        match &self {
+            Error::Unauthenticated(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"vfi-orchestrator\""),
+                );
+            }
+            Error::RateLimited { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
+            }
+            _ => {}
+        }
         // The logging middleware reports the cause chain of server-side errors.
         if response.status().is_server_error() {
             response.extensions_mut().insert(ErrorChain(chain(&self)));
         }
         response
     }
+}
+
+/// Whole seconds to wait, at least one.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
 /// The cause chain of a 5xx, carried to the logging middleware on the response.

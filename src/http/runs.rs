@@ -1,10 +1,12 @@
 //! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
 
+use super::auth::{Authorized, ForRead, ForRun};
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
 use super::idempotency::Idempotent;
 use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
+use super::Limits;
 use crate::domain::{AdHocRun, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Trigger};
 use crate::error::{Error, Result};
 use crate::store::{self, runs::NewRun, runs::RunFilter};
@@ -13,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
@@ -22,6 +24,7 @@ use uuid::Uuid;
 /// Start a run of a task, optionally with extra env vars and labels.
 #[utoipa::path(
     post, path = "/v1/tasks/{name}/runs", tag = "runs",
+    security(("bearer" = ["run"])),
     params(
         ("name" = String, Path, description = "Task name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body"),
@@ -29,18 +32,24 @@ use uuid::Uuid;
     request_body(content = RunOverrides, description = "Optional; may be empty"),
     responses(
         (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The task has too many queued runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn start_task_run(
+    auth: Authorized<ForRun>,
     State(db): State<PgPool>,
+    State(limits): State<Arc<Limits>>,
     State(policy): State<Arc<RunPolicy>>,
     Path(name): Path<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(overrides): ApiJson<RunOverrides>,
 ) -> Result<Response> {
     let name = parse_name(name)?;
+    auth.task(Some(name.as_str()))?;
     overrides.validate()?;
     let task = store::tasks::get(&db, name.as_str())
         .await?
@@ -59,25 +68,31 @@ pub async fn start_task_run(
         rerun_of: None,
         scheduled_time: None,
     };
-    create(&db, idempotent, new).await
+    create(&db, &limits, idempotent, new).await
 }
 
 /// Start an ad-hoc run from an inline template, like `kubectl create job`.
 #[utoipa::path(
     post, path = "/v1/runs", tag = "runs",
+    security(("bearer" = ["run"])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
     request_body = AdHocRun,
     responses(
         (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_run(
+    auth: Authorized<ForRun>,
     State(db): State<PgPool>,
+    State(limits): State<Arc<Limits>>,
     State(policy): State<Arc<RunPolicy>>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<AdHocRun>,
 ) -> Result<Response> {
+    auth.task(None)?;
     request.validate()?;
     policy.check(&request.template, "template")?;
     let idempotent = Idempotent::new(key, "POST /v1/runs".into(), &request);
@@ -88,17 +103,41 @@ pub async fn create_run(
         rerun_of: None,
         scheduled_time: None,
     };
-    create(&db, idempotent, new).await
+    create(&db, &limits, idempotent, new).await
 }
 
-async fn create(db: &PgPool, idempotent: Option<Idempotent>, new: NewRun<'_>) -> Result<Response> {
+/// Records a run in `conn`'s transaction, refusing it when its task already has
+/// `max_queued_runs_per_task` runs waiting (0: no cap). The insert holds the task's counter row
+/// until commit, so concurrent submitters are counted one after the other.
+pub(super) async fn insert_capped(
+    conn: &mut PgConnection,
+    limits: &Limits,
+    new: NewRun<'_>,
+) -> Result<Run> {
+    let task = new.task_name.map(str::to_owned);
+    let run = store::runs::insert(&mut *conn, new).await?;
+    let cap = limits.max_queued_runs_per_task;
+    if let (Some(task), true) = (task, cap > 0) {
+        if store::runs::queued_count(&mut *conn, &task).await? > i64::from(cap) {
+            return Err(Error::QueueFull { task, limit: cap });
+        }
+    }
+    Ok(run)
+}
+
+async fn create(
+    db: &PgPool,
+    limits: &Limits,
+    idempotent: Option<Idempotent>,
+    new: NewRun<'_>,
+) -> Result<Response> {
     let mut tx = db.begin().await?;
     if let Some(idempotent) = &idempotent {
         if let Some(replay) = idempotent.claim(&mut tx).await? {
             return Ok(replay);
         }
     }
-    let run = store::runs::insert(&mut tx, new).await?;
+    let run = insert_capped(&mut tx, limits, new).await?;
     let location = format!("/v1/runs/{}", run.id);
     if let Some(idempotent) = &idempotent {
         idempotent
@@ -144,16 +183,24 @@ pub struct RunPage {
 /// Run history, newest first, with filters and keyset pagination.
 #[utoipa::path(
     get, path = "/v1/runs", tag = "runs",
+    security(("bearer" = ["read"])),
     params(RunListQuery),
     responses(
         (status = 200, body = RunPage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_runs(
+    auth: Authorized<ForRead>,
     State(db): State<PgPool>,
     ApiQuery(query): ApiQuery<RunListQuery>,
 ) -> Result<Json<RunPage>> {
+    match &query.task {
+        Some(task) => auth.task(Some(task))?,
+        None => auth.all_tasks()?,
+    }
     let limit = pagination::limit(query.limit)?;
     let before = query
         .cursor
@@ -227,19 +274,27 @@ pub(super) fn parse_run_id(id: &str) -> Result<Uuid> {
 /// Read a run.
 #[utoipa::path(
     get, path = "/v1/runs/{id}", tag = "runs",
+    security(("bearer" = ["read"])),
     params(("id" = Uuid, Path, description = "Run id")),
     responses(
         (status = 200, body = Run),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_run(State(db): State<PgPool>, Path(id): Path<String>) -> Result<Json<Run>> {
+pub async fn get_run(
+    auth: Authorized<ForRead>,
+    State(db): State<PgPool>,
+    Path(id): Path<String>,
+) -> Result<Json<Run>> {
     let id = parse_run_id(&id)?;
-    store::runs::get(&db, id)
+    let run = store::runs::get(&db, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| not_found(id))
+        .ok_or_else(|| not_found(id))?;
+    auth.task(run.task.as_deref())?;
+    Ok(Json(run))
 }
 
 fn not_found(id: Uuid) -> Error {
@@ -253,15 +308,26 @@ fn not_found(id: Uuid) -> Error {
 /// background propagation (its pods are removed by the garbage collector).
 #[utoipa::path(
     post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    security(("bearer" = ["run"])),
     params(("id" = Uuid, Path, description = "Run id")),
     responses(
         (status = 200, description = "Cancelled", body = Run),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The run already finished", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn cancel_run(State(db): State<PgPool>, Path(id): Path<String>) -> Result<Json<Run>> {
+pub async fn cancel_run(
+    auth: Authorized<ForRun>,
+    State(db): State<PgPool>,
+    Path(id): Path<String>,
+) -> Result<Json<Run>> {
     let id = parse_run_id(&id)?;
+    let run = store::runs::get(&db, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    auth.task(run.task.as_deref())?;
     match store::runs::cancel(&db, id).await? {
         None => Err(not_found(id)),
         Some(Ok(run)) => {
@@ -275,17 +341,23 @@ pub async fn cancel_run(State(db): State<PgPool>, Path(id): Path<String>) -> Res
 /// Run again: a new run with the same template and task, linked to the original.
 #[utoipa::path(
     post, path = "/v1/runs/{id}/rerun", tag = "runs",
+    security(("bearer" = ["run"])),
     params(
         ("id" = Uuid, Path, description = "Run id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key"),
     ),
     responses(
         (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The task has too many queued runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn rerun(
+    auth: Authorized<ForRun>,
     State(db): State<PgPool>,
+    State(limits): State<Arc<Limits>>,
     Path(id): Path<String>,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Response> {
@@ -293,6 +365,7 @@ pub async fn rerun(
     let original = store::runs::get(&db, id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    auth.task(original.task.as_deref())?;
     let idempotent = Idempotent::new(key, format!("POST /v1/runs/{id}/rerun"), &());
     let new = NewRun {
         task_name: original.task.as_deref(),
@@ -301,45 +374,55 @@ pub async fn rerun(
         rerun_of: Some(original.id),
         scheduled_time: None,
     };
-    create(&db, idempotent, new).await
+    create(&db, &limits, idempotent, new).await
 }
 
 /// The run's pods, in completion-index order, then creation order.
 #[utoipa::path(
     get, path = "/v1/runs/{id}/pods", tag = "runs",
+    security(("bearer" = ["read"])),
     params(("id" = Uuid, Path, description = "Run id")),
     responses(
         (status = 200, body = Vec<PodRecord>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_pods(
+    auth: Authorized<ForRead>,
     State(db): State<PgPool>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<PodRecord>>> {
     let id = parse_run_id(&id)?;
-    store::runs::get(&db, id)
+    let run = store::runs::get(&db, id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    auth.task(run.task.as_deref())?;
     Ok(Json(store::pods::list(&db, id).await?))
 }
 
 /// The run's history: its creation and every status change, oldest first.
 #[utoipa::path(
     get, path = "/v1/runs/{id}/events", tag = "runs",
+    security(("bearer" = ["read"])),
     params(("id" = Uuid, Path, description = "Run id")),
     responses(
         (status = 200, body = Vec<store::runs::RunEvent>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn history(
+    auth: Authorized<ForRead>,
     State(db): State<PgPool>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<store::runs::RunEvent>>> {
     let id = parse_run_id(&id)?;
-    store::runs::get(&db, id)
+    let run = store::runs::get(&db, id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    auth.task(run.task.as_deref())?;
     Ok(Json(store::runs::history(&db, id).await?))
 }

@@ -1,6 +1,7 @@
 //! `/v1/tasks`: create or replace, read, list and delete task definitions; a scheduled task's
 //! status, and backfilling its scheduled times.
 
+use super::auth::{Authorized, ForAdmin, ForRead};
 use super::extract::{ApiJson, ApiQuery};
 use super::pagination;
 use super::problem::Problem;
@@ -25,22 +26,27 @@ pub(super) fn parse_name(name: String) -> Result<TaskName> {
 /// Create or replace a task (idempotent, like `kubectl apply`).
 #[utoipa::path(
     put, path = "/v1/tasks/{name}", tag = "tasks",
+    security(("bearer" = ["admin"])),
     params(("name" = String, Path, description = "Task name: a DNS-1123 label of at most 50 characters")),
     request_body = TaskSpec,
     responses(
         (status = 200, description = "Replaced (or unchanged)", body = Task),
         (status = 201, description = "Created", body = Task),
         (status = 400, description = "Invalid name", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid definition", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn put_task(
+    auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
     State(policy): State<Arc<RunPolicy>>,
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>)> {
     let name = parse_name(name)?;
+    auth.task(Some(name.as_str()))?;
     spec.validate()?;
     policy.check(&spec.template, "template")?;
     let (task, created) = store::tasks::upsert(&db, name.as_str(), &spec).await?;
@@ -55,14 +61,22 @@ pub async fn put_task(
 /// Read a task.
 #[utoipa::path(
     get, path = "/v1/tasks/{name}", tag = "tasks",
+    security(("bearer" = ["read"])),
     params(("name" = String, Path, description = "Task name")),
     responses(
         (status = 200, body = Task),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_task(State(db): State<PgPool>, Path(name): Path<String>) -> Result<Json<Task>> {
+pub async fn get_task(
+    auth: Authorized<ForRead>,
+    State(db): State<PgPool>,
+    Path(name): Path<String>,
+) -> Result<Json<Task>> {
     let name = parse_name(name)?;
+    auth.task(Some(name.as_str()))?;
     let mut task = store::tasks::get(&db, name.as_str())
         .await?
         .ok_or_else(|| Error::NotFound {
@@ -196,14 +210,22 @@ pub async fn backfill(
 /// Delete a task. Its runs stay in the history; run numbers are never reused.
 #[utoipa::path(
     delete, path = "/v1/tasks/{name}", tag = "tasks",
+    security(("bearer" = ["admin"])),
     params(("name" = String, Path, description = "Task name")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn delete_task(State(db): State<PgPool>, Path(name): Path<String>) -> Result<StatusCode> {
+pub async fn delete_task(
+    auth: Authorized<ForAdmin>,
+    State(db): State<PgPool>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
     let name = parse_name(name)?;
+    auth.task(Some(name.as_str()))?;
     if store::tasks::delete(&db, name.as_str()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -237,16 +259,21 @@ pub struct TaskPage {
 /// List tasks.
 #[utoipa::path(
     get, path = "/v1/tasks", tag = "tasks",
+    security(("bearer" = ["read"])),
     params(TaskListQuery),
     responses(
         (status = 200, body = TaskPage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_tasks(
+    auth: Authorized<ForRead>,
     State(db): State<PgPool>,
     ApiQuery(query): ApiQuery<TaskListQuery>,
 ) -> Result<Json<TaskPage>> {
+    auth.all_tasks()?;
     let limit = pagination::limit(query.limit)?;
     let after = query
         .cursor

@@ -8,6 +8,8 @@ pub mod retention;
 pub mod runs;
 pub mod schedules;
 pub mod tasks;
+pub mod tokens;
+pub mod triggers;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -545,3 +545,13 @@ pub async fn history(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<RunEvent>,
     .fetch_all(db)
     .await
 }
+
+/// How many runs of `task` wait in `queued` (for the per-task cap). Call it after inserting, in
+/// the same transaction: the insert holds the task's counter row, so concurrent submitters count
+/// one after the other.
+pub async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM runs WHERE task_name = $1 AND status = 'queued'")
+        .bind(task)
+        .fetch_one(db)
+        .await
+}

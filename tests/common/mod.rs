@@ -1,5 +1,6 @@
 //! Test harness: the real router on 127.0.0.1:0 against a fresh PostgreSQL database per test,
-//! driven over HTTP through typed helpers.
+//! driven over HTTP through typed helpers. `app.http` sends an admin token with every request;
+//! `app.anonymous` sends none, and `app.client_for(token)` sends another.
 #![allow(dead_code)]
 
 use reqwest::{Response, StatusCode};
@@ -9,24 +10,60 @@ use std::sync::Arc;
 use std::time::Duration;
 use vfi_orchestrator::cluster::jobs::Cluster;
 use vfi_orchestrator::cluster::ClusterSettings;
-use vfi_orchestrator::domain::RunPolicy;
-use vfi_orchestrator::http::{self, AppState, Limits};
+use vfi_orchestrator::domain::{RunPolicy, Scope};
+use vfi_orchestrator::http::server::ServerLimits;
+use vfi_orchestrator::http::tokens::{create_token, TokenRequest};
+use vfi_orchestrator::http::{self, AppState, AuthSettings, Limits, RateLimit};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub struct TestApp {
     pub base: String,
+    /// Sends the admin token.
     pub http: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
     pub db: PgPool,
+}
+
+/// Settings a test may change; the defaults keep limits out of the way of tests not about them.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    pub auth_disabled: bool,
+    /// (requests per second, burst) per token; `None`: unlimited.
+    pub rate_limit: Option<(u32, u32)>,
+    pub max_queued_runs_per_task: u32,
+    pub cors_origins: Vec<&'static str>,
+    pub server: ServerLimits,
+    /// Create the admin token `http` sends (needs the migrations applied).
+    pub admin_token: bool,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        TestOptions {
+            auth_disabled: false,
+            rate_limit: None,
+            max_queued_runs_per_task: 0,
+            cors_origins: Vec::new(),
+            server: ServerLimits::default(),
+            admin_token: true,
+        }
+    }
 }
 
 impl TestApp {
     pub async fn spawn(db: PgPool) -> TestApp {
+        TestApp::spawn_with(db, TestOptions::default()).await
+    }
+
+    pub async fn spawn_with(db: PgPool, options: TestOptions) -> TestApp {
         let state = AppState {
             db: db.clone(),
             limits: Arc::new(Limits {
                 max_body_bytes: MAX_BODY_BYTES,
                 request_timeout: Duration::from_secs(30),
+                max_queued_runs_per_task: options.max_queued_runs_per_task,
             }),
             policy: Arc::new(RunPolicy {
                 namespaces: vec!["default".into(), "batch".into()],
@@ -42,19 +79,49 @@ impl TestApp {
                     installation: "default".into(),
                     namespaces: vec!["default".into()],
                     job_name_prefix: String::new(),
+                    run_as_non_root: false,
                 }),
             },
+            auth: Arc::new(AuthSettings {
+                enabled: !options.auth_disabled,
+                rate_limit: options
+                    .rate_limit
+                    .and_then(|(rate, burst)| RateLimit::new(rate, burst)),
+                cors_origins: options
+                    .cors_origins
+                    .iter()
+                    .map(|o| o.parse().unwrap())
+                    .collect(),
+            }),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let server = options.server;
         tokio::spawn(async move {
-            axum::serve(listener, http::router(state)).await.unwrap();
+            http::server::serve(
+                listener,
+                http::router(state),
+                server,
+                std::future::pending(),
+            )
+            .await;
         });
+        let http = if options.admin_token {
+            client_for(&new_token(&db, Scope::Admin, None).await)
+        } else {
+            reqwest::Client::new()
+        };
         TestApp {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http,
+            anonymous: reqwest::Client::new(),
             db,
         }
+    }
+
+    /// A client that sends a new token with `scope`, limited to `tasks` when given.
+    pub async fn client_with_scope(&self, scope: Scope, tasks: Option<&[&str]>) -> reqwest::Client {
+        client_for(&new_token(&self.db, scope, tasks).await)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -133,6 +200,29 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// Creates a token straight in the database, as `vfi-orchestrator token create` does.
+pub async fn new_token(db: &PgPool, scope: Scope, tasks: Option<&[&str]>) -> String {
+    let request = TokenRequest {
+        name: format!("test-{scope}"),
+        scope,
+        tasks: tasks.map(|t| t.iter().map(|s| s.to_string()).collect()),
+    };
+    create_token(db, &request).await.unwrap().token
+}
+
+/// A client that sends `token` as its bearer token on every request.
+pub fn client_for(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// The calculatepi Job from the Kubernetes documentation.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use vfi_orchestrator::app::App;
 pub use vfi_orchestrator::clock::ManualClock;
 use vfi_orchestrator::config::{Cli, Command};
+use vfi_orchestrator::domain::Scope;
 
 pub use kubesim::{KubeSim, RunnerKind, SimConfig};
 
@@ -64,6 +65,9 @@ impl Service {
             "127.0.0.1:0",
             "--launcher-poll-ms",
             "200",
+            // Tests poll the API faster than a client should; rate limits have their own tests.
+            "--rate-limit-per-second",
+            "0",
         ];
         argv.extend_from_slice(extra);
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command else {
@@ -76,11 +80,16 @@ impl Service {
             app.runtime.clock = std::sync::Arc::new(clock);
         }
         let addr = app.local_addr().unwrap();
+        let http = if args.security.auth_disabled {
+            reqwest::Client::new()
+        } else {
+            super::client_for(&super::new_token(&db, Scope::Admin, None).await)
+        };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run(shutdown.clone()));
         Service {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http,
             db,
             shutdown,
             handle: Some(handle),

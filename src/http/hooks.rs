@@ -1,0 +1,207 @@
+//! `/v1/hooks/{id}`: receives Git hosts' webhook deliveries. The provider's signature (or token)
+//! is checked before anything else, and a refusal is always the same 401 (the reason goes to the
+//! log). A matching event records a run with the event's facts as environment variables; a
+//! redelivery finds the run its first delivery started.
+
+use super::problem::Problem;
+use super::runs::insert_capped;
+use super::AppState;
+use crate::domain::webhook::{self, Filter, Parsed};
+use crate::domain::{Run, RunOverrides, Trigger};
+use crate::error::{Error, Result};
+use crate::store::{self, runs::NewRun};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// What became of a delivery, for the Git host's delivery log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A run was queued.
+    Started,
+    /// This delivery was received before; `run` is the run it started.
+    Duplicate,
+    /// The event does not start runs of this trigger; `detail` says why.
+    Ignored,
+    /// The answer to GitHub's `ping`.
+    Pong,
+}
+
+/// The answer to a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookAnswer {
+    pub outcome: Outcome,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
+}
+
+fn answer(
+    status: StatusCode,
+    outcome: Outcome,
+    detail: impl Into<String>,
+    run: Option<Run>,
+) -> (StatusCode, Json<HookAnswer>) {
+    (
+        status,
+        Json(HookAnswer {
+            outcome,
+            detail: detail.into(),
+            run,
+        }),
+    )
+}
+
+/// Receive a webhook delivery from GitHub, GitLab or Gitea/Forgejo.
+///
+/// Authenticated by the provider's signature, not by a bearer token: GitHub's
+/// `X-Hub-Signature-256`, GitLab's `X-Gitlab-Token`, Gitea's `X-Gitea-Signature`.
+#[utoipa::path(
+    post, path = "/v1/hooks/{id}", tag = "triggers",
+    security(()),
+    params(("id" = Uuid, Path, description = "The trigger's id, from its `hookPath`")),
+    request_body(content = serde_json::Value, description = "The provider's payload, as sent"),
+    responses(
+        (status = 200, description = "Nothing started: a ping, an event the trigger ignores (see `detail`), or a redelivery (see `run`)", body = HookAnswer),
+        (status = 201, description = "A run was queued", body = HookAnswer),
+        (status = 400, description = "Not the payload the provider sends for this event", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong signature, or no such trigger", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The run would break this installation's policy", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries, or too many queued runs", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<HookAnswer>)> {
+    let refuse = |reason: String| {
+        tracing::warn!(trigger_id = %id, %reason, "webhook delivery refused");
+        Error::WebhookRejected(reason)
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::BodyTooLarge {
+                limit: state.limits.max_body_bytes,
+            }
+        } else {
+            Error::MalformedBody {
+                message: rejection.body_text(),
+                field: None,
+            }
+        }
+    })?;
+    let trigger_id = Uuid::parse_str(&id).map_err(|_| refuse("not a trigger id".into()))?;
+    let found = store::triggers::for_delivery(&state.db, trigger_id)
+        .await?
+        .ok_or_else(|| refuse("no such trigger".into()))?;
+    let trigger = found.trigger;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    webhook::verify(trigger.provider, &found.secret, header, &body).map_err(refuse)?;
+
+    // Authenticated from here on.
+    if let Some(limit) = &state.auth.rate_limit {
+        limit.check(trigger_id)?;
+    }
+    let event_name = webhook::event_name(trigger.provider, header).ok_or_else(|| {
+        Error::bad_request(
+            "headers",
+            "the delivery names no event (e.g. X-GitHub-Event)",
+        )
+    })?;
+    let delivery = webhook::delivery_id(trigger.provider, header, &body);
+    let event = match webhook::parse(trigger.provider, event_name, &body)
+        .map_err(|message| Error::bad_request("body", message))?
+    {
+        Parsed::Ping => {
+            return Ok(answer(
+                StatusCode::OK,
+                Outcome::Pong,
+                "pong: the trigger is set up",
+                None,
+            ))
+        }
+        Parsed::Ignored(reason) => {
+            tracing::info!(%trigger_id, %delivery, %reason, "delivery ignored");
+            return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
+        }
+        Parsed::Event(event) => event,
+    };
+    let filter = Filter::new(&trigger.events, &trigger.refs).map_err(anyhow::Error::msg)?;
+    if let Err(reason) = filter.check(&event) {
+        tracing::info!(%trigger_id, %delivery, %reason, "delivery ignored");
+        return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
+    }
+    if let Some(run) = delivered(&state, trigger_id, &delivery).await? {
+        return Ok(duplicate(run));
+    }
+
+    let task = store::tasks::get(&state.db, &trigger.task)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "task",
+            name: trigger.task.clone(),
+        })?;
+    let overrides = RunOverrides {
+        env: event.env(trigger.provider, &delivery),
+        labels: Default::default(),
+    };
+    let template = task.template.with_overrides(&overrides);
+    template.validate("template")?;
+    state.policy.check(&template, "template")?;
+
+    let mut tx = state.db.begin().await?;
+    let new = NewRun {
+        task_name: Some(&trigger.task),
+        template: &template,
+        trigger: Trigger::Webhook,
+        rerun_of: None,
+        scheduled_time: None,
+    };
+    let run = insert_capped(&mut tx, &state.limits, new).await?;
+    if let Some(first) =
+        store::triggers::claim_delivery(&mut tx, trigger_id, &delivery, run.id).await?
+    {
+        // A concurrent redelivery won; this transaction's run is rolled back.
+        drop(tx);
+        let run = store::runs::get(&state.db, first).await?;
+        return Ok(duplicate(run));
+    }
+    tx.commit().await?;
+    tracing::info!(%trigger_id, task = %trigger.task, run_id = %run.id, number = run.number, %delivery, git_ref = %event.git_ref, sha = %event.sha, "run queued by webhook");
+    let detail = format!(
+        "run {} of task {} queued for {} at {}",
+        run.number, trigger.task, event.git_ref, event.sha
+    );
+    Ok(answer(
+        StatusCode::CREATED,
+        Outcome::Started,
+        detail,
+        Some(run),
+    ))
+}
+
+async fn delivered(state: &AppState, trigger: Uuid, delivery: &str) -> Result<Option<Option<Run>>> {
+    match store::triggers::delivered_run(&state.db, trigger, delivery).await? {
+        Some(run) => Ok(Some(store::runs::get(&state.db, run).await?)),
+        None => Ok(None),
+    }
+}
+
+fn duplicate(run: Option<Run>) -> (StatusCode, Json<HookAnswer>) {
+    answer(
+        StatusCode::OK,
+        Outcome::Duplicate,
+        "this delivery was received before; it started the run shown, and nothing else",
+        run,
+    )
+}

@@ -1,0 +1,94 @@
+//! SQL for API tokens. Only a token's hash is stored; the token itself never reaches the database.
+
+use crate::domain::{Caller, Scope};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgExecutor;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A token as the API shows it (never the token itself).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub scope: Scope,
+    /// The tasks the token is limited to; absent means every task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A token about to be stored.
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    pub scope: Scope,
+    pub tasks: Option<&'a [String]>,
+    pub hash: &'a [u8],
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, new: NewToken<'_>) -> Result<TokenInfo, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO api_tokens (id, name, token_hash, scope, tasks) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, name, scope, tasks, created_at, last_used_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(new.name)
+    .bind(new.hash)
+    .bind(new.scope)
+    .bind(new.tasks)
+    .fetch_one(db)
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    id: Uuid,
+    scope: Scope,
+    tasks: Option<Vec<String>>,
+}
+
+/// The caller a token hash stands for, if the token exists. Marks it used (at most once a
+/// minute, so a busy client does not turn every read into a write).
+pub async fn authenticate(
+    db: impl PgExecutor<'_>,
+    hash: &[u8],
+) -> Result<Option<Caller>, sqlx::Error> {
+    let row: Option<GrantRow> = sqlx::query_as(
+        "WITH found AS (SELECT id, scope, tasks, last_used_at FROM api_tokens WHERE token_hash = $1),
+              touched AS (UPDATE api_tokens SET last_used_at = now()
+                          WHERE id IN (SELECT id FROM found
+                                       WHERE last_used_at IS NULL
+                                          OR last_used_at < now() - interval '1 minute'))
+         SELECT id, scope, tasks FROM found",
+    )
+    .bind(hash)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|row| Caller {
+        token_id: Some(row.id),
+        scope: row.scope,
+        tasks: row.tasks,
+    }))
+}
+
+pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TokenInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, scope, tasks, created_at, last_used_at FROM api_tokens ORDER BY created_at, id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Revokes a token at once: it is deleted.
+pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        .bind(id)
+        .execute(db)
+        .await?
+        .rows_affected();
+    Ok(deleted == 1)
+}
