@@ -26,7 +26,10 @@ impl Bench {
         let admin = PgConnectOptions::from_str(&url).unwrap();
         let name = format!("vfi_bench_{}", uuid::Uuid::new_v4().simple());
         let mut conn = admin.connect().await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(40)
             .connect_with(admin.clone().database(&name))
@@ -34,15 +37,30 @@ impl Bench {
             .unwrap();
         let sim = kubesim::KubeSim::start(sim).await.unwrap();
         let mut argv = vec![
-            "vfi-orchestrator", "serve", "--database-url", "postgres://unused", "--listen", "127.0.0.1:0",
+            "vfi-orchestrator",
+            "serve",
+            "--database-url",
+            "postgres://unused",
+            "--listen",
+            "127.0.0.1:0",
         ];
         argv.extend_from_slice(flags);
-        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
         let app = App::new(&args, db.clone(), sim.client()).await.unwrap();
         let base = format!("http://{}", app.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         tokio::spawn(app.run(shutdown.clone()));
-        Bench { db, base, http: reqwest::Client::new(), sim, shutdown, admin, name }
+        Bench {
+            db,
+            base,
+            http: reqwest::Client::new(),
+            sim,
+            shutdown,
+            admin,
+            name,
+        }
     }
 
     pub async fn stop(self) {
@@ -51,7 +69,9 @@ impl Bench {
         self.sim.shutdown().await;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let mut conn = self.admin.connect().await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut conn).await;
+        let _ = sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&mut conn)
+            .await;
     }
 }
 

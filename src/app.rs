@@ -5,7 +5,7 @@ use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, ServeArgs};
 use crate::domain::RunPolicy;
-use crate::http::{self, AppState, Limits};
+use crate::http::{self, AppState, EventHub, Limits};
 use crate::runtime::{self, Runtime, RuntimeSettings};
 use crate::store;
 use anyhow::Context;
@@ -43,6 +43,7 @@ impl App {
         db: sqlx::PgPool,
         client: kube::Client,
     ) -> anyhow::Result<App> {
+        crate::telemetry::metrics();
         if args.migrate_on_start {
             store::migrate(&db).await.context("applying migrations")?;
         }
@@ -56,6 +57,7 @@ impl App {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
             }),
             policy: Arc::new(policy(&args.cluster)),
+            events: EventHub::new(db.clone()),
         };
         Ok(App {
             state,
@@ -75,8 +77,15 @@ impl App {
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let loops = runtime::spawn(self.runtime.clone(), shutdown.clone());
         let router = http::router(self.state.clone());
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let events = self.state.events.clone();
+        let server = axum::serve(self.listener, router).with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            // Event streams never end by themselves: end them, or they would hold the server up.
+            async move {
+                shutdown.cancelled().await;
+                events.close();
+            }
+        });
         let server = tokio::spawn(std::future::IntoFuture::into_future(server));
 
         let (names, handles): (Vec<_>, Vec<_>) =

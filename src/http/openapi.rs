@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document (generated from the handlers by utoipa), served at `/openapi.json`,
 //! with a readable API page at `/docs`.
 
-use super::{health, runs, tasks, AppState};
+use super::{events, health, runs, tasks, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::OpenApi as Document;
@@ -20,6 +20,7 @@ use utoipa_scalar::{Scalar, Servable};
     tags(
         (name = "tasks", description = "Named, reusable run definitions"),
         (name = "runs", description = "Executions: each run is exactly one Kubernetes Job"),
+        (name = "events", description = "Live run and task changes (Server-Sent Events)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -40,6 +41,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::rerun))
         .routes(routes!(runs::list_pods))
         .routes(routes!(runs::history))
+        .routes(routes!(events::events))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use vfi_orchestrator::domain::RunPolicy;
-use vfi_orchestrator::http::{self, AppState, Limits};
+use vfi_orchestrator::http::{self, AppState, EventHub, Limits};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -30,6 +30,7 @@ impl TestApp {
                 namespaces: vec!["default".into(), "batch".into()],
                 service_accounts: vec!["default".into()],
             }),
+            events: EventHub::new(db.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
