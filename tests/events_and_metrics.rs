@@ -373,6 +373,8 @@ async fn last_event_id_resume_replays_exactly_what_came_after_then_goes_on_live(
     assert_eq!(next.kind, "run.created", "then live, with nothing repeated");
     assert_eq!(next.data["runId"], live.as_str());
     assert!(next.id > expected.last().unwrap().id);
+    drop((everything, resumed));
+    service.stop().await;
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
