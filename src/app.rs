@@ -7,7 +7,7 @@ use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
 use crate::domain::RunPolicy;
 use crate::http::server::ServerLimits;
-use crate::http::{self, AppState, AuthSettings, Limits, RateLimit};
+use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
 use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::pruner::RetentionSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
@@ -48,6 +48,7 @@ impl App {
         db: sqlx::PgPool,
         client: kube::Client,
     ) -> anyhow::Result<App> {
+        crate::telemetry::metrics();
         if args.migrate_on_start {
             store::migrate(&db).await.context("applying migrations")?;
         }
@@ -65,6 +66,7 @@ impl App {
             policy: Arc::new(policy(&args.cluster)),
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
+            events: EventHub::new(db.clone()),
         };
         Ok(App {
             state,
@@ -88,11 +90,20 @@ impl App {
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let loops = runtime::spawn(self.runtime.clone(), shutdown.clone());
         let router = http::router(self.state.clone());
+        let events = self.state.events.clone();
         let server = tokio::spawn(http::server::serve(
             self.listener,
             router,
             self.server_limits,
-            shutdown.clone().cancelled_owned(),
+            {
+                let shutdown = shutdown.clone();
+                // Event streams never end by themselves: end them, or they would hold the
+                // server up.
+                async move {
+                    shutdown.cancelled().await;
+                    events.close();
+                }
+            },
         ));
 
         let (names, handles): (Vec<_>, Vec<_>) =

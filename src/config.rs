@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +39,9 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Try it on one machine: a local PostgreSQL, kubesim in-process (running commands on this
+    /// machine), migrations and the API, without authentication. Ctrl-C stops everything.
+    Dev(DevArgs),
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -80,6 +84,42 @@ impl From<ScopeArg> for crate::domain::Scope {
             ScopeArg::Admin => crate::domain::Scope::Admin,
         }
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Address of the API and dashboard (keep it on loopback: dev mode has no authentication).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Folder for dev mode's state: PostgreSQL's data in `postgres/`, kubesim's kubeconfig.
+    /// A second `dev` with the same folder reuses the data.
+    #[arg(long, env = "DEV_DATA_DIR", default_value = ".dev")]
+    pub data_dir: PathBuf,
+    /// Use this PostgreSQL instead of starting one.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where runs go: kubesim in this process, or the cluster of the kubeconfig (`KUBECONFIG`,
+    /// `~/.kube/config`).
+    #[arg(long, value_enum, default_value_t = DevCluster::Kubesim)]
+    pub cluster: DevCluster,
+    /// How kubesim runs containers: `host` really runs their command on this machine (the
+    /// image is ignored), `scripted` only pretends (see kubesim's README).
+    #[arg(long, value_enum, default_value_t = DevRunner::Host)]
+    pub runner: DevRunner,
+    #[command(flatten)]
+    pub cluster_args: ClusterArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DevCluster {
+    Kubesim,
+    Kubeconfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DevRunner {
+    Host,
+    Scripted,
 }
 
 #[derive(Debug, Clone, Args)]

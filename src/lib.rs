@@ -7,6 +7,7 @@ pub mod app;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod dev;
 pub mod domain;
 pub mod error;
 pub mod http;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use vfi_orchestrator::app::{self, App};
 use vfi_orchestrator::config::{Cli, Command, TokenCommand};
-use vfi_orchestrator::{http, store, telemetry};
+use vfi_orchestrator::{dev, http, store, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -34,6 +34,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Dev(args) => dev::run(args).await,
         Command::Openapi => {
             println!("{}", http::openapi().to_pretty_json()?);
             Ok(())

@@ -3,12 +3,12 @@
 
 use super::problem::{ErrorChain, Problem};
 use super::Limits;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -47,12 +47,35 @@ pub fn wrap(app: Router, limits: &Limits) -> Router {
                     .into_response()
                 },
             ))
+            .layer(axum::middleware::from_fn(record_metrics))
             .layer(axum::middleware::from_fn(log_server_errors))
             .layer(axum::middleware::from_fn(move |req, next| {
                 with_timeout(timeout, req, next)
             }))
             .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
     )
+}
+
+/// Counts requests and their latency by method, matched route (never the raw path, whose ids
+/// would make a series per run) and status.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("vfi_http_requests_total", &labels).increment(1);
+    metrics::histogram!("vfi_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Logs the cause chain of 5xx answers (the body only says "see the logs").

@@ -2,11 +2,14 @@
 //! Handlers record intent in the store and return; they never talk to the cluster.
 
 pub mod auth;
+mod dashboard;
+mod events;
 mod extract;
 mod health;
 mod hooks;
 mod idempotency;
 mod logs;
+mod metrics;
 mod middleware;
 mod openapi;
 mod pagination;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::{AuthSettings, RateLimit};
+pub use events::{ChangeEvent, EventHub};
 pub use openapi::openapi;
 
 /// Request limits, from the configuration.
@@ -49,15 +53,20 @@ pub struct AppState {
     pub cluster: Cluster,
     /// Who may call: tokens, rate limits, browser origins.
     pub auth: Arc<AuthSettings>,
+    /// The process's fan-out of run and task events to `/v1/events` clients.
+    pub events: EventHub,
 }
 
-/// The whole HTTP application: API routes, OpenAPI document and docs page, middleware.
+/// The whole HTTP application: API routes, OpenAPI document and docs page, metrics, the
+/// dashboard, middleware.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = openapi::api_router().split_for_parts();
     let limits = state.limits.clone();
     let cors = cors(&state.auth.cors_origins);
     let app = api
         .merge(openapi::docs_router(doc))
+        .route("/metrics", axum::routing::get(metrics::metrics))
+        .merge(dashboard::router())
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document (generated from the handlers by utoipa), served at `/openapi.json`,
 //! with a readable API page at `/docs`.
 
-use super::{health, hooks, logs, runs, tasks, tokens, triggers, AppState};
+use super::{events, health, hooks, logs, runs, tasks, tokens, triggers, AppState};
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -26,6 +26,7 @@ use utoipa_scalar::{Scalar, Servable};
         (name = "runs", description = "Executions: each run is exactly one Kubernetes Job"),
         (name = "triggers", description = "Webhook triggers: Git pushes start runs"),
         (name = "tokens", description = "API tokens"),
+        (name = "events", description = "Live run and task changes (Server-Sent Events)"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -71,6 +72,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(hooks::receive))
         .routes(routes!(tokens::post_token, tokens::list_tokens))
         .routes(routes!(tokens::delete_token))
+        .routes(routes!(events::events))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }

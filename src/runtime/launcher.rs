@@ -9,6 +9,7 @@ use crate::cluster::jobs::{CreateError, Created};
 use crate::cluster::render;
 use crate::domain::{JobRef, Run, RunStatus};
 use crate::store::runs::{self, StatusDetail};
+use crate::telemetry;
 use backon::BackoffBuilder;
 use futures::StreamExt;
 use std::time::Duration;
@@ -73,6 +74,7 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
                 .increment(1);
             tracing::info!(job = %job_ref.name, adopted, "job created");
             runs::mark_created(&runtime.db, run.id, &JobRef { uid, ..job_ref }).await?;
+            telemetry::run_launched(run.task.as_deref(), run.created_at);
         }
         Err(CreateError::Transient(message)) => {
             metrics::counter!("vfi_launcher_errors_total", "kind" => "transient").increment(1);
@@ -128,7 +130,16 @@ async fn fail(
     )
     .await
     {
-        Ok(_) => Ok(()),
+        Ok(failed) => {
+            telemetry::run_finished(
+                failed.task.as_deref(),
+                failed.status,
+                failed.created_at,
+                failed.started_at,
+                failed.finished_at,
+            );
+            Ok(())
+        }
         Err(runs::TransitionOutcome::Database(e)) => Err(e),
         // Cancelled meanwhile: its status stays.
         Err(runs::TransitionOutcome::Refused(_)) => Ok(()),

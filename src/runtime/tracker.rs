@@ -8,6 +8,7 @@ use super::Runtime;
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, RunStatus};
 use crate::store::{self, runs::Observation};
+use crate::telemetry;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -169,6 +170,7 @@ async fn record(runtime: &Runtime, run_id: Uuid, job: &Job, seen: &observe::JobO
     if observed.previous != observed.current {
         metrics::counter!("vfi_run_status_changes_total", "status" => observed.current.as_str())
             .increment(1);
+        record_finished(&observed);
         tracing::info!(%run_id, from = %observed.previous, to = %observed.current, "run status changed");
     }
     if !observed.current.is_final() {
@@ -184,6 +186,19 @@ async fn record(runtime: &Runtime, run_id: Uuid, job: &Job, seen: &observe::JobO
         }
     } else if holds_finalizer {
         release(runtime, job).await;
+    }
+}
+
+/// Records the duration of a run that this change finished.
+fn record_finished(observed: &store::runs::Observed) {
+    if let (true, Some(run)) = (observed.current.is_final(), &observed.changed) {
+        telemetry::run_finished(
+            run.task_name.as_deref(),
+            observed.current,
+            run.created_at,
+            run.started_at,
+            run.finished_at,
+        );
     }
 }
 
@@ -223,8 +238,12 @@ async fn reconcile(runtime: &Runtime, namespace: &str, listed: &HashSet<Uuid>) {
                     finished_at: None,
                     job: None,
                 };
-                if let Err(error) = store::runs::observe(&runtime.db, run.id, &observation).await {
-                    tracing::warn!(run_id = %run.id, error = %error, "reconcile: recording a lost run failed");
+                match store::runs::observe(&runtime.db, run.id, &observation).await {
+                    Ok(Some(observed)) => record_finished(&observed),
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(run_id = %run.id, error = %error, "reconcile: recording a lost run failed");
+                    }
                 }
             }
             Err(error) => {

@@ -1,6 +1,7 @@
 //! All SQL of the service. Functions take any executor (pool, connection or transaction) so the
 //! caller decides what is atomic. This is the only module that writes run status.
 
+pub mod events;
 pub mod idempotency;
 pub mod logs;
 pub mod pods;

@@ -283,10 +283,49 @@ pub async fn retry_launch_later(
 }
 
 /// A status change that an observation caused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub previous: RunStatus,
     pub current: RunStatus,
+    /// The run's task and times after the change (for metrics), when there was a change.
+    pub changed: Option<RunTimes>,
+}
+
+/// A run's task and times, as a status change left them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunTimes {
+    pub task_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ObservedRow {
+    previous: RunStatus,
+    current: RunStatus,
+    task_name: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<ObservedRow> for Observed {
+    fn from(row: ObservedRow) -> Observed {
+        Observed {
+            previous: row.previous,
+            current: row.current,
+            changed: row
+                .created_at
+                .filter(|_| row.previous != row.current)
+                .map(|created_at| RunTimes {
+                    task_name: row.task_name,
+                    created_at,
+                    started_at: row.started_at,
+                    finished_at: row.finished_at,
+                }),
+        }
+    }
 }
 
 /// What the cluster says about a run: the status it implies and the pod counts.
@@ -312,7 +351,7 @@ pub async fn observe(
         Some(job) => (Some(&job.namespace), Some(&job.name), job.uid.as_ref()),
         None => (None, None, None),
     };
-    let row: Option<(RunStatus, RunStatus)> = sqlx::query_as(
+    let row: Option<ObservedRow> = sqlx::query_as(
         "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE),
          updated AS (
             UPDATE runs r SET
@@ -333,9 +372,10 @@ pub async fn observe(
             FROM current
             WHERE r.id = current.id
               AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
-            RETURNING r.status)
-         SELECT current.status, coalesce((SELECT status FROM updated), current.status)
-         FROM current",
+            RETURNING r.status, r.task_name, r.created_at, r.started_at, r.finished_at)
+         SELECT current.status AS previous, coalesce(u.status, current.status) AS current,
+                u.task_name, u.created_at, u.started_at, u.finished_at
+         FROM current LEFT JOIN updated u ON true",
     )
     .bind(id)
     .bind(predecessors(seen.status))
@@ -354,7 +394,7 @@ pub async fn observe(
     .bind(uid)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|(previous, current)| Observed { previous, current }))
+    Ok(row.map(Observed::from))
 }
 
 /// Moves a run forward to `to` if the state machine allows it from where the run is now; a run
@@ -364,14 +404,15 @@ pub async fn advance(
     id: Uuid,
     to: RunStatus,
 ) -> Result<Option<Observed>, sqlx::Error> {
-    let row: Option<(RunStatus, RunStatus)> = sqlx::query_as(
+    let row: Option<ObservedRow> = sqlx::query_as(
         "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
          UPDATE runs r SET status = $3, updated_at = now(),
              started_at = CASE WHEN $3 = 'running' THEN coalesce(r.started_at, now()) ELSE r.started_at END,
              finished_at = CASE WHEN $4 THEN now() ELSE r.finished_at END,
              lease_owner = NULL, lease_until = NULL
          FROM current WHERE r.id = current.id AND r.status = ANY($2)
-         RETURNING current.status, r.status",
+         RETURNING current.status AS previous, r.status AS current, r.task_name, r.created_at,
+             r.started_at, r.finished_at",
     )
     .bind(id)
     .bind(predecessors(to))
@@ -379,7 +420,7 @@ pub async fn advance(
     .bind(to.is_final())
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|(previous, current)| Observed { previous, current }))
+    Ok(row.map(Observed::from))
 }
 
 /// Cancels a run wherever it is in its life; its Job, if any, is deleted by the tracker.

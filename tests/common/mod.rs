@@ -13,7 +13,7 @@ use vfi_orchestrator::cluster::ClusterSettings;
 use vfi_orchestrator::domain::{RunPolicy, Scope};
 use vfi_orchestrator::http::server::ServerLimits;
 use vfi_orchestrator::http::tokens::{create_token, TokenRequest};
-use vfi_orchestrator::http::{self, AppState, AuthSettings, Limits, RateLimit};
+use vfi_orchestrator::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -93,6 +93,7 @@ impl TestApp {
                     .map(|o| o.parse().unwrap())
                     .collect(),
             }),
+            events: EventHub::new(db.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
