@@ -31,7 +31,6 @@ pub enum LogFormat {
 // Parsed once at start-up; boxing the big variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once at start-up
 pub enum Command {
     /// Run the service.
     Serve(ServeArgs),
