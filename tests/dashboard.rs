@@ -86,7 +86,9 @@ async fn dashboard_starts_calculatepi_and_shows_it_succeed_in_the_runs_list(db: 
         }
     };
     let sim = kubesim(RunnerKind::Host).await;
-    let service = Service::start(db, sim.client(), &[]).await;
+    // The browser has no token: the dashboard runs against a service with authentication off,
+    // as in dev mode (token entry is for installations with it on).
+    let service = Service::start(db, sim.client(), &["--auth-disabled"]).await;
     let profile =
         std::env::temp_dir().join(format!("vfi-chromium-{}", uuid::Uuid::new_v4().simple()));
     let mut capabilities = serde_json::Map::new();

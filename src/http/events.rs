@@ -6,6 +6,7 @@
 //! every row after the last one it sent, so coalesced or lost notifications lose nothing. The
 //! hub never acts on the cluster and writes nothing.
 
+use super::auth::{Authorized, ForRead};
 use super::problem::Problem;
 use crate::error::{Error, Result};
 use crate::store::events::{self, StoredEvent};
@@ -249,6 +250,7 @@ pub struct EventsQuery {
 /// sent every 15 s to keep proxies from closing an idle stream.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
+    security(("bearer" = ["read"])),
     params(
         EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
@@ -256,13 +258,18 @@ pub struct EventsQuery {
     responses(
         (status = 200, description = "An endless stream of events", body = ChangeEvent, content_type = "text/event-stream"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn events(
+    auth: Authorized<ForRead>,
     State(hub): State<EventHub>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    // A token limited to some tasks sees only a task it may read, named in `?task=`.
+    auth.task(query.task.as_deref())?;
     let resume = match headers.get("last-event-id") {
         None => None,
         Some(value) => Some(

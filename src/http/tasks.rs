@@ -138,20 +138,25 @@ pub struct BackfillResult {
 /// already have one are left alone. The concurrency policy does not apply: an admin asked.
 #[utoipa::path(
     post, path = "/v1/tasks/{name}/backfill", tag = "tasks",
+    security(("bearer" = ["admin"])),
     params(("name" = String, Path, description = "Task name")),
     request_body = BackfillRequest,
     responses(
         (status = 200, body = BackfillResult),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No schedule, or an invalid range", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn backfill(
+    auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResult>> {
     let name = parse_name(name)?;
+    auth.task(Some(name.as_str()))?;
     let task = store::tasks::get(&db, name.as_str())
         .await?
         .ok_or_else(|| Error::NotFound {

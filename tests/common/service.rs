@@ -73,9 +73,14 @@ impl Service {
         let Command::Serve(args) = Cli::try_parse_from(argv).expect("valid flags").command else {
             unreachable!()
         };
-        let mut app = App::new(&args, db.clone(), client)
+        // Its own pool, as a real replica has: the loops hold some connections for LISTEN and
+        // locks, and two services in one test must not starve each other of the test's pool.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(args.database.db_max_connections)
+            .connect_with((*db.connect_options()).clone())
             .await
-            .expect("service builds");
+            .expect("a pool for the service");
+        let mut app = App::new(&args, pool, client).await.expect("service builds");
         if let Some(clock) = clock {
             app.runtime.clock = std::sync::Arc::new(clock);
         }
