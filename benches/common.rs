@@ -43,6 +43,10 @@ impl Bench {
             "postgres://unused",
             "--listen",
             "127.0.0.1:0",
+            // The probes measure the service, not authentication.
+            "--auth-disabled",
+            "--rate-limit-per-second",
+            "0",
         ];
         argv.extend_from_slice(flags);
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {

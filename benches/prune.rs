@@ -79,6 +79,10 @@ async fn main() -> anyhow::Result<()> {
         "127.0.0.1:0",
         "--prune-interval-ms",
         "100",
+        // The load clients measure the API, not authentication.
+        "--auth-disabled",
+        "--rate-limit-per-second",
+        "0",
     ];
     let Command::Serve(args) = Cli::try_parse_from(argv)?.command else {
         unreachable!()

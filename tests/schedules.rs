@@ -459,6 +459,35 @@ async fn two_instances_on_one_database_never_fire_a_scheduled_time_twice(db: PgP
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn two_whole_services_on_one_database_fire_each_minute_of_an_hour_once(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let start = utc("2026-01-05T10:00:30Z");
+    let clock = ManualClock::new(start);
+    let first = Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
+    let _second =
+        Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
+    put_task(
+        &first,
+        "shared",
+        json!({"template": scripted(1, json!({})), "schedule": "* * * * *"}),
+    )
+    .await;
+    wait_considered(&db, "shared", start).await;
+
+    // Both replicas' schedulers wake at every minute of an hour.
+    for minute in 1..=60 {
+        let time = utc("2026-01-05T10:00:00Z") + Duration::minutes(minute);
+        advance_to(&clock, &db, "shared", time).await;
+    }
+
+    let runs = scheduled_runs(&db, "shared").await;
+    let distinct: std::collections::BTreeSet<_> = runs.iter().map(|r| r.0).collect();
+    assert_eq!(runs.len(), 60, "one run per minute");
+    assert_eq!(distinct.len(), 60, "no scheduled time twice");
+    assert!(skips(&db, "shared").await.is_empty());
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn the_global_maximum_age_prunes_old_finished_runs_but_never_an_active_one(db: PgPool) {
     let sim = kubesim(RunnerKind::Scripted).await;
     // Recorded while nothing runs, then aged by hand.

@@ -108,6 +108,11 @@ async fn pump(inner: Arc<Inner>) {
     };
     let mut gap: Option<(i64, Instant)> = None;
     loop {
+        // A closed pool (the process is stopping) ends the hub; otherwise the failing LISTEN
+        // would wake it at once, again and again.
+        if inner.db.is_closed() {
+            return;
+        }
         let waiting = match broadcast_new(&inner, &mut gap).await {
             Ok(waiting) => waiting,
             Err(error) => {

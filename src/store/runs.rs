@@ -343,10 +343,12 @@ pub struct Observation<'a> {
 /// or replayed event never moves a run back), counts follow the cluster, and a final run is
 /// never touched. Returns the run's status before and after, or `None` if there is no such run.
 pub async fn observe(
-    db: impl PgExecutor<'_>,
+    db: &sqlx::PgPool,
     id: Uuid,
     seen: &Observation<'_>,
 ) -> Result<Option<Observed>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let previous = step_through_pending(&mut tx, id, seen.status).await?;
     let (namespace, name, uid) = match seen.job {
         Some(job) => (Some(&job.namespace), Some(&job.name), job.uid.as_ref()),
         None => (None, None, None),
@@ -392,18 +394,56 @@ pub async fn observe(
     .bind(namespace)
     .bind(name)
     .bind(uid)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(row.map(Observed::from))
+    tx.commit().await?;
+    Ok(row.map(|row| stepped(previous, row)))
+}
+
+/// A run seen in the cluster has a Job. A `creating` run that an event moves further first
+/// passes `pending`, so every history shows the Job's creation whichever event arrives first
+/// (a pod can be seen running before the launcher has recorded the Job it created).
+async fn step_through_pending(
+    conn: &mut PgConnection,
+    id: Uuid,
+    to: RunStatus,
+) -> Result<Option<RunStatus>, sqlx::Error> {
+    if matches!(
+        to,
+        RunStatus::Queued | RunStatus::Creating | RunStatus::Pending
+    ) {
+        return Ok(None);
+    }
+    let stepped = sqlx::query(
+        "UPDATE runs SET status = 'pending', updated_at = now(), lease_owner = NULL,
+             lease_until = NULL
+         WHERE id = $1 AND status = 'creating'",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok((stepped == 1).then_some(RunStatus::Creating))
+}
+
+/// The change an update made, counting a step through `pending` as part of it.
+fn stepped(previous: Option<RunStatus>, row: ObservedRow) -> Observed {
+    let mut observed = Observed::from(row);
+    if let Some(previous) = previous {
+        observed.previous = previous;
+    }
+    observed
 }
 
 /// Moves a run forward to `to` if the state machine allows it from where the run is now; a run
 /// already past it is left alone. Returns the change, if any.
 pub async fn advance(
-    db: impl PgExecutor<'_>,
+    db: &sqlx::PgPool,
     id: Uuid,
     to: RunStatus,
 ) -> Result<Option<Observed>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let previous = step_through_pending(&mut tx, id, to).await?;
     let row: Option<ObservedRow> = sqlx::query_as(
         "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
          UPDATE runs r SET status = $3, updated_at = now(),
@@ -418,9 +458,10 @@ pub async fn advance(
     .bind(predecessors(to))
     .bind(to)
     .bind(to.is_final())
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(row.map(Observed::from))
+    tx.commit().await?;
+    Ok(row.map(|row| stepped(previous, row)))
 }
 
 /// Cancels a run wherever it is in its life; its Job, if any, is deleted by the tracker.
