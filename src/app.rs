@@ -185,6 +185,8 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             concurrency: args.log_capture_concurrency.max(1),
             lease: Duration::from_secs(args.launch_lease_secs.max(5)),
             flush_interval: Duration::from_millis(args.log_flush_ms.max(10)),
+            max_age: (args.log_max_age_hours > 0)
+                .then(|| Duration::from_secs(args.log_max_age_hours * 3600)),
         },
         instance.clone(),
     );

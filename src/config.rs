@@ -243,6 +243,10 @@ pub struct ClusterArgs {
     /// Milliseconds read log lines may wait before they are written to the archive.
     #[arg(long, env = "LOG_FLUSH_MS", default_value_t = 1000)]
     pub log_flush_ms: u64,
+    /// Archived pod logs older than this many hours are deleted even while their run is kept;
+    /// 0 keeps them as long as their run.
+    #[arg(long, env = "LOG_MAX_AGE_HOURS", default_value_t = 0)]
+    pub log_max_age_hours: u64,
     #[command(flatten)]
     pub retention: RetentionArgs,
 }

@@ -433,3 +433,51 @@ async fn log_options_tail_since_timestamps_limit_and_bad_values(db: PgPool) {
         assert_eq!(problem["errors"][0]["field"], field, "{query}");
     }
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn archives_past_their_own_age_limit_are_deleted_while_the_run_stays(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let api_only = common::TestApp::spawn(db.clone()).await;
+    let old = api_only.submit(&scripted(&[], json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recent = api_only.submit(&scripted(&[], json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (id, age) in [(&old, "2 hours"), (&recent, "10 minutes")] {
+        sqlx::query(&format!(
+            "INSERT INTO pod_logs (run_id, pod_name, state, completed_at)
+             VALUES ($1::uuid, 'p', 'complete', now() - interval '{age}')"
+        ))
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+
+    let _service = Service::start(db.clone(), sim.client(), &["--log-max-age-hours", "1"]).await;
+    eventually("the old archive to expire", WAIT, || {
+        let db = db.clone();
+        async move {
+            let left: Vec<String> =
+                sqlx::query_scalar("SELECT run_id::text FROM pod_logs WHERE pod_name = 'p'")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+            left.len() == 1
+        }
+    })
+    .await;
+    let left: String = sqlx::query_scalar("SELECT run_id::text FROM pod_logs WHERE pod_name = 'p'")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, recent, "the recent archive stays");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(runs, 2, "runs outlive their expired logs");
+}

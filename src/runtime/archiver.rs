@@ -37,6 +37,8 @@ pub struct LogSettings {
     pub lease: Duration,
     /// Longest time read lines wait before they are written.
     pub flush_interval: Duration,
+    /// Archives older than this are deleted (their runs stay); `None` keeps them with their run.
+    pub max_age: Option<Duration>,
 }
 
 /// Hands pods to capture tasks. Cheap to clone.
@@ -400,4 +402,32 @@ fn container_ended(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     matches!(phase, Some("Succeeded" | "Failed"))
         || main_container(pod).is_some_and(|s| s.terminated.is_some())
+}
+
+/// Deletes archived logs past their own age limit, in batches, now and then. Runs keep their
+/// records; reading such a run's log then says no log is available.
+pub async fn expire_logs(archiver: Archiver, shutdown: CancellationToken) {
+    let Some(max_age) = archiver.inner.settings.max_age else {
+        return shutdown.cancelled().await;
+    };
+    loop {
+        let before = chrono::Utc::now() - chrono::Duration::from_std(max_age).unwrap_or_default();
+        loop {
+            match logs::delete_completed_before(&archiver.inner.db, before, 500).await {
+                Ok(0) => break,
+                Ok(deleted) => {
+                    metrics::counter!("vfi_log_archives_expired_total").increment(deleted);
+                    tracing::info!(deleted, "expired archived pod logs");
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "expiring archived logs failed; retrying later");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+        }
+    }
 }

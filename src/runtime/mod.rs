@@ -91,6 +91,13 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         handle: tokio::spawn(scheduler::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
+        name: "log-expiry".into(),
+        handle: tokio::spawn(archiver::expire_logs(
+            runtime.archiver.clone(),
+            shutdown.clone(),
+        )),
+    });
+    loops.push(Loop {
         name: "pruner".into(),
         handle: tokio::spawn(pruner::run(runtime.clone(), shutdown.clone())),
     });
