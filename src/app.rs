@@ -110,10 +110,14 @@ impl App {
             loops.into_iter().map(|l| (l.name, l.handle)).unzip();
         let mut handles = futures::future::select_all(handles);
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {}
             (result, index, rest) = &mut handles => {
-                tracing::error!(loop_name = %names[index], ?result, "a loop stopped on its own; shutting down");
-                shutdown.cancel();
+                // Loops end when shutdown is asked; only an end before that is an error.
+                if !shutdown.is_cancelled() {
+                    tracing::error!(loop_name = %names[index], ?result, "a loop stopped on its own; shutting down");
+                    shutdown.cancel();
+                }
                 handles = futures::future::select_all(rest);
             }
         }
