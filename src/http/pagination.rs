@@ -20,6 +20,22 @@ pub fn limit(requested: Option<i64>) -> Result<i64, Error> {
     }
 }
 
+/// Turns a fetch of `limit + 1` items into a page: the first `limit`, and the cursor of the last
+/// of them when more follow.
+pub fn page<T>(
+    mut items: Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        let next = items.last().map(cursor);
+        (items, next)
+    } else {
+        (items, None)
+    }
+}
+
 pub fn encode_run_cursor(id: Uuid) -> String {
     URL_SAFE_NO_PAD.encode(id.as_bytes())
 }

@@ -222,13 +222,9 @@ pub async fn list_runs(
             .transpose()?
             .unwrap_or_default(),
     };
-    let mut items = store::runs::list(&db, &filter, before, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| pagination::encode_run_cursor(r.id))
-    } else {
-        None
-    };
+    let fetched = store::runs::list(&db, &filter, before, limit + 1).await?;
+    let (items, next_cursor) =
+        pagination::page(fetched, limit, |r| pagination::encode_run_cursor(r.id));
     Ok(Json(RunPage { items, next_cursor }))
 }
 

@@ -285,14 +285,8 @@ pub async fn list_tasks(
         .as_deref()
         .map(pagination::decode_name_cursor)
         .transpose()?;
-    let mut items = store::tasks::list(&db, after.as_deref(), limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items
-            .last()
-            .map(|t| pagination::encode_name_cursor(&t.name))
-    } else {
-        None
-    };
+    let fetched = store::tasks::list(&db, after.as_deref(), limit + 1).await?;
+    let (items, next_cursor) =
+        pagination::page(fetched, limit, |t| pagination::encode_name_cursor(&t.name));
     Ok(Json(TaskPage { items, next_cursor }))
 }
