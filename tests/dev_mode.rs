@@ -16,8 +16,10 @@ struct Dev {
 
 impl Dev {
     async fn start(data: &Path, port: u16, name: &str) -> Dev {
-        let out = data.with_extension(format!("{name}.out"));
-        let log = data.with_extension(format!("{name}.log"));
+        // Inside the data folder, so the test's clean-up removes them too.
+        std::fs::create_dir_all(data).unwrap();
+        let out = data.join(format!("{name}.out"));
+        let log = data.join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_vfi-orchestrator"))
             .args(["dev", "--data-dir"])
             .arg(data)

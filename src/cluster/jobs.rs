@@ -2,7 +2,7 @@
 
 use super::{keys, observe, ClusterSettings};
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -88,38 +88,10 @@ impl Cluster {
     }
 
     /// Removes the service's tracking finalizer from a Job, once its outcome is recorded.
-    /// Uses a JSON patch guarded by the list's content, so other finalizers are kept.
     #[tracing::instrument(skip(self, job), fields(job = job.metadata.name.as_deref()))]
     pub async fn release_job(&self, job: &Job) -> Result<(), kube::Error> {
-        let Some(finalizers) = job.metadata.finalizers.as_ref() else {
-            return Ok(());
-        };
-        let Some(index) = finalizers
-            .iter()
-            .position(|f| f == keys::TRACKING_FINALIZER)
-        else {
-            return Ok(());
-        };
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": keys::TRACKING_FINALIZER},
-            {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-        ]))
-        .expect("a well-formed JSON patch");
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
-        match self
-            .jobs(namespace)
-            .patch(
-                &job.name_any(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Gone already, or the list changed under us (the next event retries).
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(error) => Err(error),
-        }
+        super::remove_finalizer(&self.jobs(namespace), job, keys::TRACKING_FINALIZER).await
     }
 }
 

@@ -2,6 +2,10 @@
 //! Jobs, the tracking finalizer, and reading what Jobs and Pods report (pure). It talks to the
 //! cluster only through kube-rs, exactly as against any real API server.
 
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
 pub mod jobs;
 pub mod observe;
 pub mod pods;
@@ -51,5 +55,38 @@ impl ClusterSettings {
     /// The label selector matching this installation's Jobs and pods.
     pub fn selector(&self) -> String {
         format!("{}={}", keys::INSTALLATION, self.installation)
+    }
+}
+
+/// Removes `finalizer` from `object` with a JSON patch whose `test` op guards the index, so the
+/// other finalizers are kept and a concurrent change makes the patch fail rather than remove the
+/// wrong entry. An object without the finalizer, or already gone, is fine.
+pub(crate) async fn remove_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(index) = object.finalizers().iter().position(|f| f == finalizer) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]))
+    .expect("a well-formed JSON patch");
+    match api
+        .patch(
+            &object.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(error),
     }
 }

@@ -4,7 +4,7 @@ use super::jobs::Cluster;
 use super::keys;
 use futures::AsyncBufRead;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{LogParams, Patch, PatchParams};
+use kube::api::LogParams;
 use kube::{Api, ResourceExt};
 
 /// How to read a pod's log. Logs are always read with timestamps, which the archive keeps and
@@ -42,31 +42,7 @@ impl Cluster {
     /// up on). A pod already gone is fine.
     #[tracing::instrument(skip(self, pod), fields(pod = %pod.name_any()))]
     pub async fn release_pod(&self, pod: &Pod) -> Result<(), kube::Error> {
-        let Some(index) = pod
-            .finalizers()
-            .iter()
-            .position(|f| f == keys::LOG_FINALIZER)
-        else {
-            return Ok(());
-        };
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": keys::LOG_FINALIZER},
-            {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-        ]))
-        .expect("a well-formed JSON patch");
         let namespace = pod.namespace().unwrap_or_else(|| "default".into());
-        match self
-            .pods(&namespace)
-            .patch(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Json::<()>(patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(error) => Err(error),
-        }
+        super::remove_finalizer(&self.pods(&namespace), pod, keys::LOG_FINALIZER).await
     }
 }
