@@ -301,9 +301,42 @@ async fn a_job_the_api_server_refuses_fails_the_run_with_its_message(db: PgPool)
 async fn transient_api_failures_are_retried_and_shown_on_the_run(db: PgPool) {
     let sim = kubesim(RunnerKind::Scripted).await;
     let service = Service::start(db, sim.client(), &[]).await;
-    // Let the watchers settle, then fail the launcher's create calls.
+    // Let the warm-up run's after-work finish (finalizers released, log archived) so that
+    // nothing but the launcher calls the API server next; then fail its create calls.
     let warmup = service.submit(scripted(&[], json!({}))).await;
     service.wait_for(&warmup, "succeeded", WAIT).await;
+    eventually("the warm-up run to be fully released", WAIT, || {
+        let client = sim.client();
+        let service = &service;
+        let warmup = warmup.clone();
+        async move {
+            let logs_done = service.get(&format!("/v1/runs/{warmup}/pods")).await[0]["name"]
+                .is_string()
+                && sqlx::query_scalar::<_, String>(
+                    "SELECT state FROM pod_logs WHERE run_id = $1::uuid",
+                )
+                .bind(&warmup)
+                .fetch_optional(&service.db)
+                .await
+                .unwrap()
+                .as_deref()
+                    == Some("complete");
+            let jobs = jobs_of(&client, &warmup).await;
+            let pods = pods_of(&client, &warmup).await;
+            logs_done
+                && jobs
+                    .iter()
+                    .all(|j| j.metadata.finalizers.as_ref().is_none_or(|f| f.is_empty()))
+                && pods.iter().all(|p| {
+                    !p.metadata
+                        .finalizers
+                        .iter()
+                        .flatten()
+                        .any(|f| f.starts_with("vfi-orchestrator.io/"))
+                })
+        }
+    })
+    .await;
     sim.faults().fail_requests(2, 500, None);
 
     let id = service.submit(scripted(&[], json!({}))).await;
