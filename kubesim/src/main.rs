@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use kubesim::faults::{Fault, FaultKind};
 use kubesim::{KubeSim, RunnerKind, SimConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,6 +51,54 @@ struct Args {
         default_value = "./kubesim.kubeconfig"
     )]
     kubeconfig: PathBuf,
+    /// Faults in force from the start (repeatable), each `key=value,...` with the fields of
+    /// the admin endpoint's JSON (`POST /kubesim/faults`, see kubesim/README.md): e.g.
+    /// `--fault-error status=503,count=10,verb=POST`.
+    #[arg(long, value_name = "SPEC")]
+    fault_error: Vec<String>,
+    /// Watch requests get a 410 Expired ERROR event, e.g. `count=3`.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    fault_watch_gone: Vec<String>,
+    /// Requests are accepted and not answered, e.g. `seconds=20,verb=POST`.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    fault_hang: Vec<String>,
+    /// Requests wait first, e.g. `delayMs=200`.
+    #[arg(long, value_name = "SPEC")]
+    fault_latency: Vec<String>,
+    /// Every request gets 503, e.g. `seconds=10`.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    fault_outage: Vec<String>,
+    /// Watch and log streams stay open without sending a byte, e.g. `seconds=30`.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    fault_stall_streams: Vec<String>,
+    /// The Job controller and kubelet make no progress, e.g. `seconds=30`.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    fault_pause_controller: Vec<String>,
+}
+
+impl Args {
+    /// The `--fault-*` flags as faults, or the first one that does not parse.
+    fn faults(&self) -> Result<Vec<Fault>, String> {
+        let flags = [
+            (FaultKind::Error, &self.fault_error),
+            (FaultKind::WatchGone, &self.fault_watch_gone),
+            (FaultKind::Hang, &self.fault_hang),
+            (FaultKind::Latency, &self.fault_latency),
+            (FaultKind::Outage, &self.fault_outage),
+            (FaultKind::StallStreams, &self.fault_stall_streams),
+            (FaultKind::PauseController, &self.fault_pause_controller),
+        ];
+        let mut faults = Vec::new();
+        for (kind, specs) in flags {
+            for spec in specs {
+                faults.push(
+                    Fault::from_flag(kind, spec)
+                        .map_err(|e| format!("--fault {kind:?} {spec:?}: {e}"))?,
+                );
+            }
+        }
+        Ok(faults)
+    }
 }
 
 #[tokio::main]
@@ -61,6 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    let faults = args.faults()?;
     let sim = KubeSim::start(SimConfig {
         runner: match args.runner {
             Runner::Scripted => RunnerKind::Scripted,
@@ -73,6 +123,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;
+    for fault in faults {
+        sim.faults().add(fault)?;
+    }
     tracing::info!(url = %sim.url(), kubeconfig = %args.kubeconfig.display(), "kubesim ready");
     println!(
         "kubesim listening on {}\nexport KUBECONFIG={}",

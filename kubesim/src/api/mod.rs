@@ -3,6 +3,7 @@
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
 
+pub mod admin;
 pub mod discovery;
 pub mod logs;
 pub mod protobuf;
@@ -146,14 +147,18 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
 
 async fn faults_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let faults = &state.faults;
-    let latency = faults.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if faults.outage() {
+    let hit = faults.for_request(req.method().as_str(), req.uri().path());
+    if hit.outage {
         return Status::from_code(503, None).into_response();
     }
-    if let Some((code, retry_after)) = faults.take_failure() {
+    if let Some((id, until)) = hit.hang {
+        tracing::debug!(method = %req.method(), uri = %req.uri(), "request hung by a fault");
+        faults.hang(id, until).await;
+    }
+    if !hit.latency.is_zero() {
+        tokio::time::sleep(hit.latency).await;
+    }
+    if let Some((code, retry_after)) = hit.error {
         return Status::from_code(code, retry_after).into_response();
     }
     tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
@@ -255,5 +260,16 @@ pub fn router(state: AppState) -> Router {
         // The real server accepts request bodies up to 3 MiB (axum's default is 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
         .layer(middleware::from_fn_with_state(state.clone(), faults_layer))
+        // Added after the fault layer, so faults never block their own removal.
+        .route(
+            admin::FAULTS_PATH,
+            get(admin::list_faults)
+                .post(admin::add_fault)
+                .delete(admin::clear_faults),
+        )
+        .route(
+            &format!("{}/{{id}}", admin::FAULTS_PATH),
+            axum::routing::delete(admin::remove_fault),
+        )
         .with_state(state)
 }
