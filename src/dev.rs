@@ -175,8 +175,9 @@ fn banner(
 }
 
 /// A PostgreSQL server in a data folder, run as the `postgres` user when this process is root
-/// (PostgreSQL refuses to run as root). Stopped on [`Postgres::stop`] or when dropped.
-struct Postgres {
+/// (PostgreSQL refuses to run as root). Stopped on [`Postgres::stop`] or when dropped. Tests use
+/// it too, for a server of their own they may stop and start again.
+pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
@@ -185,7 +186,9 @@ struct Postgres {
 }
 
 impl Postgres {
-    fn start(data: &Path) -> anyhow::Result<Postgres> {
+    /// Creates the database cluster in `data` unless it exists, and starts the server on a free
+    /// port (or adopts the one already running there).
+    pub fn start(data: &Path) -> anyhow::Result<Postgres> {
         let bin = find_pg_bin().context(
             "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin. \
              Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`, macOS: `brew install \
@@ -245,6 +248,22 @@ impl Postgres {
             return Ok(postgres);
         }
         postgres.port = free_port()?;
+        postgres.launch()?;
+        Ok(postgres)
+    }
+
+    /// Starts the server again after [`Postgres::stop_fast`], on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.stopped {
+            self.launch()?;
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let postgres = self;
+        let data = postgres.data.clone();
+        let data = data.as_path();
         let log = data.join("server.log");
         let output = postgres
             .command("pg_ctl")
@@ -271,10 +290,10 @@ impl Postgres {
         }
         postgres.stopped = false;
         tracing::info!(port = postgres.port, "PostgreSQL started");
-        Ok(postgres)
+        Ok(())
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -310,7 +329,12 @@ impl Postgres {
         pid_file.lines().nth(3)?.trim().parse().ok()
     }
 
-    fn stop(mut self) {
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` does: open sessions end with SQLSTATE 57P01.
+    pub fn stop_fast(&mut self) {
         self.stop_now();
     }
 

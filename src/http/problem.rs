@@ -196,6 +196,11 @@ impl IntoResponse for Error {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
             }
+            Error::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS.into());
+            }
             _ => {}
         }
         // The logging middleware reports the cause chain of server-side errors.
@@ -205,6 +210,10 @@ impl IntoResponse for Error {
         response
     }
 }
+
+/// How long a client should wait after a 503 for an unavailable database: long enough for a
+/// restart's connection refusals to pass, short enough not to hold up a client for nothing.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 /// Whole seconds to wait, at least one.
 fn retry_after_secs(wait: std::time::Duration) -> u64 {

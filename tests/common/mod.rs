@@ -261,4 +261,5 @@ pub async fn assert_problem(response: Response, status: StatusCode, field: Optio
     body
 }
 
+pub mod postgres;
 pub mod service;
