@@ -31,9 +31,14 @@ impl App {
     /// Connects to the database and to the cluster of the kubeconfig (or the in-cluster service
     /// account), and binds the listener.
     pub async fn build(args: &ServeArgs) -> anyhow::Result<App> {
-        let client = kube::Client::try_default()
+        let mut config = kube::Config::infer()
             .await
             .context("no Kubernetes configuration: set KUBECONFIG, or run in a cluster")?;
+        config.connect_timeout = Some(Duration::from_secs(
+            args.cluster.kube_connect_timeout_secs.max(1),
+        ));
+        let client =
+            kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
         let db = store::pool(
             &args.database.database_url,
             args.database.db_max_connections,
@@ -167,7 +172,10 @@ fn policy(args: &ClusterArgs) -> RunPolicy {
 
 fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {
     let cluster = Cluster {
-        client,
+        client: crate::cluster::with_timeout(
+            client,
+            Duration::from_secs(args.kube_request_timeout_secs.max(1)),
+        ),
         settings: Arc::new(ClusterSettings {
             installation: args.installation.clone(),
             namespaces: args.namespaces.clone(),
@@ -206,6 +214,7 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             launcher_poll: Duration::from_millis(args.launcher_poll_ms.max(10)),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             retention: retention(&args.retention),
+            watch_timeout_secs: args.kube_watch_timeout_secs.max(1),
         },
         clock: Arc::new(SystemClock),
     }

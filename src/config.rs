@@ -249,6 +249,17 @@ pub struct ClusterArgs {
     pub log_max_age_hours: u64,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    /// Seconds to open a connection to the Kubernetes API before the call fails (and is retried).
+    #[arg(long, env = "KUBE_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    pub kube_connect_timeout_secs: u64,
+    /// Seconds every Kubernetes API call may wait for its answer before it fails as a transient
+    /// error; for watches and log streams, the wait for the stream to start.
+    #[arg(long, env = "KUBE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub kube_request_timeout_secs: u64,
+    /// Seconds after which the API server ends each watch (`timeoutSeconds`) and it is resumed;
+    /// a watch silent for 5 s longer is taken as dead and restarted.
+    #[arg(long, env = "KUBE_WATCH_TIMEOUT_SECS", default_value_t = 290)]
+    pub kube_watch_timeout_secs: u32,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of

@@ -33,8 +33,9 @@ pub enum FaultKind {
     /// Matching watch requests get HTTP 200 with one `ERROR` event carrying a 410 Expired
     /// Status, as a real server answers a watch from a compacted resourceVersion.
     WatchGone,
-    /// Matching requests are accepted and not answered while the fault lasts (then they are
-    /// handled normally, as when a frozen API server thaws).
+    /// Matching requests are accepted and not answered while the fault lasts; then they are
+    /// carried out, even if their client has gone away meanwhile (a frozen API server's writes
+    /// can land late).
     Hang,
     /// Matching requests first wait `delayMs`.
     Latency,

@@ -5,6 +5,7 @@
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 pub mod jobs;
 pub mod observe;
@@ -56,6 +57,23 @@ impl ClusterSettings {
     pub fn selector(&self) -> String {
         format!("{}={}", keys::INSTALLATION, self.installation)
     }
+}
+
+/// `client` with a deadline on every call's answer: a hung API server fails the call (a transient
+/// error the caller retries) instead of holding it, and the slot it occupies, forever. The
+/// deadline covers the wait for the response's headers; a watch or log stream that has started
+/// is not cut by it (kube-runtime's watcher restarts a watch silent for longer than its
+/// `timeoutSeconds` + 5 s). kube-client's own `read_timeout` would cut quiet streams too, which is
+/// why it stays off.
+pub fn with_timeout(client: kube::Client, timeout: Duration) -> kube::Client {
+    let namespace = client.default_namespace().to_string();
+    let service = tower::ServiceBuilder::new()
+        .timeout(timeout)
+        .service_fn(move |request| {
+            let client = client.clone();
+            async move { client.send(request).await }
+        });
+    kube::Client::new(service, namespace)
 }
 
 /// Removes `finalizer` from `object` with a JSON patch whose `test` op guards the index, so the

@@ -36,6 +36,8 @@ pub struct RuntimeSettings {
     pub reconcile_interval: Duration,
     /// How the pruner keeps the history within its limits.
     pub retention: pruner::RetentionSettings,
+    /// The `timeoutSeconds` of the tracker's watches.
+    pub watch_timeout_secs: u32,
 }
 
 /// What the loops share.

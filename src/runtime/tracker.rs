@@ -59,7 +59,7 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 
 pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
     let api: Api<Job> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
-    let config = watcher::Config::default().labels(&runtime.cluster.settings.selector());
+    let config = watch_config(&runtime);
     let mut events = watcher::watcher(api, config)
         .backoff(WatchBackoff::new())
         .boxed();
@@ -90,6 +90,13 @@ pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: Cancellat
             Some(Ok(Event::Delete(job))) => job_gone(&runtime, &job).await,
         }
     }
+}
+
+/// This installation's objects, with the watch timeout from the settings.
+fn watch_config(runtime: &Runtime) -> watcher::Config {
+    watcher::Config::default()
+        .labels(&runtime.cluster.settings.selector())
+        .timeout(runtime.settings.watch_timeout_secs)
 }
 
 fn job_ref(job: &Job) -> JobRef {
@@ -176,13 +183,18 @@ async fn record(runtime: &Runtime, run_id: Uuid, job: &Job, seen: &observe::JobO
     if !observed.current.is_final() {
         return;
     }
-    if observed.current == RunStatus::Cancelled && !seen.deleting {
+    // The run is over but its Job is not: it was cancelled, or it failed before the Job came
+    // (e.g. LaunchTimeout while the create hung, and the API server carried the create out
+    // later). The Job must not run on unrecorded: delete it.
+    let leftover = observed.current == RunStatus::Cancelled
+        || (!seen.status.is_final() && !observed.job_recorded);
+    if leftover && !seen.deleting {
         if let Err(error) = runtime
             .cluster
             .delete_job(&job_ref.namespace, &job_ref.name)
             .await
         {
-            tracing::warn!(%run_id, error = %error, "deleting a cancelled run's Job failed; retried on its next event");
+            tracing::warn!(%run_id, error = %error, "deleting the Job of a finished run failed; retried on its next event");
         }
     } else if holds_finalizer {
         release(runtime, job).await;
@@ -293,7 +305,7 @@ async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), 
 
 pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
     let api: Api<Pod> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
-    let config = watcher::Config::default().labels(&runtime.cluster.settings.selector());
+    let config = watch_config(&runtime);
     let mut events = watcher::watcher(api, config)
         .backoff(WatchBackoff::new())
         .boxed();

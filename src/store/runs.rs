@@ -289,6 +289,9 @@ pub struct Observed {
     pub current: RunStatus,
     /// The run's task and times after the change (for metrics), when there was a change.
     pub changed: Option<RunTimes>,
+    /// The run had a Job recorded before this observation (a run that failed before its Job
+    /// was created has none).
+    pub job_recorded: bool,
 }
 
 /// A run's task and times, as a status change left them.
@@ -308,6 +311,8 @@ struct ObservedRow {
     created_at: Option<DateTime<Utc>>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    #[sqlx(default)]
+    job_recorded: bool,
 }
 
 impl From<ObservedRow> for Observed {
@@ -315,6 +320,7 @@ impl From<ObservedRow> for Observed {
         Observed {
             previous: row.previous,
             current: row.current,
+            job_recorded: row.job_recorded,
             changed: row
                 .created_at
                 .filter(|_| row.previous != row.current)
@@ -354,7 +360,7 @@ pub async fn observe(
         None => (None, None, None),
     };
     let row: Option<ObservedRow> = sqlx::query_as(
-        "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE),
+        "WITH current AS (SELECT id, status, job_name FROM runs WHERE id = $1 FOR UPDATE),
          updated AS (
             UPDATE runs r SET
                 status = CASE WHEN r.status = ANY($2) THEN $3 ELSE r.status END,
@@ -376,7 +382,8 @@ pub async fn observe(
               AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
             RETURNING r.status, r.task_name, r.created_at, r.started_at, r.finished_at)
          SELECT current.status AS previous, coalesce(u.status, current.status) AS current,
-                u.task_name, u.created_at, u.started_at, u.finished_at
+                u.task_name, u.created_at, u.started_at, u.finished_at,
+                current.job_name IS NOT NULL AS job_recorded
          FROM current LEFT JOIN updated u ON true",
     )
     .bind(id)

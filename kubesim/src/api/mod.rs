@@ -153,8 +153,23 @@ async fn faults_layer(State(state): State<AppState>, req: Request, next: Next) -
     }
     if let Some((id, until)) = hit.hang {
         tracing::debug!(method = %req.method(), uri = %req.uri(), "request hung by a fault");
-        faults.hang(id, until).await;
+        // A held request is carried out when the hang ends even if its client has gone away
+        // meanwhile, as a frozen server's write can land late: its own task, not the
+        // connection's, so a client disconnect does not cancel it.
+        let faults = faults.clone();
+        let held = tokio::spawn(async move {
+            faults.hang(id, until).await;
+            tracing::debug!(method = %req.method(), uri = %req.uri(), "held request carried out");
+            after_hang(hit, req, next).await
+        });
+        return held
+            .await
+            .unwrap_or_else(|_| Status::from_code(500, None).into_response());
     }
+    after_hang(hit, req, next).await
+}
+
+async fn after_hang(hit: crate::faults::RequestFaults, req: Request, next: Next) -> Response {
     if !hit.latency.is_zero() {
         tokio::time::sleep(hit.latency).await;
     }
