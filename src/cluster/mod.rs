@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 pub mod jobs;
 pub mod observe;
+pub mod permissions;
 pub mod pods;
 pub mod render;
 
