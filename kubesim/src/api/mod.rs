@@ -246,7 +246,7 @@ pub fn router(state: AppState) -> Router {
             get(r::get_cluster::<Namespace>)
                 .patch(r::patch_cluster::<Namespace>)
                 .put(r::replace_cluster::<Namespace>)
-                .delete(r::delete_namespace_refused),
+                .delete(r::delete_namespace),
         )
         // RBAC and access reviews
         .route(
