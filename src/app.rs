@@ -61,6 +61,14 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let runtime = runtime(&args.cluster, db.clone(), client);
+        // Start-up self-check: a missing permission is logged (and fails /readyz) at once,
+        // not discovered by the first run that needs it.
+        if tokio::time::timeout(Duration::from_secs(10), runtime.cluster.check_permissions())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the Kubernetes permission check did not answer within 10 s");
+        }
         let state = AppState {
             db: db.clone(),
             limits: Arc::new(Limits {
@@ -165,7 +173,7 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
 
 fn policy(args: &ClusterArgs) -> RunPolicy {
     RunPolicy {
-        namespaces: args.namespaces.clone(),
+        namespaces: args.job_namespaces(),
         service_accounts: args.service_accounts.clone(),
     }
 }
@@ -178,10 +186,11 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
         ),
         settings: Arc::new(ClusterSettings {
             installation: args.installation.clone(),
-            namespaces: args.namespaces.clone(),
+            namespaces: args.job_namespaces(),
             job_name_prefix: args.job_name_prefix.clone(),
             run_as_non_root: args.run_as_non_root,
         }),
+        permissions: Default::default(),
     };
     let instance = format!(
         "{}-{}",
@@ -215,6 +224,9 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             retention: retention(&args.retention),
             watch_timeout_secs: args.kube_watch_timeout_secs.max(1),
+            permission_check_interval: Duration::from_secs(
+                args.permission_check_interval_secs.max(1),
+            ),
         },
         clock: Arc::new(SystemClock),
     }

@@ -193,12 +193,9 @@ pub struct ClusterArgs {
     #[arg(long, env = "INSTALLATION", default_value = "default")]
     pub installation: String,
     /// Namespaces runs may use (comma-separated); the first is the default for runs naming none.
-    #[arg(
-        long,
-        env = "JOB_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "default"
-    )]
+    /// When unset: the service's own namespace (`POD_NAMESPACE`, from the downward API), else
+    /// `default`.
+    #[arg(long, env = "JOB_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
     /// Service accounts runs may use (comma-separated).
     #[arg(
@@ -260,6 +257,37 @@ pub struct ClusterArgs {
     /// a watch silent for 5 s longer is taken as dead and restarted.
     #[arg(long, env = "KUBE_WATCH_TIMEOUT_SECS", default_value_t = 290)]
     pub kube_watch_timeout_secs: u32,
+    /// The namespace the service runs in (set from the downward API in deploy/); Jobs go there
+    /// unless `JOB_NAMESPACES` says otherwise.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Seconds between checks that the service account still has every permission the
+    /// service needs (SelfSubjectAccessReview); what is missing makes `/readyz` answer 503.
+    #[arg(long, env = "PERMISSION_CHECK_INTERVAL_SECS", default_value_t = 60)]
+    pub permission_check_interval_secs: u64,
+}
+
+impl ClusterArgs {
+    /// The namespaces runs may use: `JOB_NAMESPACES`, else the service's own namespace, else
+    /// `default`.
+    pub fn job_namespaces(&self) -> Vec<String> {
+        let listed: Vec<String> = self
+            .namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if !listed.is_empty() {
+            return listed;
+        }
+        let own = self
+            .pod_namespace
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default");
+        vec![own.to_string()]
+    }
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of
@@ -298,24 +326,37 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `serve`'s arguments from `extra` flags.
+    fn serve(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec![
+            "vfi-orchestrator",
+            "serve",
+            "--database-url",
+            "postgres://x",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn authentication_is_on_unless_explicitly_turned_off() {
-        let serve = |extra: &[&str]| {
-            let mut argv = vec![
-                "vfi-orchestrator",
-                "serve",
-                "--database-url",
-                "postgres://x",
-            ];
-            argv.extend_from_slice(extra);
-            match Cli::try_parse_from(argv).unwrap().command {
-                Command::Serve(args) => args,
-                _ => unreachable!(),
-            }
-        };
         assert!(!serve(&[]).security.auth_disabled);
         assert!(serve(&["--auth-disabled"]).security.auth_disabled);
         assert!(!serve(&["--auth-disabled", "false"]).security.auth_disabled);
         assert!(serve(&[]).security.cors_allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn jobs_go_to_the_services_own_namespace_unless_job_namespaces_says_otherwise() {
+        let namespaces = |extra: &[&str]| serve(extra).cluster.job_namespaces();
+        assert_eq!(namespaces(&[]), ["default"]);
+        assert_eq!(namespaces(&["--pod-namespace", "vfi"]), ["vfi"]);
+        assert_eq!(
+            namespaces(&["--pod-namespace", "vfi", "--namespaces", "a,b"]),
+            ["a", "b"]
+        );
     }
 }

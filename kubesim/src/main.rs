@@ -51,6 +51,20 @@ struct Args {
         default_value = "./kubesim.kubeconfig"
     )]
     kubeconfig: PathBuf,
+    /// RBAC mode: authorize every request against the Roles, ClusterRoles and bindings in
+    /// these YAML files (repeat; e.g. `kubectl kustomize deploy/base > rbac.yaml`). The
+    /// kubeconfig's token is an admin (`system:masters`).
+    #[arg(
+        long = "rbac-manifest",
+        env = "KUBESIM_RBAC_MANIFESTS",
+        value_delimiter = ','
+    )]
+    rbac_manifests: Vec<PathBuf>,
+    /// RBAC mode: bearer tokens, one `token,user,uid,"group1,group2"` per line (kube-apiserver's
+    /// --token-auth-file format); `system:serviceaccount:<ns>:<name>` users get the
+    /// service-account groups.
+    #[arg(long, env = "KUBESIM_TOKEN_AUTH_FILE")]
+    token_auth_file: Option<PathBuf>,
     /// Faults in force from the start (repeatable), each `key=value,...` with the fields of
     /// the admin endpoint's JSON (`POST /kubesim/faults`, see kubesim/README.md): e.g.
     /// `--fault-error status=503,count=10,verb=POST`.
@@ -111,6 +125,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args = Args::parse();
     let faults = args.faults()?;
+    let rbac = if args.rbac_manifests.is_empty() && args.token_auth_file.is_none() {
+        None
+    } else {
+        let mut config = kubesim::rbac::RbacConfig::default();
+        for path in &args.rbac_manifests {
+            config = config.manifest(std::fs::read_to_string(path)?);
+        }
+        if let Some(path) = &args.token_auth_file {
+            config = config.token_file(&std::fs::read_to_string(path)?)?;
+        }
+        Some(config)
+    };
     let sim = KubeSim::start(SimConfig {
         runner: match args.runner {
             Runner::Scripted => RunnerKind::Scripted,
@@ -120,6 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         start_delay: Duration::from_millis(args.start_delay_ms),
         watch_history: args.watch_history,
         addr: args.addr,
+        rbac,
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;

@@ -335,7 +335,7 @@ impl Store {
                 }
             }
         }
-        let remove = ready_to_remove(new.metadata());
+        let remove = ready_to_remove(new.metadata()) && !held_by_spec_finalizers(&new);
         if !remove && same_json(&*old, &new) {
             return Ok((old, false));
         }
@@ -423,6 +423,19 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// A Namespace is also held by `spec.finalizers` (the namespace controller's `kubernetes`
+/// finalizer) until its content is gone, as the namespace registry does.
+fn held_by_spec_finalizers<K: Serialize>(obj: &K) -> bool {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/spec/finalizers")
+                .and_then(|f| f.as_array())
+                .map(|f| !f.is_empty())
+        })
+        .unwrap_or(false)
 }
 
 fn same_json<K: Serialize>(a: &K, b: &K) -> bool {

@@ -12,6 +12,8 @@ use uuid::Uuid;
 pub struct Cluster {
     pub client: Client,
     pub settings: Arc<ClusterSettings>,
+    /// What the last permission self-check found missing.
+    pub permissions: super::permissions::PermissionStatus,
 }
 
 /// How creating a run's Job ended.
@@ -35,6 +37,15 @@ pub enum CreateError {
 }
 
 impl Cluster {
+    /// Checks (and records) that this service may do everything it needs in every Job
+    /// namespace, logging what is missing.
+    pub async fn check_permissions(&self) {
+        let result =
+            super::permissions::check(&self.client, &self.settings.namespaces, &self.permissions)
+                .await;
+        super::permissions::report(&result);
+    }
+
     pub fn jobs(&self, namespace: &str) -> Api<Job> {
         Api::namespaced(self.client.clone(), namespace)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod jobs;
 pub mod observe;
+pub mod permissions;
 pub mod pods;
 pub mod render;
 

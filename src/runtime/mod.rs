@@ -38,6 +38,8 @@ pub struct RuntimeSettings {
     pub retention: pruner::RetentionSettings,
     /// The `timeoutSeconds` of the tracker's watches.
     pub watch_timeout_secs: u32,
+    /// How often the service's Kubernetes permissions are checked again.
+    pub permission_check_interval: Duration,
 }
 
 /// What the loops share.
@@ -104,6 +106,13 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         handle: tokio::spawn(pruner::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
+        name: "permission-check".into(),
+        handle: tokio::spawn(check_permissions_periodically(
+            runtime.clone(),
+            shutdown.clone(),
+        )),
+    });
+    loops.push(Loop {
         name: "reconciler".into(),
         handle: tokio::spawn(tracker::reconcile_periodically(
             runtime.clone(),
@@ -111,6 +120,18 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         )),
     });
     loops
+}
+
+/// Re-checks the service's Kubernetes permissions (a Role edited or deleted after start-up shows
+/// in `/readyz` and the log). The start-up check is done by `App`.
+async fn check_permissions_periodically(runtime: Runtime, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(runtime.settings.permission_check_interval) => {}
+        }
+        runtime.cluster.check_permissions().await;
+    }
 }
 
 /// LISTENs on a NOTIFY channel, so work recorded on any replica wakes a loop at once. Without a

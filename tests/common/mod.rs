@@ -81,6 +81,7 @@ impl TestApp {
                     job_name_prefix: String::new(),
                     run_as_non_root: false,
                 }),
+                permissions: Default::default(),
             },
             auth: Arc::new(AuthSettings {
                 enabled: !options.auth_disabled,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod discovery;
 pub mod logs;
 pub mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod tables;
 pub mod watch;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// How often watches with allowWatchBookmarks get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// RBAC mode: authentication and authorization of every request (None: all allowed).
+    pub rbac: Option<Arc<crate::rbac::Rbac>>,
 }
 
 /// Query parameters as a map (the API server accepts many, each handler picks its own).
@@ -263,7 +266,32 @@ pub fn router(state: AppState) -> Router {
             get(r::get_cluster::<Namespace>)
                 .patch(r::patch_cluster::<Namespace>)
                 .put(r::replace_cluster::<Namespace>)
-                .delete(r::delete_namespace_refused),
+                .delete(r::delete_namespace),
+        )
+        // RBAC and access reviews
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(rbac::self_subject_access_review),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}",
+            get(rbac::ns_collection_get).post(rbac::ns_collection_post),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}/{name}",
+            get(rbac::ns_item_get)
+                .put(rbac::ns_item_put)
+                .delete(rbac::ns_item_delete),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/{plural}",
+            get(rbac::collection_get).post(rbac::collection_post),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/{plural}/{name}",
+            get(rbac::item_get)
+                .put(rbac::item_put)
+                .delete(rbac::item_delete),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
@@ -274,6 +302,10 @@ pub fn router(state: AppState) -> Router {
         })
         // The real server accepts request bodies up to 3 MiB (axum's default is 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rbac::authorize_layer,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), faults_layer))
         // Added after the fault layer, so faults never block their own removal.
         .route(

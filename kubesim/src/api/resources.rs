@@ -344,11 +344,19 @@ fn decode_continue(s: &str) -> Result<(u64, (String, String)), Status> {
     Ok((t.rv, (ns.to_string(), name.to_string())))
 }
 
+/// The namespace must exist and, as the NamespaceLifecycle admission plugin enforces, not be
+/// terminating.
 fn namespace_exists(store: &Store, ns: &str) -> Result<(), Status> {
-    if store.get::<Namespace>("", ns).is_some() {
-        Ok(())
-    } else {
-        Err(Status::not_found("namespaces", ns))
+    match store.get::<Namespace>("", ns) {
+        Some(n) if n.metadata.deletion_timestamp.is_some() => Err(Status::new(
+            403,
+            "Forbidden",
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => Err(Status::not_found("namespaces", ns)),
     }
 }
 
@@ -857,8 +865,60 @@ pub async fn delete_collection<K: ApiKind>(
     respond(delete_collection_impl::<K>(state, ns, q, body).await)
 }
 
-pub async fn delete_namespace_refused() -> Response {
-    Status::method_not_allowed("kubesim does not simulate namespace deletion").into_response()
+/// Namespaces Kubernetes refuses to delete (the NamespaceLifecycle admission plugin).
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// DELETE of a namespace, as the namespace registry: with `spec.finalizers` it only becomes
+/// `Terminating` (deletionTimestamp, `status.phase`), and the namespace controller
+/// ([`crate::controller::namespace`]) empties and removes it.
+pub async fn delete_namespace(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    body: Bytes,
+) -> Response {
+    respond(delete_namespace_impl(&state, &name, &q, &body))
+}
+
+fn delete_namespace_impl(
+    state: &AppState,
+    name: &str,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let opts = DeleteOpts::parse(q, body)?;
+    if IMMORTAL_NAMESPACES.contains(&name) {
+        let mut s = Status::new(
+            403,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        );
+        s.details = Some(json!({"name": name, "kind": "namespaces"}));
+        return Err(s);
+    }
+    let cur = state
+        .store
+        .get::<Namespace>("", name)
+        .ok_or_else(|| Status::not_found("namespaces", name))?;
+    if opts.dry_run {
+        return Ok(json_response(StatusCode::OK, &to_json(cur.as_ref())));
+    }
+    let updated = state.store.update::<Namespace>("", name, |ns| {
+        if ns.metadata.deletion_timestamp.is_none() {
+            ns.metadata.deletion_timestamp = Some(crate::time::now_time());
+            ns.metadata.deletion_grace_period_seconds = Some(0);
+        }
+        ns.status.get_or_insert_with(Default::default).phase = Some("Terminating".into());
+        Ok(())
+    })?;
+    Ok(match updated {
+        Some(ns) => json_response(StatusCode::OK, &to_json(ns.as_ref())),
+        None => {
+            let mut s = success_status::<Namespace>(name);
+            s["details"]["uid"] = json!(cur.metadata.uid);
+            json_response(StatusCode::OK, &s)
+        }
+    })
 }
 
 /// Status is written only by the simulated controllers.

@@ -5,6 +5,7 @@
 
 pub mod gc;
 pub mod job;
+pub mod namespace;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -201,6 +202,7 @@ impl Loop {
     }
 
     fn sync_dirty(&mut self) {
+        namespace::sync(&self.store);
         self.gc.run(&self.store);
         let dirty = std::mem::take(&mut self.dirty_jobs);
         for key in dirty {
