@@ -162,6 +162,7 @@ fn policy(args: &ClusterArgs) -> RunPolicy {
     RunPolicy {
         namespaces: args.namespaces.clone(),
         service_accounts: args.service_accounts.clone(),
+        job_name_prefix: args.job_name_prefix.clone(),
     }
 }
 
