@@ -7,14 +7,18 @@
 //! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
 //! (`selectors`, `patch`, `validation`, `objects`, `time`).
 
+pub mod admission;
 pub mod api;
+pub mod behaviour;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod kubelet;
 pub mod logs;
 pub mod objects;
 pub mod patch;
+pub mod scheduling;
 pub mod selectors;
 pub mod store;
 pub mod time;
@@ -55,6 +59,9 @@ pub struct SimConfig {
     /// Events kept per kind for watch replay; older resourceVersions get 410 Expired.
     pub watch_history: usize,
     pub addr: SocketAddr,
+    /// Events, admission, the node the scheduler fits pods to and image pulls; each default is
+    /// what a fresh cluster does.
+    pub behaviour: behaviour::Behaviour,
 }
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
@@ -68,6 +75,7 @@ impl Default for SimConfig {
             start_delay: Duration::from_millis(10),
             watch_history: 10_000,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            behaviour: behaviour::Behaviour::default(),
         }
     }
 }
@@ -129,6 +137,7 @@ impl KubeSim {
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
+        let behaviour = Arc::new(config.behaviour.clone());
         let control = tokio::spawn(controller::run(
             controller::LoopConfig {
                 store: store.clone(),
@@ -138,6 +147,7 @@ impl KubeSim {
                 start_delay: config.start_delay,
                 faults: faults.clone(),
                 commands: cmd_rx,
+                behaviour: behaviour.clone(),
             },
             cancel.clone(),
         ));
@@ -147,6 +157,7 @@ impl KubeSim {
             faults: faults.clone(),
             shutdown: cancel.clone(),
             bookmark_interval: BOOKMARK_INTERVAL,
+            behaviour,
         });
         let shutdown = cancel.clone();
         let server = tokio::spawn(async move {

@@ -8,6 +8,8 @@ pub mod job;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use crate::behaviour::Behaviour;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +93,7 @@ pub(crate) struct LoopConfig {
     pub start_delay: Duration,
     pub faults: Faults,
     pub commands: mpsc::UnboundedReceiver<Command>,
+    pub behaviour: Arc<Behaviour>,
 }
 
 struct Loop {
@@ -102,6 +105,8 @@ struct Loop {
     job_cursor: u64,
     pod_cursor: u64,
     resync: bool,
+    behaviour: Arc<Behaviour>,
+    create_failures: HashMap<String, u32>,
 }
 
 impl Loop {
@@ -204,7 +209,11 @@ impl Loop {
         self.gc.run(&self.store);
         let dirty = std::mem::take(&mut self.dirty_jobs);
         for key in dirty {
-            job::sync(&self.store, &key, &mut self.timers);
+            let mut ctl = job::Ctl {
+                behaviour: &self.behaviour,
+                create_failures: &mut self.create_failures,
+            };
+            job::sync(&self.store, &mut ctl, &key, &mut self.timers);
         }
     }
 }
@@ -219,6 +228,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         start_delay,
         faults,
         mut commands,
+        behaviour,
     } = cfg;
     let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     let mut changes = store.subscribe();
@@ -230,6 +240,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         node_capacity,
         start_delay,
         exit_tx,
+        behaviour.clone(),
     );
     let mut lp = Loop {
         store,
@@ -240,6 +251,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         job_cursor: 0,
         pod_cursor: 0,
         resync: true,
+        behaviour,
+        create_failures: HashMap::new(),
     };
     let mut pending_exits: Vec<Exit> = Vec::new();
     let mut pending_cmds: Vec<Command> = Vec::new();
