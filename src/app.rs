@@ -175,6 +175,7 @@ fn policy(args: &ClusterArgs) -> RunPolicy {
     RunPolicy {
         namespaces: args.job_namespaces(),
         service_accounts: args.service_accounts.clone(),
+        job_name_prefix: args.job_name_prefix.clone(),
     }
 }
 

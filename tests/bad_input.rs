@@ -185,3 +185,78 @@ async fn unknown_routes_and_methods_are_problems_too(db: PgPool) {
     let response = app.http.patch(app.url("/v1/runs")).send().await.unwrap();
     assert_problem(response, StatusCode::METHOD_NOT_ALLOWED, None).await;
 }
+
+/// A real API server answers 422 to these pod-template labels (they must equal the Job's own
+/// name and uid: `ValidateGeneratedSelector`, kubernetes/kubernetes
+/// pkg/apis/batch/validation/validation.go), so every door refuses them at submission.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn labels_the_job_controller_owns_are_refused_at_every_door(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    for key in [
+        "job-name",
+        "controller-uid",
+        "batch.kubernetes.io/job-name",
+        "batch.kubernetes.io/controller-uid",
+    ] {
+        let mut template = calculatepi();
+        template["labels"] = json!({ key: "x" });
+        let field = format!("template.labels.{key}");
+        let response = app
+            .post_json("/v1/runs", &json!({"template": template}))
+            .await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(&field)).await;
+        let response = app
+            .put_json("/v1/tasks/pi", &json!({"template": template}))
+            .await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(&field)).await;
+    }
+    assert_nothing_stored(&app).await;
+
+    app.put_task("pi", &json!({"template": calculatepi()}))
+        .await;
+    let response = app
+        .post_json("/v1/tasks/pi/runs", &json!({"labels": {"job-name": "x"}}))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("labels.job-name"),
+    )
+    .await;
+    assert_eq!(app.count("runs").await, 0);
+}
+
+/// An Indexed Job's pods take `<job name>-<index>` as hostname, which the API server requires
+/// to be a 63-character DNS label (`ValidateJob`, pkg/apis/batch/validation/validation.go).
+/// Job names are shortened to fit; only a prefix that leaves no room is refused.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn an_indexed_run_whose_hostnames_cannot_fit_is_refused_on_completions(db: PgPool) {
+    let app = TestApp::spawn_with(
+        db,
+        common::TestOptions {
+            job_name_prefix: "a-very-long-installation-prefix-1234-".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut template = calculatepi();
+    template["completionMode"] = json!("Indexed");
+    template["completions"] = json!(100000);
+    for (path, body) in [
+        ("/v1/runs", json!({"template": template})),
+        ("/v1/tasks/pi", json!({"template": template})),
+    ] {
+        let response = if path == "/v1/runs" {
+            app.post_json(path, &body).await
+        } else {
+            app.put_json(path, &body).await
+        };
+        assert_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("template.completions"),
+        )
+        .await;
+    }
+    assert_nothing_stored(&app).await;
+}

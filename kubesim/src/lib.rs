@@ -7,15 +7,19 @@
 //! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
 //! (`selectors`, `patch`, `validation`, `objects`, `time`).
 
+pub mod admission;
 pub mod api;
+pub mod behaviour;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod kubelet;
 pub mod logs;
 pub mod objects;
 pub mod patch;
 pub mod rbac;
+pub mod scheduling;
 pub mod selectors;
 pub mod store;
 pub mod time;
@@ -60,6 +64,9 @@ pub struct SimConfig {
     /// manifests' Roles and bindings. Off by default (every request allowed), so tests and dev
     /// mode need no credentials.
     pub rbac: Option<rbac::RbacConfig>,
+    /// Events, admission, the node the scheduler fits pods to and image pulls; each default is
+    /// what a fresh cluster does.
+    pub behaviour: behaviour::Behaviour,
 }
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
@@ -74,6 +81,7 @@ impl Default for SimConfig {
             watch_history: 10_000,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rbac: None,
+            behaviour: behaviour::Behaviour::default(),
         }
     }
 }
@@ -160,6 +168,7 @@ impl KubeSim {
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
+        let behaviour = Arc::new(config.behaviour.clone());
         let control = tokio::spawn(controller::run(
             controller::LoopConfig {
                 store: store.clone(),
@@ -169,6 +178,7 @@ impl KubeSim {
                 start_delay: config.start_delay,
                 faults: faults.clone(),
                 commands: cmd_rx,
+                behaviour: behaviour.clone(),
             },
             cancel.clone(),
         ));
@@ -179,6 +189,7 @@ impl KubeSim {
             shutdown: cancel.clone(),
             bookmark_interval: BOOKMARK_INTERVAL,
             rbac,
+            behaviour,
         });
         let shutdown = cancel.clone();
         let server = tokio::spawn(async move {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use kubesim::faults::{Fault, FaultKind};
+use kubesim::behaviour::Behaviour;
+use kubesim::events::Recorder;
 use kubesim::{KubeSim, RunnerKind, SimConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -51,6 +53,37 @@ struct Args {
         default_value = "./kubesim.kubeconfig"
     )]
     kubeconfig: PathBuf,
+    /// Record Events for what the Job controller, scheduler and kubelet do.
+    #[arg(long, env = "KUBESIM_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    events: bool,
+    /// Enforce Pod Security levels from the namespace label pod-security.kubernetes.io/enforce.
+    #[arg(long, env = "KUBESIM_POD_SECURITY", default_value_t = true, action = clap::ArgAction::Set)]
+    pod_security: bool,
+    /// A ResourceQuota, `NAMESPACE/NAME:RESOURCE=QTY,...` (e.g. `default/compute:pods=2,requests.cpu=1`);
+    /// repeatable.
+    #[arg(long = "quota", env = "KUBESIM_QUOTAS", value_delimiter = ';', value_parser = parse_quota)]
+    quotas: Vec<kubesim::admission::Quota>,
+    /// A label of the node, `KEY=VALUE`; repeatable.
+    #[arg(long = "node-label", env = "KUBESIM_NODE_LABELS", value_delimiter = ',', value_parser = parse_pair)]
+    node_labels: Vec<(String, String)>,
+    /// A taint of the node, `KEY=VALUE:EFFECT`; repeatable.
+    #[arg(long = "node-taint", env = "KUBESIM_NODE_TAINTS", value_delimiter = ',', value_parser = parse_taint)]
+    node_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// Allocatable resources of the node, `NAME=QTY` (e.g. `nvidia.com/gpu=2`, `cpu=4`);
+    /// extended resources not listed are absent; repeatable.
+    #[arg(long = "node-allocatable", env = "KUBESIM_NODE_ALLOCATABLE", value_delimiter = ',', value_parser = parse_pair)]
+    node_allocatable: Vec<(String, String)>,
+    /// Images that cannot be pulled (exact, or with a leading/trailing `*`); replaces the
+    /// default list (`*:doesnotexist`, `invalid.example/*`, `*.invalid/*`).
+    #[arg(
+        long = "image-pull-fail",
+        env = "KUBESIM_IMAGE_PULL_FAIL",
+        value_delimiter = ','
+    )]
+    image_pull_fail: Option<Vec<String>>,
+    /// The kubelet's first image pull back-off, in milliseconds (doubles up to 300 s).
+    #[arg(long, env = "KUBESIM_IMAGE_PULL_BACKOFF_MS", default_value_t = 10_000)]
+    image_pull_backoff_ms: u64,
     /// RBAC mode: authorize every request against the Roles, ClusterRoles and bindings in
     /// these YAML files (repeat; e.g. `kubectl kustomize deploy/base > rbac.yaml`). The
     /// kubeconfig's token is an admin (`system:masters`).
@@ -115,6 +148,54 @@ impl Args {
     }
 }
 
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn parse_taint(s: &str) -> Result<k8s_openapi::api::core::v1::Taint, String> {
+    let (kv, effect) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE:EFFECT"))?;
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    Ok(k8s_openapi::api::core::v1::Taint {
+        key: key.into(),
+        value: (!value.is_empty()).then(|| value.into()),
+        effect: effect.into(),
+        ..Default::default()
+    })
+}
+
+fn parse_quota(s: &str) -> Result<kubesim::admission::Quota, String> {
+    let bad = || format!("{s:?} is not NAMESPACE/NAME:RESOURCE=QTY,...");
+    let (id, hard) = s.split_once(':').ok_or_else(bad)?;
+    let (namespace, name) = id.split_once('/').ok_or_else(bad)?;
+    let hard = hard.split(',').map(parse_pair).collect::<Result<_, _>>()?;
+    Ok(kubesim::admission::Quota {
+        namespace: namespace.into(),
+        name: name.into(),
+        hard,
+    })
+}
+
+fn behaviour(args: &Args) -> Behaviour {
+    let mut b = Behaviour {
+        events: Recorder::new(args.events),
+        ..Default::default()
+    };
+    b.admission.pod_security = args.pod_security;
+    b.admission.quotas = args.quotas.clone();
+    b.node.labels.extend(args.node_labels.iter().cloned());
+    b.node.taints = args.node_taints.clone();
+    b.node.allocatable = args.node_allocatable.iter().cloned().collect();
+    if let Some(fail) = &args.image_pull_fail {
+        b.image_pull.failing = fail.clone();
+    }
+    b.image_pull.initial_backoff = Duration::from_millis(args.image_pull_backoff_ms);
+    b
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -147,6 +228,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         watch_history: args.watch_history,
         addr: args.addr,
         rbac,
+        behaviour: behaviour(&args),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;

@@ -11,7 +11,14 @@ pub struct RunPolicy {
     pub namespaces: Vec<String>,
     /// Service accounts runs may use (`default` is what a run without one gets).
     pub service_accounts: Vec<String>,
+    /// Prepended to every Job name (`JOB_NAME_PREFIX`).
+    pub job_name_prefix: String,
 }
+
+/// Kubernetes names that become hostnames are DNS labels of at most 63 characters.
+const MAX_HOSTNAME: usize = 63;
+/// The widest run number (an i64) with its dash, so the check holds for every future run.
+const MAX_RUN_SUFFIX: usize = 1 + 19;
 
 impl RunPolicy {
     pub fn check(&self, template: &RunTemplate, at: &str) -> Result<(), Invalid> {
@@ -40,6 +47,19 @@ impl RunPolicy {
                 ),
             );
         }
+        // The Job name shortens the task part to fit, down to one character; an Indexed Job's
+        // pods then add `-<index>` for their hostname, which must still fit.
+        let shortest =
+            self.job_name_prefix.len() + 1 + MAX_RUN_SUFFIX + template.index_suffix_len();
+        if template.index_suffix_len() > 0 && shortest > MAX_HOSTNAME {
+            errors.add(
+                format!("{at}.completions"),
+                format!(
+                    "an Indexed Job's name plus \"-<completions-1>\" must be a DNS label of at most {MAX_HOSTNAME} characters; with the Job name prefix {:?} there is no room for this many completions",
+                    self.job_name_prefix
+                ),
+            );
+        }
         errors.finish()
     }
 }
@@ -52,6 +72,7 @@ mod tests {
         RunPolicy {
             namespaces: vec!["batch".into(), "render".into()],
             service_accounts: vec!["default".into(), "runner".into()],
+            job_name_prefix: String::new(),
         }
     }
 
@@ -75,5 +96,20 @@ mod tests {
         template.namespace = Some("render".into());
         template.service_account_name = Some("runner".into());
         assert!(policy().check(&template, "template").is_ok());
+    }
+
+    #[test]
+    fn indexed_jobs_whose_hostnames_cannot_fit_are_refused_on_completions() {
+        let mut template: RunTemplate = serde_json::from_value(serde_json::json!({
+            "image": "x", "completionMode": "Indexed", "completions": 100000
+        }))
+        .unwrap();
+        assert!(policy().check(&template, "template").is_ok());
+        let mut long_prefix = policy();
+        long_prefix.job_name_prefix = "a-very-long-installation-prefix-1234-".into();
+        let err = long_prefix.check(&template, "template").unwrap_err();
+        assert_eq!(err.0[0].field, "template.completions");
+        template.completions = Some(10);
+        assert!(long_prefix.check(&template, "template").is_ok());
     }
 }

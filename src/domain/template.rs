@@ -10,6 +10,17 @@ use utoipa::ToSchema;
 /// Label and annotation keys under this prefix belong to the service (they tie Jobs to runs).
 pub const RESERVED_PREFIX: &str = "vfi-orchestrator.io/";
 
+/// Pod-template labels the Job controller owns: with a generated selector the API server requires
+/// them to equal the Job's own name and uid, which a template cannot know, so a real server
+/// answers 422 (`ValidateGeneratedSelector` in kubernetes/kubernetes
+/// pkg/apis/batch/validation/validation.go, labels from pkg/apis/batch/types.go).
+pub const JOB_CONTROLLER_LABELS: [&str; 4] = [
+    "job-name",
+    "controller-uid",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/controller-uid",
+];
+
 /// What one run executes: a container and the Job settings around it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -259,6 +270,16 @@ impl RunTemplate {
         }
     }
 
+    /// Characters an Indexed Job's pods add to its name in their hostname (`-<completions-1>`):
+    /// the API server refuses a Job whose name plus this is not a 63-character DNS label
+    /// (`ValidateJob` in kubernetes/kubernetes pkg/apis/batch/validation/validation.go).
+    pub fn index_suffix_len(&self) -> usize {
+        match (self.completion_mode, self.completions) {
+            (Some(CompletionMode::Indexed), Some(c)) if c > 0 => 1 + (c - 1).to_string().len(),
+            _ => 0,
+        }
+    }
+
     /// Applies per-run overrides: env vars replace those of the same name or are appended;
     /// labels are merged over the template's.
     pub fn with_overrides(mut self, overrides: &super::RunOverrides) -> Self {
@@ -295,6 +316,11 @@ pub(crate) fn validate_labels(labels: &BTreeMap<String, String>, at: &str, error
             errors.add(
                 path,
                 format!("keys under {RESERVED_PREFIX} are reserved for the service"),
+            );
+        } else if JOB_CONTROLLER_LABELS.contains(&key.as_str()) {
+            errors.add(
+                path,
+                "is set by the Kubernetes Job controller; the API server refuses it in a Job's pod template",
             );
         }
     }
@@ -541,6 +567,24 @@ mod tests {
         assert_eq!(
             fields(t.validate("template")),
             ["template.labels.vfi-orchestrator.io/run-id"]
+        );
+    }
+
+    #[test]
+    fn labels_the_job_controller_owns_are_refused() {
+        let t = template(json!({"labels": {
+            "job-name": "x", "controller-uid": "u",
+            "batch.kubernetes.io/job-name": "x", "batch.kubernetes.io/controller-uid": "u",
+            "batch.kubernetes.io/other": "fine"
+        }}));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.labels.batch.kubernetes.io/controller-uid",
+                "template.labels.batch.kubernetes.io/job-name",
+                "template.labels.controller-uid",
+                "template.labels.job-name"
+            ]
         );
     }
 

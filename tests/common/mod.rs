@@ -37,6 +37,8 @@ pub struct TestOptions {
     pub server: ServerLimits,
     /// Create the admin token `http` sends (needs the migrations applied).
     pub admin_token: bool,
+    /// `JOB_NAME_PREFIX`.
+    pub job_name_prefix: String,
 }
 
 impl Default for TestOptions {
@@ -48,6 +50,7 @@ impl Default for TestOptions {
             cors_origins: Vec::new(),
             server: ServerLimits::default(),
             admin_token: true,
+            job_name_prefix: String::new(),
         }
     }
 }
@@ -68,6 +71,7 @@ impl TestApp {
             policy: Arc::new(RunPolicy {
                 namespaces: vec!["default".into(), "batch".into()],
                 service_accounts: vec!["default".into()],
+                job_name_prefix: options.job_name_prefix.clone(),
             }),
             // These tests never reach a cluster: an address nothing listens on.
             cluster: Cluster {
@@ -78,7 +82,7 @@ impl TestApp {
                 settings: Arc::new(ClusterSettings {
                     installation: "default".into(),
                     namespaces: vec!["default".into()],
-                    job_name_prefix: String::new(),
+                    job_name_prefix: options.job_name_prefix.clone(),
                     run_as_non_root: false,
                 }),
                 permissions: Default::default(),

@@ -74,6 +74,9 @@ pub async fn core_v1() -> Response {
             "kind": "APIResourceList",
             "groupVersion": "v1",
             "resources": [
+                {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                 "shortNames": ["ev"], "storageVersionHash": "r2yiGXH7wu8="},
                 {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
                  "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"],
                  "storageVersionHash": "Q3oi5N2YM8M="},

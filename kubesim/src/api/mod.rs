@@ -1,4 +1,4 @@
-//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, the
+//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events, the
 //! fault-injection middleware, and the request plumbing shared by the handlers (query
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Status;
@@ -43,6 +43,8 @@ pub struct AppState {
     pub bookmark_interval: Duration,
     /// RBAC mode: authentication and authorization of every request (None: all allowed).
     pub rbac: Option<Arc<crate::rbac::Rbac>>,
+    /// Admission and the other switchable cluster behaviours.
+    pub behaviour: Arc<crate::behaviour::Behaviour>,
 }
 
 /// Query parameters as a map (the API server accepts many, each handler picks its own).
@@ -255,6 +257,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/log",
             get(logs::pod_log),
+        )
+        // Events (core/v1)
+        .route("/api/v1/events", get(r::list_all::<Event>))
+        .route(
+            "/api/v1/namespaces/{ns}/events",
+            get(r::list_ns::<Event>)
+                .post(r::create::<Event>)
+                .delete(r::delete_collection::<Event>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/events/{name}",
+            get(r::get_one::<Event>)
+                .delete(r::delete_one::<Event>)
+                .patch(r::patch_one::<Event>)
+                .put(r::replace_one::<Event>),
         )
         // Namespaces
         .route(

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use serde_json::{json, Value};
 
 use super::tables::{self, IncludeObject, Tabled};
@@ -42,6 +42,10 @@ pub trait ApiKind: Tabled {
         decode_json(headers, body, Self::KIND)
     }
     fn delete_plan(obj: &Self, opts: &DeleteOpts) -> DeletePlan;
+    /// Admission plugins, after validation (only pods have any here).
+    fn admit(_obj: &Self, _state: &AppState) -> Result<(), Status> {
+        Ok(())
+    }
     /// Whole-object responses for immediate deletes (pods return the object, others a Status).
     const RETURN_DELETED_OBJECT: bool = false;
 }
@@ -208,6 +212,10 @@ impl ApiKind for Pod {
         validation::validate_pod(obj)
     }
 
+    fn admit(obj: &Self, state: &AppState) -> Result<(), Status> {
+        state.behaviour.admission.admit_in(&state.store, obj)
+    }
+
     fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
         new.status = old.status.clone();
         // Pod spec is immutable apart from a few fields the simulator does not model.
@@ -255,6 +263,42 @@ impl ApiKind for Namespace {
     fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
         new.status = old.status.clone();
         new.spec = old.spec.clone();
+        Ok(())
+    }
+
+    fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: 0,
+            finalizers: vec![],
+            warning: None,
+        }
+    }
+}
+
+/// core/v1 Events: written by clients (and by the simulated components); the real server checks
+/// that the Event's namespace is its involved object's (pkg/apis/core/validation/events.go).
+impl ApiKind for Event {
+    const LIST_KIND: &'static str = "EventList";
+
+    fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let involved = obj.involved_object.namespace.clone().unwrap_or_default();
+        if !involved.is_empty() && involved != ns {
+            return Err(Status::invalid(
+                "Event",
+                "",
+                obj.metadata.name.as_deref().unwrap_or(""),
+                vec![Cause::invalid(
+                    "involvedObject.namespace",
+                    &format!("\"{involved}\""),
+                    "does not match event.namespace",
+                )],
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare_update(_old: &Self, _new: &mut Self) -> Result<(), Status> {
         Ok(())
     }
 
@@ -550,6 +594,7 @@ async fn create_impl<K: ApiKind>(
     if let Some(ns) = &ns {
         namespace_exists(&state.store, ns)?;
     }
+    K::admit(&obj, &state)?;
     obj.metadata_mut().uid = Some(uid);
     if q.contains_key("dryRun") {
         return Ok(json_response(StatusCode::CREATED, &to_json(&obj)));

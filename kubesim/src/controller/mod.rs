@@ -9,6 +9,8 @@ pub mod namespace;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use crate::behaviour::Behaviour;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +94,7 @@ pub(crate) struct LoopConfig {
     pub start_delay: Duration,
     pub faults: Faults,
     pub commands: mpsc::UnboundedReceiver<Command>,
+    pub behaviour: Arc<Behaviour>,
 }
 
 struct Loop {
@@ -103,6 +106,8 @@ struct Loop {
     job_cursor: u64,
     pod_cursor: u64,
     resync: bool,
+    behaviour: Arc<Behaviour>,
+    create_failures: HashMap<String, u32>,
 }
 
 impl Loop {
@@ -206,7 +211,11 @@ impl Loop {
         self.gc.run(&self.store);
         let dirty = std::mem::take(&mut self.dirty_jobs);
         for key in dirty {
-            job::sync(&self.store, &key, &mut self.timers);
+            let mut ctl = job::Ctl {
+                behaviour: &self.behaviour,
+                create_failures: &mut self.create_failures,
+            };
+            job::sync(&self.store, &mut ctl, &key, &mut self.timers);
         }
     }
 }
@@ -221,6 +230,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         start_delay,
         faults,
         mut commands,
+        behaviour,
     } = cfg;
     let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     let mut changes = store.subscribe();
@@ -232,6 +242,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         node_capacity,
         start_delay,
         exit_tx,
+        behaviour.clone(),
     );
     let mut lp = Loop {
         store,
@@ -242,6 +253,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         job_cursor: 0,
         pod_cursor: 0,
         resync: true,
+        behaviour,
+        create_failures: HashMap::new(),
     };
     let mut pending_exits: Vec<Exit> = Vec::new();
     let mut pending_cmds: Vec<Command> = Vec::new();
