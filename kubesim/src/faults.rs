@@ -30,6 +30,10 @@ pub(crate) struct FaultState {
     latency: Mutex<Duration>,
     outage: AtomicBool,
     pub(crate) paused: watch::Sender<bool>,
+    /// Bumped to end every open `pods/log` stream.
+    pub(crate) cut_logs: watch::Sender<u64>,
+    /// Bumped to make every open `pods/log` stream go silent while staying open.
+    pub(crate) stall_logs: watch::Sender<u64>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -49,6 +53,8 @@ impl Faults {
                 latency: Mutex::new(Duration::ZERO),
                 outage: AtomicBool::new(false),
                 paused: watch::channel(false).0,
+                cut_logs: watch::channel(0).0,
+                stall_logs: watch::channel(0).0,
                 commands,
             }),
         }
@@ -99,6 +105,20 @@ impl Faults {
     /// While true the Job controller and kubelet make no progress.
     pub fn pause_controller(&self, paused: bool) {
         self.state.paused.send_replace(paused);
+    }
+
+    /// Ends every open `pods/log` stream now, as a dropped connection between the API server
+    /// and a kubelet (or a load balancer's idle cut) does: clients see the body end early and
+    /// must reconnect. Streams opened afterwards are not affected.
+    pub fn cut_log_streams(&self) {
+        self.state.cut_logs.send_modify(|g| *g += 1);
+    }
+
+    /// Makes every open `pods/log` stream go silent without closing it, as a half-dead
+    /// connection does (no FIN, no RST, no data): only a client-side progress timeout notices.
+    /// Streams opened afterwards are not affected.
+    pub fn stall_log_streams(&self) {
+        self.state.stall_logs.send_modify(|g| *g += 1);
     }
 
     pub(crate) fn latency(&self) -> Duration {
