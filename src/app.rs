@@ -141,6 +141,7 @@ impl App {
         for handle in handles.into_inner() {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
         }
+        self.runtime.archiver.hand_back().await;
         self.state.db.close().await;
         tracing::info!("stopped");
         Ok(())
@@ -209,6 +210,8 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             flush_interval: Duration::from_millis(args.log_flush_ms.max(10)),
             max_age: (args.log_max_age_hours > 0)
                 .then(|| Duration::from_secs(args.log_max_age_hours * 3600)),
+            sweep_interval: Duration::from_millis(args.log_sweep_interval_ms.max(10)),
+            stall_timeout: Duration::from_secs(args.log_stall_timeout_secs.max(1)),
         },
         instance.clone(),
     );

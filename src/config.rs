@@ -265,6 +265,14 @@ pub struct ClusterArgs {
     /// service needs (SelfSubjectAccessReview); what is missing makes `/readyz` answer 503.
     #[arg(long, env = "PERMISSION_CHECK_INTERVAL_SECS", default_value_t = 60)]
     pub permission_check_interval_secs: u64,
+    /// Milliseconds between looks for log captures whose replica stopped (lease lapsed), which
+    /// are then taken over.
+    #[arg(long, env = "LOG_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub log_sweep_interval_ms: u64,
+    /// Seconds a pod's log stream may deliver nothing before it is reopened (detects silently
+    /// dead connections; a quiet container's stream is reopened too, at the cost of a request).
+    #[arg(long, env = "LOG_STALL_TIMEOUT_SECS", default_value_t = 60)]
+    pub log_stall_timeout_secs: u64,
 }
 
 impl ClusterArgs {

@@ -126,67 +126,101 @@ fn pod_log<'a>(
     after_line: i64,
 ) -> impl Stream<Item = Result<LogItem, LogError>> + Send + 'a {
     async_stream::try_stream! {
-        let archive = store::logs::get(db, run.id, &pod.name).await?;
-        let archived = archive.as_ref().is_some_and(|a| a.state != "capturing");
+        let mut pod = pod.clone();
         let mut last = after_line;
-        if !archived && !pod.deleted {
-            let namespace = run.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_else(|| "default".into());
+        let namespace = run.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_else(|| "default".into());
+        // Live from the cluster while the pod exists and its archive is not final. Following,
+        // this keeps waiting for a pod that has not started (or not been scheduled) yet, and
+        // reopens a stream that was cut; otherwise it answers at once with what there is.
+        loop {
+            let archive = store::logs::get(db, run.id, &pod.name).await?;
+            if pod.deleted || archive.as_ref().is_some_and(|a| a.state != "capturing") {
+                break;
+            }
             let read = LogRead {
                 follow: query.follow,
                 // A tail of a live pod is asked of the cluster; its line numbers are unknown.
-                tail_lines: query.tail.filter(|_| after_line < 0),
+                tail_lines: query.tail.filter(|_| after_line < 0 && last < 0),
+                since_time: None,
             };
-            if let Ok(mut reader) = cluster.pod_log(&namespace, &pod.name, &read).await {
-                let numbered = read.tail_lines.is_none();
-                let mut splitter = LineSplitter::default();
-                let mut buf = vec![0u8; 32 * 1024];
-                let mut number = -1i64;
-                loop {
-                    let n = match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    for raw in splitter.push(&buf[..n]) {
+            let numbered = read.tail_lines.is_none();
+            match cluster.pod_log(&namespace, &pod.name, &read).await {
+                Ok(mut reader) => {
+                    let mut splitter = LineSplitter::default();
+                    let mut buf = vec![0u8; 32 * 1024];
+                    let mut number = -1i64;
+                    loop {
+                        let n = match reader.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        for raw in splitter.push(&buf[..n]) {
+                            number += 1;
+                            if numbered && number <= last {
+                                continue;
+                            }
+                            if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {
+                                yield item;
+                            }
+                            if numbered {
+                                last = number;
+                            }
+                        }
+                    }
+                    if let Some(raw) = splitter.finish() {
                         number += 1;
-                        if numbered && number <= last {
-                            continue;
-                        }
-                        if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {
-                            yield item;
-                        }
-                        if numbered {
-                            last = number;
-                        }
-                    }
-                }
-                if let Some(raw) = splitter.finish() {
-                    number += 1;
-                    if !numbered || number > last {
-                        if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {
-                            yield item;
-                        }
-                        if numbered {
-                            last = number;
+                        if !numbered || number > last {
+                            if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {
+                                yield item;
+                            }
+                            if numbered {
+                                last = number;
+                            }
                         }
                     }
+                    if !numbered {
+                        return;
+                    }
+                    // The live stream ended: if the archive has more (the stream was cut), go on there.
+                    let archive = store::logs::get(db, run.id, &pod.name).await?;
+                    if archive.is_some_and(|a| a.state != "capturing" && a.lines > last + 1) {
+                        break;
+                    }
+                    if !query.follow {
+                        return;
+                    }
                 }
-                if !numbered {
-                    return;
+                Err(_) if !query.follow => {
+                    if !pod_started(&pod) {
+                        yield LogItem::Note {
+                            pod: pod.name.clone(),
+                            text: format!("pod {} has not started yet: it has no output so far", pod.name),
+                        };
+                        return;
+                    }
+                    // Gone from the cluster, or unreadable: what the archive holds, at once.
+                    break;
                 }
-                // The live stream ended: if the archive has more (the stream was cut), go on there.
-                let archive = store::logs::get(db, run.id, &pod.name).await?;
-                match archive {
-                    Some(a) if a.state != "capturing" && a.lines > last + 1 => {}
-                    _ => return,
-                }
+                Err(_) => {}
+            }
+            // Following a pod that has not ended: look again shortly.
+            tokio::time::sleep(FOLLOW_POLL).await;
+            match store::pods::list(db, run.id).await?.into_iter().find(|p| p.name == pod.name) {
+                Some(current) => pod = current,
+                None => break,
+            }
+            if pod_ended(&pod) {
+                break;
             }
         }
-        // From the archive, once the archiver has finished with the pod.
-        let deadline = tokio::time::Instant::now() + ARCHIVE_WAIT;
+        // From the archive: a follower waits for the archiver to finish with an ended pod; any
+        // other reader gets what is archived at once, with a note when it is not final.
+        let wait = query.follow && !pod.deleted;
+        let deadline = tokio::time::Instant::now() + if wait { ARCHIVE_WAIT } else { Duration::ZERO };
         let archive = loop {
             match store::logs::get(db, run.id, &pod.name).await? {
                 Some(a) if a.state != "capturing" => break Some(a),
-                _ if tokio::time::Instant::now() >= deadline => break None,
+                other if tokio::time::Instant::now() >= deadline => break other,
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
@@ -251,8 +285,25 @@ fn pod_log<'a>(
                 pod: pod.name.clone(),
                 text: format!("the log of pod {} is incomplete: {}", pod.name, archive.detail.clone().unwrap_or_default()),
             };
+        } else if archive.state == "capturing" {
+            let text = if pod.deleted {
+                format!("the capture of pod {}'s log was interrupted and the pod is gone: the {} lines above are what was archived; anything printed after them may be missing", pod.name, archive.lines)
+            } else {
+                format!("the log of pod {} is still being captured: the {} lines above are what is archived so far", pod.name, archive.lines)
+            };
+            yield LogItem::Note { pod: pod.name.clone(), text };
         }
     }
+}
+
+/// The pod's container has started (it may have output).
+fn pod_started(pod: &PodRecord) -> bool {
+    pod.started_at.is_some() || !matches!(pod.phase.as_str(), "Pending" | "")
+}
+
+/// The pod will print nothing more.
+fn pod_ended(pod: &PodRecord) -> bool {
+    pod.deleted || matches!(pod.phase.as_str(), "Succeeded" | "Failed")
 }
 
 fn line_item(pod: &str, number: Option<i64>, raw: &[u8], query: &LogQuery) -> Option<LogItem> {

@@ -5,7 +5,8 @@ mod common;
 
 use common::calculatepi;
 use common::service::{
-    eventually, jobs_of, kubesim, pods_of, KubeSim, RunnerKind, Service, SimConfig,
+    eventually, jobs_of, kubesim, logs, numbered_lines, pods_of, scripted, KubeSim, RunnerKind,
+    Service, SimConfig,
 };
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -14,37 +15,6 @@ use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn scripted(env: &[(&str, &str)], extra: Value) -> Value {
-    let mut template = json!({
-        "image": "busybox",
-        "env": env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
-    });
-    template
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    template
-}
-
-async fn logs(service: &Service, id: &str, query: &str) -> String {
-    let response = service
-        .http
-        .get(service.url(&format!("/v1/runs/{id}/logs{query}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    response.text().await.unwrap()
-}
-
-fn numbered_lines(n: usize) -> String {
-    (1..=n).map(|i| format!("line {i}\n")).collect()
-}
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn calculatepi_logs_are_byte_for_byte_and_survive_the_job_ttl(db: PgPool) {

@@ -196,6 +196,10 @@ pub(crate) struct FaultState {
     changed: watch::Sender<u64>,
     active: Mutex<Vec<ActiveFault>>,
     next_id: AtomicU64,
+    /// Bumped to end every open `pods/log` stream.
+    pub(crate) cut_logs: watch::Sender<u64>,
+    /// Bumped to make every open `pods/log` stream go silent while staying open.
+    pub(crate) stall_logs: watch::Sender<u64>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -219,6 +223,8 @@ impl Faults {
                 changed: watch::channel(0).0,
                 active: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
+                cut_logs: watch::channel(0).0,
+                stall_logs: watch::channel(0).0,
                 commands,
             }),
         }
@@ -423,6 +429,20 @@ impl Faults {
             let _ = self.add(Fault::new(FaultKind::PauseController));
         }
         self.sync();
+    }
+
+    /// Ends every open `pods/log` stream now, as a dropped connection between the API server
+    /// and a kubelet (or a load balancer's idle cut) does: clients see the body end early and
+    /// must reconnect. Streams opened afterwards are not affected.
+    pub fn cut_log_streams(&self) {
+        self.state.cut_logs.send_modify(|g| *g += 1);
+    }
+
+    /// Makes every open `pods/log` stream go silent without closing it, as a half-dead
+    /// connection does (no FIN, no RST, no data): only a client-side progress timeout notices.
+    /// Streams opened afterwards are not affected.
+    pub fn stall_log_streams(&self) {
+        self.state.stall_logs.send_modify(|g| *g += 1);
     }
 
     /// Decides what happens to one request, taking one from each counted fault it meets.

@@ -13,6 +13,8 @@ use kube::{Api, ResourceExt};
 pub struct LogRead {
     pub follow: bool,
     pub tail_lines: Option<i64>,
+    /// Only lines at or after this time (the API rounds it to whole seconds).
+    pub since_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Cluster {
@@ -31,6 +33,9 @@ impl Cluster {
             container: Some(super::render::CONTAINER.to_string()),
             follow: read.follow,
             tail_lines: read.tail_lines,
+            since_time: read
+                .since_time
+                .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).ok()),
             timestamps: true,
             ..Default::default()
         };

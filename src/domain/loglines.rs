@@ -58,9 +58,120 @@ pub fn split_timestamp(line: &[u8]) -> (Option<DateTime<Utc>>, &[u8]) {
     }
 }
 
+/// Finding the place to go on from in a log stream that was reopened, by content instead of by
+/// line count: a kubelet serves only the current file of a rotated log (10 MiB by default), so
+/// after a reconnect past a rotation the stream starts later than the first line, and counting
+/// lines would skip new ones. Every line carries its kubelet timestamp, so the last archived
+/// line (time and text) is an anchor: lines up to it are old, lines after it new. When the
+/// anchor is no longer in the stream (rotated away) and a line newer than it arrives, the lines
+/// between may be lost: that is reported once, as a gap between the two times.
+#[derive(Debug)]
+pub struct Resume {
+    anchor: Option<Vec<u8>>,
+    anchor_time: Option<DateTime<Utc>>,
+    found: bool,
+}
+
+/// What [`Resume::classify`] says of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Archived already.
+    Old,
+    /// Not archived yet.
+    New,
+    /// Not archived yet, and lines written between these times may be missing before it (the
+    /// anchor was rotated away).
+    NewAfterGap {
+        after: DateTime<Utc>,
+        before: Option<DateTime<Utc>>,
+    },
+}
+
+impl Resume {
+    /// `anchor`: the last line archived so far (with its timestamp), if any.
+    pub fn new(anchor: Option<Vec<u8>>) -> Resume {
+        let anchor_time = anchor.as_deref().and_then(|l| split_timestamp(l).0);
+        Resume {
+            found: anchor.is_none(),
+            anchor,
+            anchor_time,
+        }
+    }
+
+    /// The time to ask the kubelet to start at (`sinceTime`), if any: a second before the
+    /// anchor, since the API rounds `sinceTime` to whole seconds.
+    pub fn since(&self) -> Option<DateTime<Utc>> {
+        self.anchor_time.map(|t| t - chrono::Duration::seconds(1))
+    }
+
+    pub fn classify(&mut self, line: &[u8]) -> Seen {
+        if self.found {
+            return Seen::New;
+        }
+        if self.anchor.as_deref() == Some(line) {
+            self.found = true;
+            return Seen::Old;
+        }
+        let time = split_timestamp(line).0;
+        match (time, self.anchor_time) {
+            (Some(time), Some(anchor)) if time <= anchor => Seen::Old,
+            (time, Some(anchor)) => {
+                self.found = true;
+                Seen::NewAfterGap {
+                    after: anchor,
+                    before: time,
+                }
+            }
+            // An anchor without a time cannot be placed: everything in the stream is taken as
+            // new rather than lost.
+            (_, None) => {
+                self.found = true;
+                Seen::New
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(second: u32, text: &str) -> Vec<u8> {
+        format!("2026-12-03T08:00:{second:02}.000000000Z {text}\n").into_bytes()
+    }
+
+    #[test]
+    fn a_reopened_stream_goes_on_after_the_anchor() {
+        let mut resume = Resume::new(Some(line(2, "b")));
+        assert_eq!(resume.classify(&line(1, "a")), Seen::Old);
+        assert_eq!(resume.classify(&line(2, "b")), Seen::Old);
+        assert_eq!(
+            resume.classify(&line(2, "c")),
+            Seen::New,
+            "same time, after the anchor"
+        );
+        assert_eq!(resume.classify(&line(3, "d")), Seen::New);
+    }
+
+    #[test]
+    fn an_anchor_rotated_away_is_reported_as_a_gap_once() {
+        let mut resume = Resume::new(Some(line(2, "b")));
+        assert_eq!(
+            resume.classify(&line(2, "x")),
+            Seen::Old,
+            "not provably new"
+        );
+        let gap = resume.classify(&line(5, "e"));
+        assert!(matches!(gap, Seen::NewAfterGap { .. }), "{gap:?}");
+        assert_eq!(resume.classify(&line(6, "f")), Seen::New);
+    }
+
+    #[test]
+    fn a_first_stream_is_all_new() {
+        let mut resume = Resume::new(None);
+        assert!(resume.since().is_none());
+        assert_eq!(resume.classify(&line(1, "a")), Seen::New);
+    }
 
     #[test]
     fn lines_are_cut_at_newlines_across_pushes() {

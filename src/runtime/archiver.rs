@@ -2,13 +2,17 @@
 //! completes it when the container ends. Pods carry the service's log-capture finalizer, removed
 //! here once the log is stored (or after `capture_timeout` of failing to read it, recording what
 //! was lost), so a TTL, a cancellation or garbage collection cannot take a pod before its log is
-//! safe. Captures are claimed in the database under a lease, so replicas never copy a pod twice
-//! and a replica that dies mid-capture is taken over.
+//! safe. Captures are claimed in the database under a lease, so replicas never copy a pod twice;
+//! a sweep takes over every capture whose lease lapsed (its replica died or lost the database)
+//! at once, and a graceful shutdown hands its leases back. A reopened stream goes on after the
+//! last archived line, found by content (see [`Resume`]), so a log rotated by the kubelet while
+//! no stream was open is never called complete with lines missing; a stream that delivers
+//! nothing for `stall_timeout` is reopened.
 
 use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::LogRead;
 use crate::cluster::{keys, observe};
-use crate::domain::loglines::LineSplitter;
+use crate::domain::loglines::{LineSplitter, Resume, Seen};
 use crate::store::logs::{self, Append};
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -39,7 +43,25 @@ pub struct LogSettings {
     pub flush_interval: Duration,
     /// Archives older than this are deleted (their runs stay); `None` keeps them with their run.
     pub max_age: Option<Duration>,
+    /// How often lapsed captures are looked for.
+    pub sweep_interval: Duration,
+    /// A log stream that delivers nothing for this long is reopened (a half-dead connection
+    /// would otherwise hang its capture forever; a quiet container's stream is reopened too,
+    /// which costs one request).
+    pub stall_timeout: Duration,
 }
+
+/// Where a capture stands: lines archived, and the last of them (to find the place again).
+struct Cursor {
+    next_line: i64,
+    last: Option<Vec<u8>>,
+    /// A stream was opened since the last look (progress: the failure clock resets).
+    opened: bool,
+}
+
+/// Pause between reopening a stream that brought nothing new while the pod runs (a pod
+/// waiting to restart, an unscheduled pod): doubles from the first to the last.
+const REOPEN_PAUSE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(8));
 
 /// Hands pods to capture tasks. Cheap to clone.
 #[derive(Clone)]
@@ -137,37 +159,72 @@ impl Archiver {
             return;
         };
         let namespace = pod.namespace().unwrap_or_else(|| "default".into());
-        let mut next_line = archive.lines;
+        let last = if archive.lines > 0 {
+            match logs::last_line(&inner.db, *run_id, name).await {
+                Ok(last) => last,
+                Err(error) => {
+                    tracing::warn!(error = %error, "reading the last archived line failed; the sweep retries");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut cursor = Cursor {
+            next_line: archive.lines,
+            last,
+            opened: false,
+        };
         let mut failing_since: Option<Instant> = None;
+        let mut pause = REOPEN_PAUSE.0;
         loop {
+            let before = cursor.next_line;
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                outcome = self.copy(&namespace, key, &mut next_line) => outcome,
+                outcome = self.copy(&namespace, key, &mut cursor) => outcome,
             };
+            // Any progress (a stream opened, lines stored) resets the failure clock: only
+            // uninterrupted failure counts against the capture timeout.
+            if std::mem::take(&mut cursor.opened) || cursor.next_line > before {
+                failing_since = None;
+            }
+            if cursor.next_line > before {
+                pause = REOPEN_PAUSE.0;
+            }
             match outcome {
                 Ok(partial) => {
-                    // The stream ended: done if the container has, else it was cut (reconnect,
-                    // and read the unterminated last line again then).
+                    // The stream ended: done if the container has, else it was cut or stalled
+                    // (reopen, and read the unterminated last line again then).
                     let current = match inner.cluster.pods(&namespace).get_opt(name).await {
-                        Ok(Some(current)) if !container_ended(&current) => continue,
-                        Ok(current) => current,
+                        Ok(Some(current)) if !container_ended(&current) => None,
+                        Ok(current) => Some(current),
                         Err(error) => {
                             tracing::debug!(error = %error, "reading the pod after its log ended failed");
-                            continue;
+                            None
                         }
                     };
-                    if let Some(mut last) = partial {
-                        let mut lines = 1;
-                        if let Err(CopyError::LeaseLost) =
-                            self.flush(key, &mut next_line, &mut last, &mut lines).await
-                        {
-                            return;
+                    if let Some(current) = current {
+                        if let Some(mut last) = partial {
+                            let mut lines = 1;
+                            if let Err(CopyError::LeaseLost) =
+                                self.flush(key, &mut cursor, &mut last, &mut lines, 0).await
+                            {
+                                return;
+                            }
                         }
+                        return self.complete(key, current.as_ref().unwrap_or(pod)).await;
                     }
-                    return self.complete(key, current.as_ref().unwrap_or(pod)).await;
+                    if cursor.next_line == before {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(REOPEN_PAUSE.1);
+                    }
+                    continue;
                 }
                 Err(CopyError::Gone) => {
-                    let (state, detail) = if next_line == 0 {
+                    let (state, detail) = if cursor.next_line == 0 {
                         (
                             "missing",
                             "the pod was deleted before its log could be read",
@@ -181,15 +238,37 @@ impl Archiver {
                     return self.give_up(key, pod, state, detail).await;
                 }
                 Err(CopyError::LeaseLost) => return,
-                Err(CopyError::Failed(error)) => {
-                    tracing::warn!(error = %error, "copying a pod's log failed; retrying");
+                Err(CopyError::Failed { message, refused }) => {
+                    tracing::warn!(error = %message, "copying a pod's log failed; retrying");
+                    // A kubelet that refuses the log of an ended pod being deleted has removed
+                    // it with the pod's containers: nothing will bring it back.
+                    if refused {
+                        if let Ok(Some(current)) =
+                            inner.cluster.pods(&namespace).get_opt(name).await
+                        {
+                            if current.metadata.deletion_timestamp.is_some()
+                                && container_ended(&current)
+                            {
+                                let detail = format!(
+                                    "the pod was deleted and the kubelet removed its log before it was fully read ({} lines were captured; what followed is lost): {message}",
+                                    cursor.next_line
+                                );
+                                let state = if cursor.next_line == 0 {
+                                    "missing"
+                                } else {
+                                    "incomplete"
+                                };
+                                return self.give_up(key, &current, state, &detail).await;
+                            }
+                        }
+                    }
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > inner.settings.capture_timeout {
                         let detail = format!(
-                            "the log could not be read for {} s: {error}",
+                            "the log could not be read for {} s: {message}",
                             inner.settings.capture_timeout.as_secs()
                         );
-                        let state = if next_line == 0 {
+                        let state = if cursor.next_line == 0 {
                             "missing"
                         } else {
                             "incomplete"
@@ -205,73 +284,174 @@ impl Archiver {
         }
     }
 
-    /// Follows the pod's log from the start, skipping the lines already archived, and appends the
-    /// rest in chunks. Returns when the stream ends, with its unterminated last line if any.
+    /// Follows the pod's log from the last archived line on (asking from a second before its
+    /// time), appending new lines in chunks. Returns when the stream ends or stalls, with its
+    /// unterminated last line if that is new.
     async fn copy(
         &self,
         namespace: &str,
         key: &(Uuid, String),
-        next_line: &mut i64,
+        cursor: &mut Cursor,
     ) -> Result<Option<Vec<u8>>, CopyError> {
         let inner = &self.inner;
         let name = &key.1;
+        let mut resume = Resume::new(cursor.last.clone());
         let read = LogRead {
             follow: true,
             tail_lines: None,
+            since_time: resume.since(),
         };
         let mut reader = match inner.cluster.pod_log(namespace, name, &read).await {
             Ok(reader) => reader,
             Err(kube::Error::Api(status)) if status.is_not_found() => return Err(CopyError::Gone),
-            Err(error) => return Err(CopyError::Failed(error.to_string())),
+            Err(kube::Error::Api(status)) => {
+                return Err(CopyError::Failed {
+                    refused: (400..500).contains(&status.code) && status.code != 429,
+                    message: status.message,
+                })
+            }
+            Err(error) => {
+                return Err(CopyError::Failed {
+                    message: error.to_string(),
+                    refused: false,
+                })
+            }
         };
-        let mut skip = *next_line;
+        cursor.opened = true;
         let mut splitter = LineSplitter::default();
         let mut chunk = Vec::with_capacity(CHUNK_BYTES);
         let mut chunk_lines = 0i32;
+        // Where the chunk's last line starts (it becomes the cursor's anchor when stored).
+        let mut last_start = 0usize;
         let mut buf = vec![0u8; 32 * 1024];
         let mut deadline = Instant::now() + inner.settings.flush_interval;
+        let mut stall_at = Instant::now() + inner.settings.stall_timeout;
+        let mut renewed = Instant::now();
         loop {
-            let read = tokio::time::timeout_at(deadline, reader.read(&mut buf)).await;
+            let read = tokio::time::timeout_at(deadline.min(stall_at), reader.read(&mut buf)).await;
             let n = match read {
+                Err(_) if Instant::now() >= stall_at => {
+                    tracing::debug!("the log stream stalled; reopening it");
+                    metrics::counter!("vfi_log_streams_stalled_total").increment(1);
+                    self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
+                        .await?;
+                    return Ok(None);
+                }
                 Err(_) => 0,
                 Ok(Ok(0)) => {
-                    self.flush(key, next_line, &mut chunk, &mut chunk_lines)
+                    self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
-                    return Ok(splitter.finish().filter(|_| skip == 0));
+                    let partial = splitter.finish();
+                    return Ok(partial.filter(|line| resume.classify(line) != Seen::Old));
                 }
-                Ok(Ok(n)) => n,
+                Ok(Ok(n)) => {
+                    stall_at = Instant::now() + inner.settings.stall_timeout;
+                    n
+                }
                 Ok(Err(error)) => {
-                    self.flush(key, next_line, &mut chunk, &mut chunk_lines)
+                    self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
-                    return Err(CopyError::Failed(error.to_string()));
+                    return Err(CopyError::Failed {
+                        message: error.to_string(),
+                        refused: false,
+                    });
                 }
             };
             for line in splitter.push(&buf[..n]) {
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
+                match resume.classify(&line) {
+                    Seen::Old => continue,
+                    Seen::New => {}
+                    Seen::NewAfterGap { after, before } => {
+                        self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
+                            .await?;
+                        self.record_gap(key, cursor.next_line, after, before)
+                            .await?;
+                    }
                 }
+                last_start = chunk.len();
                 chunk.extend_from_slice(&line);
                 chunk_lines += 1;
                 if chunk.len() >= CHUNK_BYTES {
-                    self.flush(key, next_line, &mut chunk, &mut chunk_lines)
+                    self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
+                    renewed = Instant::now();
                 }
             }
             if n == 0 || Instant::now() >= deadline {
-                self.flush(key, next_line, &mut chunk, &mut chunk_lines)
-                    .await?;
+                if chunk.is_empty() {
+                    // A quiet pod: keep the lease, or another replica's sweep would take over.
+                    if renewed.elapsed() >= inner.settings.lease / 3 {
+                        self.renew(key).await?;
+                        renewed = Instant::now();
+                    }
+                } else {
+                    self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
+                        .await?;
+                    renewed = Instant::now();
+                }
                 deadline = Instant::now() + inner.settings.flush_interval;
             }
+        }
+    }
+
+    async fn renew(&self, key: &(Uuid, String)) -> Result<(), CopyError> {
+        let inner = &self.inner;
+        match logs::renew(
+            &inner.db,
+            key.0,
+            &key.1,
+            &inner.instance,
+            inner.settings.lease,
+        )
+        .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CopyError::LeaseLost),
+            Err(error) => Err(CopyError::Failed {
+                message: format!("renewing the capture lease failed: {error}"),
+                refused: false,
+            }),
+        }
+    }
+
+    /// Records that the lines between the last archived one and the next could not be read
+    /// (rotated away while no stream was open).
+    async fn record_gap(
+        &self,
+        key: &(Uuid, String),
+        archived: i64,
+        after: chrono::DateTime<chrono::Utc>,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), CopyError> {
+        let inner = &self.inner;
+        let stamp = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        };
+        let gap = format!(
+            "lines written after line {archived} ({}) and before line {} ({}) may be missing: the kubelet rotated the log while it was not being read",
+            stamp(after),
+            archived + 1,
+            before.map(stamp).unwrap_or_else(|| "time unknown".into()),
+        );
+        tracing::warn!(run_id = %key.0, pod = %key.1, %gap, "pod log has a gap");
+        metrics::counter!("vfi_log_gaps_total").increment(1);
+        match logs::record_gap(&inner.db, key.0, &key.1, &inner.instance, &gap).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CopyError::LeaseLost),
+            Err(error) => Err(CopyError::Failed {
+                message: format!("recording a log gap failed: {error}"),
+                refused: false,
+            }),
         }
     }
 
     async fn flush(
         &self,
         key: &(Uuid, String),
-        next_line: &mut i64,
+        cursor: &mut Cursor,
         chunk: &mut Vec<u8>,
         lines: &mut i32,
+        last_start: usize,
     ) -> Result<(), CopyError> {
         if chunk.is_empty() {
             return Ok(());
@@ -284,7 +464,7 @@ impl Archiver {
                 key.0,
                 &key.1,
                 Append {
-                    first_line: *next_line,
+                    first_line: cursor.next_line,
                     line_count: *lines,
                     data: chunk,
                     cap_bytes: inner.settings.cap_bytes,
@@ -299,15 +479,17 @@ impl Archiver {
         match write.await {
             Ok(true) => {
                 metrics::counter!("vfi_log_bytes_archived_total").increment(chunk.len() as u64);
-                *next_line += *lines as i64;
+                cursor.next_line += *lines as i64;
+                cursor.last = Some(chunk[last_start.min(chunk.len())..].to_vec());
                 chunk.clear();
                 *lines = 0;
                 Ok(())
             }
             Ok(false) => Err(CopyError::LeaseLost),
-            Err(error) => Err(CopyError::Failed(format!(
-                "storing log lines failed: {error}"
-            ))),
+            Err(error) => Err(CopyError::Failed {
+                message: format!("storing log lines failed: {error}"),
+                refused: false,
+            }),
         }
     }
 
@@ -364,7 +546,8 @@ enum CopyError {
     Gone,
     /// Another process took the capture over.
     LeaseLost,
-    Failed(String),
+    /// Reading or storing failed; `refused` when the API answered a client error (not 429).
+    Failed { message: String, refused: bool },
 }
 
 async fn finished_or_orphan(db: &PgPool, run_id: Uuid, pod: &str) -> bool {
@@ -402,6 +585,87 @@ fn container_ended(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     matches!(phase, Some("Succeeded" | "Failed"))
         || main_container(pod).is_some_and(|s| s.terminated.is_some())
+}
+
+/// Takes over, every `sweep_interval`, the captures whose lease lapsed (their replica died,
+/// shut down or lost the database), so no ended pod waits for a re-list to lose its finalizer:
+/// a pod that still exists is captured again from the last archived line on; one that is gone
+/// is finished with what was archived, saying what may be missing.
+pub async fn sweep(archiver: Archiver, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(archiver.inner.settings.sweep_interval) => {}
+        }
+        if let Err(error) = archiver.sweep_once(&shutdown).await {
+            tracing::warn!(error = %error, "looking for lapsed log captures failed; retrying");
+        }
+    }
+}
+
+impl Archiver {
+    async fn sweep_once(&self, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
+        let inner = &self.inner;
+        for capture in logs::lapsed(&inner.db, 500).await? {
+            let key = (capture.run_id, capture.pod_name.clone());
+            if inner.active.lock().unwrap().contains(&key) {
+                continue;
+            }
+            let namespace = capture.namespace.as_deref().unwrap_or("default");
+            match inner
+                .cluster
+                .pods(namespace)
+                .get_opt(&capture.pod_name)
+                .await
+            {
+                Ok(Some(pod)) => {
+                    metrics::counter!("vfi_log_captures_taken_over_total").increment(1);
+                    tracing::info!(run_id = %key.0, pod = %key.1, "taking over a lapsed log capture");
+                    self.observe(&pod, shutdown);
+                }
+                Ok(None) => {
+                    let (state, detail) = if capture.lines == 0 {
+                        (
+                            "missing",
+                            "the pod was deleted while no replica was capturing its log"
+                                .to_string(),
+                        )
+                    } else {
+                        (
+                            "incomplete",
+                            format!(
+                                "the pod was deleted while no replica was capturing its log: the {} lines archived are kept, anything printed after them is lost",
+                                capture.lines
+                            ),
+                        )
+                    };
+                    metrics::counter!("vfi_log_captures_failed_total", "state" => state.to_string())
+                        .increment(1);
+                    logs::finish(&inner.db, key.0, &key.1, state, Some(&detail)).await?;
+                }
+                Err(error) => {
+                    tracing::debug!(run_id = %key.0, pod = %key.1, error = %error, "looking up a lapsed capture's pod failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At shutdown, after the loops stopped: waits briefly for the captures to let go, then
+    /// hands this replica's leases back so another replica's sweep takes them over at once.
+    pub async fn hand_back(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.inner.active.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match logs::hand_back(&self.inner.db, &self.inner.instance).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(captures = n, "handed log captures back"),
+            Err(error) => {
+                tracing::warn!(error = %error, "handing log captures back failed; they lapse with their lease")
+            }
+        }
+    }
 }
 
 /// Deletes archived logs past their own age limit, in batches, now and then. Runs keep their

@@ -102,6 +102,10 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         )),
     });
     loops.push(Loop {
+        name: "log-sweep".into(),
+        handle: tokio::spawn(archiver::sweep(runtime.archiver.clone(), shutdown.clone())),
+    });
+    loops.push(Loop {
         name: "pruner".into(),
         handle: tokio::spawn(pruner::run(runtime.clone(), shutdown.clone())),
     });

@@ -155,7 +155,114 @@ pub async fn append(
     Ok(true)
 }
 
-/// Ends a capture: `complete`, `incomplete` or `missing`, with the reason when not complete.
+/// Renews a capture's lease while its pod prints nothing. False when the lease was lost.
+pub async fn renew(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    owner: &str,
+    lease: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE pod_logs SET lease_until = now() + make_interval(secs => $4)
+         WHERE run_id = $1 AND pod_name = $2 AND lease_owner = $3 AND state = 'capturing'",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Records lines that were lost (e.g. rotated away by the kubelet while no stream was open):
+/// kept in `detail`, and the capture can then only finish as `incomplete`. False when the
+/// lease was lost.
+pub async fn record_gap(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    owner: &str,
+    gap: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE pod_logs SET detail = nullif(concat_ws('; ', detail, $4::text), '')
+         WHERE run_id = $1 AND pod_name = $2 AND lease_owner = $3 AND state = 'capturing'",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(owner)
+    .bind(gap)
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A capture left `capturing` with its lease lapsed: its replica died, shut down or lost the
+/// database. What the archiver's sweep takes over.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Lapsed {
+    pub run_id: Uuid,
+    pub pod_name: String,
+    /// The namespace of the run's Job (where its pods are).
+    pub namespace: Option<String>,
+    pub lines: i64,
+}
+
+pub async fn lapsed(db: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Lapsed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.run_id, l.pod_name, r.job_namespace AS namespace, l.lines
+         FROM pod_logs l JOIN runs r ON r.id = l.run_id
+         WHERE l.state = 'capturing' AND (l.lease_until IS NULL OR l.lease_until < now())
+         ORDER BY l.lease_until NULLS FIRST LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Hands back every lease `owner` holds (a graceful shutdown), so another replica's sweep takes
+/// the captures over at once instead of after the lease.
+pub async fn hand_back(db: impl PgExecutor<'_>, owner: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE pod_logs SET lease_until = now() - interval '1 second'
+         WHERE lease_owner = $1 AND state = 'capturing'",
+    )
+    .bind(owner)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// The last line archived for a pod (with its timestamp): where a new capture goes on from.
+pub async fn last_line(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    let row: Option<(i16, Vec<u8>)> = sqlx::query_as(
+        "SELECT encoding, data FROM log_chunks WHERE run_id = $1 AND pod_name = $2
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .fetch_optional(db)
+    .await?;
+    let Some((encoding, data)) = row else {
+        return Ok(None);
+    };
+    let data = decode(encoding, data).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let mut splitter = crate::domain::loglines::LineSplitter::default();
+    let mut lines = splitter.push(&data);
+    lines.extend(splitter.finish());
+    Ok(lines.pop())
+}
+
+/// Ends a capture: `complete`, `incomplete` or `missing`, with the reason when not complete. A
+/// capture with recorded gaps ends `incomplete` even when asked `complete`.
 pub async fn finish(
     db: impl PgExecutor<'_>,
     run_id: Uuid,
@@ -166,7 +273,10 @@ pub async fn finish(
     let result = sqlx::query(
         "INSERT INTO pod_logs (run_id, pod_name, state, detail, completed_at)
          VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (run_id, pod_name) DO UPDATE SET state = $3, detail = $4,
+         ON CONFLICT (run_id, pod_name) DO UPDATE SET
+             state = CASE WHEN $3 = 'complete' AND pod_logs.detail IS NOT NULL
+                          THEN 'incomplete' ELSE $3 END,
+             detail = nullif(concat_ws('; ', pod_logs.detail, $4::text), ''),
              completed_at = now(), lease_owner = NULL, lease_until = NULL
          WHERE pod_logs.state = 'capturing'",
     )

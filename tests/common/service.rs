@@ -220,3 +220,38 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A run template for kubesim's scripted runner: `env` sets `KUBESIM_*` behaviour, `extra`
+/// adds template fields.
+pub fn scripted(env: &[(&str, &str)], extra: Value) -> Value {
+    let mut template = json!({
+        "image": "busybox",
+        "env": env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+    });
+    template
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    template
+}
+
+/// What kubesim's `KUBESIM_LOG_LINES=n` prints.
+pub fn numbered_lines(n: usize) -> String {
+    (1..=n).map(|i| format!("line {i}\n")).collect()
+}
+
+/// `GET /v1/runs/{id}/logs{query}` as text, asserting a 200 `text/plain` answer.
+pub async fn logs(service: &Service, id: &str, query: &str) -> String {
+    let response = service
+        .http
+        .get(service.url(&format!("/v1/runs/{id}/logs{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    response.text().await.unwrap()
+}

@@ -1,6 +1,12 @@
 //! `GET pods/{name}/log`: picks the container instance (`container`, `previous`) and streams its
 //! log with `follow`, `tailLines`, `limitBytes`, `sinceSeconds`/`sinceTime` and `timestamps`,
 //! answering the errors a real kubelet/API server gives for pods that have not started.
+//!
+//! A pod not yet bound to a node gets an empty `200`: the API server has no kubelet to ask and
+//! streams an empty body (kubernetes/kubernetes `pkg/registry/core/pod/strategy.go`,
+//! `LogLocation`: "If pod has not been assigned a host, return an empty location", and
+//! `pkg/registry/core/pod/rest/log.go` streams nothing for a nil location). A bound pod whose
+//! container has not started gets the kubelet's 400 "is waiting to start".
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query as AxQuery, State};
@@ -38,6 +44,18 @@ async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result
         .get::<Pod>(&ns, &name)
         .ok_or_else(|| Status::not_found("pods", &name))?;
     let container = pick_container(&pod, &name, q.get("container"))?;
+    let unscheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_none_or(str::is_empty);
+    if unscheduled {
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain")
+            .body(Body::empty())
+            .unwrap_or_default());
+    }
     let cs = pod
         .status
         .as_ref()
@@ -103,10 +121,22 @@ async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result
     };
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let shutdown = state.shutdown.clone();
+    let mut cut = state.faults.state.cut_logs.subscribe();
+    let mut stall = state.faults.state.stall_logs.subscribe();
     tokio::spawn(async move {
+        let held = tx.clone();
         tokio::select! {
             _ = buf.stream(opts, tx) => {},
             _ = shutdown.cancelled() => {},
+            // Injected faults (see `Faults::cut_log_streams` / `stall_log_streams`).
+            _ = cut.changed() => {},
+            _ = stall.changed() => {
+                // Silent but open until the client gives up (or the simulator stops).
+                tokio::select! {
+                    _ = held.closed() => {},
+                    _ = shutdown.cancelled() => {},
+                }
+            },
         }
     });
     // Injected stream cuts and stalls apply to log streams as to watches.

@@ -1,0 +1,407 @@
+//! Logs that survive what a cluster and the service's own replicas do (issue 12): replicas
+//! killed or stopped mid-capture, pods deleted while nobody captured them, API interruptions,
+//! stalled streams. Every capture finishes, every finalizer goes, and every log is exact or
+//! says what is missing.
+
+mod common;
+
+use common::service::{
+    eventually, kubesim, logs, numbered_lines, pods_of, scripted, KubeSim, RunnerKind, Service,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use vfi_orchestrator::domain::PodRecord;
+use vfi_orchestrator::store::logs::{self, Append};
+
+const WAIT: Duration = Duration::from_secs(60);
+const LOG_FINALIZER: &str = "vfi-orchestrator.io/log-capture";
+
+/// (state, lines) of every capture of these runs.
+async fn captures(db: &PgPool, ids: &[String]) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT state, lines FROM pod_logs WHERE run_id::text = ANY($1) ORDER BY run_id::text",
+    )
+    .bind(ids)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+async fn all_capturing_with_lines(db: &PgPool, ids: &[String]) -> bool {
+    let captures = captures(db, ids).await;
+    captures.len() == ids.len()
+        && captures
+            .iter()
+            .all(|(state, lines)| state == "capturing" && *lines > 0)
+}
+
+async fn all_complete(db: &PgPool, ids: &[String]) -> bool {
+    let captures = captures(db, ids).await;
+    captures.len() == ids.len() && captures.iter().all(|(state, _)| state == "complete")
+}
+
+/// No pod of these runs still carries the log finalizer (pods deleted by a TTL are gone).
+async fn no_log_finalizers(client: &kube::Client, ids: &[String]) -> bool {
+    for id in ids {
+        for pod in pods_of(client, id).await {
+            if pod
+                .metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == LOG_FINALIZER)
+            {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn all_pods_ended(client: &kube::Client, ids: &[String]) -> bool {
+    for id in ids {
+        let pods = pods_of(client, id).await;
+        let ended = pods.iter().all(|p| {
+            matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        });
+        if pods.is_empty() || !ended {
+            return false;
+        }
+    }
+    true
+}
+
+/// Starts a run printing `lines` numbered lines, one per `interval_ms`, and waits until its
+/// capture has stored some. Returns its id, also as a list.
+async fn print_and_wait_for_capture(
+    service: &Service,
+    lines: usize,
+    interval_ms: u64,
+) -> (String, Vec<String>) {
+    let (lines, interval) = (lines.to_string(), interval_ms.to_string());
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_LOG_LINES", &lines),
+                ("KUBESIM_LOG_INTERVAL_MS", &interval),
+            ],
+            json!({}),
+        ))
+        .await;
+    let ids = vec![id.clone()];
+    eventually("the capture to be under way", WAIT, || {
+        all_capturing_with_lines(&service.db, &ids)
+    })
+    .await;
+    (id, ids)
+}
+
+/// The service as a separate process (the release path: `vfi-orchestrator serve`), so it can
+/// be killed with SIGKILL like a crashed replica.
+struct Replica {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Replica {
+    async fn start(db: &PgPool, sim: &KubeSim, extra: &[&str]) -> Replica {
+        let name: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(db)
+            .await
+            .unwrap();
+        let mut url = reqwest::Url::parse(
+            &std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests"),
+        )
+        .unwrap();
+        url.set_path(&name);
+        let dir = std::env::temp_dir().join(format!("vfi-replica-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vfi-orchestrator"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--auth-disabled"])
+            .args(extra)
+            .env("DATABASE_URL", url.as_str())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("the binary starts");
+        Replica { child, dir }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs that print 300 numbered lines over about 3 s; every other one is deleted by a TTL of 0
+/// as soon as the service lets go of it.
+async fn submit_printers(app: &common::TestApp, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let extra = if i % 2 == 0 {
+            json!({"ttlSecondsAfterFinished": 0})
+        } else {
+            json!({})
+        };
+        let template = scripted(
+            &[
+                ("KUBESIM_LOG_LINES", "300"),
+                ("KUBESIM_LOG_INTERVAL_MS", "10"),
+            ],
+            extra,
+        );
+        ids.push(
+            app.submit(&template).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn captures_of_a_replica_killed_with_sigkill_complete_within_the_lease(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let client = sim.client();
+    let lease = Duration::from_secs(5);
+    let mut crashed = Replica::start(&db, &sim, &["--launch-lease-secs", "5"]).await;
+    let api_only = common::TestApp::spawn(db.clone()).await;
+    let ids = submit_printers(&api_only, 10).await;
+    eventually("every capture to be under way", WAIT, || {
+        all_capturing_with_lines(&db, &ids)
+    })
+    .await;
+
+    crashed.kill_9();
+    // The pods end while no replica runs; their captures stay claimed by the dead one.
+    eventually("every pod to end", WAIT, || all_pods_ended(&client, &ids)).await;
+    assert!(!all_complete(&db, &ids).await);
+
+    let survivor = Service::start(db.clone(), client.clone(), &["--launch-lease-secs", "5"]).await;
+    let up = Instant::now();
+    let bound = lease + Duration::from_secs(5);
+    eventually("every capture to complete", bound, || {
+        all_complete(&db, &ids)
+    })
+    .await;
+    eventually("every log finalizer to be removed", bound, || {
+        no_log_finalizers(&client, &ids)
+    })
+    .await;
+    assert!(up.elapsed() <= bound, "took {:?}", up.elapsed());
+    for id in &ids {
+        assert_eq!(
+            logs(&survivor, id, "").await,
+            numbered_lines(300),
+            "run {id}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_gracefully_stopped_replica_hands_its_captures_to_the_other_at_once(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let client = sim.client();
+    // The default 30-s lease: only handing the leases back makes the bound below.
+    let stopping = Service::start(db.clone(), client.clone(), &[]).await;
+    let api_only = common::TestApp::spawn(db.clone()).await;
+    let ids = submit_printers(&api_only, 6).await;
+    eventually("every capture to be under way", WAIT, || {
+        all_capturing_with_lines(&db, &ids)
+    })
+    .await;
+    let other = Service::start(db.clone(), client.clone(), &[]).await;
+
+    stopping.stop().await;
+    let stopped = Instant::now();
+    let bound = Duration::from_secs(10);
+    eventually("every capture to complete", bound, || {
+        all_complete(&db, &ids)
+    })
+    .await;
+    eventually("every log finalizer to be removed", bound, || {
+        no_log_finalizers(&client, &ids)
+    })
+    .await;
+    assert!(stopped.elapsed() <= bound, "took {:?}", stopped.elapsed());
+    for id in &ids {
+        assert_eq!(logs(&other, id, "").await, numbered_lines(300), "run {id}");
+    }
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn an_orphaned_archive_whose_pod_is_gone_is_served_at_once_and_finished(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let api_only = common::TestApp::spawn(db.clone()).await;
+    let id: Uuid = api_only.submit(&scripted(&[], json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A replica archived all 1,000 lines, then died before completing; the pod was deleted
+    // meanwhile (its finalizer removed by hand), and the tracker saw it go.
+    let pod = "run-1-gone";
+    vfi_orchestrator::store::pods::upsert(
+        &db,
+        id,
+        &PodRecord {
+            name: pod.into(),
+            uid: "uid-1".into(),
+            completion_index: None,
+            node_name: None,
+            phase: "Succeeded".into(),
+            exit_code: Some(0),
+            reason: Some("Completed".into()),
+            message: None,
+            restarts: 0,
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            deleted: true,
+        },
+    )
+    .await
+    .unwrap();
+    logs::claim(&db, id, pod, "dead-replica", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let text: String = (1..=1000)
+        .map(|i| format!("2026-12-03T08:00:00.{i:09}Z line {i}\n"))
+        .collect();
+    let mut tx = db.begin().await.unwrap();
+    assert!(logs::append(
+        &mut tx,
+        id,
+        pod,
+        Append {
+            first_line: 0,
+            line_count: 1000,
+            data: text.as_bytes(),
+            cap_bytes: 16 << 20,
+            owner: "dead-replica",
+            lease: Duration::from_secs(1),
+        },
+    )
+    .await
+    .unwrap());
+    tx.commit().await.unwrap();
+
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let asked = Instant::now();
+    let only = format!("?pod={pod}");
+    let served = logs(&service, &id.to_string(), &only).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "served at once, not after a wait: {:?}",
+        asked.elapsed()
+    );
+    let (lines, note) = served.split_at(numbered_lines(1000).len());
+    assert!(
+        lines == numbered_lines(1000),
+        "every archived line: {served:.200}"
+    );
+    assert!(note.starts_with("[vfi-orchestrator] "), "{note:?}");
+
+    eventually("the sweep to finish the capture", WAIT, || {
+        let db = db.clone();
+        async move {
+            logs::get(&db, id, pod)
+                .await
+                .unwrap()
+                .is_some_and(|l| l.state != "capturing")
+        }
+    })
+    .await;
+    let finished = logs::get(&db, id, pod).await.unwrap().unwrap();
+    assert_eq!(finished.state, "incomplete");
+    assert!(
+        finished.detail.as_deref().unwrap().contains("1000 lines"),
+        "{:?}",
+        finished.detail
+    );
+    let served = logs(&service, &id.to_string(), &only).await;
+    assert!(served.starts_with(&numbered_lines(1000)));
+    assert!(served.contains("is incomplete"), "{served}");
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn interruptions_further_apart_than_the_capture_timeout_lose_nothing(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let faults = sim.faults();
+    let client = sim.client();
+    let service = Service::start(
+        db.clone(),
+        client.clone(),
+        &["--log-capture-timeout-secs", "2"],
+    )
+    .await;
+    // 40 lines over 10 s.
+    let (id, ids) = print_and_wait_for_capture(&service, 40, 250).await;
+    // Two interruptions of 1.5 s (shorter than the timeout), 3.5 s apart (longer than it).
+    for _ in 0..2 {
+        faults.set_outage(true);
+        faults.cut_log_streams();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        faults.set_outage(false);
+        assert!(
+            !no_log_finalizers(&client, &ids).await || all_pods_ended(&client, &ids).await,
+            "the finalizer stays while the pod runs"
+        );
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+    }
+    service.wait_for(&id, "succeeded", WAIT).await;
+    eventually("the capture to complete", WAIT, || all_complete(&db, &ids)).await;
+    assert_eq!(logs(&service, &id, "").await, numbered_lines(40));
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_stalled_log_stream_is_reopened_within_the_progress_timeout(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let faults = sim.faults();
+    let service = Service::start(
+        db.clone(),
+        sim.client(),
+        &["--log-stall-timeout-secs", "2", "--log-flush-ms", "100"],
+    )
+    .await;
+    // 100 lines over 10 s.
+    let (id, ids) = print_and_wait_for_capture(&service, 100, 100).await;
+    faults.stall_log_streams();
+    let stalled = Instant::now();
+    let lines_at_stall = captures(&db, &ids).await[0].1;
+    // The stall timeout, then a flush and some slack.
+    let bound = Duration::from_secs(2) + Duration::from_secs(2);
+    eventually("the capture to move again", bound, || {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move { captures(&db, &ids).await[0].1 > lines_at_stall + 5 }
+    })
+    .await;
+    assert!(stalled.elapsed() >= Duration::from_secs(2) - Duration::from_millis(200));
+    service.wait_for(&id, "succeeded", WAIT).await;
+    eventually("the capture to complete", WAIT, || all_complete(&db, &ids)).await;
+    assert_eq!(logs(&service, &id, "").await, numbered_lines(100));
+}
