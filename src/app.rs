@@ -5,6 +5,7 @@ use crate::clock::SystemClock;
 use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
+use crate::domain::policy::RunLimits;
 use crate::domain::RunPolicy;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
@@ -62,8 +63,9 @@ impl App {
                 max_body_bytes: args.max_body_bytes,
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_queued_runs_per_task: args.security.max_queued_runs_per_task,
+                max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
             }),
-            policy: Arc::new(policy(&args.cluster)),
+            policy: Arc::new(policy(&args.cluster)?),
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone()),
@@ -158,11 +160,25 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
     })
 }
 
-fn policy(args: &ClusterArgs) -> RunPolicy {
-    RunPolicy {
+fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
+    let limits = &args.run_limits;
+    let limits = RunLimits {
+        max_completions: Some(limits.max_run_completions),
+        max_parallelism: Some(limits.max_run_parallelism),
+        max_pods: Some(limits.max_run_pods),
+        max_cpu: Some(limits.max_run_cpu.clone()),
+        max_memory: Some(limits.max_run_memory.clone()),
+        max_extended_resource: Some(limits.max_run_extended_resource),
+        max_active_deadline_seconds: Some(limits.max_run_active_deadline_seconds),
+    };
+    let mut errors = crate::domain::validation::Errors::new();
+    limits.collect_errors("run limits", &mut errors);
+    errors.finish().context("MAX_RUN_* settings")?;
+    Ok(RunPolicy {
         namespaces: args.namespaces.clone(),
         service_accounts: args.service_accounts.clone(),
-    }
+        limits,
+    })
 }
 
 fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {

@@ -66,6 +66,10 @@ pub struct TokenCreateArgs {
     /// Limit the token to this task (repeat for several); every task when left out.
     #[arg(long = "task")]
     pub tasks: Vec<String>,
+    /// Runs the token may have unfinished at once, replacing MAX_ACTIVE_RUNS_PER_TOKEN (0: no
+    /// limit).
+    #[arg(long)]
+    pub max_active_runs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -249,6 +253,38 @@ pub struct ClusterArgs {
     pub log_max_age_hours: u64,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub run_limits: RunLimitsArgs,
+}
+
+/// How big one run may be, and how many one token may have unfinished (0: no limit). A task's
+/// `limits` replace the size limits for its runs; a token's `maxActiveRuns` replaces the last.
+#[derive(Debug, Clone, Args)]
+pub struct RunLimitsArgs {
+    /// Most `completions` of one run.
+    #[arg(long, env = "MAX_RUN_COMPLETIONS", default_value_t = 1000)]
+    pub max_run_completions: i32,
+    /// Most `parallelism` of one run.
+    #[arg(long, env = "MAX_RUN_PARALLELISM", default_value_t = 100)]
+    pub max_run_parallelism: i32,
+    /// Most pods one run may create: completions (or parallelism) plus backoffLimit.
+    #[arg(long, env = "MAX_RUN_PODS", default_value_t = 1100)]
+    pub max_run_pods: i64,
+    /// Most CPU one run container may request or be limited to (a quantity; 0: no limit).
+    #[arg(long, env = "MAX_RUN_CPU", default_value = "16")]
+    pub max_run_cpu: String,
+    /// Most memory one run container may request or be limited to (a quantity; 0: no limit).
+    #[arg(long, env = "MAX_RUN_MEMORY", default_value = "64Gi")]
+    pub max_run_memory: String,
+    /// Most units of any one extended resource (GPUs) per run container.
+    #[arg(long, env = "MAX_RUN_EXTENDED_RESOURCE", default_value_t = 8)]
+    pub max_run_extended_resource: i64,
+    /// Largest `activeDeadlineSeconds` a run may ask for (default 7 days).
+    #[arg(long, env = "MAX_RUN_ACTIVE_DEADLINE_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub max_run_active_deadline_seconds: i64,
+    /// Runs one API token may have unfinished (queued to running) at once; more get 429.
+    #[arg(long, env = "MAX_ACTIVE_RUNS_PER_TOKEN", default_value_t = 100)]
+    pub max_active_runs_per_token: u32,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of

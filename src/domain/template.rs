@@ -391,7 +391,7 @@ fn validate_resources(resources: &Resources, at: &str, errors: &mut Errors) {
 }
 
 /// Extended resources (like `nvidia.com/gpu`) are whole units that cannot be overcommitted.
-fn is_extended(name: &str) -> bool {
+pub(crate) fn is_extended(name: &str) -> bool {
     name.contains('/') && !name.starts_with("kubernetes.io/")
 }
 

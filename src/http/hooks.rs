@@ -157,7 +157,9 @@ pub async fn receive(
     };
     let template = task.template.with_overrides(&overrides);
     template.validate("template")?;
-    state.policy.check(&template, "template")?;
+    state
+        .policy
+        .check(&template, task.limits.as_ref(), "template")?;
 
     let mut tx = state.db.begin().await?;
     let new = NewRun {
@@ -166,6 +168,7 @@ pub async fn receive(
         trigger: Trigger::Webhook,
         rerun_of: None,
         scheduled_time: None,
+        token_id: None,
     };
     let run = insert_capped(&mut tx, &state.limits, new).await?;
     if let Some(first) =

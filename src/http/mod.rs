@@ -40,6 +40,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Queued runs a task may have before new ones are refused (0: no cap).
     pub max_queued_runs_per_task: u32,
+    /// Unfinished runs one token may have (0: no cap; a token's own `maxActiveRuns` wins).
+    pub max_active_runs_per_token: u32,
 }
 
 /// What handlers share. Cheap to clone.

@@ -37,6 +37,10 @@ pub struct TestOptions {
     pub server: ServerLimits,
     /// Create the admin token `http` sends (needs the migrations applied).
     pub admin_token: bool,
+    /// The installation's run size limits (none by default).
+    pub run_limits: vfi_orchestrator::domain::policy::RunLimits,
+    /// Unfinished runs per token (0: no cap).
+    pub max_active_runs_per_token: u32,
 }
 
 impl Default for TestOptions {
@@ -48,6 +52,8 @@ impl Default for TestOptions {
             cors_origins: Vec::new(),
             server: ServerLimits::default(),
             admin_token: true,
+            run_limits: Default::default(),
+            max_active_runs_per_token: 0,
         }
     }
 }
@@ -64,10 +70,12 @@ impl TestApp {
                 max_body_bytes: MAX_BODY_BYTES,
                 request_timeout: Duration::from_secs(30),
                 max_queued_runs_per_task: options.max_queued_runs_per_task,
+                max_active_runs_per_token: options.max_active_runs_per_token,
             }),
             policy: Arc::new(RunPolicy {
                 namespaces: vec!["default".into(), "batch".into()],
                 service_accounts: vec!["default".into()],
+                limits: options.run_limits.clone(),
             }),
             // These tests never reach a cluster: an address nothing listens on.
             cluster: Cluster {
@@ -209,6 +217,7 @@ pub async fn new_token(db: &PgPool, scope: Scope, tasks: Option<&[&str]>) -> Str
         name: format!("test-{scope}"),
         scope,
         tasks: tasks.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        max_active_runs: None,
     };
     create_token(db, &request).await.unwrap().token
 }

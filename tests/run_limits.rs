@@ -1,0 +1,256 @@
+//! Installation limits on what one run may ask for (issue 13, High 1): beyond them a run is
+//! refused with 422 naming the field, at every door (ad-hoc runs, task runs, tasks, reruns);
+//! an admin may set other limits per task; and one token may have only so many unfinished
+//! runs (429 naming the limit).
+
+mod common;
+
+use common::{assert_problem, calculatepi, client_for, TestApp, TestOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use vfi_orchestrator::domain::policy::RunLimits;
+use vfi_orchestrator::domain::Scope;
+
+fn limits() -> RunLimits {
+    RunLimits {
+        max_completions: Some(1000),
+        max_parallelism: Some(100),
+        max_pods: Some(1100),
+        max_cpu: Some("16".into()),
+        max_memory: Some("64Gi".into()),
+        max_extended_resource: Some(8),
+        max_active_deadline_seconds: Some(86400),
+    }
+}
+
+async fn capped(db: PgPool, max_active_runs_per_token: u32) -> TestApp {
+    let options = TestOptions {
+        max_active_runs_per_token,
+        ..Default::default()
+    };
+    TestApp::spawn_with(db, options).await
+}
+
+/// Starts the calculatepi run ad hoc with `client`'s token.
+async fn submit_as(app: &TestApp, client: &reqwest::Client) -> reqwest::Response {
+    client
+        .post(app.url("/v1/runs"))
+        .json(&json!({ "template": calculatepi() }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn limited(db: PgPool) -> TestApp {
+    TestApp::spawn_with(
+        db,
+        TestOptions {
+            run_limits: limits(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+fn with(extra: Value) -> Value {
+    let mut template = calculatepi();
+    template
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    template
+}
+
+fn fields(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn an_unbounded_job_from_a_run_token_is_422_and_nothing_is_stored(db: PgPool) {
+    let app = limited(db).await;
+    let run = app.client_with_scope(Scope::Run, None).await;
+    let template = with(json!({
+        "parallelism": 300, "completions": 2147483647,
+        "activeDeadlineSeconds": 999999999,
+        "resources": {
+            "requests": {"cpu": "64", "memory": "1Ti", "nvidia.com/gpu": "64"},
+            "limits": {"nvidia.com/gpu": "64"}
+        }
+    }));
+    let response = run
+        .post(app.url("/v1/runs"))
+        .json(&json!({ "template": template }))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.completions"),
+    )
+    .await;
+    let fields = fields(&body);
+    for field in [
+        "template.parallelism",
+        "template.activeDeadlineSeconds",
+        "template.resources.requests.cpu",
+        "template.resources.requests.memory",
+        "template.resources.requests.nvidia.com/gpu",
+        "template.resources.limits.nvidia.com/gpu",
+    ] {
+        assert!(fields.iter().any(|f| f == field), "{field} not in {body}");
+    }
+    assert!(body["detail"].as_str().unwrap().contains("maxCompletions"));
+    assert_eq!(app.count("runs").await, 0);
+
+    let within = with(json!({"parallelism": 100, "completions": 1000}));
+    app.submit(&within).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn tasks_beyond_the_limits_are_refused_unless_an_admin_gave_the_task_its_own(db: PgPool) {
+    let app = limited(db).await;
+    let big = with(json!({"completions": 5000, "parallelism": 10}));
+    let response = app
+        .put_json("/v1/tasks/big", &json!({ "template": big }))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.completions"),
+    )
+    .await;
+
+    let bad_limits = app
+        .put_json(
+            "/v1/tasks/big",
+            &json!({ "template": big, "limits": {"maxPods": -1} }),
+        )
+        .await;
+    assert_problem(
+        bad_limits,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("limits.maxPods"),
+    )
+    .await;
+    assert_eq!(app.count("tasks").await, 0);
+
+    let task = app
+        .put_task(
+            "big",
+            &json!({ "template": big, "limits": {"maxCompletions": 5000, "maxPods": 6000} }),
+        )
+        .await;
+    assert_eq!(task["limits"]["maxCompletions"], 5000);
+    app.start_task_run("big", &json!({})).await;
+
+    // The same template ad hoc still meets the installation's limits.
+    let response = app.post_json("/v1/runs", &json!({ "template": big })).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.completions"),
+    )
+    .await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_rerun_meets_today_s_limits(db: PgPool) {
+    // Started while the installation had no limits...
+    let unlimited = TestApp::spawn(db.clone()).await;
+    let run = unlimited
+        .submit(&with(json!({"completions": 5000, "parallelism": 500})))
+        .await;
+    // ...and re-run after they were set.
+    let app = limited(db).await;
+    let response = app
+        .post_json(
+            &format!("/v1/runs/{}/rerun", run["id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.parallelism"),
+    )
+    .await;
+    assert_eq!(app.count("runs").await, 1);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_token_at_its_active_run_limit_gets_429_until_one_finishes(db: PgPool) {
+    let app = capped(db, 2).await;
+    let run = app.client_with_scope(Scope::Run, None).await;
+    let first: Value = submit_as(&app, &run).await.json().await.unwrap();
+    assert_eq!(submit_as(&app, &run).await.status(), StatusCode::CREATED);
+    let refused = assert_problem(
+        submit_as(&app, &run).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        Some("maxActiveRuns"),
+    )
+    .await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains('2'),
+        "{refused}"
+    );
+    assert_eq!(app.count("runs").await, 2);
+
+    // Another token has its own count.
+    let other = app.client_with_scope(Scope::Run, None).await;
+    assert_eq!(submit_as(&app, &other).await.status(), StatusCode::CREATED);
+
+    // A finished (here: cancelled) run no longer counts.
+    let cancel = run
+        .post(app.url(&format!(
+            "/v1/runs/{}/cancel",
+            first["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    assert_eq!(submit_as(&app, &run).await.status(), StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn an_admin_may_give_a_token_its_own_active_run_limit(db: PgPool) {
+    let app = capped(db, 1).await;
+    let created: Value = app
+        .post_json(
+            "/v1/tokens",
+            &json!({"name": "ci", "scope": "run", "maxActiveRuns": 3}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["maxActiveRuns"], 3);
+    let ci = client_for(created["token"].as_str().unwrap());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = submit_as(&app, &ci).await;
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 429]);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn concurrent_submissions_of_one_token_cannot_pass_its_limit(db: PgPool) {
+    let app = capped(db, 3).await;
+    let run = app.client_with_scope(Scope::Run, None).await;
+    let attempts = (0..10).map(|_| submit_as(&app, &run));
+    let responses = futures::future::join_all(attempts).await;
+    let created = responses
+        .iter()
+        .filter(|r| r.status() == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 3);
+    assert_eq!(app.count("runs").await, 3);
+}
