@@ -6,6 +6,7 @@ use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
 use crate::domain::policy::RunLimits;
+use crate::domain::sandbox::{Sandbox, SandboxSettings};
 use crate::domain::RunPolicy;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
@@ -174,10 +175,18 @@ fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
     let mut errors = crate::domain::validation::Errors::new();
     limits.collect_errors("run limits", &mut errors);
     errors.finish().context("MAX_RUN_* settings")?;
+    let sandbox = Sandbox::new(&SandboxSettings {
+        annotations: &args.sandbox.allowed_annotations,
+        tolerations: &args.sandbox.allowed_tolerations,
+        node_selectors: &args.sandbox.allowed_node_selectors,
+        tolerate_all_taints: args.sandbox.allow_tolerate_all_taints,
+    })
+    .map_err(anyhow::Error::msg)?;
     Ok(RunPolicy {
         namespaces: args.namespaces.clone(),
         service_accounts: args.service_accounts.clone(),
         limits,
+        sandbox,
     })
 }
 

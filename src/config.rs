@@ -255,6 +255,42 @@ pub struct ClusterArgs {
     pub retention: RetentionArgs,
     #[command(flatten)]
     pub run_limits: RunLimitsArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// What run pods' annotations, tolerations and node selectors may say (keys or glob patterns,
+/// comma-separated). `*` allows every ordinary key; keys that can weaken the sandbox (AppArmor,
+/// seccomp, Multus, `kubernetes.io/`, control-plane nodes, ...) need a pattern of their own.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Annotation keys runs may set.
+    #[arg(
+        long,
+        env = "ALLOWED_ANNOTATIONS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_annotations: Vec<String>,
+    /// Taint keys runs may tolerate.
+    #[arg(
+        long,
+        env = "ALLOWED_TOLERATIONS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_tolerations: Vec<String>,
+    /// Node label keys runs may select on.
+    #[arg(
+        long,
+        env = "ALLOWED_NODE_SELECTORS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_node_selectors: Vec<String>,
+    /// Allow tolerations without a key (`operator: Exists`), which tolerate every taint.
+    #[arg(long, env = "ALLOW_TOLERATE_ALL_TAINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_tolerate_all_taints: bool,
 }
 
 /// How big one run may be, and how many one token may have unfinished (0: no limit). A task's

@@ -1,7 +1,8 @@
 //! Installation limits on what one run may ask for (issue 13, High 1): beyond them a run is
 //! refused with 422 naming the field, at every door (ad-hoc runs, task runs, tasks, reruns);
 //! an admin may set other limits per task; and one token may have only so many unfinished
-//! runs (429 naming the limit).
+//! runs (429 naming the limit). And the pod sandbox as an allowlist (High 3, Medium 9):
+//! annotations, tolerations and node selectors that weaken it are refused.
 
 mod common;
 
@@ -62,6 +63,22 @@ fn with(extra: Value) -> Value {
     template
 }
 
+/// Starts `template` ad hoc with `client`'s token, expecting a 422 naming `field`.
+async fn refused_ad_hoc(
+    app: &TestApp,
+    client: &reqwest::Client,
+    template: &Value,
+    field: &str,
+) -> Value {
+    let response = client
+        .post(app.url("/v1/runs"))
+        .json(&json!({ "template": template }))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(field)).await
+}
+
 fn fields(body: &Value) -> Vec<String> {
     body["errors"]
         .as_array()
@@ -83,18 +100,7 @@ async fn an_unbounded_job_from_a_run_token_is_422_and_nothing_is_stored(db: PgPo
             "limits": {"nvidia.com/gpu": "64"}
         }
     }));
-    let response = run
-        .post(app.url("/v1/runs"))
-        .json(&json!({ "template": template }))
-        .send()
-        .await
-        .unwrap();
-    let body = assert_problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Some("template.completions"),
-    )
-    .await;
+    let body = refused_ad_hoc(&app, &run, &template, "template.completions").await;
     let fields = fields(&body);
     for field in [
         "template.parallelism",
@@ -253,4 +259,48 @@ async fn concurrent_submissions_of_one_token_cannot_pass_its_limit(db: PgPool) {
         .count();
     assert_eq!(created, 3);
     assert_eq!(app.count("runs").await, 3);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn annotations_and_scheduling_that_weaken_the_sandbox_are_422_at_every_door(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let run = app.client_with_scope(Scope::Run, None).await;
+    let template = with(json!({
+        "annotations": {
+            "container.apparmor.security.beta.kubernetes.io/main": "unconfined",
+            "seccomp.security.alpha.kubernetes.io/pod": "unconfined",
+            "k8s.v1.cni.cncf.io/networks": "host-net"
+        },
+        "tolerations": [{"operator": "Exists"}],
+        "nodeSelector": {"node-role.kubernetes.io/control-plane": ""}
+    }));
+    let apparmor = "template.annotations.container.apparmor.security.beta.kubernetes.io/main";
+    let body = refused_ad_hoc(&app, &run, &template, apparmor).await;
+    let fields = fields(&body);
+    for field in [
+        "template.annotations.seccomp.security.alpha.kubernetes.io/pod",
+        "template.annotations.k8s.v1.cni.cncf.io/networks",
+        "template.tolerations[0].key",
+        "template.nodeSelector.node-role.kubernetes.io/control-plane",
+    ] {
+        assert!(fields.iter().any(|f| f == field), "{field} not in {body}");
+    }
+    let task = app
+        .put_json("/v1/tasks/t", &json!({ "template": template }))
+        .await;
+    assert_problem(
+        task,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.tolerations[0].key"),
+    )
+    .await;
+    assert_eq!(app.count("runs").await, 0);
+    assert_eq!(app.count("tasks").await, 0);
+
+    let ordinary = with(json!({
+        "annotations": {"example.com/owner": "team-a"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"disk": "ssd"}
+    }));
+    app.submit(&ordinary).await;
 }

@@ -4,6 +4,7 @@
 //! Checked at submission, so a run that could never be launched, or that would take the
 //! cluster, is refused with a clear error naming the field instead of failing later.
 
+use super::sandbox::Sandbox;
 use super::template::parse_quantity;
 use super::validation::{Errors, Invalid};
 use super::RunTemplate;
@@ -22,6 +23,8 @@ pub struct RunPolicy {
     pub service_accounts: Vec<String>,
     /// How big one run may be here (a task's `limits` replace these field by field).
     pub limits: RunLimits,
+    /// The annotations, tolerations and node selectors runs may use.
+    pub sandbox: Sandbox,
 }
 
 /// How big one run may be. In the configuration 0 (or a quantity of 0) means no limit; as a
@@ -246,6 +249,7 @@ impl RunPolicy {
         self.limits
             .overridden_by(task_limits)
             .check(template, at, &mut errors);
+        self.sandbox.check(template, at, &mut errors);
         errors.finish()
     }
 }
@@ -253,12 +257,14 @@ impl RunPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::template::tests::{fields, template};
 
     fn policy() -> RunPolicy {
         RunPolicy {
             namespaces: vec!["batch".into(), "render".into()],
             service_accounts: vec!["default".into(), "runner".into()],
             limits: RunLimits::default(),
+            sandbox: Sandbox::default(),
         }
     }
 
@@ -296,19 +302,10 @@ mod tests {
         }
     }
 
-    fn refused(limits: &RunLimits, template: serde_json::Value) -> Vec<String> {
-        let mut base = serde_json::json!({"image": "x"});
-        base.as_object_mut()
-            .unwrap()
-            .extend(template.as_object().unwrap().clone());
-        let template: RunTemplate = serde_json::from_value(base).unwrap();
+    fn refused(limits: &RunLimits, extra: serde_json::Value) -> Vec<String> {
         let mut errors = Errors::new();
-        limits.check(&template, "template", &mut errors);
-        errors
-            .finish()
-            .err()
-            .map(|e| e.0.into_iter().map(|f| f.field).collect())
-            .unwrap_or_default()
+        limits.check(&template(extra), "template", &mut errors);
+        fields(errors.finish())
     }
 
     #[test]

@@ -452,11 +452,12 @@ pub fn parse_quantity(text: &str) -> Result<f64, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn template(extra: serde_json::Value) -> RunTemplate {
+    /// A small valid template with `extra` fields merged in (for other modules' tests too).
+    pub(crate) fn template(extra: serde_json::Value) -> RunTemplate {
         let mut base = json!({"image": "perl:5.34.0", "command": ["perl", "-e", "1"]});
         base.as_object_mut()
             .unwrap()
@@ -464,7 +465,8 @@ mod tests {
         serde_json::from_value(base).expect("template parses")
     }
 
-    fn fields(result: Result<(), Invalid>) -> Vec<String> {
+    /// The fields a check named, in order.
+    pub(crate) fn fields(result: Result<(), Invalid>) -> Vec<String> {
         result
             .err()
             .map(|e| e.0.into_iter().map(|f| f.field).collect())

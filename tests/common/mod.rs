@@ -76,6 +76,7 @@ impl TestApp {
                 namespaces: vec!["default".into(), "batch".into()],
                 service_accounts: vec!["default".into()],
                 limits: options.run_limits.clone(),
+                sandbox: Default::default(),
             }),
             // These tests never reach a cluster: an address nothing listens on.
             cluster: Cluster {
