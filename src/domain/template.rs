@@ -165,6 +165,25 @@ impl RunTemplate {
                 names::env_var_name(&var.name),
             );
         }
+        // Webhook deliveries put payload text into env values; PostgreSQL cannot store NUL.
+        let texts = (self.command.iter().enumerate())
+            .map(|(i, t)| (format!("{at}.command[{i}]"), t))
+            .chain((self.args.iter().enumerate()).map(|(i, t)| (format!("{at}.args[{i}]"), t)))
+            .chain(
+                (self.env.iter().enumerate())
+                    .map(|(i, v)| (format!("{at}.env[{i}].value"), &v.value)),
+            )
+            .chain(self.working_dir.iter().map(|t| (field("workingDir"), t)))
+            .chain(
+                self.annotations
+                    .iter()
+                    .map(|(k, v)| (format!("{at}.annotations.{k}"), v)),
+            );
+        for (path, text) in texts {
+            if text.contains('\0') {
+                errors.add(path, super::validation::NUL_MESSAGE);
+            }
+        }
         if let Some(dir) = &self.working_dir {
             if dir.is_empty() {
                 errors.add(field("workingDir"), "must not be empty when given");
@@ -631,6 +650,25 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(t.labels.len(), 2);
+    }
+
+    #[test]
+    fn nul_in_free_text_is_refused_naming_the_field() {
+        let t = template(json!({
+            "command": ["sh", "a\u{0}"], "args": ["\u{0}"],
+            "env": [{"name": "A", "value": "x\u{0}"}],
+            "workingDir": "/\u{0}", "annotations": {"note": "\u{0}"}
+        }));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.command[1]",
+                "template.args[0]",
+                "template.env[0].value",
+                "template.workingDir",
+                "template.annotations.note"
+            ]
+        );
     }
 
     #[test]
