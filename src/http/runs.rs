@@ -60,7 +60,12 @@ pub async fn start_task_run(
     let template = task.template.with_overrides(&overrides);
     template.validate("template")?;
     policy.check(&template, task.limits.as_ref(), "template")?;
-    let idempotent = Idempotent::new(key, format!("POST /v1/tasks/{name}/runs"), &overrides);
+    let idempotent = Idempotent::new(
+        key,
+        &auth.caller,
+        format!("POST /v1/tasks/{name}/runs"),
+        &overrides,
+    );
     let new = NewRun {
         task_name: Some(name.as_str()),
         template: &template,
@@ -97,7 +102,7 @@ pub async fn create_run(
     auth.task(None)?;
     request.validate()?;
     policy.check(&request.template, None, "template")?;
-    let idempotent = Idempotent::new(key, "POST /v1/runs".into(), &request);
+    let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
     let new = NewRun {
         task_name: None,
         template: &request.template,
@@ -398,7 +403,7 @@ pub async fn rerun(
         None => None,
     };
     policy.check(&original.template, task_limits.as_ref(), "template")?;
-    let idempotent = Idempotent::new(key, format!("POST /v1/runs/{id}/rerun"), &());
+    let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
     let new = NewRun {
         task_name: original.task.as_deref(),
         template: &original.template,

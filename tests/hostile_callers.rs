@@ -1,8 +1,10 @@
-//! Installation limits on what one run may ask for (issue 13, High 1): beyond them a run is
+//! Holding against hostile and careless callers (issue 13). Installation limits on what one run
+//! may ask for (High 1): beyond them a run is
 //! refused with 422 naming the field, at every door (ad-hoc runs, task runs, tasks, reruns);
 //! an admin may set other limits per task; and one token may have only so many unfinished
 //! runs (429 naming the limit). And the pod sandbox as an allowlist (High 3, Medium 9):
-//! annotations, tolerations and node selectors that weaken it are refused.
+//! annotations, tolerations and node selectors that weaken it are refused. Idempotency-Keys
+//! belong to their caller, and the small API fixes.
 
 mod common;
 
@@ -303,4 +305,53 @@ async fn annotations_and_scheduling_that_weaken_the_sandbox_are_422_at_every_doo
         "nodeSelector": {"disk": "ssd"}
     }));
     app.submit(&ordinary).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn an_idempotency_key_belongs_to_its_caller(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let alice = app.client_with_scope(Scope::Run, None).await;
+    let mallory = app.client_with_scope(Scope::Run, None).await;
+    let post = |client: &reqwest::Client, template: Value| {
+        client
+            .post(app.url("/v1/runs"))
+            .header("idempotency-key", "deploy-42")
+            .json(&json!({ "template": template }))
+            .send()
+    };
+    let first = post(&alice, calculatepi()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    // Another caller with the same key and body gets its own run, not Alice's answer...
+    let other = post(&mallory, calculatepi()).await.unwrap();
+    assert_eq!(other.status(), StatusCode::CREATED);
+    assert!(other.headers().get("idempotent-replayed").is_none());
+    let other: Value = other.json().await.unwrap();
+    assert_ne!(other["id"], first["id"]);
+    // ...and cannot block her key with another body either.
+    let different = with(json!({"args": ["x"]}));
+    assert_eq!(
+        post(&mallory, different).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    // Alice still gets her own answer replayed.
+    let again = post(&alice, calculatepi()).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.count("runs").await, 2);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn listing_triggers_of_a_missing_task_is_404(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let missing = app.get("/v1/tasks/nope/triggers").await;
+    assert_problem(missing, StatusCode::NOT_FOUND, None).await;
+    app.put_task("there", &json!({ "template": calculatepi() }))
+        .await;
+    let empty = app.get("/v1/tasks/there/triggers").await;
+    assert_eq!(empty.status(), StatusCode::OK);
+    assert_eq!(empty.json::<Value>().await.unwrap(), json!([]));
 }
