@@ -355,3 +355,68 @@ async fn listing_triggers_of_a_missing_task_is_404(db: PgPool) {
     assert_eq!(empty.status(), StatusCode::OK);
     assert_eq!(empty.json::<Value>().await.unwrap(), json!([]));
 }
+
+/// Collects everything the service logs, formatted as the text log format writes it.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn install() -> CapturedLogs {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("info")
+            .with_writer(move || writer.clone())
+            .try_init()
+            .expect("this test binary installs one subscriber");
+        logs
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn anonymous_webhook_ids_cannot_forge_log_lines_or_send_terminal_escapes(db: PgPool) {
+    let logs = CapturedLogs::install();
+    let app = TestApp::spawn(db).await;
+    let forged = "x%0A2026-12-03T00:00:00.000000Z  INFO forged: token created for mallory%1B[2J";
+    let response = app
+        .anonymous
+        .post(app.url(&format!("/v1/hooks/{forged}")))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let text = logs.text();
+    assert!(
+        text.contains("webhook delivery refused"),
+        "the refusal is logged: {text}"
+    );
+    assert!(
+        text.lines()
+            .all(|line| !line.starts_with("2026-12-03T00:00:00")),
+        "a forged line: {text}"
+    );
+    assert!(!text.contains('\u{1b}'), "a raw terminal escape: {text:?}");
+    assert!(
+        text.contains(r"x\n2026-12-03"),
+        "the id is logged, escaped: {text}"
+    );
+}

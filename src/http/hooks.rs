@@ -84,8 +84,11 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<HookAnswer>)> {
+    // Anyone can call this endpoint: every text from the request (the id, header values,
+    // payload fields) is logged with `?`, escaped, so it cannot forge log lines or send
+    // terminal escapes.
     let refuse = |reason: String| {
-        tracing::warn!(trigger_id = %id, %reason, "webhook delivery refused");
+        tracing::warn!(trigger_id = ?id, ?reason, "webhook delivery refused");
         Error::WebhookRejected(reason)
     };
     let body = body.map_err(|rejection| {
@@ -131,14 +134,14 @@ pub async fn receive(
             ))
         }
         Parsed::Ignored(reason) => {
-            tracing::info!(%trigger_id, %delivery, %reason, "delivery ignored");
+            tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
             return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
         }
         Parsed::Event(event) => event,
     };
     let filter = Filter::new(&trigger.events, &trigger.refs).map_err(anyhow::Error::msg)?;
     if let Err(reason) = filter.check(&event) {
-        tracing::info!(%trigger_id, %delivery, %reason, "delivery ignored");
+        tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
         return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
     }
     if let Some(run) = delivered(&state, trigger_id, &delivery).await? {
@@ -180,7 +183,7 @@ pub async fn receive(
         return Ok(duplicate(run));
     }
     tx.commit().await?;
-    tracing::info!(%trigger_id, task = %trigger.task, run_id = %run.id, number = run.number, %delivery, git_ref = %event.git_ref, sha = %event.sha, "run queued by webhook");
+    tracing::info!(%trigger_id, task = %trigger.task, run_id = %run.id, number = run.number, ?delivery, git_ref = ?event.git_ref, sha = ?event.sha, "run queued by webhook");
     let detail = format!(
         "run {} of task {} queued for {} at {}",
         run.number, trigger.task, event.git_ref, event.sha

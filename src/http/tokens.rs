@@ -87,7 +87,7 @@ pub async fn create_token(db: &PgPool, request: &TokenRequest) -> Result<Created
         },
     )
     .await?;
-    tracing::info!(token_id = %info.id, name = %info.name, scope = %info.scope, "token created");
+    tracing::info!(token_id = %info.id, name = ?info.name, scope = %info.scope, "token created");
     Ok(CreatedToken { info, token })
 }
 
