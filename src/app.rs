@@ -9,7 +9,7 @@ use crate::domain::policy::RunLimits;
 use crate::domain::sandbox::{Sandbox, SandboxSettings};
 use crate::domain::RunPolicy;
 use crate::http::server::ServerLimits;
-use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
+use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations};
 use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::pruner::RetentionSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
@@ -70,6 +70,7 @@ impl App {
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone()),
+            revocations: Revocations::new(db.clone()),
         };
         Ok(App {
             state,

@@ -420,3 +420,66 @@ async fn anonymous_webhook_ids_cannot_forge_log_lines_or_send_terminal_escapes(d
         "the id is logged, escaped: {text}"
     );
 }
+
+/// Reads `response`'s body until it ends; panics if it has not ended within `within`.
+async fn ends_within(response: reqwest::Response, within: std::time::Duration) {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    tokio::time::timeout(within, async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the stream ended");
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn revoking_a_token_ends_the_streams_it_opened(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let run = app.submit(&calculatepi()).await;
+    let created: Value = app
+        .post_json("/v1/tokens", &json!({"name": "watcher", "scope": "read"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let watcher = client_for(created["token"].as_str().unwrap());
+    let events = watcher.get(app.url("/v1/events")).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    // The run is never launched here, so following its log waits for as long as it is open.
+    let log = watcher
+        .get(app.url(&format!(
+            "/v1/runs/{}/logs?follow=true",
+            run["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), StatusCode::OK);
+    let other = app.client_with_scope(Scope::Read, None).await;
+    let unrelated = other.get(app.url("/v1/events")).send().await.unwrap();
+
+    let revoke = app
+        .http
+        .delete(app.url(&format!("/v1/tokens/{}", created["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+
+    let bound = std::time::Duration::from_secs(3);
+    ends_within(events, bound).await;
+    ends_within(log, bound).await;
+    // Another token's stream goes on.
+    let mut body = unrelated.bytes_stream();
+    use futures::StreamExt;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), body.next())
+            .await
+            .is_err(),
+        "another token's stream stays open"
+    );
+}

@@ -14,6 +14,7 @@ mod middleware;
 mod openapi;
 mod pagination;
 pub mod problem;
+mod revocation;
 mod runs;
 pub mod server;
 mod tasks;
@@ -32,6 +33,7 @@ use std::time::Duration;
 pub use auth::{AuthSettings, RateLimit};
 pub use events::{ChangeEvent, EventHub};
 pub use openapi::openapi;
+pub use revocation::Revocations;
 
 /// Request limits, from the configuration.
 #[derive(Debug, Clone, Default)]
@@ -57,6 +59,8 @@ pub struct AppState {
     pub auth: Arc<AuthSettings>,
     /// The process's fan-out of run and task events to `/v1/events` clients.
     pub events: EventHub,
+    /// Ends the streams of revoked tokens.
+    pub revocations: Revocations,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document and docs page, metrics, the

@@ -91,14 +91,29 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TokenInfo>, sqlx::Error
     .await
 }
 
-/// Revokes a token at once: it is deleted.
+/// The NOTIFY channel that carries the id of each revoked token (at commit).
+pub const REVOKED_CHANNEL: &str = "vfi_token_revoked";
+
+/// Revokes a token at once: it is deleted, and its id announced on [`REVOKED_CHANNEL`] so the
+/// streams it opened end on every replica.
 pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+    let deleted: Option<Uuid> = sqlx::query_scalar(
+        "WITH deleted AS (DELETE FROM api_tokens WHERE id = $1 RETURNING id)
+         SELECT id FROM deleted, pg_notify($2, id::text) AS notified",
+    )
+    .bind(id)
+    .bind(REVOKED_CHANNEL)
+    .fetch_optional(db)
+    .await?;
+    Ok(deleted.is_some())
+}
+
+/// Whether the token still exists (is not revoked).
+pub async fn exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = $1)")
         .bind(id)
-        .execute(db)
-        .await?
-        .rows_affected();
-    Ok(deleted == 1)
+        .fetch_one(db)
+        .await
 }
 
 /// Locks the token's row until the transaction ends (so concurrent submissions by one token

@@ -13,7 +13,9 @@ use vfi_orchestrator::cluster::ClusterSettings;
 use vfi_orchestrator::domain::{RunPolicy, Scope};
 use vfi_orchestrator::http::server::ServerLimits;
 use vfi_orchestrator::http::tokens::{create_token, TokenRequest};
-use vfi_orchestrator::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
+use vfi_orchestrator::http::{
+    self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations,
+};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -103,6 +105,7 @@ impl TestApp {
                     .collect(),
             }),
             events: EventHub::new(db.clone()),
+            revocations: Revocations::new(db.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
