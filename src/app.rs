@@ -158,6 +158,10 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
     Ok(AuthSettings {
         enabled: !args.auth_disabled,
         rate_limit: RateLimit::new(args.rate_limit_per_second, args.rate_limit_burst),
+        anonymous_rate_limit: RateLimit::new(
+            args.anonymous_rate_limit_per_second,
+            args.anonymous_rate_limit_burst,
+        ),
         cors_origins,
     })
 }

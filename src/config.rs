@@ -187,6 +187,14 @@ pub struct SecurityArgs {
     /// Largest request header section accepted, in bytes (at least 8192); larger gets a 431.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Requests per second one client address may make without a valid token (the docs, the
+    /// OpenAPI document, refused requests); 0 turns the limit off. Probes and webhooks are not
+    /// counted.
+    #[arg(long, env = "ANONYMOUS_RATE_LIMIT_PER_SECOND", default_value_t = 5)]
+    pub anonymous_rate_limit_per_second: u32,
+    /// Requests one client address may make in a burst without a valid token.
+    #[arg(long, env = "ANONYMOUS_RATE_LIMIT_BURST", default_value_t = 50)]
+    pub anonymous_rate_limit_burst: u32,
 }
 
 /// Where runs go and how the loops behave.

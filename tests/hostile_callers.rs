@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_problem, calculatepi, client_for, TestApp, TestOptions};
+use common::{assert_problem, assert_rate_limited, calculatepi, client_for, TestApp, TestOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -482,4 +482,52 @@ async fn revoking_a_token_ends_the_streams_it_opened(db: PgPool) {
             .is_err(),
         "another token's stream stays open"
     );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn unauthenticated_traffic_is_rate_limited_per_address(db: PgPool) {
+    let app = TestApp::spawn_with(
+        db,
+        TestOptions {
+            anonymous_rate_limit: Some((1, 3)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for path in [
+        "/openapi.json",
+        "/v1/runs",
+        "/openapi.json",
+        "/openapi.json",
+    ] {
+        statuses.push(
+            app.anonymous
+                .get(app.url(path))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let limited = app.anonymous.get(app.url("/v1/runs")).send().await.unwrap();
+    assert_rate_limited(limited).await;
+    // Guessing tokens counts too.
+    let guess = client_for("vfi_not-a-token");
+    let guessed = guess.get(app.url("/v1/runs")).send().await.unwrap();
+    assert_eq!(guessed.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The probes stay reachable, and callers with a valid token are not counted here.
+    let probe = app.anonymous.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(probe.status(), StatusCode::OK);
+    assert_eq!(app.get("/v1/runs").await.status(), StatusCode::OK);
 }

@@ -146,7 +146,7 @@ impl From<&Error> for Problem {
                 "rate-limited",
                 "Too many requests",
                 format!(
-                    "this token sent too many requests; retry after {} s",
+                    "too many requests from this caller (its token, or its address when it sends none); retry after {} s",
                     retry_after_secs(*retry_after)
                 ),
             ),

@@ -43,6 +43,8 @@ pub struct TestOptions {
     pub run_limits: vfi_orchestrator::domain::policy::RunLimits,
     /// Unfinished runs per token (0: no cap).
     pub max_active_runs_per_token: u32,
+    /// (requests per second, burst) per client address without a valid token; `None`: unlimited.
+    pub anonymous_rate_limit: Option<(u32, u32)>,
 }
 
 impl Default for TestOptions {
@@ -56,6 +58,7 @@ impl Default for TestOptions {
             admin_token: true,
             run_limits: Default::default(),
             max_active_runs_per_token: 0,
+            anonymous_rate_limit: None,
         }
     }
 }
@@ -97,6 +100,9 @@ impl TestApp {
                 enabled: !options.auth_disabled,
                 rate_limit: options
                     .rate_limit
+                    .and_then(|(rate, burst)| RateLimit::new(rate, burst)),
+                anonymous_rate_limit: options
+                    .anonymous_rate_limit
                     .and_then(|(rate, burst)| RateLimit::new(rate, burst)),
                 cors_origins: options
                     .cors_origins
@@ -245,6 +251,17 @@ pub fn calculatepi() -> Value {
         "image": "perl:5.34.0",
         "command": ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]
     })
+}
+
+/// Asserts a 429 problem whose `Retry-After` asks for a second or two.
+pub async fn assert_rate_limited(limited: Response) {
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS, None).await;
 }
 
 /// Asserts a problem+json answer with `status` whose errors name `field`; returns the body.
