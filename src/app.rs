@@ -5,9 +5,11 @@ use crate::clock::SystemClock;
 use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
+use crate::domain::policy::RunLimits;
+use crate::domain::sandbox::{Sandbox, SandboxSettings};
 use crate::domain::RunPolicy;
 use crate::http::server::ServerLimits;
-use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
+use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations};
 use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::pruner::RetentionSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
@@ -75,11 +77,13 @@ impl App {
                 max_body_bytes: args.max_body_bytes,
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_queued_runs_per_task: args.security.max_queued_runs_per_task,
+                max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
             }),
-            policy: Arc::new(policy(&args.cluster)),
+            policy: Arc::new(policy(&args.cluster)?),
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone()),
+            revocations: Revocations::new(db.clone()),
         };
         Ok(App {
             state,
@@ -168,16 +172,42 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
     Ok(AuthSettings {
         enabled: !args.auth_disabled,
         rate_limit: RateLimit::new(args.rate_limit_per_second, args.rate_limit_burst),
+        anonymous_rate_limit: RateLimit::new(
+            args.anonymous_rate_limit_per_second,
+            args.anonymous_rate_limit_burst,
+        ),
         cors_origins,
     })
 }
 
-fn policy(args: &ClusterArgs) -> RunPolicy {
-    RunPolicy {
+fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
+    let limits = &args.run_limits;
+    let limits = RunLimits {
+        max_completions: Some(limits.max_run_completions),
+        max_parallelism: Some(limits.max_run_parallelism),
+        max_pods: Some(limits.max_run_pods),
+        max_cpu: Some(limits.max_run_cpu.clone()),
+        max_memory: Some(limits.max_run_memory.clone()),
+        max_extended_resource: Some(limits.max_run_extended_resource),
+        max_active_deadline_seconds: Some(limits.max_run_active_deadline_seconds),
+    };
+    let mut errors = crate::domain::validation::Errors::new();
+    limits.collect_errors("run limits", &mut errors);
+    errors.finish().context("MAX_RUN_* settings")?;
+    let sandbox = Sandbox::new(&SandboxSettings {
+        annotations: &args.sandbox.allowed_annotations,
+        tolerations: &args.sandbox.allowed_tolerations,
+        node_selectors: &args.sandbox.allowed_node_selectors,
+        tolerate_all_taints: args.sandbox.allow_tolerate_all_taints,
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(RunPolicy {
         namespaces: args.job_namespaces(),
-        service_accounts: args.service_accounts.clone(),
         job_name_prefix: args.job_name_prefix.clone(),
-    }
+        service_accounts: args.service_accounts.clone(),
+        limits,
+        sandbox,
+    })
 }
 
 fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {

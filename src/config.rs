@@ -66,6 +66,10 @@ pub struct TokenCreateArgs {
     /// Limit the token to this task (repeat for several); every task when left out.
     #[arg(long = "task")]
     pub tasks: Vec<String>,
+    /// Runs the token may have unfinished at once, replacing MAX_ACTIVE_RUNS_PER_TOKEN (0: no
+    /// limit).
+    #[arg(long)]
+    pub max_active_runs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,6 +187,14 @@ pub struct SecurityArgs {
     /// Largest request header section accepted, in bytes (at least 8192); larger gets a 431.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Requests per second one client address may make without a valid token (the docs, the
+    /// OpenAPI document, refused requests); 0 turns the limit off. Probes and webhooks are not
+    /// counted.
+    #[arg(long, env = "ANONYMOUS_RATE_LIMIT_PER_SECOND", default_value_t = 5)]
+    pub anonymous_rate_limit_per_second: u32,
+    /// Requests one client address may make in a burst without a valid token.
+    #[arg(long, env = "ANONYMOUS_RATE_LIMIT_BURST", default_value_t = 50)]
+    pub anonymous_rate_limit_burst: u32,
 }
 
 /// Where runs go and how the loops behave.
@@ -273,6 +285,10 @@ pub struct ClusterArgs {
     /// dead connections; a quiet container's stream is reopened too, at the cost of a request).
     #[arg(long, env = "LOG_STALL_TIMEOUT_SECS", default_value_t = 60)]
     pub log_stall_timeout_secs: u64,
+    #[command(flatten)]
+    pub run_limits: RunLimitsArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 impl ClusterArgs {
@@ -296,6 +312,70 @@ impl ClusterArgs {
             .unwrap_or("default");
         vec![own.to_string()]
     }
+}
+
+/// What run pods' annotations, tolerations and node selectors may say (keys or glob patterns,
+/// comma-separated). `*` allows every ordinary key; keys that can weaken the sandbox (AppArmor,
+/// seccomp, Multus, `kubernetes.io/`, control-plane nodes, ...) need a pattern of their own.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Annotation keys runs may set.
+    #[arg(
+        long,
+        env = "ALLOWED_ANNOTATIONS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_annotations: Vec<String>,
+    /// Taint keys runs may tolerate.
+    #[arg(
+        long,
+        env = "ALLOWED_TOLERATIONS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_tolerations: Vec<String>,
+    /// Node label keys runs may select on.
+    #[arg(
+        long,
+        env = "ALLOWED_NODE_SELECTORS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_node_selectors: Vec<String>,
+    /// Allow tolerations without a key (`operator: Exists`), which tolerate every taint.
+    #[arg(long, env = "ALLOW_TOLERATE_ALL_TAINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_tolerate_all_taints: bool,
+}
+
+/// How big one run may be, and how many one token may have unfinished (0: no limit). A task's
+/// `limits` replace the size limits for its runs; a token's `maxActiveRuns` replaces the last.
+#[derive(Debug, Clone, Args)]
+pub struct RunLimitsArgs {
+    /// Most `completions` of one run.
+    #[arg(long, env = "MAX_RUN_COMPLETIONS", default_value_t = 1000)]
+    pub max_run_completions: i32,
+    /// Most `parallelism` of one run.
+    #[arg(long, env = "MAX_RUN_PARALLELISM", default_value_t = 100)]
+    pub max_run_parallelism: i32,
+    /// Most pods one run may create: completions (or parallelism) plus backoffLimit.
+    #[arg(long, env = "MAX_RUN_PODS", default_value_t = 1100)]
+    pub max_run_pods: i64,
+    /// Most CPU one run container may request or be limited to (a quantity; 0: no limit).
+    #[arg(long, env = "MAX_RUN_CPU", default_value = "16")]
+    pub max_run_cpu: String,
+    /// Most memory one run container may request or be limited to (a quantity; 0: no limit).
+    #[arg(long, env = "MAX_RUN_MEMORY", default_value = "64Gi")]
+    pub max_run_memory: String,
+    /// Most units of any one extended resource (GPUs) per run container.
+    #[arg(long, env = "MAX_RUN_EXTENDED_RESOURCE", default_value_t = 8)]
+    pub max_run_extended_resource: i64,
+    /// Largest `activeDeadlineSeconds` a run may ask for (default 7 days).
+    #[arg(long, env = "MAX_RUN_ACTIVE_DEADLINE_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub max_run_active_deadline_seconds: i64,
+    /// Runs one API token may have unfinished (queued to running) at once; more get 429.
+    #[arg(long, env = "MAX_ACTIVE_RUNS_PER_TOKEN", default_value_t = 100)]
+    pub max_active_runs_per_token: u32,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of

@@ -45,6 +45,9 @@ pub enum Error {
     /// The task already has as many queued runs as allowed (429).
     #[error("task {task:?} has {limit} queued runs already")]
     QueueFull { task: String, limit: u32 },
+    /// The caller's token already has as many unfinished runs as allowed (429).
+    #[error("the token has {limit} unfinished runs already")]
+    TooManyActiveRuns { limit: u32 },
     /// A webhook delivery whose signature or token does not check out (401). The reason is for
     /// the logs only; the answer is always the same.
     #[error("webhook delivery refused: {0}")]

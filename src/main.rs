@@ -45,6 +45,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 name: args.name,
                 scope: args.scope.into(),
                 tasks: (!args.tasks.is_empty()).then_some(args.tasks),
+                max_active_runs: args.max_active_runs,
             };
             let created = http::tokens::create_token(&pool, &request)
                 .await

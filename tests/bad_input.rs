@@ -259,4 +259,50 @@ async fn an_indexed_run_whose_hostnames_cannot_fit_is_refused_on_completions(db:
         .await;
     }
     assert_nothing_stored(&app).await;
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn nul_in_any_text_is_a_422_naming_the_field(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let cases = [
+        (
+            "/v1/runs",
+            json!({"template": {"image": "x", "command": ["sh", "-c", "echo \u{0}"]}}),
+            "template.command[2]",
+        ),
+        (
+            "/v1/runs",
+            json!({"template": {"image": "x", "args": ["\u{0}"]}}),
+            "template.args[0]",
+        ),
+        (
+            "/v1/runs",
+            json!({"template": {"image": "x", "env": [{"name": "A", "value": "a\u{0}b"}]}}),
+            "template.env[0].value",
+        ),
+        (
+            "/v1/tokens",
+            json!({"name": "ci\u{0}", "scope": "read"}),
+            "name",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let response = app.post_json(path, &body).await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(field)).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("NUL"),
+            "{problem}"
+        );
+    }
+    let task = app
+        .put_json(
+            "/v1/tasks/t",
+            &json!({"description": "a\u{0}", "template": calculatepi()}),
+        )
+        .await;
+    assert_problem(task, StatusCode::UNPROCESSABLE_ENTITY, Some("description")).await;
+    assert_nothing_stored(&app).await;
+    assert_eq!(
+        app.count("api_tokens").await,
+        1,
+        "only the test's admin token"
+    );
 }

@@ -176,6 +176,25 @@ impl RunTemplate {
                 names::env_var_name(&var.name),
             );
         }
+        // Webhook deliveries put payload text into env values; PostgreSQL cannot store NUL.
+        let texts = (self.command.iter().enumerate())
+            .map(|(i, t)| (format!("{at}.command[{i}]"), t))
+            .chain((self.args.iter().enumerate()).map(|(i, t)| (format!("{at}.args[{i}]"), t)))
+            .chain(
+                (self.env.iter().enumerate())
+                    .map(|(i, v)| (format!("{at}.env[{i}].value"), &v.value)),
+            )
+            .chain(self.working_dir.iter().map(|t| (field("workingDir"), t)))
+            .chain(
+                self.annotations
+                    .iter()
+                    .map(|(k, v)| (format!("{at}.annotations.{k}"), v)),
+            );
+        for (path, text) in texts {
+            if text.contains('\0') {
+                errors.add(path, super::validation::NUL_MESSAGE);
+            }
+        }
         if let Some(dir) = &self.working_dir {
             if dir.is_empty() {
                 errors.add(field("workingDir"), "must not be empty when given");
@@ -417,7 +436,7 @@ fn validate_resources(resources: &Resources, at: &str, errors: &mut Errors) {
 }
 
 /// Extended resources (like `nvidia.com/gpu`) are whole units that cannot be overcommitted.
-fn is_extended(name: &str) -> bool {
+pub(crate) fn is_extended(name: &str) -> bool {
     name.contains('/') && !name.starts_with("kubernetes.io/")
 }
 
@@ -478,11 +497,12 @@ pub fn parse_quantity(text: &str) -> Result<f64, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn template(extra: serde_json::Value) -> RunTemplate {
+    /// A small valid template with `extra` fields merged in (for other modules' tests too).
+    pub(crate) fn template(extra: serde_json::Value) -> RunTemplate {
         let mut base = json!({"image": "perl:5.34.0", "command": ["perl", "-e", "1"]});
         base.as_object_mut()
             .unwrap()
@@ -490,7 +510,8 @@ mod tests {
         serde_json::from_value(base).expect("template parses")
     }
 
-    fn fields(result: Result<(), Invalid>) -> Vec<String> {
+    /// The fields a check named, in order.
+    pub(crate) fn fields(result: Result<(), Invalid>) -> Vec<String> {
         result
             .err()
             .map(|e| e.0.into_iter().map(|f| f.field).collect())
@@ -673,6 +694,25 @@ mod tests {
             ]
         );
         assert_eq!(t.labels.len(), 2);
+    }
+
+    #[test]
+    fn nul_in_free_text_is_refused_naming_the_field() {
+        let t = template(json!({
+            "command": ["sh", "a\u{0}"], "args": ["\u{0}"],
+            "env": [{"name": "A", "value": "x\u{0}"}],
+            "workingDir": "/\u{0}", "annotations": {"note": "\u{0}"}
+        }));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.command[1]",
+                "template.args[0]",
+                "template.env[0].value",
+                "template.workingDir",
+                "template.annotations.note"
+            ]
+        );
     }
 
     #[test]

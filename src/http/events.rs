@@ -15,6 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -270,6 +271,7 @@ pub struct EventsQuery {
 pub async fn events(
     auth: Authorized<ForRead>,
     State(hub): State<EventHub>,
+    State(revocations): State<super::Revocations>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -297,7 +299,9 @@ pub async fn events(
     let last = resume.unwrap_or_else(|| hub.high_water());
     let (sender, stream) = mpsc::channel(64);
     tokio::spawn(follow(hub, query.task, last, receiver, sender));
-    Ok(Sse::new(ReceiverStream::new(stream))
+    // A revoked token's stream ends; `follow` then sees its client gone.
+    let stream = ReceiverStream::new(stream).take_until(revocations.ended(auth.caller.token_id));
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }

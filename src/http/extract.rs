@@ -63,10 +63,18 @@ fn is_json(content_type: &str) -> bool {
 /// well-formed JSON of the wrong shape is a 422 naming the path.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // Syntax first, over the whole body, so `{} {}` is malformed rather than "missing field".
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| Error::MalformedBody {
-        message: format!("the body is not valid JSON: {e}"),
-        field: None,
-    })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::MalformedBody {
+            message: format!("the body is not valid JSON: {e}"),
+            field: None,
+        })?;
+    // PostgreSQL cannot store NUL in text or jsonb: refuse it here, for every body, by name.
+    if let Some(field) = find_nul(&value, String::new()) {
+        return Err(Error::Invalid(crate::domain::Invalid::one(
+            field,
+            crate::domain::validation::NUL_MESSAGE,
+        )));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -79,6 +87,38 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         };
         Error::Invalid(crate::domain::Invalid::one(field, message))
     })
+}
+
+/// The JSON path (as serde_path_to_error writes it: `template.env[2].value`) of the first string
+/// or object key that contains NUL.
+fn find_nul(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            Some(if path.is_empty() { "body".into() } else { path })
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            find_nul(
+                item,
+                format!("{}[{i}]", if path.is_empty() { "body" } else { &path }),
+            )
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(join(&key.escape_debug().to_string()))
+            } else {
+                find_nul(item, join(key))
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// serde's "unknown field `x`, expected ..." names the field; pull it out.
@@ -134,5 +174,30 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                 "must be 1 to 255 visible ASCII characters",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_is_found_by_its_json_path() {
+        let body = json!({"template": {"image": "x", "env": [{"name": "A", "value": "ok"}, {"name": "B", "value": "a\u{0}b"}]}});
+        assert_eq!(
+            find_nul(&body, String::new()).as_deref(),
+            Some("template.env[1].value")
+        );
+        let key = json!({"labels": {"a\u{0}": "x"}});
+        assert_eq!(
+            find_nul(&key, String::new()).as_deref(),
+            Some("labels.a\\0")
+        );
+        assert_eq!(find_nul(&json!({"a": ["x", 1, null]}), String::new()), None);
+        assert_eq!(
+            find_nul(&json!(["\u{0}"]), String::new()).as_deref(),
+            Some("body[0]")
+        );
     }
 }

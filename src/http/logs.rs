@@ -106,7 +106,9 @@ pub async fn run_logs(
         after,
     };
     let cluster = state.cluster.clone();
-    let items = logs::run_log(state.db.clone(), cluster, run, query);
+    // A revoked token's stream ends (a follow could otherwise outlive it by hours).
+    let items = logs::run_log(state.db.clone(), cluster, run, query)
+        .take_until(state.revocations.ended(auth.caller.token_id));
     let timestamps = params.timestamps.unwrap_or(false);
     let limit = params.limit_bytes.unwrap_or(u64::MAX);
     if sse {

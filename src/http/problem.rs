@@ -146,7 +146,7 @@ impl From<&Error> for Problem {
                 "rate-limited",
                 "Too many requests",
                 format!(
-                    "this token sent too many requests; retry after {} s",
+                    "too many requests from this caller (its token, or its address when it sends none); retry after {} s",
                     retry_after_secs(*retry_after)
                 ),
             ),
@@ -158,6 +158,18 @@ impl From<&Error> for Problem {
                     "task {task:?} already has {limit} queued runs, the most allowed; wait for some to start, or cancel some"
                 ),
             ),
+            Error::TooManyActiveRuns { limit } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-active-runs",
+                "Too many unfinished runs",
+                format!(
+                    "this token already has {limit} unfinished runs, its limit (maxActiveRuns, or the installation's MAX_ACTIVE_RUNS_PER_TOKEN); wait for some to finish, or cancel some"
+                ),
+            )
+            .with_errors(vec![FieldError {
+                field: "maxActiveRuns".into(),
+                message: format!("at most {limit} unfinished runs per token"),
+            }]),
             Error::WebhookRejected(_) => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "webhook-unauthenticated",

@@ -2,7 +2,8 @@
 //! headers are cut off before a request reaches the router (`axum::serve` does not expose
 //! these settings), with graceful shutdown of open connections.
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -52,7 +53,7 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
                     tracing::warn!(%error, "accepting a connection failed");
@@ -62,7 +63,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let (stream, peer) = stream;
+        // The peer address, for `ConnectInfo` (the unauthenticated rate limit is keyed by it).
+        let service = tower::Layer::layer(&Extension(ConnectInfo(peer)), router.clone());
+        let service = TowerToHyperService::new(service);
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

@@ -48,7 +48,7 @@ pub async fn put_task(
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
     spec.validate()?;
-    policy.check(&spec.template, "template")?;
+    policy.check(&spec.template, spec.limits.as_ref(), "template")?;
     let (task, created) = store::tasks::upsert(&db, name.as_str(), &spec).await?;
     let status = if created {
         StatusCode::CREATED
@@ -146,12 +146,13 @@ pub struct BackfillResult {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No schedule, or an invalid range", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No schedule, an invalid range, or a template beyond this installation's limits", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn backfill(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
+    State(policy): State<Arc<RunPolicy>>,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResult>> {
@@ -166,6 +167,7 @@ pub async fn backfill(
     let Some(Ok(schedule)) = task.schedule.parsed() else {
         return Err(Invalid::one("schedule", "the task has no schedule to backfill").into());
     };
+    policy.check(&task.template, task.limits.as_ref(), "template")?;
     if request.to < request.from {
         return Err(Invalid::one("to", "must not be before from").into());
     }
@@ -201,6 +203,7 @@ pub async fn backfill(
                 trigger: Trigger::Schedule,
                 rerun_of: None,
                 scheduled_time: Some(time),
+                token_id: None,
             },
         )
         .await?;

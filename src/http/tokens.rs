@@ -28,6 +28,11 @@ pub struct TokenRequest {
     /// Limit the token to these tasks; leave out for every task.
     #[serde(default)]
     pub tasks: Option<Vec<String>>,
+    /// Runs this token may have unfinished at once, replacing the installation's
+    /// MAX_ACTIVE_RUNS_PER_TOKEN (0: no limit); leave out for the installation's.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub max_active_runs: Option<u32>,
 }
 
 impl TokenRequest {
@@ -36,6 +41,12 @@ impl TokenRequest {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             errors.add("name", "must be 1 to 100 characters");
+        }
+        if self
+            .max_active_runs
+            .is_some_and(|n| i32::try_from(n).is_err())
+        {
+            errors.add("maxActiveRuns", format!("must be at most {}", i32::MAX));
         }
         if let Some(tasks) = &self.tasks {
             if tasks.is_empty() {
@@ -72,10 +83,11 @@ pub async fn create_token(db: &PgPool, request: &TokenRequest) -> Result<Created
             scope: request.scope,
             tasks: request.tasks.as_deref(),
             hash: &hash,
+            max_active_runs: request.max_active_runs.and_then(|n| i32::try_from(n).ok()),
         },
     )
     .await?;
-    tracing::info!(token_id = %info.id, name = %info.name, scope = %info.scope, "token created");
+    tracing::info!(token_id = %info.id, name = ?info.name, scope = %info.scope, "token created");
     Ok(CreatedToken { info, token })
 }
 

@@ -137,6 +137,7 @@ pub async fn delete_trigger(
         (status = 200, body = Vec<WebhookTrigger>),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_triggers(
@@ -146,5 +147,12 @@ pub async fn list_triggers(
 ) -> Result<Json<Vec<WebhookTrigger>>> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
+    // An empty list would say the task exists.
+    if store::tasks::get(&db, name.as_str()).await?.is_none() {
+        return Err(Error::NotFound {
+            kind: "task",
+            name: name.to_string(),
+        });
+    }
     Ok(Json(store::triggers::list(&db, name.as_str()).await?))
 }

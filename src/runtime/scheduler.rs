@@ -165,6 +165,7 @@ async fn start(
             trigger: Trigger::Schedule,
             rerun_of: None,
             scheduled_time: Some(time),
+            token_id: None,
         },
     )
     .await?;

@@ -93,6 +93,8 @@ pub struct NewRun<'a> {
     pub rerun_of: Option<Uuid>,
     /// The scheduled time, for runs the schedule (or a backfill) started.
     pub scheduled_time: Option<DateTime<Utc>>,
+    /// The API token that asked for the run (counted by the per-token cap on active runs).
+    pub token_id: Option<Uuid>,
 }
 
 /// Records a queued run with the next number of its task (or of the ad-hoc sequence).
@@ -108,8 +110,8 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .await?;
     let row: RunRow = sqlx::query_as(&format!(
         "INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template, labels,
-            scheduled_time)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+            scheduled_time, token_id)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.task_name)
@@ -119,6 +121,7 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .bind(Json(new.template))
     .bind(Json(&new.template.labels))
     .bind(new.scheduled_time)
+    .bind(new.token_id)
     .fetch_one(&mut *conn)
     .await?;
     // Wakes launchers on every replica at commit.
@@ -643,4 +646,18 @@ pub async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sq
         .bind(task)
         .fetch_one(db)
         .await
+}
+
+/// How many runs `token` started that have not finished yet.
+pub async fn active_count_of_token(
+    db: impl PgExecutor<'_>,
+    token: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE token_id = $1
+            AND status IN ('queued', 'creating', 'pending', 'running')",
+    )
+    .bind(token)
+    .fetch_one(db)
+    .await
 }
