@@ -17,9 +17,15 @@ use vfi_orchestrator::http::server::ServerLimits;
 
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn spawn(db: PgPool, limits: ServerLimits) -> TestApp {
+/// The service with this idle timeout and connection cap.
+async fn spawn(db: PgPool, idle_timeout: Duration, max_connections: usize) -> TestApp {
+    let server = ServerLimits {
+        idle_timeout,
+        max_connections,
+        ..Default::default()
+    };
     let options = TestOptions {
-        server: limits,
+        server,
         ..Default::default()
     };
     TestApp::spawn_with(db, options).await
@@ -45,14 +51,7 @@ async fn a_thousand_idle_connections_neither_block_requests_nor_stay_open(db: Pg
         "the open-file limit ({files}) is too low for this test"
     );
     let idle_timeout = Duration::from_secs(2);
-    let app = spawn(
-        db,
-        ServerLimits {
-            idle_timeout,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn(db, idle_timeout, 10_000).await;
     let client = app.client_with_scope(Scope::Read, None).await;
     assert_eq!(app.get("/v1/runs").await.status(), StatusCode::OK);
 
@@ -101,15 +100,7 @@ async fn a_thousand_idle_connections_neither_block_requests_nor_stay_open(db: Pg
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn beyond_the_connection_cap_clients_wait_instead_of_failing(db: PgPool) {
     let idle_timeout = Duration::from_secs(1);
-    let app = spawn(
-        db,
-        ServerLimits {
-            idle_timeout,
-            max_connections: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn(db, idle_timeout, 3).await;
     let client = app.client_with_scope(Scope::Read, None).await;
     let address = app.base.trim_start_matches("http://").to_string();
     let mut held = Vec::new();
@@ -131,14 +122,7 @@ async fn beyond_the_connection_cap_clients_wait_instead_of_failing(db: PgPool) {
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_quiet_event_stream_is_not_an_idle_connection(db: PgPool) {
     let idle_timeout = Duration::from_millis(500);
-    let app = spawn(
-        db,
-        ServerLimits {
-            idle_timeout,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn(db, idle_timeout, 10_000).await;
     let response = app.get("/v1/events").await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = response.bytes_stream();
