@@ -92,6 +92,15 @@ impl App {
             server_limits: ServerLimits {
                 header_read_timeout: Duration::from_secs(args.security.header_read_timeout_secs),
                 max_header_bytes: args.security.max_header_bytes,
+                idle_timeout: Duration::from_secs(args.security.idle_connection_timeout_secs),
+                max_connections: args.security.max_connections,
+                http2_max_concurrent_streams: args.security.http2_max_concurrent_streams,
+                http2_keep_alive_interval: Duration::from_secs(
+                    args.security.http2_keepalive_interval_secs,
+                ),
+                http2_keep_alive_timeout: Duration::from_secs(
+                    args.security.http2_keepalive_timeout_secs,
+                ),
             },
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         })

@@ -195,6 +195,24 @@ pub struct SecurityArgs {
     /// Requests one client address may make in a burst without a valid token.
     #[arg(long, env = "ANONYMOUS_RATE_LIMIT_BURST", default_value_t = 50)]
     pub anonymous_rate_limit_burst: u32,
+    /// Seconds a connection with no request in progress may send nothing before it is closed
+    /// (also one that never sends a byte, or only the HTTP/2 preface).
+    #[arg(long, env = "IDLE_CONNECTION_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_connection_timeout_secs: u64,
+    /// Connections served at once; more wait to be accepted. Lowered at start to what the
+    /// open-file limit allows (whose soft limit is first raised to the hard one).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// HTTP/2 requests (streams) one connection may have open at once.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub http2_max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 keep-alive pings; a peer that does not answer one within
+    /// HTTP2_KEEPALIVE_TIMEOUT_SECS is disconnected.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL_SECS", default_value_t = 30)]
+    pub http2_keepalive_interval_secs: u64,
+    /// Seconds an HTTP/2 peer has to answer a keep-alive ping.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
+    pub http2_keepalive_timeout_secs: u64,
 }
 
 /// Where runs go and how the loops behave.

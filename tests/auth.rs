@@ -529,6 +529,7 @@ async fn huge_headers_get_431_and_slow_clients_are_cut_off(db: PgPool) {
         server: ServerLimits {
             header_read_timeout: Duration::from_millis(500),
             max_header_bytes: 16 * 1024,
+            ..Default::default()
         },
         ..Default::default()
     };

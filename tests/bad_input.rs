@@ -305,4 +305,76 @@ async fn nul_in_any_text_is_a_422_naming_the_field(db: PgPool) {
         1,
         "only the test's admin token"
     );
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_query_parameter_given_twice_is_a_problem_naming_it(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let response = app.get("/v1/events?task=a&task=b").await;
+    assert_problem(response, StatusCode::BAD_REQUEST, Some("task")).await;
+    let response = app.get("/v1/runs?limit=5&limit=6").await;
+    assert_problem(response, StatusCode::BAD_REQUEST, Some("limit")).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_path_segment_that_is_not_utf8_is_a_problem(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    for path in [
+        "/v1/runs/%FF",
+        "/v1/tasks/%FF",
+        "/v1/tasks/a/triggers/%FF",
+        "/v1/tokens/%FF",
+    ] {
+        let method = if path.starts_with("/v1/tokens") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let response = app
+            .http
+            .request(method, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, StatusCode::BAD_REQUEST, Some("path")).await;
+    }
+    let response = app
+        .anonymous
+        .post(app.url("/v1/hooks/%FF"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::BAD_REQUEST, Some("path")).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn over_http2_an_oversized_body_is_a_413_not_a_reset_stream(db: PgPool) {
+    let app = TestApp::spawn(db.clone()).await;
+    let token = common::new_token(&db, vfi_orchestrator::domain::Scope::Admin, None).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let huge = json!({"template": {"image": "perl:5.34.0", "args": ["x".repeat(5 * 1024 * 1024)]}});
+    let response = h2
+        .post(app.url("/v1/runs"))
+        .bearer_auth(&token)
+        .json(&huge)
+        .send()
+        .await
+        .expect("an answer, not a reset stream");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+    // Without a Content-Length the limit is only found while reading: 64 MiB in 64 KiB frames.
+    let chunks = futures::stream::iter(
+        (0..1024).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 64 * 1024]))),
+    );
+    let response = h2
+        .post(app.url("/v1/runs"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("an answer, not a reset stream");
+    assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+    assert_nothing_stored(&app).await;
 }

@@ -61,10 +61,14 @@ impl<K: Hash + Eq + Clone> RateLimit<K> {
 }
 
 /// Paths anyone may call. Webhooks are open here because they authenticate with their
-/// provider's signature instead.
+/// provider's signature instead. The dashboard's shell and files are open so that a browser
+/// can reach its token field; they hold no data, and every API call it makes sends the token.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs")
-        || path.starts_with("/docs/")
+    matches!(
+        path,
+        "/" | "/healthz" | "/readyz" | "/openapi.json" | "/docs"
+    ) || path.starts_with("/docs/")
+        || path.starts_with("/dashboard/")
         || path.starts_with("/v1/hooks/")
 }
 
@@ -248,8 +252,10 @@ mod tests {
     }
 
     #[test]
-    fn only_probes_docs_and_webhooks_are_open() {
+    fn only_probes_docs_the_dashboard_shell_and_webhooks_are_open() {
         for open in [
+            "/",
+            "/dashboard/app.js",
             "/healthz",
             "/readyz",
             "/openapi.json",
@@ -263,7 +269,8 @@ mod tests {
             "/v1/runs",
             "/v1/tokens",
             "/v1/hooks",
-            "/",
+            "/metrics",
+            "/dashboardx",
             "/docsx",
         ] {
             assert!(!is_open(closed), "{closed}");

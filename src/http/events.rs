@@ -7,10 +7,11 @@
 //! hub never acts on the cluster and writes nothing.
 
 use super::auth::{Authorized, ForRead};
+use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::error::{Error, Result};
 use crate::store::events::{self, StoredEvent};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -272,7 +273,7 @@ pub async fn events(
     auth: Authorized<ForRead>,
     State(hub): State<EventHub>,
     State(revocations): State<super::Revocations>,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
     // A token limited to some tasks sees only a task it may read, named in `?task=`.

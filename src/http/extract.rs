@@ -127,6 +127,12 @@ fn unknown_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
+/// serde's "duplicate field `x`" (a query parameter given twice) names the field too.
+fn duplicate_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("duplicate field `")?;
+    rest.split('`').next()
+}
+
 fn strip_position(error: &serde_json::Error) -> String {
     let text = error.to_string();
     match text.rfind(" at line ") {
@@ -147,9 +153,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map(ApiQuery)
             .map_err(|e| {
                 let message = e.to_string();
-                let field = unknown_field(&message).unwrap_or("query").to_string();
+                let field = unknown_field(&message)
+                    .or_else(|| duplicate_field(&message))
+                    .unwrap_or("query")
+                    .to_string();
                 Error::bad_request(field, message)
             })
+    }
+}
+
+/// Path parameters; a segment that does not decode (`%FF` is not UTF-8) is a 400 naming the
+/// path, as problem+json like every other refusal (axum's own rejection is plain text).
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(Error::bad_request("path", rejection.body_text())),
+        }
     }
 }
 

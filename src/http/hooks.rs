@@ -3,6 +3,7 @@
 //! log). A matching event records a run with the event's facts as environment variables; a
 //! redelivery finds the run its first delivery started.
 
+use super::extract::ApiPath;
 use super::problem::Problem;
 use super::runs::insert_capped;
 use super::AppState;
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{self, runs::NewRun};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
@@ -80,7 +81,7 @@ fn answer(
 )]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<HookAnswer>)> {

@@ -2,7 +2,7 @@
 //! as Server-Sent Events with `Last-Event-ID` resume.
 
 use super::auth::{Authorized, ForRead};
-use super::extract::ApiQuery;
+use super::extract::{ApiPath, ApiQuery};
 use super::problem::Problem;
 use super::runs::parse_run_id;
 use super::AppState;
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::logs::{self, LogItem, LogQuery};
 use crate::store;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -58,7 +58,7 @@ pub struct LogParams {
 pub async fn run_logs(
     auth: Authorized<ForRead>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<LogParams>,
 ) -> Result<Response> {

@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 document (generated from the handlers by utoipa), served at `/openapi.json`,
-//! with a readable API page at `/docs`.
+//! with a readable API page at `/docs`: Swagger UI, whose files are compiled into the binary
+//! (utoipa-swagger-ui's `vendored` feature), so the page works on a cluster without internet.
 
 use super::{events, health, hooks, logs, runs, tasks, tokens, triggers, AppState};
 use axum::routing::get;
@@ -9,7 +10,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_scalar::{Scalar, Servable};
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -81,7 +82,10 @@ pub(super) fn docs_router(doc: Document) -> Router<AppState> {
     let json = doc.clone();
     Router::new()
         .route("/openapi.json", get(move || async move { Json(json) }))
-        .merge(Scalar::with_url("/docs", doc))
+        .merge(
+            // The validator would send the document to swagger.io: "none" keeps the page offline.
+            SwaggerUi::new("/docs").config(Config::new(["/openapi.json"]).validator_url("none")),
+        )
 }
 
 /// The OpenAPI document the server serves.

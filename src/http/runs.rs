@@ -1,7 +1,7 @@
 //! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
 
 use super::auth::{Authorized, ForRead, ForRun};
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 use super::idempotency::Idempotent;
 use super::pagination;
 use super::problem::Problem;
@@ -10,7 +10,7 @@ use super::Limits;
 use crate::domain::{AdHocRun, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Trigger};
 use crate::error::{Error, Result};
 use crate::store::{self, runs::NewRun, runs::RunFilter};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -44,7 +44,7 @@ pub async fn start_task_run(
     State(db): State<PgPool>,
     State(limits): State<Arc<Limits>>,
     State(policy): State<Arc<RunPolicy>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(overrides): ApiJson<RunOverrides>,
 ) -> Result<Response> {
@@ -309,7 +309,7 @@ pub(super) fn parse_run_id(id: &str) -> Result<Uuid> {
 pub async fn get_run(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
@@ -343,7 +343,7 @@ fn not_found(id: Uuid) -> Error {
 pub async fn cancel_run(
     auth: Authorized<ForRun>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
@@ -389,7 +389,7 @@ pub async fn rerun(
     State(db): State<PgPool>,
     State(limits): State<Arc<Limits>>,
     State(policy): State<Arc<RunPolicy>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Response> {
     let id = parse_run_id(&id)?;
@@ -430,7 +430,7 @@ pub async fn rerun(
 pub async fn list_pods(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<PodRecord>>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
@@ -455,7 +455,7 @@ pub async fn list_pods(
 pub async fn history(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<store::runs::RunEvent>>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)

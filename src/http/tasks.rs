@@ -2,7 +2,7 @@
 //! status, and backfilling its scheduled times.
 
 use super::auth::{Authorized, ForAdmin, ForRead};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::pagination;
 use super::problem::Problem;
 use crate::domain::schedule::{Schedule, ScheduleStatus};
@@ -10,7 +10,7 @@ use crate::domain::{Invalid, Run, RunPolicy, Task, TaskName, TaskSpec, Trigger};
 use crate::error::{Error, Result};
 use crate::store;
 use crate::store::runs::NewRun;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -42,7 +42,7 @@ pub async fn put_task(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
     State(policy): State<Arc<RunPolicy>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>)> {
     let name = parse_name(name)?;
@@ -73,7 +73,7 @@ pub async fn put_task(
 pub async fn get_task(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Task>> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
@@ -153,7 +153,7 @@ pub async fn backfill(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
     State(policy): State<Arc<RunPolicy>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResult>> {
     let name = parse_name(name)?;
@@ -230,7 +230,7 @@ pub async fn backfill(
 pub async fn delete_task(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;

@@ -2,14 +2,14 @@
 //! that creates it; only its hash is kept.
 
 use super::auth::{Authorized, ForAdmin};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use crate::domain::auth::new_token;
 use crate::domain::validation::Errors;
 use crate::domain::{Scope, TaskName};
 use crate::error::{Error, Result};
 use crate::store::{self, tokens::NewToken, tokens::TokenInfo};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -148,7 +148,7 @@ pub async fn list_tokens(
 pub async fn delete_token(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode> {
     auth.all_tasks()?;
     let not_found = || Error::NotFound {
