@@ -259,6 +259,8 @@ async fn an_indexed_run_whose_hostnames_cannot_fit_is_refused_on_completions(db:
         .await;
     }
     assert_nothing_stored(&app).await;
+}
+
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn nul_in_any_text_is_a_422_naming_the_field(db: PgPool) {
     let app = TestApp::spawn(db).await;
@@ -305,6 +307,8 @@ async fn nul_in_any_text_is_a_422_naming_the_field(db: PgPool) {
         1,
         "only the test's admin token"
     );
+}
+
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_query_parameter_given_twice_is_a_problem_naming_it(db: PgPool) {
     let app = TestApp::spawn(db).await;

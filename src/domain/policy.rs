@@ -475,12 +475,12 @@ mod tests {
             "image": "x", "completionMode": "Indexed", "completions": 100000
         }))
         .unwrap();
-        assert!(policy().check(&template, "template").is_ok());
+        assert!(policy().check(&template, None, "template").is_ok());
         let mut long_prefix = policy();
         long_prefix.job_name_prefix = "a-very-long-installation-prefix-1234-".into();
-        let err = long_prefix.check(&template, "template").unwrap_err();
+        let err = long_prefix.check(&template, None, "template").unwrap_err();
         assert_eq!(err.0[0].field, "template.completions");
         template.completions = Some(10);
-        assert!(long_prefix.check(&template, "template").is_ok());
+        assert!(long_prefix.check(&template, None, "template").is_ok());
     }
 }
