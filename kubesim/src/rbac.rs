@@ -236,7 +236,11 @@ impl Attributes {
         } else {
             format!("{}.{}", self.resource, self.api_group)
         };
-        let message = if self.name.is_empty() {
+        // apimachinery's NewForbidden: an empty resource (a non-resource path) gives
+        // "forbidden: ...".
+        let message = if qualified.is_empty() {
+            format!("forbidden: {detail}")
+        } else if self.name.is_empty() {
             format!("{qualified} is forbidden: {detail}")
         } else {
             format!("{qualified} {:?} is forbidden: {detail}", self.name)
