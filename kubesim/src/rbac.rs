@@ -518,6 +518,13 @@ impl Rbac {
         self.tokens.get(token).cloned().ok_or(Unauthenticated)
     }
 
+    /// Deletes the Roles and RoleBindings of a namespace being deleted.
+    pub fn forget_namespace(&self, namespace: &str) {
+        let mut policy = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        policy.roles.retain(|(ns, _), _| ns != namespace);
+        policy.role_bindings.retain(|(ns, _), _| ns != namespace);
+    }
+
     pub fn allows(&self, user: &UserInfo, a: &Attributes) -> bool {
         self.policy
             .read()
