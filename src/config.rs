@@ -44,6 +44,20 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Uninstalling: remove this service's finalizers from its Jobs and pods (with the
+    /// kubeconfig's credentials), so deleting their namespace cannot hang while the service is
+    /// gone. See deploy/README.md.
+    ReleaseFinalizers(ReleaseFinalizersArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseFinalizersArgs {
+    /// The installation whose objects are released.
+    #[arg(long, env = "INSTALLATION", default_value = "default")]
+    pub installation: String,
+    /// Namespaces to release in (comma-separated): those the service ran Jobs in.
+    #[arg(long, env = "JOB_NAMESPACES", value_delimiter = ',', required = true)]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

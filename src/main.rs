@@ -54,5 +54,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", created.token);
             Ok(())
         }
+        Command::ReleaseFinalizers(args) => {
+            let client = kube::Client::try_default().await?;
+            let released = vfi_orchestrator::cluster::uninstall::release_finalizers(
+                &client,
+                &args.installation,
+                &args.namespaces,
+            )
+            .await?;
+            tracing::info!(
+                jobs = released.jobs,
+                pods = released.pods,
+                "released the service's finalizers"
+            );
+            Ok(())
+        }
     }
 }

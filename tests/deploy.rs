@@ -6,6 +6,9 @@ mod common;
 
 use common::calculatepi;
 use common::service::{KubeSim, RunnerKind, Service, SimConfig};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::wait::await_condition;
+use kube::Api;
 use kubesim::rbac::{parse_manifests, RbacConfig};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -250,4 +253,84 @@ async fn a_role_without_pods_log_is_named_at_start_up_and_by_readyz(db: PgPool) 
     assert!(!detail.contains("jobs"), "only what is missing: {detail}");
     service.stop().await;
     sim.shutdown().await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_documented_uninstall_completes_with_finalizer_carrying_objects_present(db: PgPool) {
+    let docs = rendered_base();
+    let (namespace, _) = deployment_identity(&docs);
+    let sim = sim_with_rbac(&docs).await;
+    let service = start_as_deployed(db, &sim, &namespace).await;
+    // One run still running and one finished: a Job and pods carrying the service's
+    // finalizers, as an installation in use has.
+    let running = service
+        .submit(serde_json::json!({"image": "busybox", "command": ["sleep"],
+            "env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}))
+        .await;
+    service
+        .wait_for(&running, "running", Duration::from_secs(30))
+        .await;
+    let dir = tempdir();
+    let kubeconfig = dir.join("admin.kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+
+    // 1. Scale the Deployment to 0: the service stops.
+    service.stop().await;
+    // 2. Delete the installation: `kubectl delete -k deploy/base --wait=false` deletes its
+    //    namespace (kubesim has no Deployments to delete besides). Through kube-rs: kubectl
+    //    sends no bearer token over kubesim's plain HTTP.
+    let namespaces = Api::<Namespace>::all(sim.client());
+    namespaces
+        .delete(&namespace, &Default::default())
+        .await
+        .unwrap();
+    // Left alone, the namespace cannot go: the service's finalizers hold its objects.
+    let finalizers_remaining = |ns: Option<&Namespace>| {
+        ns.and_then(|ns| ns.status.as_ref()?.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "NamespaceFinalizersRemaining"))
+            .and_then(|c| c.message.clone())
+    };
+    let ns = tokio::time::timeout(
+        Duration::from_secs(10),
+        await_condition(
+            namespaces.clone(),
+            &namespace,
+            move |ns: Option<&Namespace>| finalizers_remaining(ns).is_some(),
+        ),
+    )
+    .await
+    .expect("the namespace reports what holds it")
+    .unwrap();
+    let held = finalizers_remaining(ns.as_ref()).unwrap();
+    assert!(held.contains("vfi-orchestrator.io/"), "{held}");
+    // 3. Release the service's finalizers with the admin's kubeconfig.
+    let release = tokio::process::Command::new(env!("CARGO_BIN_EXE_vfi-orchestrator"))
+        .args(["release-finalizers", "--namespaces", &namespace])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        release.status.success(),
+        "{}",
+        String::from_utf8_lossy(&release.stderr)
+    );
+    // 4. The namespace is gone (`kubectl wait --for=delete namespace/...`).
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(namespaces, &namespace, |ns: Option<&Namespace>| {
+            ns.is_none()
+        }),
+    )
+    .await
+    .expect("the namespace is deleted")
+    .unwrap();
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vfi-deploy-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

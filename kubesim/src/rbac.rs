@@ -236,7 +236,11 @@ impl Attributes {
         } else {
             format!("{}.{}", self.resource, self.api_group)
         };
-        let message = if self.name.is_empty() {
+        // apimachinery's NewForbidden: an empty resource (a non-resource path) gives
+        // "forbidden: ...".
+        let message = if qualified.is_empty() {
+            format!("forbidden: {detail}")
+        } else if self.name.is_empty() {
             format!("{qualified} is forbidden: {detail}")
         } else {
             format!("{qualified} {:?} is forbidden: {detail}", self.name)
@@ -512,6 +516,13 @@ impl Rbac {
             .map(str::trim)
             .ok_or(Unauthenticated)?;
         self.tokens.get(token).cloned().ok_or(Unauthenticated)
+    }
+
+    /// Deletes the Roles and RoleBindings of a namespace being deleted.
+    pub fn forget_namespace(&self, namespace: &str) {
+        let mut policy = self.policy.write().unwrap_or_else(|p| p.into_inner());
+        policy.roles.retain(|(ns, _), _| ns != namespace);
+        policy.role_bindings.retain(|(ns, _), _| ns != namespace);
     }
 
     pub fn allows(&self, user: &UserInfo, a: &Attributes) -> bool {

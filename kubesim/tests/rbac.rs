@@ -265,3 +265,25 @@ async fn bindings_created_through_the_api_take_effect_at_once() {
     assert!(!can_i(&other, "create", "jobs.batch", None, "team").await);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_deleted_namespaces_roles_and_bindings_go_with_it() {
+    // The namespace controller deletes every namespaced object, RBAC ones included:
+    // https://kubernetes.io/docs/tasks/administer-cluster/namespaces/#deleting-a-namespace
+    let sim = rbac_sim().await;
+    let sa = sim.client_with_token("runner-token");
+    assert!(can_i(&sa, "create", "jobs.batch", None, "team").await);
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(sim.client())
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(!can_i(&sa, "create", "jobs.batch", None, "team").await);
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(sim.client(), "team");
+    assert!(roles
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    sim.shutdown().await;
+}

@@ -12,6 +12,7 @@ pub mod observe;
 pub mod permissions;
 pub mod pods;
 pub mod render;
+pub mod uninstall;
 
 /// Label and annotation keys the service puts on its Jobs and pods.
 pub mod keys {

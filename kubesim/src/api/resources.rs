@@ -948,6 +948,11 @@ fn delete_namespace_impl(
     if opts.dry_run {
         return Ok(json_response(StatusCode::OK, &to_json(cur.as_ref())));
     }
+    if let Some(rbac) = &state.rbac {
+        // Roles and RoleBindings carry no finalizers: the namespace controller deletes them
+        // with the rest of the content, at once.
+        rbac.forget_namespace(name);
+    }
     let updated = state.store.update::<Namespace>("", name, |ns| {
         if ns.metadata.deletion_timestamp.is_none() {
             ns.metadata.deletion_timestamp = Some(crate::time::now_time());
