@@ -162,6 +162,7 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
             args.anonymous_rate_limit_per_second,
             args.anonymous_rate_limit_burst,
         ),
+        metrics_public: args.metrics_public,
         cors_origins,
     })
 }

@@ -195,6 +195,11 @@ pub struct SecurityArgs {
     /// Requests one client address may make in a burst without a valid token.
     #[arg(long, env = "ANONYMOUS_RATE_LIMIT_BURST", default_value_t = 50)]
     pub anonymous_rate_limit_burst: u32,
+    /// Serve `/metrics` without a token. They name every task and count its runs, so by default
+    /// they need a token (read scope, not limited to tasks); turn this on only where the network
+    /// keeps others out.
+    #[arg(long, env = "METRICS_PUBLIC", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: bool,
 }
 
 /// Where runs go and how the loops behave.

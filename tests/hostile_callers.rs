@@ -531,3 +531,40 @@ async fn unauthenticated_traffic_is_rate_limited_per_address(db: PgPool) {
     assert_eq!(probe.status(), StatusCode::OK);
     assert_eq!(app.get("/v1/runs").await.status(), StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn metrics_need_a_token_that_may_see_every_task_unless_made_public(db: PgPool) {
+    let app = TestApp::spawn(db.clone()).await;
+    assert_eq!(
+        app.anonymous
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let one_task = app.client_with_scope(Scope::Read, Some(&["a"])).await;
+    let denied = one_task.get(app.url("/metrics")).send().await.unwrap();
+    assert_problem(denied, StatusCode::FORBIDDEN, None).await;
+    let reader = app.client_with_scope(Scope::Read, None).await;
+    let scraped = reader.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped.text().await.unwrap().contains("# TYPE"));
+
+    let public = TestApp::spawn_with(
+        db,
+        TestOptions {
+            metrics_public: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let open = public
+        .anonymous
+        .get(public.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+}
