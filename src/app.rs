@@ -57,7 +57,8 @@ impl App {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let runtime = runtime(&args.cluster, db.clone(), client);
+        let policy = Arc::new(policy(&args.cluster)?);
+        let runtime = runtime(&args.cluster, db.clone(), client, policy.clone());
         let state = AppState {
             db: db.clone(),
             limits: Arc::new(Limits {
@@ -66,7 +67,7 @@ impl App {
                 max_queued_runs_per_task: args.security.max_queued_runs_per_task,
                 max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
             }),
-            policy: Arc::new(policy(&args.cluster)?),
+            policy,
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone()),
@@ -196,7 +197,12 @@ fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
     })
 }
 
-fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {
+fn runtime(
+    args: &ClusterArgs,
+    db: sqlx::PgPool,
+    client: kube::Client,
+    policy: Arc<RunPolicy>,
+) -> Runtime {
     let cluster = Cluster {
         client,
         settings: Arc::new(ClusterSettings {
@@ -237,6 +243,7 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             launcher_poll: Duration::from_millis(args.launcher_poll_ms.max(10)),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             retention: retention(&args.retention),
+            policy,
         },
         clock: Arc::new(SystemClock),
     }

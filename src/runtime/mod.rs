@@ -36,6 +36,9 @@ pub struct RuntimeSettings {
     pub reconcile_interval: Duration,
     /// How the pruner keeps the history within its limits.
     pub retention: pruner::RetentionSettings,
+    /// What a run may ask of the cluster; the scheduler checks each scheduled run against it,
+    /// since limits may have tightened after the task was saved.
+    pub policy: Arc<crate::domain::RunPolicy>,
 }
 
 /// What the loops share.
