@@ -421,19 +421,20 @@ async fn anonymous_webhook_ids_cannot_forge_log_lines_or_send_terminal_escapes(d
     );
 }
 
-/// Reads `response`'s body until it ends; panics if it has not ended within `within`.
-async fn ends_within(response: reqwest::Response, within: std::time::Duration) {
+/// Reads `response`'s body until it ends, and returns it; panics if it has not ended within
+/// `within`.
+async fn ends_within(response: reqwest::Response, within: std::time::Duration) -> String {
     use futures::StreamExt;
     let mut body = response.bytes_stream();
+    let mut text = Vec::new();
     tokio::time::timeout(within, async {
-        while let Some(chunk) = body.next().await {
-            if chunk.is_err() {
-                break;
-            }
+        while let Some(Ok(chunk)) = body.next().await {
+            text.extend_from_slice(&chunk);
         }
     })
     .await
     .expect("the stream ended");
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
@@ -450,15 +451,19 @@ async fn revoking_a_token_ends_the_streams_it_opened(db: PgPool) {
     let events = watcher.get(app.url("/v1/events")).send().await.unwrap();
     assert_eq!(events.status(), StatusCode::OK);
     // The run is never launched here, so following its log waits for as long as it is open.
-    let log = watcher
-        .get(app.url(&format!(
-            "/v1/runs/{}/logs?follow=true",
-            run["id"].as_str().unwrap()
-        )))
+    let log_url = app.url(&format!(
+        "/v1/runs/{}/logs?follow=true",
+        run["id"].as_str().unwrap()
+    ));
+    let log = watcher.get(&log_url).send().await.unwrap();
+    assert_eq!(log.status(), StatusCode::OK);
+    let log_events = watcher
+        .get(&log_url)
+        .header("accept", "text/event-stream")
         .send()
         .await
         .unwrap();
-    assert_eq!(log.status(), StatusCode::OK);
+    assert_eq!(log_events.status(), StatusCode::OK);
     let other = app.client_with_scope(Scope::Read, None).await;
     let unrelated = other.get(app.url("/v1/events")).send().await.unwrap();
 
@@ -473,6 +478,11 @@ async fn revoking_a_token_ends_the_streams_it_opened(db: PgPool) {
     let bound = std::time::Duration::from_secs(3);
     ends_within(events, bound).await;
     ends_within(log, bound).await;
+    let sse = ends_within(log_events, bound).await;
+    assert!(
+        !sse.contains("event: end"),
+        "a revoked stream does not claim the log ended: {sse}"
+    );
     // Another token's stream goes on.
     let mut body = unrelated.bytes_stream();
     use futures::StreamExt;
