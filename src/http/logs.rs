@@ -70,6 +70,10 @@ pub async fn run_logs(
             name: id.to_string(),
         })?;
     auth.task(run.task.as_deref())?;
+    if let Some(pod) = &params.pod {
+        crate::domain::names::dns1123_subdomain(pod)
+            .map_err(|message| Error::bad_request("pod", message))?;
+    }
     if params.tail.is_some_and(|t| t < 0) {
         return Err(Error::bad_request("tail", "must be 0 or more"));
     }
