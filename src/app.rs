@@ -62,7 +62,8 @@ impl App {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let runtime = runtime(&args.cluster, db.clone(), client);
+        let policy = Arc::new(policy(&args.cluster)?);
+        let runtime = runtime(&args.cluster, db.clone(), client, policy.clone());
         // Start-up self-check: a missing permission is logged (and fails /readyz) at once,
         // not discovered by the first run that needs it.
         if tokio::time::timeout(Duration::from_secs(10), runtime.cluster.check_permissions())
@@ -79,7 +80,7 @@ impl App {
                 max_queued_runs_per_task: args.security.max_queued_runs_per_task,
                 max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
             }),
-            policy: Arc::new(policy(&args.cluster)?),
+            policy,
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone()),
@@ -185,6 +186,7 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
             args.anonymous_rate_limit_per_second,
             args.anonymous_rate_limit_burst,
         ),
+        metrics_public: args.metrics_public,
         cors_origins,
     })
 }
@@ -219,7 +221,12 @@ fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
     })
 }
 
-fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {
+fn runtime(
+    args: &ClusterArgs,
+    db: sqlx::PgPool,
+    client: kube::Client,
+    policy: Arc<RunPolicy>,
+) -> Runtime {
     let cluster = Cluster {
         client: crate::cluster::with_timeout(
             client,
@@ -270,6 +277,7 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             permission_check_interval: Duration::from_secs(
                 args.permission_check_interval_secs.max(1),
             ),
+            policy,
         },
         clock: Arc::new(SystemClock),
     }

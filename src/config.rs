@@ -227,6 +227,11 @@ pub struct SecurityArgs {
     /// Seconds an HTTP/2 peer has to answer a keep-alive ping.
     #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
     pub http2_keepalive_timeout_secs: u64,
+    /// Serve `/metrics` without a token. They name every task and count its runs, so by default
+    /// they need a token (read scope, not limited to tasks); turn this on only where the network
+    /// keeps others out.
+    #[arg(long, env = "METRICS_PUBLIC", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: bool,
 }
 
 /// Where runs go and how the loops behave.

@@ -382,3 +382,19 @@ async fn over_http2_an_oversized_body_is_a_413_not_a_reset_stream(db: PgPool) {
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
     assert_nothing_stored(&app).await;
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn nul_in_query_parameters_is_a_400_naming_the_parameter(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let run = app.submit(&calculatepi()).await;
+    let id = run["id"].as_str().unwrap();
+    // base64url of "a\0": a cursor this server never issued.
+    for (path, field) in [
+        ("/v1/tasks?cursor=YQA".to_string(), "cursor"),
+        (format!("/v1/runs/{id}/logs?pod=a%00b"), "pod"),
+        ("/v1/events?task=a%00".to_string(), "task"),
+    ] {
+        let response = app.get(&path).await;
+        assert_problem(response, StatusCode::BAD_REQUEST, Some(field)).await;
+    }
+}

@@ -421,19 +421,20 @@ async fn anonymous_webhook_ids_cannot_forge_log_lines_or_send_terminal_escapes(d
     );
 }
 
-/// Reads `response`'s body until it ends; panics if it has not ended within `within`.
-async fn ends_within(response: reqwest::Response, within: std::time::Duration) {
+/// Reads `response`'s body until it ends, and returns it; panics if it has not ended within
+/// `within`.
+async fn ends_within(response: reqwest::Response, within: std::time::Duration) -> String {
     use futures::StreamExt;
     let mut body = response.bytes_stream();
+    let mut text = Vec::new();
     tokio::time::timeout(within, async {
-        while let Some(chunk) = body.next().await {
-            if chunk.is_err() {
-                break;
-            }
+        while let Some(Ok(chunk)) = body.next().await {
+            text.extend_from_slice(&chunk);
         }
     })
     .await
     .expect("the stream ended");
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
@@ -450,15 +451,19 @@ async fn revoking_a_token_ends_the_streams_it_opened(db: PgPool) {
     let events = watcher.get(app.url("/v1/events")).send().await.unwrap();
     assert_eq!(events.status(), StatusCode::OK);
     // The run is never launched here, so following its log waits for as long as it is open.
-    let log = watcher
-        .get(app.url(&format!(
-            "/v1/runs/{}/logs?follow=true",
-            run["id"].as_str().unwrap()
-        )))
+    let log_url = app.url(&format!(
+        "/v1/runs/{}/logs?follow=true",
+        run["id"].as_str().unwrap()
+    ));
+    let log = watcher.get(&log_url).send().await.unwrap();
+    assert_eq!(log.status(), StatusCode::OK);
+    let log_events = watcher
+        .get(&log_url)
+        .header("accept", "text/event-stream")
         .send()
         .await
         .unwrap();
-    assert_eq!(log.status(), StatusCode::OK);
+    assert_eq!(log_events.status(), StatusCode::OK);
     let other = app.client_with_scope(Scope::Read, None).await;
     let unrelated = other.get(app.url("/v1/events")).send().await.unwrap();
 
@@ -473,6 +478,11 @@ async fn revoking_a_token_ends_the_streams_it_opened(db: PgPool) {
     let bound = std::time::Duration::from_secs(3);
     ends_within(events, bound).await;
     ends_within(log, bound).await;
+    let sse = ends_within(log_events, bound).await;
+    assert!(
+        !sse.contains("event: end"),
+        "a revoked stream does not claim the log ended: {sse}"
+    );
     // Another token's stream goes on.
     let mut body = unrelated.bytes_stream();
     use futures::StreamExt;
@@ -530,4 +540,41 @@ async fn unauthenticated_traffic_is_rate_limited_per_address(db: PgPool) {
     let probe = app.anonymous.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(probe.status(), StatusCode::OK);
     assert_eq!(app.get("/v1/runs").await.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn metrics_need_a_token_that_may_see_every_task_unless_made_public(db: PgPool) {
+    let app = TestApp::spawn(db.clone()).await;
+    assert_eq!(
+        app.anonymous
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let one_task = app.client_with_scope(Scope::Read, Some(&["a"])).await;
+    let denied = one_task.get(app.url("/metrics")).send().await.unwrap();
+    assert_problem(denied, StatusCode::FORBIDDEN, None).await;
+    let reader = app.client_with_scope(Scope::Read, None).await;
+    let scraped = reader.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped.text().await.unwrap().contains("# TYPE"));
+
+    let public = TestApp::spawn_with(
+        db,
+        TestOptions {
+            metrics_public: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let open = public
+        .anonymous
+        .get(public.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
 }

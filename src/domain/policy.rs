@@ -126,6 +126,7 @@ impl RunLimits {
                 }
             }
         };
+        let before = errors.len();
         if let Some(completions) = template.completions {
             let max = self.max_completions.map(i64::from);
             beyond(
@@ -157,7 +158,10 @@ impl RunLimits {
         } else {
             ("parallelism", first.saturating_add(retries))
         };
-        beyond(errors, name, pods, self.max_pods, "maxPods");
+        // Total pods only when each count alone is within its limit: one error per field.
+        if errors.len() == before {
+            beyond(errors, name, pods, self.max_pods, "maxPods");
+        }
         if let Some(deadline) = template.active_deadline_seconds {
             let max = self.max_active_deadline_seconds;
             beyond(
@@ -405,14 +409,7 @@ mod tests {
             &installation(),
             serde_json::json!({"parallelism": 300, "completions": 2147483647}),
         );
-        assert_eq!(
-            fields,
-            [
-                "template.completions",
-                "template.parallelism",
-                "template.completions"
-            ]
-        );
+        assert_eq!(fields, ["template.completions", "template.parallelism"]);
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl Errors {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
     }

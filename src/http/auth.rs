@@ -28,6 +28,8 @@ pub struct AuthSettings {
     pub rate_limit: Option<RateLimit>,
     /// Requests without a valid token, per client address; `None` when unlimited.
     pub anonymous_rate_limit: Option<RateLimit<IpAddr>>,
+    /// `/metrics` without a token (for scrapers that cannot send one).
+    pub metrics_public: bool,
     /// Browser origins allowed to call the API (CORS); none by default.
     pub cors_origins: Vec<axum::http::HeaderValue>,
 }
@@ -103,7 +105,7 @@ pub async fn authenticate(
             _ => Ok(()),
         }
     };
-    if is_open(path) {
+    if is_open(path) || (path == "/metrics" && state.auth.metrics_public) {
         if !matches!(path, "/healthz" | "/readyz") && !path.starts_with("/v1/hooks/") {
             if let Err(error) = anonymous_limit(client) {
                 return error.into_response();

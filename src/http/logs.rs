@@ -70,6 +70,10 @@ pub async fn run_logs(
             name: id.to_string(),
         })?;
     auth.task(run.task.as_deref())?;
+    if let Some(pod) = &params.pod {
+        crate::domain::names::dns1123_subdomain(pod)
+            .map_err(|message| Error::bad_request("pod", message))?;
+    }
     if params.tail.is_some_and(|t| t < 0) {
         return Err(Error::bad_request("tail", "must be 0 or more"));
     }
@@ -106,15 +110,23 @@ pub async fn run_logs(
         after,
     };
     let cluster = state.cluster.clone();
-    // A revoked token's stream ends (a follow could otherwise outlive it by hours).
-    let items = logs::run_log(state.db.clone(), cluster, run, query)
-        .take_until(state.revocations.ended(auth.caller.token_id));
+    let items = logs::run_log(state.db.clone(), cluster, run, query);
     let timestamps = params.timestamps.unwrap_or(false);
     let limit = params.limit_bytes.unwrap_or(u64::MAX);
+    // A revoked token's stream ends (a follow could otherwise outlive it by hours), without
+    // the `end` event that says the log is complete.
+    let revoked = state.revocations.ended(auth.caller.token_id);
     if sse {
-        Ok(sse_response(items, timestamps, limit).into_response())
+        Ok(sse_response(items, timestamps, limit)
+            .take_until(revoked)
+            .into_response())
     } else {
-        Ok(text_response(items, several, timestamps, limit))
+        Ok(text_response(
+            items.take_until(revoked),
+            several,
+            timestamps,
+            limit,
+        ))
     }
 }
 
@@ -196,7 +208,7 @@ fn sse_response(
     items: impl futures::Stream<Item = Result<LogItem, logs::LogError>> + Send + 'static,
     timestamps: bool,
     limit: u64,
-) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+) -> SseEvents<impl futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send> {
     let mut index: Option<i32> = None;
     let events = items
         .scan(0u64, move |sent, item| {
@@ -250,5 +262,21 @@ fn sse_response(
         .chain(futures::stream::once(async {
             Ok(Event::default().event("end").data(""))
         }));
-    Sse::new(events).keep_alive(KeepAlive::default())
+    SseEvents(events)
+}
+
+/// The SSE events of a log, before they become a response.
+struct SseEvents<S>(S);
+
+impl<S> SseEvents<S>
+where
+    S: futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static,
+{
+    /// Ends the stream, without its `end` event, when `stop` resolves.
+    fn take_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send> {
+        Sse::new(self.0.take_until(stop)).keep_alive(KeepAlive::default())
+    }
 }

@@ -115,11 +115,10 @@ async fn listen(db: PgPool, sender: broadcast::Sender<Uuid>) {
                     let _ = sender.send(id);
                 }
             }
-            // The connection dropped; sqlx reconnects on the next call, and what was
-            // announced meanwhile is lost: every stream checks its token.
-            Ok(None) => {
-                let _ = sender.send(RECHECK);
-            }
+            // The connection dropped, and what was announced meanwhile is lost: listen
+            // afresh, then every stream checks its token (after LISTEN, so nothing slips
+            // between the check and the listening).
+            Ok(None) => listener = None,
             Err(error) => {
                 listener = None;
                 pause(&error).await;

@@ -40,6 +40,9 @@ pub struct RuntimeSettings {
     pub watch_timeout_secs: u32,
     /// How often the service's Kubernetes permissions are checked again.
     pub permission_check_interval: Duration,
+    /// What a run may ask of the cluster; the scheduler checks each scheduled run against it,
+    /// since limits may have tightened after the task was saved.
+    pub policy: Arc<crate::domain::RunPolicy>,
 }
 
 /// What the loops share.

@@ -47,6 +47,8 @@ pub struct TestOptions {
     pub max_active_runs_per_token: u32,
     /// (requests per second, burst) per client address without a valid token; `None`: unlimited.
     pub anonymous_rate_limit: Option<(u32, u32)>,
+    /// `/metrics` without a token.
+    pub metrics_public: bool,
 }
 
 impl Default for TestOptions {
@@ -62,6 +64,7 @@ impl Default for TestOptions {
             run_limits: Default::default(),
             max_active_runs_per_token: 0,
             anonymous_rate_limit: None,
+            metrics_public: false,
         }
     }
 }
@@ -109,6 +112,7 @@ impl TestApp {
                 anonymous_rate_limit: options
                     .anonymous_rate_limit
                     .and_then(|(rate, burst)| RateLimit::new(rate, burst)),
+                metrics_public: options.metrics_public,
                 cors_origins: options
                     .cors_origins
                     .iter()
