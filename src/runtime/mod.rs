@@ -7,6 +7,7 @@ pub mod archiver;
 pub mod canceller;
 pub mod launcher;
 pub mod pruner;
+pub mod requeue;
 pub mod scheduler;
 pub mod tracker;
 
