@@ -215,6 +215,8 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             retention: retention(&args.retention),
             watch_timeout_secs: args.kube_watch_timeout_secs.max(1),
+            finished_job_ttl_secs: (args.finished_job_ttl_secs >= 0)
+                .then_some(args.finished_job_ttl_secs),
         },
         clock: Arc::new(SystemClock),
     }

@@ -260,6 +260,16 @@ pub struct ClusterArgs {
     /// a watch silent for 5 s longer is taken as dead and restarted.
     #[arg(long, env = "KUBE_WATCH_TIMEOUT_SECS", default_value_t = 290)]
     pub kube_watch_timeout_secs: u32,
+    /// Seconds a finished Job stays in the cluster once its outcome is recorded (set as its
+    /// `ttlSecondsAfterFinished` when the template gives none); negative: Jobs stay until
+    /// someone deletes them. The run, its pod records and logs stay in the database either way.
+    #[arg(
+        long,
+        env = "FINISHED_JOB_TTL_SECS",
+        default_value_t = 3600,
+        allow_negative_numbers = true
+    )]
+    pub finished_job_ttl_secs: i32,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of

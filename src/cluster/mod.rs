@@ -80,11 +80,13 @@ pub fn with_timeout(client: kube::Client, timeout: Duration) -> kube::Client {
 /// other finalizers are kept and a concurrent change makes the patch fail rather than remove the
 /// wrong entry. When the guard fails, the object is read again: a finalizer someone else (another
 /// replica) already removed is fine, and is logged at debug only; one that moved is removed at
-/// its new place. An object without the finalizer, or already gone, is fine.
+/// its new place. An object without the finalizer, or already gone, is fine. `also` are JSON
+/// patch operations applied in the same write.
 pub(crate) async fn remove_finalizer<K>(
     api: &Api<K>,
     object: &K,
     finalizer: &str,
+    also: &[serde_json::Value],
 ) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
@@ -96,11 +98,13 @@ where
         let Some(index) = finalizers.iter().position(|f| f == finalizer) else {
             return Ok(());
         };
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer},
-            {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-        ]))
-        .expect("a well-formed JSON patch");
+        let mut ops = vec![
+            serde_json::json!({"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer}),
+            serde_json::json!({"op": "remove", "path": format!("/metadata/finalizers/{index}")}),
+        ];
+        ops.extend_from_slice(also);
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+            .expect("a well-formed JSON patch");
         match api
             .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await

@@ -39,6 +39,9 @@ pub struct RuntimeSettings {
     pub retention: pruner::RetentionSettings,
     /// The `timeoutSeconds` of the tracker's watches.
     pub watch_timeout_secs: u32,
+    /// `ttlSecondsAfterFinished` given to finished Jobs that have none, once their outcome is
+    /// recorded; `None` leaves them.
+    pub finished_job_ttl_secs: Option<i32>,
 }
 
 /// What the loops share.

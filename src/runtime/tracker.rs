@@ -109,9 +109,15 @@ pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: Cancellat
                     continue;
                 }
                 Some(Ok(Event::InitApply(job))) => {
-                    if let Some(id) = observe::run_id(job.metadata.labels.as_ref()) {
-                        listed.insert(id);
+                    let Some(id) = observe::run_id(job.metadata.labels.as_ref()) else {
+                        continue;
+                    };
+                    if settled_job(&job) {
+                        // Not listed: should its run be unfinished after all, the check after
+                        // the re-list looks the Job up.
+                        continue;
                     }
+                    listed.insert(id);
                     Look::Changed(Box::new(job))
                 }
                 Some(Ok(Event::InitDone)) => Look::Reconcile(Arc::new(std::mem::take(&mut listed))),
@@ -161,6 +167,26 @@ async fn job_changed(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
     };
     let seen = observe::observe_job(job);
     record(runtime, run_id, job, &seen).await
+}
+
+/// A finished Job whose tracking finalizer is gone needs nothing: the finalizer is released only
+/// once the run's outcome is stored. A re-list skips these (after a restart, thousands of
+/// retained Jobs), and the check after it looks at any whose run is somehow still unfinished.
+fn settled_job(job: &Job) -> bool {
+    !job.finalizers()
+        .iter()
+        .any(|f| f == keys::TRACKING_FINALIZER)
+        && observe::observe_job(job).status.is_final()
+}
+
+/// A pod that ended and whose log-capture finalizer is gone needs nothing: its log is stored (or
+/// given up on) and its record was written when it ended, and again with its Job's final state.
+fn settled_pod(pod: &Pod) -> bool {
+    let ended = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    ended && !pod.finalizers().iter().any(|f| f == keys::LOG_FINALIZER)
 }
 
 /// A Job vanished from the API. With the tracking finalizer this only happens after the outcome
@@ -261,7 +287,7 @@ fn record_finished(observed: &store::runs::Observed) {
 async fn release(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
     runtime
         .cluster
-        .release_job(job)
+        .release_job(job, runtime.settings.finished_job_ttl_secs)
         .await
         .map_err(|error| anyhow::Error::from(error).context("releasing the Job's finalizer"))?;
     Ok(())
@@ -345,7 +371,7 @@ async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), 
     let mut listed = HashSet::new();
     loop {
         let page = api.list(&params).await?;
-        for job in &page.items {
+        for job in page.items.iter().filter(|job| !settled_job(job)) {
             if let Some(id) = observe::run_id(job.metadata.labels.as_ref()) {
                 listed.insert(id);
             }
@@ -385,9 +411,13 @@ pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: Cancellat
                 metrics::counter!("vfi_watch_relists_total", "kind" => "pod").increment(1);
             }
             Some(Ok(Event::InitDone)) => {}
+            // A re-list (after a restart: every retained pod) skips settled pods.
+            Some(Ok(Event::InitApply(pod))) if settled_pod(&pod) => {}
             Some(Ok(Event::InitApply(pod) | Event::Apply(pod))) => {
                 log_pod_failure(&pod, pod_changed(&runtime, &pod, false).await);
-                runtime.archiver.observe(&pod, &shutdown);
+                if !settled_pod(&pod) {
+                    runtime.archiver.observe(&pod, &shutdown);
+                }
             }
             Some(Ok(Event::Delete(pod))) => {
                 log_pod_failure(&pod, pod_changed(&runtime, &pod, true).await)
