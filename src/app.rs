@@ -278,6 +278,8 @@ fn runtime(
                 args.permission_check_interval_secs.max(1),
             ),
             policy,
+            finished_job_ttl_secs: (args.finished_job_ttl_secs >= 0)
+                .then_some(args.finished_job_ttl_secs),
         },
         clock: Arc::new(SystemClock),
     }

@@ -326,6 +326,16 @@ pub struct ClusterArgs {
     pub run_limits: RunLimitsArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Seconds a finished Job stays in the cluster once its outcome is recorded (set as its
+    /// `ttlSecondsAfterFinished` when the template gives none); negative: Jobs stay until
+    /// someone deletes them. The run, its pod records and logs stay in the database either way.
+    #[arg(
+        long,
+        env = "FINISHED_JOB_TTL_SECS",
+        default_value_t = 3600,
+        allow_negative_numbers = true
+    )]
+    pub finished_job_ttl_secs: i32,
 }
 
 impl ClusterArgs {

@@ -119,3 +119,15 @@ impl Error {
         }
     }
 }
+
+/// An error with its causes, `top: cause: cause`, for the logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

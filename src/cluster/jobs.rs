@@ -98,11 +98,25 @@ impl Cluster {
         }
     }
 
-    /// Removes the service's tracking finalizer from a Job, once its outcome is recorded.
+    /// Removes the service's tracking finalizer from a Job, once its outcome is recorded, and
+    /// gives a Job without a `ttlSecondsAfterFinished` of its own `ttl` (when set), so that
+    /// finished Jobs leave the cluster after it rather than staying until their run is pruned
+    /// (the run, its pods' records and logs stay in the database).
     #[tracing::instrument(skip(self, job), fields(job = job.metadata.name.as_deref()))]
-    pub async fn release_job(&self, job: &Job) -> Result<(), kube::Error> {
+    pub async fn release_job(&self, job: &Job, ttl: Option<i32>) -> Result<(), kube::Error> {
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
-        super::remove_finalizer(&self.jobs(namespace), job, keys::TRACKING_FINALIZER).await
+        let own_ttl = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.ttl_seconds_after_finished)
+            .is_some();
+        let also: Vec<serde_json::Value> = match ttl {
+            Some(ttl) if !own_ttl => vec![serde_json::json!(
+                {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": ttl}
+            )],
+            _ => Vec::new(),
+        };
+        super::remove_finalizer(&self.jobs(namespace), job, keys::TRACKING_FINALIZER, &also).await
     }
 }
 

@@ -65,7 +65,7 @@ where
         if !object.finalizers().iter().any(|f| f == finalizer) {
             continue;
         }
-        match super::remove_finalizer(api, &object, finalizer).await {
+        match super::remove_finalizer(api, &object, finalizer, &[]).await {
             Ok(()) => done += 1,
             // Changed under us (the guard's `test` failed): the next pass sees it again.
             Err(error) => {

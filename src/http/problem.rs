@@ -217,7 +217,9 @@ impl IntoResponse for Error {
         }
         // The logging middleware reports the cause chain of server-side errors.
         if response.status().is_server_error() {
-            response.extensions_mut().insert(ErrorChain(chain(&self)));
+            response
+                .extensions_mut()
+                .insert(ErrorChain(crate::error::chain(&self)));
         }
         response
     }
@@ -235,14 +237,3 @@ fn retry_after_secs(wait: std::time::Duration) -> u64 {
 /// The cause chain of a 5xx, carried to the logging middleware on the response.
 #[derive(Clone)]
 pub struct ErrorChain(pub String);
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -7,6 +7,7 @@ pub mod archiver;
 pub mod canceller;
 pub mod launcher;
 pub mod pruner;
+pub mod requeue;
 pub mod scheduler;
 pub mod tracker;
 
@@ -43,6 +44,9 @@ pub struct RuntimeSettings {
     /// What a run may ask of the cluster; the scheduler checks each scheduled run against it,
     /// since limits may have tightened after the task was saved.
     pub policy: Arc<crate::domain::RunPolicy>,
+    /// `ttlSecondsAfterFinished` given to finished Jobs that have none, once their outcome is
+    /// recorded; `None` leaves them.
+    pub finished_job_ttl_secs: Option<i32>,
 }
 
 /// What the loops share.

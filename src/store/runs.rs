@@ -383,6 +383,13 @@ pub async fn observe(
             FROM current
             WHERE r.id = current.id
               AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
+              -- No write unless something changes (a re-list repeats what is stored).
+              AND (r.status = ANY($2)
+                   OR (r.pods_active, r.pods_ready, r.pods_succeeded, r.pods_failed)
+                      IS DISTINCT FROM ($9, $10, $11, $12)
+                   OR (r.started_at IS NULL AND $6 IS NOT NULL)
+                   OR (r.job_name IS NULL AND $14 IS NOT NULL)
+                   OR (r.job_uid IS NULL AND $15 IS NOT NULL))
             RETURNING r.status, r.task_name, r.created_at, r.started_at, r.finished_at)
          SELECT current.status AS previous, coalesce(u.status, current.status) AS current,
                 u.task_name, u.created_at, u.started_at, u.finished_at,
