@@ -207,6 +207,7 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             launcher_poll: Duration::from_millis(args.launcher_poll_ms.max(10)),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             retention: retention(&args.retention),
+            max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
         },
         clock: Arc::new(SystemClock),
     }

@@ -2,7 +2,7 @@
 //! a Pod becomes a pod record. Pure functions over k8s-openapi types.
 
 use super::keys;
-use crate::domain::{PodCounts, PodRecord, RunStatus};
+use crate::domain::{JobRef, PodCounts, PodRecord, RunStatus};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -77,6 +77,72 @@ pub fn observe_job(job: &Job) -> JobObservation {
         finished_at,
         deleting,
     }
+}
+
+/// Container waiting reasons that mean the pod cannot start without a change (as opposed to
+/// `ContainerCreating` or `PodInitializing`, which pass by themselves).
+const STUCK_WAITING: [&str; 7] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a pod that has not started cannot start, if the cluster says so: a container waiting
+/// for a reason that will not pass by itself, or the scheduler's `PodScheduled=False`.
+pub fn pod_waiting(pod: &Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref().is_some_and(|p| p != "Pending") {
+        return None;
+    }
+    let waiting = status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find(|w| {
+            w.reason
+                .as_deref()
+                .is_some_and(|r| STUCK_WAITING.contains(&r))
+        });
+    if let Some(w) = waiting {
+        return Some((
+            w.reason.clone().unwrap_or_default(),
+            w.message.clone().unwrap_or_default(),
+        ));
+    }
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+/// A Job controller's `FailedCreate` Event (a pod refused by admission, quota, ...): the Job it
+/// is about and the API server's message.
+pub fn failed_create(event: &k8s_openapi::api::core::v1::Event) -> Option<(JobRef, String)> {
+    let o = &event.involved_object;
+    if event.reason.as_deref() != Some("FailedCreate") || o.kind.as_deref() != Some("Job") {
+        return None;
+    }
+    Some((
+        JobRef {
+            namespace: o.namespace.clone()?,
+            name: o.name.clone()?,
+            uid: o.uid.clone(),
+        },
+        event.message.clone().unwrap_or_default(),
+    ))
 }
 
 pub fn pod_record(pod: &Pod, deleted: bool) -> PodRecord {

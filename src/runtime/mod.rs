@@ -6,6 +6,7 @@
 pub mod archiver;
 pub mod canceller;
 pub mod launcher;
+pub mod pending;
 pub mod pruner;
 pub mod scheduler;
 pub mod tracker;
@@ -36,6 +37,9 @@ pub struct RuntimeSettings {
     pub reconcile_interval: Duration,
     /// How the pruner keeps the history within its limits.
     pub retention: pruner::RetentionSettings,
+    /// A run pending (its Job created, no pod running) longer than this fails with the reason
+    /// it waited for.
+    pub max_pending: Duration,
 }
 
 /// What the loops share.
@@ -78,6 +82,14 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
             )),
         });
         loops.push(Loop {
+            name: format!("failed-create-tracker/{namespace}"),
+            handle: tokio::spawn(tracker::track_failed_creates(
+                runtime.clone(),
+                namespace.clone(),
+                shutdown.clone(),
+            )),
+        });
+        loops.push(Loop {
             name: format!("pod-tracker/{namespace}"),
             handle: tokio::spawn(tracker::track_pods(
                 runtime.clone(),
@@ -100,6 +112,10 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
     loops.push(Loop {
         name: "pruner".into(),
         handle: tokio::spawn(pruner::run(runtime.clone(), shutdown.clone())),
+    });
+    loops.push(Loop {
+        name: "pending-limit".into(),
+        handle: tokio::spawn(pending::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
         name: "reconciler".into(),
