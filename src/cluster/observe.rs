@@ -281,4 +281,56 @@ mod tests {
         assert_eq!(record.node_name.as_deref(), Some("node-1"));
         assert!(record.started_at.is_some() && record.finished_at.is_some());
     }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_says_why_and_one_that_is_starting_does_not() {
+        let pulling = pod(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "main", "image": "x:doesnotexist", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}));
+        assert_eq!(
+            pod_waiting(&pulling),
+            Some(("ImagePullBackOff".into(), "Back-off pulling image".into()))
+        );
+        let creating = pod(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "main", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(pod_waiting(&creating), None);
+        let unschedulable = pod(json!({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}));
+        assert_eq!(
+            pod_waiting(&unschedulable),
+            Some((
+                "Unschedulable".into(),
+                "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.".into()
+            ))
+        );
+        let running = pod(json!({"phase": "Running"}));
+        assert_eq!(pod_waiting(&running), None);
+    }
+
+    #[test]
+    fn only_a_jobs_failed_create_event_counts() {
+        let event = |reason: &str, kind: &str| -> k8s_openapi::api::core::v1::Event {
+            serde_json::from_value(json!({
+                "metadata": {"name": "e", "namespace": "batch"},
+                "involvedObject": {"kind": kind, "name": "run-1", "namespace": "batch", "uid": "u"},
+                "reason": reason, "message": "Error creating: pods \"run-1-x\" is forbidden"
+            }))
+            .unwrap()
+        };
+        let (job, message) = failed_create(&event("FailedCreate", "Job")).unwrap();
+        assert_eq!(
+            (job.namespace.as_str(), job.name.as_str()),
+            ("batch", "run-1")
+        );
+        assert_eq!(job.uid.as_deref(), Some("u"));
+        assert!(message.starts_with("Error creating: "));
+        assert!(failed_create(&event("SuccessfulCreate", "Job")).is_none());
+        assert!(failed_create(&event("FailedCreate", "ReplicaSet")).is_none());
+    }
 }
