@@ -18,30 +18,41 @@ use super::{resources, wants_table, AppState, Query};
 
 pub const API_VERSION: &str = "events.k8s.io/v1";
 
+/// `(core/v1 field, events.k8s.io/v1 field)`.
+const FIELDS: [(&str, &str); 14] = [
+    ("metadata", "metadata"),
+    ("eventTime", "eventTime"),
+    ("involvedObject", "regarding"),
+    ("related", "related"),
+    ("message", "note"),
+    ("reason", "reason"),
+    ("type", "type"),
+    ("action", "action"),
+    ("reportingComponent", "reportingController"),
+    ("reportingInstance", "reportingInstance"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+fn renamed(
+    from: &Value,
+    pairs: impl Iterator<Item = (&'static str, &'static str)>,
+) -> Map<String, Value> {
+    pairs
+        .filter_map(|(a, b)| {
+            let v = from.get(a).filter(|v| !v.is_null())?;
+            Some((b.to_string(), v.clone()))
+        })
+        .collect()
+}
+
 /// A core/v1 Event (as JSON) in the events.k8s.io/v1 shape.
 pub fn to_v1(core: &Value) -> Value {
-    let mut out = Map::new();
+    let mut out = renamed(core, FIELDS.into_iter());
     out.insert("apiVersion".into(), json!(API_VERSION));
     out.insert("kind".into(), json!("Event"));
-    let copy = |out: &mut Map<String, Value>, from: &str, to: &str| {
-        if let Some(v) = core.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    };
-    copy(&mut out, "metadata", "metadata");
-    copy(&mut out, "eventTime", "eventTime");
-    copy(&mut out, "involvedObject", "regarding");
-    copy(&mut out, "related", "related");
-    copy(&mut out, "message", "note");
-    copy(&mut out, "reason", "reason");
-    copy(&mut out, "type", "type");
-    copy(&mut out, "action", "action");
-    copy(&mut out, "reportingComponent", "reportingController");
-    copy(&mut out, "reportingInstance", "reportingInstance");
-    copy(&mut out, "source", "deprecatedSource");
-    copy(&mut out, "firstTimestamp", "deprecatedFirstTimestamp");
-    copy(&mut out, "lastTimestamp", "deprecatedLastTimestamp");
-    copy(&mut out, "count", "deprecatedCount");
     if core["count"].as_i64().unwrap_or(1) > 1 {
         out.insert(
             "series".into(),
@@ -53,26 +64,7 @@ pub fn to_v1(core: &Value) -> Value {
 
 /// An events.k8s.io/v1 Event (as JSON) in the core/v1 shape, for creates.
 pub fn from_v1(v1: &Value) -> Value {
-    let mut out = Map::new();
-    let copy = |out: &mut Map<String, Value>, from: &str, to: &str| {
-        if let Some(v) = v1.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    };
-    copy(&mut out, "metadata", "metadata");
-    copy(&mut out, "eventTime", "eventTime");
-    copy(&mut out, "regarding", "involvedObject");
-    copy(&mut out, "related", "related");
-    copy(&mut out, "note", "message");
-    copy(&mut out, "reason", "reason");
-    copy(&mut out, "type", "type");
-    copy(&mut out, "action", "action");
-    copy(&mut out, "reportingController", "reportingComponent");
-    copy(&mut out, "reportingInstance", "reportingInstance");
-    copy(&mut out, "deprecatedSource", "source");
-    copy(&mut out, "deprecatedFirstTimestamp", "firstTimestamp");
-    copy(&mut out, "deprecatedLastTimestamp", "lastTimestamp");
-    copy(&mut out, "deprecatedCount", "count");
+    let mut out = renamed(v1, FIELDS.into_iter().map(|(a, b)| (b, a)));
     if let Some(count) = v1.pointer("/series/count") {
         out.insert("count".into(), count.clone());
     }
