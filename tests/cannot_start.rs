@@ -172,3 +172,36 @@ async fn pods_beyond_a_resource_quota_show_the_failed_create(db: PgPool) {
     )
     .await;
 }
+
+/// A run that waited for room in its quota starts once the room is there (the Job controller
+/// retries with back-off) and no longer shows why it waited.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_that_waited_for_quota_starts_when_room_frees_and_drops_the_reason(db: PgPool) {
+    let mut config = SimConfig::default();
+    config.behaviour.admission.quotas.push(Quota {
+        namespace: "default".into(),
+        name: "one-pod".into(),
+        hard: BTreeMap::from([("pods".to_string(), "1".to_string())]),
+    });
+    let sim = KubeSim::start(config).await.expect("kubesim starts");
+    let service = Service::start(db, sim.client(), &[]).await;
+    let slow = template(json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "1500"}]}));
+    let first = service.submit(slow.clone()).await;
+    service
+        .wait_for(&first, "running", Duration::from_secs(10))
+        .await;
+    let second = service.submit(slow).await;
+    eventually(
+        "the second run waits for the quota",
+        SHOWS_WITHIN,
+        || async { service.run(&second).await["statusReason"] == "FailedCreate" },
+    )
+    .await;
+    let running = service
+        .wait_for(&second, "running", Duration::from_secs(30))
+        .await;
+    assert!(running.get("statusReason").is_none(), "{running:#}");
+    service
+        .wait_for(&second, "succeeded", Duration::from_secs(30))
+        .await;
+}

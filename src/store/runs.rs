@@ -447,6 +447,9 @@ pub async fn advance(
     let row: Option<ObservedRow> = sqlx::query_as(
         "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
          UPDATE runs r SET status = $3, updated_at = now(),
+             -- why it waited no longer holds once it moves on
+             status_reason = CASE WHEN $4 THEN r.status_reason END,
+             status_message = CASE WHEN $4 THEN r.status_message END,
              started_at = CASE WHEN $3 = 'running' THEN coalesce(r.started_at, now()) ELSE r.started_at END,
              finished_at = CASE WHEN $4 THEN now() ELSE r.finished_at END,
              lease_owner = NULL, lease_until = NULL
