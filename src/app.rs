@@ -280,6 +280,7 @@ fn runtime(
             policy,
             finished_job_ttl_secs: (args.finished_job_ttl_secs >= 0)
                 .then_some(args.finished_job_ttl_secs),
+            max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
         },
         clock: Arc::new(SystemClock),
     }

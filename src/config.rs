@@ -293,6 +293,10 @@ pub struct ClusterArgs {
     /// 0 keeps them as long as their run.
     #[arg(long, env = "LOG_MAX_AGE_HOURS", default_value_t = 0)]
     pub log_max_age_hours: u64,
+    /// Seconds a run may stay pending (its Job created, no pod running: image pull failures,
+    /// no node that fits, pods refused by admission) before it fails with the reason it waited for.
+    #[arg(long, env = "MAX_PENDING_SECS", default_value_t = 600)]
+    pub max_pending_secs: u64,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Seconds to open a connection to the Kubernetes API before the call fails (and is retried).

@@ -245,3 +245,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sim.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_behaviour_flags_parse_into_the_simulators_settings() {
+        let args = Args::try_parse_from([
+            "kubesim",
+            "--quota",
+            "batch/compute:pods=2,requests.cpu=1",
+            "--node-label",
+            "gpu=true",
+            "--node-taint",
+            "dedicated=gpu:NoSchedule",
+            "--node-allocatable",
+            "nvidia.com/gpu=2",
+            "--image-pull-fail",
+            "registry.internal/*",
+            "--events=false",
+        ])
+        .unwrap();
+        let b = behaviour(&args);
+        assert_eq!(b.admission.quotas[0].namespace, "batch");
+        assert_eq!(b.admission.quotas[0].hard["requests.cpu"], "1");
+        assert_eq!(b.node.labels["gpu"], "true");
+        assert_eq!(b.node.taints[0].key, "dedicated");
+        assert_eq!(b.node.taints[0].effect, "NoSchedule");
+        assert_eq!(b.node.allocatable["nvidia.com/gpu"], "2");
+        assert_eq!(b.image_pull.failing, ["registry.internal/*"]);
+        assert!(b.admission.pod_security);
+        let defaults = behaviour(&Args::try_parse_from(["kubesim"]).unwrap());
+        assert!(defaults.image_pull.fails("x:doesnotexist", &[]));
+        assert!(parse_quota("no-namespace").is_err());
+    }
+}

@@ -312,3 +312,66 @@ async fn an_image_that_cannot_be_pulled_waits_in_err_image_pull_then_back_off() 
     assert!(failed.message.unwrap().contains("busybox:doesnotexist"));
     wait_event(&sim, "Pod", &pod, "BackOff").await;
 }
+
+/// https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/event-v1/: the same
+/// Events through events.k8s.io/v1 (`regarding`, `note`, `reportingController`), listed with
+/// field selectors on the new names, got by name and watched.
+#[tokio::test]
+async fn events_are_served_through_events_k8s_io_v1_too() {
+    use k8s_openapi::api::events::v1::Event as EventV1;
+    let sim = sim().await;
+    let c = sim.client();
+    create_job(&c, &job("pi", &[])).await;
+    wait_event(&sim, "Job", "pi", "SuccessfulCreate").await;
+    let api = Api::<EventV1>::default_namespaced(c.clone());
+    let listed = api
+        .list(&ListParams::default().fields("regarding.kind=Job,regarding.name=pi"))
+        .await
+        .unwrap();
+    let created = listed
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("SuccessfulCreate"))
+        .expect("SuccessfulCreate through events.k8s.io/v1");
+    assert_eq!(
+        created.regarding.as_ref().unwrap().name.as_deref(),
+        Some("pi")
+    );
+    assert!(created
+        .note
+        .as_deref()
+        .unwrap()
+        .starts_with("Created pod: pi-"));
+    assert_eq!(
+        created.reporting_controller.as_deref(),
+        Some("job-controller")
+    );
+    let name = created.metadata.name.clone().unwrap();
+    let got = api.get(&name).await.unwrap();
+    assert_eq!(got.note, created.note);
+
+    // A watch sees them in the new shape as well.
+    use futures::StreamExt;
+    let mut stream = kube::runtime::watcher(
+        api,
+        kube::runtime::watcher::Config::default().fields("regarding.name=pi"),
+    )
+    .boxed();
+    let seen = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = stream.next().await {
+            if let Ok(
+                kube::runtime::watcher::Event::InitApply(e)
+                | kube::runtime::watcher::Event::Apply(e),
+            ) = ev
+            {
+                if e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("pi") {
+                    return e;
+                }
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("an event through the watch");
+    assert!(seen.reason.is_some());
+}

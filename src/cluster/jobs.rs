@@ -50,6 +50,11 @@ impl Cluster {
         Api::namespaced(self.client.clone(), namespace)
     }
 
+    /// core/v1 Events in `namespace` (the Job controller's `FailedCreate`, ...).
+    pub fn events(&self, namespace: &str) -> Api<k8s_openapi::api::core::v1::Event> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
     /// Creates `job` for `run_id`. A Job of that name that already exists is adopted when its
     /// labels say it is this run's of this installation, and refused otherwise; never a second.
     #[tracing::instrument(skip_all, fields(run_id = %run_id, job = job.metadata.name.as_deref()))]

@@ -43,6 +43,13 @@ pub const REQUIRED: &[Permission] = &[
         subresource: Some("log"),
         verbs: &["get"],
     },
+    // Read the Job controller's FailedCreate Events: why a run's pods cannot be created.
+    Permission {
+        group: "",
+        resource: "events",
+        subresource: None,
+        verbs: &["get", "list", "watch"],
+    },
 ];
 
 /// One permission the service lacks.

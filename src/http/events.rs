@@ -192,7 +192,7 @@ pub struct ChangeEvent {
     pub id: i64,
     pub at: DateTime<Utc>,
     /// `run.created`, `run.status`, `run.finished` (a status change to a final status),
-    /// `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
+    /// `run.waiting` (why a pending run cannot start), `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,7 +251,7 @@ pub struct EventsQuery {
 }
 
 /// Run and task changes as Server-Sent Events: `run.created`, `run.status`, `run.finished`,
-/// `run.pruned`, `task.created`, `task.updated`, `task.deleted`, each with its id. Without
+/// `run.waiting`, `run.pruned`, `task.created`, `task.updated`, `task.deleted`, each with its id. Without
 /// `Last-Event-ID` the stream starts with the next change; with it, the changes after that id
 /// are replayed first, then the stream goes on live, without gaps or duplicates. A comment is
 /// sent every 15 s to keep proxies from closing an idle stream.

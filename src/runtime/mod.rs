@@ -6,6 +6,7 @@
 pub mod archiver;
 pub mod canceller;
 pub mod launcher;
+pub mod pending;
 pub mod pruner;
 pub mod requeue;
 pub mod scheduler;
@@ -47,6 +48,9 @@ pub struct RuntimeSettings {
     /// `ttlSecondsAfterFinished` given to finished Jobs that have none, once their outcome is
     /// recorded; `None` leaves them.
     pub finished_job_ttl_secs: Option<i32>,
+    /// A run pending (its Job created, no pod running) longer than this fails with the reason
+    /// it waited for.
+    pub max_pending: Duration,
 }
 
 /// What the loops share.
@@ -89,6 +93,14 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
             )),
         });
         loops.push(Loop {
+            name: format!("failed-create-tracker/{namespace}"),
+            handle: tokio::spawn(tracker::track_failed_creates(
+                runtime.clone(),
+                namespace.clone(),
+                shutdown.clone(),
+            )),
+        });
+        loops.push(Loop {
             name: format!("pod-tracker/{namespace}"),
             handle: tokio::spawn(tracker::track_pods(
                 runtime.clone(),
@@ -122,6 +134,10 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
             runtime.clone(),
             shutdown.clone(),
         )),
+    });
+    loops.push(Loop {
+        name: "pending-limit".into(),
+        handle: tokio::spawn(pending::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
         name: "reconciler".into(),

@@ -2,7 +2,9 @@
 //! reports into Postgres. A watcher's re-list (`Init` .. `InitDone`) is the truth: after every
 //! one, each unfinished run is checked against it, so a lost connection, a 410 Gone or a missed
 //! `Delete` can delay a final state but never lose it. The Jobs' tracking finalizer is released
-//! only once a run's outcome is stored.
+//! only once a run's outcome is stored. While a run is pending, why it cannot start (a pod's
+//! waiting reason or unschedulable condition, the Job controller's `FailedCreate` Events) is
+//! recorded on it.
 
 use super::requeue::Requeue;
 use super::Runtime;
@@ -254,10 +256,12 @@ async fn record(
     if !observed.current.is_final() {
         return Ok(());
     }
-    // The run is over but its Job is not: it was cancelled, or it failed before the Job came
-    // (e.g. LaunchTimeout while the create hung, and the API server carried the create out
-    // later). The Job must not run on unrecorded: delete it.
+    // The run is over but its Job is not: cancelled; failed by the pending limit (a Job that
+    // fails by itself says so; one still pending was failed by the service); or failed before
+    // the Job came (e.g. LaunchTimeout while the create hung, and the API server carried the
+    // create out later). The Job must not run on unrecorded: delete it.
     let leftover = observed.current == RunStatus::Cancelled
+        || (observed.current == RunStatus::Failed && seen.status == RunStatus::Pending)
         || (!seen.status.is_final() && !observed.job_recorded);
     if leftover && !seen.deleting {
         runtime
@@ -457,9 +461,60 @@ async fn pod_changed(runtime: &Runtime, pod: &Pod, deleted: bool) -> crate::erro
     };
     let record = observe::pod_record(pod, deleted);
     store::pods::upsert(&runtime.db, run_id, &record).await?;
+    if !deleted {
+        if let Some((reason, message)) = observe::pod_waiting(pod) {
+            let waiting = store::runs::Waiting {
+                reason: &reason,
+                message: &message,
+            };
+            store::runs::note_waiting(&runtime.db, run_id, &waiting).await?;
+        }
+    }
     // A running pod is the earliest sign a run is running; the Job's status follows later.
     if record.phase == "Running" && !deleted {
         store::runs::advance(&runtime.db, run_id, RunStatus::Running).await?;
     }
     Ok(())
+}
+
+/// Follows the Job controller's `FailedCreate` Events in `namespace` (pods refused by admission,
+/// quota, ...): the run of that Job records the API server's message while it is pending.
+pub async fn track_failed_creates(
+    runtime: Runtime,
+    namespace: String,
+    shutdown: CancellationToken,
+) {
+    let api = runtime.cluster.events(&namespace);
+    let config = watcher::Config::default().fields("involvedObject.kind=Job,reason=FailedCreate");
+    let mut events = watcher::watcher(api, config)
+        .backoff(WatchBackoff::new())
+        .applied_objects()
+        .boxed();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Err(error)) => {
+                metrics::counter!("vfi_watch_errors_total", "kind" => "event").increment(1);
+                tracing::warn!(%namespace, error = %error, "event watch failed; it restarts with backoff");
+            }
+            Some(Ok(event)) => {
+                let Some((job, message)) = observe::failed_create(&event) else {
+                    continue;
+                };
+                let waiting = store::runs::Waiting {
+                    reason: "FailedCreate",
+                    message: &message,
+                };
+                if let Err(error) =
+                    store::runs::note_waiting_for_job(&runtime.db, &job, &waiting).await
+                {
+                    tracing::warn!(job = %job.name, error = %error, "recording a FailedCreate failed");
+                }
+            }
+        }
+    }
 }

@@ -464,6 +464,9 @@ pub async fn advance(
     let row: Option<ObservedRow> = sqlx::query_as(
         "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
          UPDATE runs r SET status = $3, updated_at = now(),
+             -- why it waited no longer holds once it moves on
+             status_reason = CASE WHEN $4 THEN r.status_reason END,
+             status_message = CASE WHEN $4 THEN r.status_message END,
              started_at = CASE WHEN $3 = 'running' THEN coalesce(r.started_at, now()) ELSE r.started_at END,
              finished_at = CASE WHEN $4 THEN now() ELSE r.finished_at END,
              lease_owner = NULL, lease_until = NULL
@@ -623,7 +626,7 @@ pub struct RunEvent {
     /// Increases with every event of every run.
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `created` or `status`.
+    /// `created`, `status`, or `waiting` (why a pending run has not started: reason and message).
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<RunStatus>,
@@ -667,4 +670,87 @@ pub async fn active_count_of_token(
     .bind(token)
     .fetch_one(db)
     .await
+}
+
+/// Why a pending run has not started (`ImagePullBackOff`, `Unschedulable`, `FailedCreate`, ...),
+/// and how the cluster says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting<'a> {
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
+/// Records why a `pending` run waits, on the run and (when it changed) in its history. Not a
+/// status change: a run in any other status is left alone. Returns whether anything changed.
+pub async fn note_waiting(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    waiting: &Waiting<'_>,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE runs SET status_reason = $2, status_message = $3, updated_at = now()
+         WHERE id = $1 AND status = 'pending'
+           AND (status_reason IS DISTINCT FROM $2 OR status_message IS DISTINCT FROM $3)",
+    )
+    .bind(id)
+    .bind(waiting.reason)
+    .bind(waiting.message)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// [`note_waiting`] for the run whose Job is `namespace/name` (with `uid` when the run knows it):
+/// what the cluster's Events name.
+pub async fn note_waiting_for_job(
+    db: impl PgExecutor<'_>,
+    job: &JobRef,
+    waiting: &Waiting<'_>,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE runs SET status_reason = $4, status_message = $5, updated_at = now()
+         WHERE job_namespace = $1 AND job_name = $2 AND (job_uid IS NULL OR $3::text IS NULL OR job_uid = $3)
+           AND status = 'pending'
+           AND (status_reason IS DISTINCT FROM $4 OR status_message IS DISTINCT FROM $5)",
+    )
+    .bind(&job.namespace)
+    .bind(&job.name)
+    .bind(job.uid.as_deref())
+    .bind(waiting.reason)
+    .bind(waiting.message)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+/// Fails every run that has been `pending` (its Job created, no pod running) for longer than
+/// `limit`, keeping the reason it waited for (`PendingTimeout` when none was seen). Returns the
+/// failed runs, whose Jobs the caller deletes. Guarded like [`transition`]: only `pending` runs.
+pub async fn fail_overdue_pending(
+    db: impl PgExecutor<'_>,
+    limit: std::time::Duration,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let rows: Vec<RunRow> = sqlx::query_as(&format!(
+        "UPDATE runs r SET status = 'failed',
+            status_reason = coalesce(r.status_reason, 'PendingTimeout'),
+            status_message = 'the run did not start within ' || $1::bigint || ' s'
+                || coalesce(': ' || r.status_message, ''),
+            finished_at = now(), updated_at = now(), lease_owner = NULL, lease_until = NULL
+         WHERE r.status = 'pending'
+           AND coalesce((SELECT max(e.at) FROM run_events e
+                         WHERE e.run_id = r.id AND e.kind = 'status' AND e.status = 'pending'),
+                        r.updated_at) < now() - make_interval(secs => $1::bigint)
+         RETURNING {}",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(limit.as_secs().max(1) as i64)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Run::from).collect())
 }

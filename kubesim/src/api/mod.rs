@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod discovery;
+pub mod events_v1;
 pub mod logs;
 pub mod protobuf;
 pub mod rbac;
@@ -272,6 +273,18 @@ pub fn router(state: AppState) -> Router {
                 .delete(r::delete_one::<Event>)
                 .patch(r::patch_one::<Event>)
                 .put(r::replace_one::<Event>),
+        )
+        // Events (events.k8s.io/v1, the same objects)
+        .route("/apis/events.k8s.io", get(discovery::events_group))
+        .route("/apis/events.k8s.io/v1", get(discovery::events_v1))
+        .route("/apis/events.k8s.io/v1/events", get(events_v1::list_all))
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+            get(events_v1::list_ns).post(events_v1::create),
+        )
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
+            get(events_v1::get_one),
         )
         // Namespaces
         .route(

@@ -480,7 +480,7 @@ async fn list_or_watch<K: ApiKind>(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn respond(r: Result<Response, Status>) -> Response {
+pub fn respond(r: Result<Response, Status>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
