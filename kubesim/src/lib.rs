@@ -55,6 +55,13 @@ pub struct SimConfig {
     /// Events kept per kind for watch replay; older resourceVersions get 410 Expired.
     pub watch_history: usize,
     pub addr: SocketAddr,
+    /// Container log files rotate past this size, and readers that open a log then get only
+    /// the current file (the kubelet's `containerLogMaxSize`, 10 MiB); `None` never rotates.
+    pub log_rotate_bytes: Option<u64>,
+    /// How long after a deleted pod's containers ended their logs are removed, as the
+    /// kubelet's container garbage collection does (it runs every minute: `ContainerGCPeriod`
+    /// in pkg/kubelet/kubelet.go); `None` keeps them as long as the pod object exists.
+    pub log_removal_delay: Option<Duration>,
 }
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
@@ -68,6 +75,8 @@ impl Default for SimConfig {
             start_delay: Duration::from_millis(10),
             watch_history: 10_000,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log_rotate_bytes: Some(logs::ROTATE_BYTES),
+            log_removal_delay: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -125,7 +134,7 @@ impl KubeSim {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let _ = store.create(namespace(ns));
         }
-        let logs = Arc::new(logs::Logs::default());
+        let logs = Arc::new(logs::Logs::new(config.log_rotate_bytes));
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
@@ -136,6 +145,7 @@ impl KubeSim {
                 runner,
                 node_capacity: config.node_capacity,
                 start_delay: config.start_delay,
+                log_removal_delay: config.log_removal_delay,
                 faults: faults.clone(),
                 commands: cmd_rx,
             },

@@ -50,6 +50,19 @@ struct Args {
         default_value = "./kubesim.kubeconfig"
     )]
     kubeconfig: PathBuf,
+    /// Container logs rotate past this many bytes (the kubelet's containerLogMaxSize); 0 never
+    /// rotates.
+    #[arg(long, env = "KUBESIM_LOG_ROTATE_BYTES", default_value_t = kubesim::logs::ROTATE_BYTES)]
+    log_rotate_bytes: u64,
+    /// Seconds after a deleted pod's containers ended before their logs are removed (container
+    /// garbage collection); a negative value keeps them while the pod object exists.
+    #[arg(
+        long,
+        env = "KUBESIM_LOG_REMOVAL_DELAY_SECS",
+        default_value_t = 60,
+        allow_negative_numbers = true
+    )]
+    log_removal_delay_secs: i64,
 }
 
 #[tokio::main]
@@ -70,6 +83,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         start_delay: Duration::from_millis(args.start_delay_ms),
         watch_history: args.watch_history,
         addr: args.addr,
+        log_rotate_bytes: (args.log_rotate_bytes > 0).then_some(args.log_rotate_bytes),
+        log_removal_delay: u64::try_from(args.log_removal_delay_secs)
+            .ok()
+            .map(Duration::from_secs),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;

@@ -12,7 +12,7 @@
 use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::LogRead;
 use crate::cluster::{keys, observe};
-use crate::domain::loglines::{LineSplitter, Resume, Seen};
+use crate::domain::loglines::{split_timestamp, LineSplitter, Resume, Seen};
 use crate::store::logs::{self, Append};
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -57,6 +57,9 @@ struct Cursor {
     last: Option<Vec<u8>>,
     /// A stream was opened since the last look (progress: the failure clock resets).
     opened: bool,
+    /// The last stream ended without the last archived line in it or anything after it: the
+    /// kubelet rotated it away, and lines after it may be lost.
+    unplaced: bool,
 }
 
 /// Pause between reopening a stream that brought nothing new while the pod runs (a pod
@@ -174,6 +177,7 @@ impl Archiver {
             next_line: archive.lines,
             last,
             opened: false,
+            unplaced: false,
         };
         let mut failing_since: Option<Instant> = None;
         let mut pause = REOPEN_PAUSE.0;
@@ -204,6 +208,16 @@ impl Archiver {
                         }
                     };
                     if let Some(current) = current {
+                        if cursor.unplaced {
+                            let after = cursor.last.as_deref().and_then(|l| split_timestamp(l).0);
+                            if let Some(after) = after {
+                                if let Err(CopyError::LeaseLost) =
+                                    self.record_gap(key, cursor.next_line, after, None).await
+                                {
+                                    return;
+                                }
+                            }
+                        }
                         if let Some(mut last) = partial {
                             let mut lines = 1;
                             if let Err(CopyError::LeaseLost) =
@@ -341,8 +355,11 @@ impl Archiver {
                 Ok(Ok(0)) => {
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
-                    let partial = splitter.finish();
-                    return Ok(partial.filter(|line| resume.classify(line) != Seen::Old));
+                    let partial = splitter
+                        .finish()
+                        .filter(|line| resume.classify(line) != Seen::Old);
+                    cursor.unplaced = !resume.placed();
+                    return Ok(partial);
                 }
                 Ok(Ok(n)) => {
                     stall_at = Instant::now() + inner.settings.stall_timeout;
@@ -427,11 +444,13 @@ impl Archiver {
         let stamp = |t: chrono::DateTime<chrono::Utc>| {
             t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
         };
+        let until = match before {
+            Some(before) => format!("and before line {} ({})", archived + 1, stamp(before)),
+            None => "up to the end of the log".to_string(),
+        };
         let gap = format!(
-            "lines written after line {archived} ({}) and before line {} ({}) may be missing: the kubelet rotated the log while it was not being read",
+            "lines written after line {archived} ({}) {until} may be missing: the kubelet rotated the log while it was not being read",
             stamp(after),
-            archived + 1,
-            before.map(stamp).unwrap_or_else(|| "time unknown".into()),
         );
         tracing::warn!(run_id = %key.0, pod = %key.1, %gap, "pod log has a gap");
         metrics::counter!("vfi_log_gaps_total").increment(1);

@@ -74,6 +74,21 @@ async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result
         restart
     };
     let Some(buf) = state.logs.get(&(uid, container.clone(), instance)) else {
+        // A container that ran but whose log is gone was garbage-collected with its pod (the
+        // kubelet answers 400 with the runtime's error).
+        let ran = cs
+            .as_ref()
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.terminated.is_some() || s.running.is_some());
+        if ran {
+            let id = cs
+                .as_ref()
+                .and_then(|c| c.container_id.clone())
+                .unwrap_or_default();
+            return Err(Status::bad_request(format!(
+                "unable to retrieve container logs for {id}"
+            )));
+        }
         let reason = cs
             .and_then(|c| c.state)
             .and_then(|s| s.waiting)

@@ -32,6 +32,8 @@ pub enum Timer {
     PodDeadline(ObjKey, String),
     /// Re-sync a Job (its activeDeadlineSeconds or TTL may have passed).
     SyncJob(ObjKey),
+    /// Container garbage collection of a deleted pod (by uid): its logs go.
+    RemoveLogs(String),
 }
 
 /// A min-heap of timers. A Job re-sync is kept only once per Job (the earliest): the sync it
@@ -89,6 +91,7 @@ pub(crate) struct LoopConfig {
     pub runner: Arc<dyn Runner>,
     pub node_capacity: usize,
     pub start_delay: Duration,
+    pub log_removal_delay: Option<Duration>,
     pub faults: Faults,
     pub commands: mpsc::UnboundedReceiver<Command>,
 }
@@ -193,6 +196,7 @@ impl Loop {
             match t {
                 Timer::StartPod(key, uid) => self.kubelet.start(&key, &uid, &mut self.timers),
                 Timer::PodDeadline(key, uid) => self.kubelet.deadline(&key, &uid),
+                Timer::RemoveLogs(uid) => self.kubelet.remove_logs(&uid),
                 Timer::SyncJob(key) => {
                     self.dirty_jobs.insert(key);
                 }
@@ -217,13 +221,14 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         runner,
         node_capacity,
         start_delay,
+        log_removal_delay,
         faults,
         mut commands,
     } = cfg;
     let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     let mut changes = store.subscribe();
     let mut paused = faults.state.paused.subscribe();
-    let kubelet = Kubelet::new(
+    let mut kubelet = Kubelet::new(
         store.clone(),
         logs,
         runner,
@@ -231,6 +236,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         start_delay,
         exit_tx,
     );
+    kubelet.log_removal_delay = log_removal_delay;
     let mut lp = Loop {
         store,
         kubelet,

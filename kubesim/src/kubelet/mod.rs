@@ -76,6 +76,11 @@ pub struct Kubelet {
     attempts: HashMap<String, u32>,
     exits: mpsc::UnboundedSender<Exit>,
     next_ip: AtomicU64,
+    /// How long after a deleted pod's containers ended their logs are removed (see
+    /// `SimConfig::log_removal_delay`); `None` keeps them.
+    pub log_removal_delay: Option<Duration>,
+    /// Deleted pods whose log removal is scheduled.
+    removing_logs: HashSet<String>,
 }
 
 fn cond(ty: &str, status: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
@@ -169,6 +174,8 @@ impl Kubelet {
             attempts: HashMap::new(),
             exits,
             next_ip: AtomicU64::new(0),
+            log_removal_delay: None,
+            removing_logs: HashSet::new(),
         }
     }
 
@@ -245,6 +252,13 @@ impl Kubelet {
             if pod.metadata.deletion_grace_period_seconds.unwrap_or(0) != 0 {
                 self.finish_deletion(&key, &uid);
             }
+            // The containers of a deleted pod are garbage-collected, logs included, even while
+            // a finalizer keeps the pod object.
+            if let Some(delay) = self.log_removal_delay {
+                if self.removing_logs.insert(uid.clone()) {
+                    timers.add(delay, Timer::RemoveLogs(uid));
+                }
+            }
             self.try_schedule(timers);
             return;
         }
@@ -281,7 +295,7 @@ impl Kubelet {
             && phase(pod) == "Pending"
             && self.starting.insert(uid.clone())
         {
-            timers.add(self.start_delay, Timer::StartPod(key, uid));
+            timers.add(self.start_delay_of(pod), Timer::StartPod(key, uid));
         }
     }
 
@@ -295,8 +309,32 @@ impl Kubelet {
         self.queued.remove(&uid);
         self.starting.remove(&uid);
         self.marked_unschedulable.remove(&uid);
+        self.removing_logs.remove(&uid);
         self.logs.remove_pod(&uid);
         self.try_schedule(timers);
+    }
+
+    /// How long this pod's container takes to start: the scripted `KUBESIM_START_DELAY_MS` of
+    /// its first container (slow image pulls, init work), else the simulator's start delay.
+    fn start_delay_of(&self, pod: &Pod) -> Duration {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.env.as_ref())
+            .and_then(|env| {
+                env.iter()
+                    .rev()
+                    .find(|e| e.name == "KUBESIM_START_DELAY_MS")
+            })
+            .and_then(|e| e.value.as_deref()?.trim().parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(self.start_delay)
+    }
+
+    /// Container garbage collection of a deleted pod: its logs are gone.
+    pub fn remove_logs(&mut self, uid: &str) {
+        self.removing_logs.remove(uid);
+        self.logs.remove_pod(uid);
     }
 
     fn release(&mut self, uid: &str) {
@@ -327,7 +365,7 @@ impl Kubelet {
             }
             self.bind(&key, &uid, &pod);
             self.starting.insert(uid.clone());
-            timers.add(self.start_delay, Timer::StartPod(key, uid));
+            timers.add(self.start_delay_of(&pod), Timer::StartPod(key, uid));
         }
         // Everyone still waiting is unschedulable; say so once per pod.
         let unmarked: Vec<(ObjKey, String)> = self
