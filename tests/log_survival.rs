@@ -478,7 +478,8 @@ async fn a_log_rotated_while_its_stream_was_cut_is_whole_or_marks_the_exact_gap(
             .map(|&j| (j, numbers[j - 1], numbers.get(j).copied().unwrap_or(0)))
             .collect();
         assert_eq!(
-            state, "incomplete",
+            state,
+            "incomplete",
             "never complete with lines missing: {around:?} of {}",
             numbers.len()
         );
@@ -647,4 +648,46 @@ async fn a_pod_deleted_while_the_service_is_up_keeps_its_whole_log(db: PgPool) {
         logs(&service, &id, &format!("?pod={pod}")).await,
         numbered_lines(lines as usize)
     );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn every_attempt_of_an_on_failure_container_is_archived_without_a_request_loop(db: PgPool) {
+    // A 3-s CrashLoopBackOff after the first failure.
+    let sim = KubeSim::start(common::service::SimConfig {
+        restart_backoff: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let faults = sim.faults();
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_FAIL_ATTEMPTS", "1"),
+                ("KUBESIM_LOG_LINES", "10"),
+                ("KUBESIM_LOG_INTERVAL_MS", "10"),
+            ],
+            json!({"restartPolicy": "OnFailure"}),
+        ))
+        .await;
+    service.wait_for(&id, "succeeded", WAIT).await;
+    let ids = vec![id.clone()];
+    eventually("the capture to complete", Duration::from_secs(15), || {
+        all_complete(&db, &ids)
+    })
+    .await;
+    let text = logs(&service, &id, "").await;
+    assert_eq!(
+        text,
+        format!(
+            "{}[vfi-orchestrator] attempt 2 of the container (restart 1) starts here\n{}",
+            numbered_lines(10),
+            numbered_lines(10)
+        ),
+        "both attempts, each shown on its own"
+    );
+    // Opening the stream, and reopening it with growing pauses during the back-off.
+    let requests = faults.log_requests();
+    assert!(requests <= 12, "{requests} log requests");
 }

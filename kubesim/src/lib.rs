@@ -62,6 +62,10 @@ pub struct SimConfig {
     /// kubelet's container garbage collection does (it runs every minute: `ContainerGCPeriod`
     /// in pkg/kubelet/kubelet.go); `None` keeps them as long as the pod object exists.
     pub log_removal_delay: Option<Duration>,
+    /// The first restart back-off of a failed container (CrashLoopBackOff), doubling per
+    /// restart up to 30 times it. The kubelet's is 10 s (up to 5 min); zero (the default, to
+    /// keep tests fast) restarts at once.
+    pub restart_backoff: Duration,
 }
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
@@ -77,6 +81,7 @@ impl Default for SimConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_rotate_bytes: Some(logs::ROTATE_BYTES),
             log_removal_delay: Some(Duration::from_secs(60)),
+            restart_backoff: Duration::ZERO,
         }
     }
 }
@@ -146,6 +151,7 @@ impl KubeSim {
                 node_capacity: config.node_capacity,
                 start_delay: config.start_delay,
                 log_removal_delay: config.log_removal_delay,
+                restart_backoff: config.restart_backoff,
                 faults: faults.clone(),
                 commands: cmd_rx,
             },

@@ -63,6 +63,10 @@ struct Args {
         allow_negative_numbers = true
     )]
     log_removal_delay_secs: i64,
+    /// First restart back-off of a failed container in milliseconds (CrashLoopBackOff,
+    /// doubling per restart; the kubelet's is 10000); 0 restarts at once.
+    #[arg(long, env = "KUBESIM_RESTART_BACKOFF_MS", default_value_t = 0)]
+    restart_backoff_ms: u64,
 }
 
 #[tokio::main]
@@ -87,6 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         log_removal_delay: u64::try_from(args.log_removal_delay_secs)
             .ok()
             .map(Duration::from_secs),
+        restart_backoff: Duration::from_millis(args.restart_backoff_ms),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;

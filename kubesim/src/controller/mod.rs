@@ -34,6 +34,8 @@ pub enum Timer {
     SyncJob(ObjKey),
     /// Container garbage collection of a deleted pod (by uid): its logs go.
     RemoveLogs(String),
+    /// A failed container's restart back-off elapsed.
+    RestartContainer(ObjKey, String),
 }
 
 /// A min-heap of timers. A Job re-sync is kept only once per Job (the earliest): the sync it
@@ -92,6 +94,7 @@ pub(crate) struct LoopConfig {
     pub node_capacity: usize,
     pub start_delay: Duration,
     pub log_removal_delay: Option<Duration>,
+    pub restart_backoff: Duration,
     pub faults: Faults,
     pub commands: mpsc::UnboundedReceiver<Command>,
 }
@@ -197,6 +200,7 @@ impl Loop {
                 Timer::StartPod(key, uid) => self.kubelet.start(&key, &uid, &mut self.timers),
                 Timer::PodDeadline(key, uid) => self.kubelet.deadline(&key, &uid),
                 Timer::RemoveLogs(uid) => self.kubelet.remove_logs(&uid),
+                Timer::RestartContainer(key, uid) => self.kubelet.restart(&key, &uid),
                 Timer::SyncJob(key) => {
                     self.dirty_jobs.insert(key);
                 }
@@ -222,6 +226,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         node_capacity,
         start_delay,
         log_removal_delay,
+        restart_backoff,
         faults,
         mut commands,
     } = cfg;
@@ -237,6 +242,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         exit_tx,
     );
     kubelet.log_removal_delay = log_removal_delay;
+    kubelet.restart_backoff = restart_backoff;
     let mut lp = Loop {
         store,
         kubelet,

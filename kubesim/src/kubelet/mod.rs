@@ -81,6 +81,9 @@ pub struct Kubelet {
     pub log_removal_delay: Option<Duration>,
     /// Deleted pods whose log removal is scheduled.
     removing_logs: HashSet<String>,
+    /// The first restart back-off of a failed container (see `SimConfig::restart_backoff`);
+    /// zero restarts at once.
+    pub restart_backoff: Duration,
 }
 
 fn cond(ty: &str, status: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
@@ -176,6 +179,7 @@ impl Kubelet {
             next_ip: AtomicU64::new(0),
             log_removal_delay: None,
             removing_logs: HashSet::new(),
+            restart_backoff: Duration::ZERO,
         }
     }
 
@@ -647,6 +651,42 @@ impl Kubelet {
             && pod.metadata.deletion_timestamp.is_none()
             && (restart_policy == "Always"
                 || (restart_policy == "OnFailure" && out.exit_code != 0));
+        // The kubelet's CrashLoopBackOff: 10 s after the first exit, doubling per restart, at
+        // most 5 min (pkg/kubelet/kubelet.go: backOffPeriod, MaxContainerBackOff); scaled here
+        // by `restart_backoff`. Meanwhile the container waits with reason CrashLoopBackOff.
+        let backoff = self
+            .restart_backoff
+            .saturating_mul(1u32 << exit.restart_count.clamp(0, 5))
+            .min(self.restart_backoff.saturating_mul(30));
+        if restart && !backoff.is_zero() {
+            let pod_name = exit.name.clone();
+            self.write(&key, &exit.uid, |p| {
+                let st = p.status.get_or_insert_with(Default::default);
+                for cs in st.container_statuses.iter_mut().flatten().take(1) {
+                    let last = terminated(cs.container_id.clone());
+                    cs.last_state = Some(ContainerState {
+                        terminated: Some(last),
+                        ..Default::default()
+                    });
+                    cs.restart_count += 1;
+                    cs.ready = false;
+                    cs.started = Some(false);
+                    cs.state = Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some("CrashLoopBackOff".into()),
+                            message: Some(format!(
+                                "back-off {}s restarting failed container={} pod={pod_name}",
+                                backoff.as_secs(),
+                                cs.name
+                            )),
+                        }),
+                        ..Default::default()
+                    });
+                }
+            });
+            timers.add(backoff, Timer::RestartContainer(key, exit.uid));
+            return;
+        }
         if restart {
             let Some(pod) = self.write(&key, &exit.uid, |p| {
                 let st = p.status.get_or_insert_with(Default::default);
@@ -712,6 +752,45 @@ impl Kubelet {
             self.finish_deletion(&key, &exit.uid);
         }
         self.try_schedule(timers);
+    }
+
+    /// A restart back-off elapsed: the container starts again (as its next instance).
+    pub fn restart(&mut self, key: &ObjKey, uid: &str) {
+        let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+            return;
+        };
+        if Self::uid(&pod) != uid
+            || pod.metadata.deletion_timestamp.is_some()
+            || is_terminal(&pod)
+            || self.running.contains_key(uid)
+        {
+            return;
+        }
+        let now = now_time();
+        let Some(pod) = self.write(key, uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            for cs in st.container_statuses.iter_mut().flatten().take(1) {
+                cs.ready = true;
+                cs.started = Some(true);
+                cs.container_id = Some(container_id());
+                cs.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }) else {
+            return;
+        };
+        let rc = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| c.restart_count)
+            .unwrap_or(0);
+        self.launch(&pod, rc);
     }
 
     /// Kills every running container (the simulator is shutting down).
