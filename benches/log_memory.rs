@@ -34,7 +34,13 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(200);
     let bytes = megabytes * 1_000_000;
-    let bench = Bench::start(kubesim::SimConfig::default(), &[]).await;
+    // Without rotation: the pod's whole output must reach the service for this measurement
+    // (a kubelet rotating at 10 MiB would leave a late reader only the current file).
+    let sim = kubesim::SimConfig {
+        log_rotate_bytes: None,
+        ..Default::default()
+    };
+    let bench = Bench::start(sim, &[]).await;
     let baseline = rss_kib();
 
     let peak = Arc::new(AtomicU64::new(baseline));

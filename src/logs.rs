@@ -296,9 +296,10 @@ fn pod_log<'a>(
     }
 }
 
-/// The pod's container has started (it may have output).
+/// The pod's container has started (it may have output): a pod stays `Pending` until it has
+/// (its `startTime` is set earlier, when it is bound to a node).
 fn pod_started(pod: &PodRecord) -> bool {
-    pod.started_at.is_some() || !matches!(pod.phase.as_str(), "Pending" | "")
+    !matches!(pod.phase.as_str(), "Pending" | "")
 }
 
 /// The pod will print nothing more.

@@ -405,3 +405,289 @@ async fn a_stalled_log_stream_is_reopened_within_the_progress_timeout(db: PgPool
     eventually("the capture to complete", WAIT, || all_complete(&db, &ids)).await;
     assert_eq!(logs(&service, &id, "").await, numbered_lines(100));
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_log_rotated_while_its_stream_was_cut_is_whole_or_marks_the_exact_gap(db: PgPool) {
+    // kubesim rotates at the kubelet's 10 MiB by default.
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let faults = sim.faults();
+    let service = Service::start(
+        db.clone(),
+        sim.client(),
+        &["--log-cap-bytes", "268435456", "--log-flush-ms", "100"],
+    )
+    .await;
+    // 30 MiB of numbered 64-byte lines, 1 MiB every 100 ms.
+    const TOTAL: u64 = 30 * 1024 * 1024;
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_LOG_BYTES", &TOTAL.to_string()),
+                ("KUBESIM_LOG_CHUNK_BYTES", "1048576"),
+                ("KUBESIM_LOG_INTERVAL_MS", "100"),
+            ],
+            json!({}),
+        ))
+        .await;
+    let ids = vec![id.clone()];
+    eventually("the capture to be under way", WAIT, || {
+        all_capturing_with_lines(&db, &ids)
+    })
+    .await;
+    // Cut, and keep the API away for longer than it takes to write past a rotation.
+    faults.set_outage(true);
+    faults.cut_log_streams();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    faults.set_outage(false);
+    service.wait_for(&id, "succeeded", WAIT).await;
+    eventually("the capture to finish", WAIT, || {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move { captures(&db, &ids).await[0].0 != "capturing" }
+    })
+    .await;
+
+    let text = logs(&service, &id, "").await;
+    let mut numbers = Vec::new();
+    let mut notes = Vec::new();
+    for line in text.lines() {
+        match line.strip_prefix("kubesim generated log line ") {
+            Some(rest) => numbers.push(rest[..12].parse::<u64>().unwrap()),
+            None => notes.push(line.to_string()),
+        }
+    }
+    // Where lines are missing: between two archived lines, or at the end.
+    let mut jumps: Vec<usize> = (1..numbers.len())
+        .filter(|&i| numbers[i] != numbers[i - 1] + 1)
+        .collect();
+    if numbers.last() != Some(&(TOTAL / 64 - 1)) {
+        jumps.push(numbers.len());
+    }
+    assert!(
+        numbers.windows(2).all(|w| w[1] > w[0]),
+        "no line repeated or out of order"
+    );
+    let (state, _) = captures(&db, &ids).await.remove(0);
+    assert_eq!(numbers.first(), Some(&0), "{state}: {notes:?}");
+    if jumps.is_empty() {
+        assert_eq!(state, "complete");
+        assert!(notes.is_empty(), "{notes:?}");
+    } else {
+        let around: Vec<(usize, u64, u64)> = jumps
+            .iter()
+            .map(|&j| (j, numbers[j - 1], numbers.get(j).copied().unwrap_or(0)))
+            .collect();
+        assert_eq!(
+            state,
+            "incomplete",
+            "never complete with lines missing: {around:?} of {}",
+            numbers.len()
+        );
+        assert_eq!(jumps.len(), 1, "one cut, one gap: {notes:?}");
+        let note = notes.join("\n");
+        assert!(
+            note.contains(&format!("after line {} (", jumps[0])),
+            "the gap is marked where it is, after line {}: {note}",
+            jumps[0]
+        );
+    }
+}
+
+/// Follows a run's log from before its pod starts and returns everything received.
+async fn follow(service: &Service, id: &str, timeout: Duration) -> String {
+    let response = service
+        .http
+        .get(service.url(&format!("/v1/runs/{id}/logs?follow=true")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    tokio::time::timeout(timeout, response.text())
+        .await
+        .expect("the followed log ends when the run does")
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn following_a_pod_that_starts_after_35_seconds_gets_every_line(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_START_DELAY_MS", "35000"),
+                ("KUBESIM_LOG_LINES", "5"),
+                ("KUBESIM_LOG_INTERVAL_MS", "10"),
+            ],
+            json!({}),
+        ))
+        .await;
+    service.wait_for(&id, "pending", WAIT).await;
+    // Without follow: an answer at once, saying the pod has not started.
+    let asked = Instant::now();
+    let now = logs(&service, &id, "").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(now.contains("has not started"), "{now:?}");
+    assert_eq!(
+        follow(&service, &id, Duration::from_secs(90)).await,
+        numbered_lines(5)
+    );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn following_a_pod_unscheduled_for_10_seconds_gets_every_line(db: PgPool) {
+    let sim = KubeSim::start(common::service::SimConfig {
+        node_capacity: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let service = Service::start(db, sim.client(), &[]).await;
+    let blocker = service
+        .submit(scripted(&[("KUBESIM_DURATION_MS", "10000")], json!({})))
+        .await;
+    service.wait_for(&blocker, "running", WAIT).await;
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_LOG_LINES", "5"),
+                ("KUBESIM_LOG_INTERVAL_MS", "10"),
+            ],
+            json!({}),
+        ))
+        .await;
+    service.wait_for(&id, "pending", WAIT).await;
+    assert_eq!(
+        follow(&service, &id, Duration::from_secs(60)).await,
+        numbered_lines(5)
+    );
+}
+
+/// (state, lines) of one pod's capture.
+async fn capture_of(db: &PgPool, id: &str, pod: &str) -> (String, i64) {
+    sqlx::query_as("SELECT state, lines FROM pod_logs WHERE run_id::text = $1 AND pod_name = $2")
+        .bind(id)
+        .bind(pod)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Deletes the run's pod (its Job makes a new one; the log finalizer keeps this one until its
+/// capture has finished). Returns the pod's name.
+async fn delete_pod(client: &kube::Client, id: &str) -> String {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::default_namespaced(client.clone());
+    let name = pods_of(client, id).await[0].metadata.name.clone().unwrap();
+    pods.delete(&name, &Default::default()).await.unwrap();
+    name
+}
+
+async fn wait_gone(client: &kube::Client, name: &str) {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::default_namespaced(client.clone());
+    eventually("the deleted pod to go", WAIT, || {
+        let pods = pods.clone();
+        async move { pods.get_opt(name).await.unwrap().is_none() }
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_pod_deleted_while_the_service_is_down_says_what_was_lost(db: PgPool) {
+    // The kubelet removes a deleted pod's logs at once.
+    let sim = KubeSim::start(common::service::SimConfig {
+        log_removal_delay: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client();
+    let service = Service::start(db.clone(), client.clone(), &[]).await;
+    // 20 lines over 4 s.
+    let (id, ids) = print_and_wait_for_capture(&service, 20, 200).await;
+    service.stop().await;
+    eventually("the pod to end", WAIT, || all_pods_ended(&client, &ids)).await;
+    let pod = delete_pod(&client, &id).await;
+
+    let service = Service::start(db.clone(), client.clone(), &[]).await;
+    wait_gone(&client, &pod).await;
+    let (state, lines) = capture_of(&db, &id, &pod).await;
+    let text = logs(&service, &id, &format!("?pod={pod}")).await;
+    assert_eq!(state, "incomplete");
+    assert!(lines > 0 && lines < 20);
+    assert!(text.starts_with(&numbered_lines(lines as usize)), "{text}");
+    assert!(
+        text.contains("[vfi-orchestrator]") && text.contains("removed its log"),
+        "the log says what was lost: {text}"
+    );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_pod_deleted_while_the_service_is_up_keeps_its_whole_log(db: PgPool) {
+    let sim = KubeSim::start(common::service::SimConfig {
+        log_removal_delay: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = sim.client();
+    let service = Service::start(db.clone(), client.clone(), &[]).await;
+    // 20 lines over 4 s, deleted while it runs.
+    let (id, _) = print_and_wait_for_capture(&service, 20, 200).await;
+    let pod = delete_pod(&client, &id).await;
+    wait_gone(&client, &pod).await;
+    let (state, lines) = capture_of(&db, &id, &pod).await;
+    assert_eq!(state, "complete");
+    assert!(lines > 0);
+    assert_eq!(
+        logs(&service, &id, &format!("?pod={pod}")).await,
+        numbered_lines(lines as usize)
+    );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn every_attempt_of_an_on_failure_container_is_archived_without_a_request_loop(db: PgPool) {
+    // A 3-s CrashLoopBackOff after the first failure.
+    let sim = KubeSim::start(common::service::SimConfig {
+        restart_backoff: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let faults = sim.faults();
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_FAIL_ATTEMPTS", "1"),
+                ("KUBESIM_LOG_LINES", "10"),
+                ("KUBESIM_LOG_INTERVAL_MS", "10"),
+            ],
+            json!({"restartPolicy": "OnFailure"}),
+        ))
+        .await;
+    service.wait_for(&id, "succeeded", WAIT).await;
+    let ids = vec![id.clone()];
+    eventually("the capture to complete", Duration::from_secs(15), || {
+        all_complete(&db, &ids)
+    })
+    .await;
+    let text = logs(&service, &id, "").await;
+    assert_eq!(
+        text,
+        format!(
+            "{}[vfi-orchestrator] attempt 2 of the container (restart 1) starts here\n{}",
+            numbered_lines(10),
+            numbered_lines(10)
+        ),
+        "both attempts, each shown on its own"
+    );
+    // Opening the stream, and reopening it with growing pauses during the back-off.
+    let requests = faults.log_requests();
+    assert!(requests <= 12, "{requests} log requests");
+}

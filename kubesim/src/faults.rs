@@ -200,6 +200,8 @@ pub(crate) struct FaultState {
     pub(crate) cut_logs: watch::Sender<u64>,
     /// Bumped to make every open `pods/log` stream go silent while staying open.
     pub(crate) stall_logs: watch::Sender<u64>,
+    /// `pods/log` requests served so far.
+    pub(crate) log_requests: std::sync::atomic::AtomicU64,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -225,6 +227,7 @@ impl Faults {
                 next_id: AtomicU64::new(1),
                 cut_logs: watch::channel(0).0,
                 stall_logs: watch::channel(0).0,
+                log_requests: std::sync::atomic::AtomicU64::new(0),
                 commands,
             }),
         }
@@ -443,6 +446,11 @@ impl Faults {
     /// Streams opened afterwards are not affected.
     pub fn stall_log_streams(&self) {
         self.state.stall_logs.send_modify(|g| *g += 1);
+    }
+
+    /// How many `pods/log` requests the API has received (to bound a client's retry loop).
+    pub fn log_requests(&self) -> u64 {
+        self.state.log_requests.load(Ordering::SeqCst)
     }
 
     /// Decides what happens to one request, taking one from each counted fault it meets.

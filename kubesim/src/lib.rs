@@ -67,6 +67,17 @@ pub struct SimConfig {
     /// Events, admission, the node the scheduler fits pods to and image pulls; each default is
     /// what a fresh cluster does.
     pub behaviour: behaviour::Behaviour,
+    /// Container log files rotate past this size, and readers that open a log then get only
+    /// the current file (the kubelet's `containerLogMaxSize`, 10 MiB); `None` never rotates.
+    pub log_rotate_bytes: Option<u64>,
+    /// How long after a deleted pod's containers ended their logs are removed, as the
+    /// kubelet's container garbage collection does (it runs every minute: `ContainerGCPeriod`
+    /// in pkg/kubelet/kubelet.go); `None` keeps them as long as the pod object exists.
+    pub log_removal_delay: Option<Duration>,
+    /// The first restart back-off of a failed container (CrashLoopBackOff), doubling per
+    /// restart up to 30 times it. The kubelet's is 10 s (up to 5 min); zero (the default, to
+    /// keep tests fast) restarts at once.
+    pub restart_backoff: Duration,
 }
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
@@ -82,6 +93,9 @@ impl Default for SimConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rbac: None,
             behaviour: behaviour::Behaviour::default(),
+            log_rotate_bytes: Some(logs::ROTATE_BYTES),
+            log_removal_delay: Some(Duration::from_secs(60)),
+            restart_backoff: Duration::ZERO,
         }
     }
 }
@@ -164,7 +178,7 @@ impl KubeSim {
             }
             None => None,
         };
-        let logs = Arc::new(logs::Logs::default());
+        let logs = Arc::new(logs::Logs::new(config.log_rotate_bytes));
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
@@ -176,6 +190,8 @@ impl KubeSim {
                 runner,
                 node_capacity: config.node_capacity,
                 start_delay: config.start_delay,
+                log_removal_delay: config.log_removal_delay,
+                restart_backoff: config.restart_backoff,
                 faults: faults.clone(),
                 commands: cmd_rx,
                 behaviour: behaviour.clone(),

@@ -121,6 +121,23 @@ struct Args {
     /// The Job controller and kubelet make no progress, e.g. `seconds=30`.
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
     fault_pause_controller: Vec<String>,
+    /// Container logs rotate past this many bytes (the kubelet's containerLogMaxSize); 0 never
+    /// rotates.
+    #[arg(long, env = "KUBESIM_LOG_ROTATE_BYTES", default_value_t = kubesim::logs::ROTATE_BYTES)]
+    log_rotate_bytes: u64,
+    /// Seconds after a deleted pod's containers ended before their logs are removed (container
+    /// garbage collection); a negative value keeps them while the pod object exists.
+    #[arg(
+        long,
+        env = "KUBESIM_LOG_REMOVAL_DELAY_SECS",
+        default_value_t = 60,
+        allow_negative_numbers = true
+    )]
+    log_removal_delay_secs: i64,
+    /// First restart back-off of a failed container in milliseconds (CrashLoopBackOff,
+    /// doubling per restart; the kubelet's is 10000); 0 restarts at once.
+    #[arg(long, env = "KUBESIM_RESTART_BACKOFF_MS", default_value_t = 0)]
+    restart_backoff_ms: u64,
 }
 
 impl Args {
@@ -229,6 +246,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr: args.addr,
         rbac,
         behaviour: behaviour(&args),
+        log_rotate_bytes: (args.log_rotate_bytes > 0).then_some(args.log_rotate_bytes),
+        log_removal_delay: u64::try_from(args.log_removal_delay_secs)
+            .ok()
+            .map(Duration::from_secs),
+        restart_backoff: Duration::from_millis(args.restart_backoff_ms),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;

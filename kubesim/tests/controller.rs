@@ -892,7 +892,12 @@ async fn follow_streams_lines_until_the_container_exits() {
 
 #[tokio::test]
 async fn huge_generated_log_streams_every_byte() {
-    let sim = sim().await;
+    // Without rotation: a kubelet would serve only the current 10 MiB file of it.
+    let sim = sim_with(SimConfig {
+        log_rotate_bytes: None,
+        ..Default::default()
+    })
+    .await;
     let c = sim.client();
     let size: usize = 20 * 1024 * 1024 + 7;
     create_job(

@@ -104,6 +104,13 @@ impl Resume {
         self.anchor_time.map(|t| t - chrono::Duration::seconds(1))
     }
 
+    /// The anchor was found in the stream (or a line after it arrived): what the stream holds
+    /// provably goes on from the archive. False at the end of a stream means the anchor was
+    /// rotated away and what followed it may be lost.
+    pub fn placed(&self) -> bool {
+        self.found
+    }
+
     pub fn classify(&mut self, line: &[u8]) -> Seen {
         if self.found {
             return Seen::New;
@@ -164,6 +171,13 @@ mod tests {
         let gap = resume.classify(&line(5, "e"));
         assert!(matches!(gap, Seen::NewAfterGap { .. }), "{gap:?}");
         assert_eq!(resume.classify(&line(6, "f")), Seen::New);
+    }
+
+    #[test]
+    fn a_stream_without_the_anchor_or_anything_newer_is_not_placed() {
+        let mut resume = Resume::new(Some(line(2, "b")));
+        assert_eq!(resume.classify(&line(1, "a")), Seen::Old);
+        assert!(!resume.placed());
     }
 
     #[test]

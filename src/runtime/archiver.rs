@@ -12,7 +12,7 @@
 use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::LogRead;
 use crate::cluster::{keys, observe};
-use crate::domain::loglines::{LineSplitter, Resume, Seen};
+use crate::domain::loglines::{split_timestamp, LineSplitter, Resume, Seen};
 use crate::store::logs::{self, Append};
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -57,6 +57,11 @@ struct Cursor {
     last: Option<Vec<u8>>,
     /// A stream was opened since the last look (progress: the failure clock resets).
     opened: bool,
+    /// The last stream ended without the last archived line in it or anything after it: the
+    /// kubelet rotated it away, and lines after it may be lost.
+    unplaced: bool,
+    /// The restart count of the container instance being read.
+    restarts: i32,
 }
 
 /// Pause between reopening a stream that brought nothing new while the pod runs (a pod
@@ -174,6 +179,8 @@ impl Archiver {
             next_line: archive.lines,
             last,
             opened: false,
+            unplaced: false,
+            restarts: instance_restarts(pod).unwrap_or(0),
         };
         let mut failing_since: Option<Instant> = None;
         let mut pause = REOPEN_PAUSE.0;
@@ -194,16 +201,63 @@ impl Archiver {
             match outcome {
                 Ok(partial) => {
                     // The stream ended: done if the container has, else it was cut or stalled
-                    // (reopen, and read the unterminated last line again then).
+                    // (reopen, and read the unterminated last line again then), or the
+                    // container restarted (restartPolicy OnFailure).
+                    // Nothing new: pause before looking again (a pod waiting to restart or to be
+                    // scheduled), right before the look, so the stream opened next is of the
+                    // container instance the look saw.
+                    if cursor.next_line == before {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                        pause = (pause * 2).min(REOPEN_PAUSE.1);
+                    }
                     let current = match inner.cluster.pods(&namespace).get_opt(name).await {
-                        Ok(Some(current)) if !container_ended(&current) => None,
-                        Ok(current) => Some(current),
+                        Ok(current) => current,
                         Err(error) => {
                             tracing::debug!(error = %error, "reading the pod after its log ended failed");
-                            None
+                            continue;
                         }
                     };
+                    let restarted = current
+                        .as_ref()
+                        .and_then(instance_restarts)
+                        .filter(|restarts| *restarts > cursor.restarts);
+                    if let Some(restarts) = restarted {
+                        // A new instance of the container: the stream now serves its log, a new
+                        // file, which follows a marker line from its start.
+                        let marker = format!(
+                            "[vfi-orchestrator] attempt {} of the container (restart {restarts}) starts here\n",
+                            restarts + 1
+                        );
+                        for mut piece in partial.into_iter().chain([marker.into_bytes()]) {
+                            let mut lines = 1;
+                            if let Err(CopyError::LeaseLost) = self
+                                .flush(key, &mut cursor, &mut piece, &mut lines, 0)
+                                .await
+                            {
+                                return;
+                            }
+                        }
+                        cursor.restarts = restarts;
+                        continue;
+                    }
+                    let current = match current {
+                        Some(current) if !container_ended(&current) => None,
+                        current => Some(current),
+                    };
                     if let Some(current) = current {
+                        if cursor.unplaced {
+                            let after = cursor.last.as_deref().and_then(|l| split_timestamp(l).0);
+                            if let Some(after) = after {
+                                if let Err(CopyError::LeaseLost) =
+                                    self.record_gap(key, cursor.next_line, after, None).await
+                                {
+                                    return;
+                                }
+                            }
+                        }
                         if let Some(mut last) = partial {
                             let mut lines = 1;
                             if let Err(CopyError::LeaseLost) =
@@ -213,13 +267,6 @@ impl Archiver {
                             }
                         }
                         return self.complete(key, current.as_ref().unwrap_or(pod)).await;
-                    }
-                    if cursor.next_line == before {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        pause = (pause * 2).min(REOPEN_PAUSE.1);
                     }
                     continue;
                 }
@@ -341,8 +388,11 @@ impl Archiver {
                 Ok(Ok(0)) => {
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
-                    let partial = splitter.finish();
-                    return Ok(partial.filter(|line| resume.classify(line) != Seen::Old));
+                    let partial = splitter
+                        .finish()
+                        .filter(|line| resume.classify(line) != Seen::Old);
+                    cursor.unplaced = !resume.placed();
+                    return Ok(partial);
                 }
                 Ok(Ok(n)) => {
                     stall_at = Instant::now() + inner.settings.stall_timeout;
@@ -427,11 +477,13 @@ impl Archiver {
         let stamp = |t: chrono::DateTime<chrono::Utc>| {
             t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
         };
+        let until = match before {
+            Some(before) => format!("and before line {} ({})", archived + 1, stamp(before)),
+            None => "up to the end of the log".to_string(),
+        };
         let gap = format!(
-            "lines written after line {archived} ({}) and before line {} ({}) may be missing: the kubelet rotated the log while it was not being read",
+            "lines written after line {archived} ({}) {until} may be missing: the kubelet rotated the log while it was not being read",
             stamp(after),
-            archived + 1,
-            before.map(stamp).unwrap_or_else(|| "time unknown".into()),
         );
         tracing::warn!(run_id = %key.0, pod = %key.1, %gap, "pod log has a gap");
         metrics::counter!("vfi_log_gaps_total").increment(1);
@@ -567,6 +619,24 @@ fn main_container(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerSta
         .find(|c| c.name == crate::cluster::render::CONTAINER)?
         .state
         .as_ref()
+}
+
+/// The restart count of the container instance whose log the kubelet serves now: the current
+/// one once it runs (or ran), the one before while it waits to restart (CrashLoopBackOff).
+fn instance_restarts(pod: &Pod) -> Option<i32> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == crate::cluster::render::CONTAINER)?;
+    let waiting = status.state.as_ref().is_none_or(|s| s.waiting.is_some());
+    Some(if waiting {
+        (status.restart_count - 1).max(0)
+    } else {
+        status.restart_count
+    })
 }
 
 /// The container has started (so it may have a log). A container marked terminated without

@@ -39,6 +39,11 @@ fn pick_container(pod: &Pod, name: &str, asked: Option<&String>) -> Result<Strin
 }
 
 async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result<Response, Status> {
+    state
+        .faults
+        .state
+        .log_requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let pod = state
         .store
         .get::<Pod>(&ns, &name)
@@ -63,6 +68,15 @@ async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result
         .and_then(|c| c.iter().find(|c| c.name == container).cloned());
     let restart = cs.as_ref().map(|c| c.restart_count).unwrap_or(0);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // A container waiting to restart (CrashLoopBackOff) serves its last terminated instance,
+    // as the kubelet does (pkg/kubelet/kubelet_pods.go, validateContainerLogStatus: the
+    // lastState.Terminated case comes before the Waiting one).
+    let backing_off = cs.as_ref().is_some_and(|c| {
+        c.state.as_ref().is_some_and(|s| s.waiting.is_some())
+            && c.last_state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some())
+    });
     let instance = if flag(&q, "previous") {
         if restart == 0 {
             return Err(Status::bad_request(format!(
@@ -70,10 +84,27 @@ async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result
             )));
         }
         restart - 1
+    } else if backing_off && restart > 0 {
+        restart - 1
     } else {
         restart
     };
     let Some(buf) = state.logs.get(&(uid, container.clone(), instance)) else {
+        // A container that ran but whose log is gone was garbage-collected with its pod (the
+        // kubelet answers 400 with the runtime's error).
+        let ran = cs
+            .as_ref()
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.terminated.is_some() || s.running.is_some());
+        if ran {
+            let id = cs
+                .as_ref()
+                .and_then(|c| c.container_id.clone())
+                .unwrap_or_default();
+            return Err(Status::bad_request(format!(
+                "unable to retrieve container logs for {id}"
+            )));
+        }
         let reason = cs
             .and_then(|c| c.state)
             .and_then(|s| s.waiting)

@@ -35,6 +35,10 @@ pub enum Timer {
     PodDeadline(ObjKey, String),
     /// Re-sync a Job (its activeDeadlineSeconds or TTL may have passed).
     SyncJob(ObjKey),
+    /// Container garbage collection of a deleted pod (by uid): its logs go.
+    RemoveLogs(String),
+    /// A failed container's restart back-off elapsed.
+    RestartContainer(ObjKey, String),
 }
 
 /// A min-heap of timers. A Job re-sync is kept only once per Job (the earliest): the sync it
@@ -92,6 +96,8 @@ pub(crate) struct LoopConfig {
     pub runner: Arc<dyn Runner>,
     pub node_capacity: usize,
     pub start_delay: Duration,
+    pub log_removal_delay: Option<Duration>,
+    pub restart_backoff: Duration,
     pub faults: Faults,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub behaviour: Arc<Behaviour>,
@@ -199,6 +205,8 @@ impl Loop {
             match t {
                 Timer::StartPod(key, uid) => self.kubelet.start(&key, &uid, &mut self.timers),
                 Timer::PodDeadline(key, uid) => self.kubelet.deadline(&key, &uid),
+                Timer::RemoveLogs(uid) => self.kubelet.remove_logs(&uid),
+                Timer::RestartContainer(key, uid) => self.kubelet.restart(&key, &uid),
                 Timer::SyncJob(key) => {
                     self.dirty_jobs.insert(key);
                 }
@@ -228,6 +236,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         runner,
         node_capacity,
         start_delay,
+        log_removal_delay,
+        restart_backoff,
         faults,
         mut commands,
         behaviour,
@@ -235,7 +245,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
     let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     let mut changes = store.subscribe();
     let mut paused = faults.state.paused.subscribe();
-    let kubelet = Kubelet::new(
+    let mut kubelet = Kubelet::new(
         store.clone(),
         logs,
         runner,
@@ -244,6 +254,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         exit_tx,
         behaviour.clone(),
     );
+    kubelet.log_removal_delay = log_removal_delay;
+    kubelet.restart_backoff = restart_backoff;
     let mut lp = Loop {
         store,
         kubelet,

@@ -84,6 +84,14 @@ pub struct Kubelet {
     bound_requests: HashMap<String, BTreeMap<String, f64>>,
     /// Pods whose image could not be pulled, with the number of attempts so far.
     pull_failures: HashMap<String, u32>,
+    /// How long after a deleted pod's containers ended their logs are removed (see
+    /// `SimConfig::log_removal_delay`); `None` keeps them.
+    pub log_removal_delay: Option<Duration>,
+    /// Deleted pods whose log removal is scheduled.
+    removing_logs: HashSet<String>,
+    /// The first restart back-off of a failed container (see `SimConfig::restart_backoff`);
+    /// zero restarts at once.
+    pub restart_backoff: Duration,
 }
 
 fn cond(ty: &str, status: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
@@ -181,6 +189,9 @@ impl Kubelet {
             behaviour,
             bound_requests: HashMap::new(),
             pull_failures: HashMap::new(),
+            log_removal_delay: None,
+            removing_logs: HashSet::new(),
+            restart_backoff: Duration::ZERO,
         }
     }
 
@@ -257,6 +268,13 @@ impl Kubelet {
             if pod.metadata.deletion_grace_period_seconds.unwrap_or(0) != 0 {
                 self.finish_deletion(&key, &uid);
             }
+            // The containers of a deleted pod are garbage-collected, logs included, even while
+            // a finalizer keeps the pod object.
+            if let Some(delay) = self.log_removal_delay {
+                if self.removing_logs.insert(uid.clone()) {
+                    timers.add(delay, Timer::RemoveLogs(uid));
+                }
+            }
             self.try_schedule(timers);
             return;
         }
@@ -294,7 +312,7 @@ impl Kubelet {
             && phase(pod) == "Pending"
             && self.starting.insert(uid.clone())
         {
-            timers.add(self.start_delay, Timer::StartPod(key, uid));
+            timers.add(self.start_delay_of(pod), Timer::StartPod(key, uid));
         }
     }
 
@@ -309,8 +327,32 @@ impl Kubelet {
         self.starting.remove(&uid);
         self.marked_unschedulable.remove(&uid);
         self.pull_failures.remove(&uid);
+        self.removing_logs.remove(&uid);
         self.logs.remove_pod(&uid);
         self.try_schedule(timers);
+    }
+
+    /// How long this pod's container takes to start: the scripted `KUBESIM_START_DELAY_MS` of
+    /// its first container (slow image pulls, init work), else the simulator's start delay.
+    fn start_delay_of(&self, pod: &Pod) -> Duration {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.env.as_ref())
+            .and_then(|env| {
+                env.iter()
+                    .rev()
+                    .find(|e| e.name == "KUBESIM_START_DELAY_MS")
+            })
+            .and_then(|e| e.value.as_deref()?.trim().parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(self.start_delay)
+    }
+
+    /// Container garbage collection of a deleted pod: its logs are gone.
+    pub fn remove_logs(&mut self, uid: &str) {
+        self.removing_logs.remove(uid);
+        self.logs.remove_pod(uid);
     }
 
     fn release(&mut self, uid: &str) {
@@ -378,7 +420,7 @@ impl Kubelet {
                 self.bound_requests.insert(uid.clone(), requests(&pod));
                 self.bind(&key, &uid, &pod);
                 self.starting.insert(uid.clone());
-                timers.add(self.start_delay, Timer::StartPod(key, uid));
+                timers.add(self.start_delay_of(&pod), Timer::StartPod(key, uid));
                 continue;
             };
             if self.marked_unschedulable.insert(uid.clone()) {
@@ -759,6 +801,42 @@ impl Kubelet {
             && pod.metadata.deletion_timestamp.is_none()
             && (restart_policy == "Always"
                 || (restart_policy == "OnFailure" && out.exit_code != 0));
+        // The kubelet's CrashLoopBackOff: 10 s after the first exit, doubling per restart, at
+        // most 5 min (pkg/kubelet/kubelet.go: backOffPeriod, MaxContainerBackOff); scaled here
+        // by `restart_backoff`. Meanwhile the container waits with reason CrashLoopBackOff.
+        let backoff = self
+            .restart_backoff
+            .saturating_mul(1u32 << exit.restart_count.clamp(0, 5))
+            .min(self.restart_backoff.saturating_mul(30));
+        if restart && !backoff.is_zero() {
+            let pod_name = exit.name.clone();
+            self.write(&key, &exit.uid, |p| {
+                let st = p.status.get_or_insert_with(Default::default);
+                for cs in st.container_statuses.iter_mut().flatten().take(1) {
+                    let last = terminated(cs.container_id.clone());
+                    cs.last_state = Some(ContainerState {
+                        terminated: Some(last),
+                        ..Default::default()
+                    });
+                    cs.restart_count += 1;
+                    cs.ready = false;
+                    cs.started = Some(false);
+                    cs.state = Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some("CrashLoopBackOff".into()),
+                            message: Some(format!(
+                                "back-off {}s restarting failed container={} pod={pod_name}",
+                                backoff.as_secs(),
+                                cs.name
+                            )),
+                        }),
+                        ..Default::default()
+                    });
+                }
+            });
+            timers.add(backoff, Timer::RestartContainer(key, exit.uid));
+            return;
+        }
         if restart {
             let Some(pod) = self.write(&key, &exit.uid, |p| {
                 let st = p.status.get_or_insert_with(Default::default);
@@ -824,6 +902,45 @@ impl Kubelet {
             self.finish_deletion(&key, &exit.uid);
         }
         self.try_schedule(timers);
+    }
+
+    /// A restart back-off elapsed: the container starts again (as its next instance).
+    pub fn restart(&mut self, key: &ObjKey, uid: &str) {
+        let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+            return;
+        };
+        if Self::uid(&pod) != uid
+            || pod.metadata.deletion_timestamp.is_some()
+            || is_terminal(&pod)
+            || self.running.contains_key(uid)
+        {
+            return;
+        }
+        let now = now_time();
+        let Some(pod) = self.write(key, uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            for cs in st.container_statuses.iter_mut().flatten().take(1) {
+                cs.ready = true;
+                cs.started = Some(true);
+                cs.container_id = Some(container_id());
+                cs.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }) else {
+            return;
+        };
+        let rc = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map(|c| c.restart_count)
+            .unwrap_or(0);
+        self.launch(&pod, rc);
     }
 
     /// Kills every running container (the simulator is shutting down).
