@@ -259,3 +259,31 @@ async fn over_http2_an_oversized_body_is_a_413_not_a_reset_stream(db: PgPool) {
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
     assert_nothing_stored(&app).await;
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_nul_character_in_any_text_is_a_422_naming_the_field(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let template = json!({"image": "perl:5.34.0", "command": ["perl", "-e\u{0}", "x"]});
+    let response = app
+        .post_json("/v1/runs", &json!({ "template": template }))
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.command[1]"),
+    )
+    .await;
+    let response = app
+        .put_json(
+            "/v1/tasks/nul",
+            &json!({"template": calculatepi(), "description": "a\u{0}b"}),
+        )
+        .await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("description"),
+    )
+    .await;
+    assert_nothing_stored(&app).await;
+}

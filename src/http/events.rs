@@ -274,6 +274,10 @@ pub async fn events(
     ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    if let Some(task) = &query.task {
+        crate::domain::TaskName::parse(task.as_str())
+            .map_err(|message| Error::bad_request("task", message))?;
+    }
     // A token limited to some tasks sees only a task it may read, named in `?task=`.
     auth.task(query.task.as_deref())?;
     let resume = match headers.get("last-event-id") {

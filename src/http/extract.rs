@@ -63,10 +63,18 @@ fn is_json(content_type: &str) -> bool {
 /// well-formed JSON of the wrong shape is a 422 naming the path.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // Syntax first, over the whole body, so `{} {}` is malformed rather than "missing field".
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| Error::MalformedBody {
-        message: format!("the body is not valid JSON: {e}"),
-        field: None,
-    })?;
+    let value =
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| Error::MalformedBody {
+            message: format!("the body is not valid JSON: {e}"),
+            field: None,
+        })?;
+    // PostgreSQL text cannot hold NUL, and no field has a use for it.
+    if let Some(field) = nul_character(&value, String::new()) {
+        return Err(Error::Invalid(crate::domain::Invalid::one(
+            field,
+            "must not contain a NUL character (\\u0000)",
+        )));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -79,6 +87,38 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         };
         Error::Invalid(crate::domain::Invalid::one(field, message))
     })
+}
+
+/// The path (`template.command[2]`) of the first string, or object key, holding a NUL
+/// character.
+fn nul_character(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    let named = |path: String| {
+        if path.is_empty() {
+            "body".to_string()
+        } else {
+            path
+        }
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then(|| named(path)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_character(item, format!("{path}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let inner = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            if key.contains('\0') {
+                return Some(inner);
+            }
+            nul_character(item, inner)
+        }),
+        _ => None,
+    }
 }
 
 /// serde's "unknown field `x`, expected ..." names the field; pull it out.
