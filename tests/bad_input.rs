@@ -398,3 +398,34 @@ async fn nul_in_query_parameters_is_a_400_naming_the_parameter(db: PgPool) {
         assert_problem(response, StatusCode::BAD_REQUEST, Some(field)).await;
     }
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn curl_over_http2_gets_the_413_of_an_oversized_body(db: PgPool) {
+    // curl reports a stream reset (exit 92) instead of the answer when the server leaves the
+    // body it refuses unread; the server reads and discards a bounded amount instead.
+    let app = TestApp::spawn(db.clone()).await;
+    let token = common::new_token(&db, vfi_orchestrator::domain::Scope::Admin, None).await;
+    let body = std::env::temp_dir().join(format!("vfi-big-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&body, vec![b' '; 5 * 1024 * 1024]).unwrap();
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-X", "POST"])
+        .args(["-H", "content-type: application/json"])
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .arg(app.url("/v1/runs"))
+        .output()
+        .await
+        .expect("curl runs");
+    std::fs::remove_file(&body).ok();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "curl failed: {:?} {text}",
+        output.status
+    );
+    assert!(text.ends_with("413 2"), "{text}");
+    assert!(text.contains("problem:body-too-large"), "{text}");
+    assert_nothing_stored(&app).await;
+}

@@ -103,3 +103,32 @@ async fn the_docs_page_and_its_assets_come_from_the_server_itself(db: PgPool) {
         assert!(!response.bytes().await.unwrap().is_empty(), "{url}");
     }
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_document_states_the_refusals_and_limits_the_server_enforces(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let create = &doc["paths"]["/v1/runs"]["post"];
+    for status in ["400", "401", "403", "413", "415", "422", "429"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "POST /v1/runs documents {status}"
+        );
+    }
+    let list = &doc["paths"]["/v1/runs"]["get"];
+    let limit = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 1000);
+    let task = &doc["paths"]["/v1/tasks/{name}"]["get"]["parameters"][0]["schema"];
+    assert_eq!(task["pattern"], "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$");
+    let logs = &doc["paths"]["/v1/runs/{id}/logs"]["get"]["responses"]["200"]["content"];
+    assert!(logs["text/event-stream"].is_object(), "{logs}");
+    assert!(logs["text/plain"].is_object(), "{logs}");
+    // The probes take nothing and are not rate-limited: nothing to add there.
+    assert!(doc["paths"]["/healthz"]["get"]["responses"]["400"].is_null());
+}

@@ -4,7 +4,9 @@ use super::AppState;
 use crate::error::Error;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 /// A JSON body. Unknown fields are refused (the types deny them), errors name the JSON path, and
 /// an empty body reads as `{}` so optional bodies may be left out.
@@ -19,20 +21,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::BodyTooLarge {
-                        limit: state.limits.max_body_bytes,
-                    }
-                } else {
-                    Error::MalformedBody {
-                        message: rejection.body_text(),
-                        field: None,
-                    }
-                }
-            })?;
+        let bytes = read_body(req, state.limits.max_body_bytes).await?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -46,6 +35,54 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         };
         parse(bytes).map(ApiJson)
     }
+}
+
+/// Bytes of a body too large that are still read (and thrown away) so that the client, which
+/// may still be sending, gets the 413: an HTTP/2 stream whose body is left unread is reset,
+/// and clients such as curl then report the reset instead of the answer.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The whole body, up to `limit` bytes; a larger one is a 413.
+async fn read_body(req: Request, limit: usize) -> Result<bytes::Bytes, Error> {
+    let too_large = Error::BodyTooLarge { limit };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body().into_data_stream();
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err(too_large);
+    }
+    let mut read = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|error| Error::MalformedBody {
+            message: format!("the body could not be read: {error}"),
+            field: None,
+        })?;
+        if read.len() + chunk.len() > limit {
+            drain(body).await;
+            return Err(too_large);
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read.freeze())
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(mut body: axum::body::BodyDataStream) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut drained = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            drained += chunk.len();
+            if drained > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn is_json(content_type: &str) -> bool {

@@ -35,7 +35,7 @@ pub struct LogParams {
     /// Prefix each line with its RFC 3339 time.
     timestamps: Option<bool>,
     /// Stop after this many bytes.
-    limit_bytes: Option<u64>,
+    limit_bytes: Option<i64>,
 }
 
 /// A run's logs. One pod: its log as is. Several pods: each pod's block in completion-index
@@ -46,9 +46,16 @@ pub struct LogParams {
 #[utoipa::path(
     get, path = "/v1/runs/{id}/logs", tag = "runs",
     security(("bearer" = ["read"])),
-    params(("id" = Uuid, Path, description = "Run id"), LogParams),
+    params(
+        ("id" = Uuid, Path, description = "Run id"),
+        LogParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "With `Accept: text/event-stream`: resume after this event id (`<pod>:<line>`)"),
+    ),
     responses(
-        (status = 200, description = "The log, streamed", content_type = "text/plain"),
+        (status = 200, description = "The log, streamed: plain text, or with `Accept: text/event-stream` Server-Sent Events (`log` events whose data is a JSON line, then an `end` event)", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -77,7 +84,7 @@ pub async fn run_logs(
     if params.tail.is_some_and(|t| t < 0) {
         return Err(Error::bad_request("tail", "must be 0 or more"));
     }
-    if params.limit_bytes == Some(0) {
+    if params.limit_bytes.is_some_and(|n| n < 1) {
         return Err(Error::bad_request("limitBytes", "must be 1 or more"));
     }
     let since = params
@@ -112,7 +119,10 @@ pub async fn run_logs(
     let cluster = state.cluster.clone();
     let items = logs::run_log(state.db.clone(), cluster, run, query);
     let timestamps = params.timestamps.unwrap_or(false);
-    let limit = params.limit_bytes.unwrap_or(u64::MAX);
+    let limit = params
+        .limit_bytes
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(u64::MAX);
     // A revoked token's stream ends (a follow could otherwise outlive it by hours), without
     // the `end` event that says the log is complete.
     let revoked = state.revocations.ended(auth.caller.token_id);

@@ -66,7 +66,7 @@ pub struct AppState {
 /// The whole HTTP application: API routes, OpenAPI document and docs page, metrics, the
 /// dashboard, middleware.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = openapi::api_router().split_for_parts();
+    let (api, doc) = openapi::split();
     let limits = state.limits.clone();
     let cors = cors(&state.auth.cors_origins);
     let app = api

@@ -29,7 +29,7 @@ use uuid::Uuid;
         ("name" = String, Path, description = "Task name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body"),
     ),
-    request_body(content = RunOverrides, description = "Optional; may be empty"),
+    request_body(content = Option<RunOverrides>, description = "Optional; may be empty"),
     responses(
         (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
         (status = 401, body = Problem, content_type = "application/problem+json"),

@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
     /// Who or what uses the token (1 to 100 characters), e.g. `ci-dashboard`.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `read` (history, logs), `run` (also start, cancel, re-run) or `admin` (also tasks,
     /// triggers, tokens).
