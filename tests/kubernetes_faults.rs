@@ -177,3 +177,45 @@ async fn with_5000_finished_jobs_retained_a_new_run_succeeds_quickly_after_every
         .unwrap();
     assert_eq!(pod_records, 0, "the re-list wrote settled pods");
 }
+
+#[tokio::test]
+async fn two_replicas_releasing_one_jobs_finalizer_both_succeed_and_a_ttl_is_set() {
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::api::{Api, PostParams};
+    use std::sync::Arc;
+    use vfi_orchestrator::cluster::jobs::Cluster;
+    use vfi_orchestrator::cluster::{keys, ClusterSettings};
+
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let api: Api<Job> = Api::namespaced(sim.client(), "default");
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "raced", "finalizers": ["example.com/other", keys::TRACKING_FINALIZER]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &job).await.unwrap();
+    let cluster = |client| Cluster {
+        client,
+        settings: Arc::new(ClusterSettings {
+            installation: "default".into(),
+            namespaces: vec!["default".into()],
+            job_name_prefix: String::new(),
+            run_as_non_root: false,
+        }),
+    };
+    let (a, b) = (cluster(sim.client()), cluster(sim.client()));
+    // Both replicas act on the same (now stale for one of them) copy of the Job.
+    let (first, second) = tokio::join!(
+        a.release_job(&created, Some(3600)),
+        b.release_job(&created, Some(3600))
+    );
+    first.unwrap();
+    second.unwrap();
+    let after = api.get("raced").await.unwrap();
+    assert_eq!(
+        after.metadata.finalizers,
+        Some(vec!["example.com/other".to_string()])
+    );
+    assert_eq!(after.spec.unwrap().ttl_seconds_after_finished, Some(3600));
+}
