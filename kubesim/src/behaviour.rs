@@ -12,12 +12,24 @@ use crate::scheduling::Node;
 /// image is (`KUBESIM_IMAGE_PULL=fail`), like the other `KUBESIM_*` scripts.
 pub const IMAGE_PULL_ENV: &str = "KUBESIM_IMAGE_PULL";
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Behaviour {
     pub events: Recorder,
     pub admission: Admission,
-    pub node: Node,
+    /// The cluster's nodes, tried in order (default: one, `kubesim-node-1`).
+    pub nodes: Vec<Node>,
     pub image_pull: ImagePull,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            events: Recorder::default(),
+            admission: Admission::default(),
+            nodes: vec![Node::default()],
+            image_pull: ImagePull::default(),
+        }
+    }
 }
 
 /// Which images cannot be pulled, and the kubelet's image pull back-off

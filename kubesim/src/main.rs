@@ -203,9 +203,10 @@ fn behaviour(args: &Args) -> Behaviour {
     };
     b.admission.pod_security = args.pod_security;
     b.admission.quotas = args.quotas.clone();
-    b.node.labels.extend(args.node_labels.iter().cloned());
-    b.node.taints = args.node_taints.clone();
-    b.node.allocatable = args.node_allocatable.iter().cloned().collect();
+    let node = &mut b.nodes[0];
+    node.labels.extend(args.node_labels.iter().cloned());
+    node.taints = args.node_taints.clone();
+    node.allocatable = args.node_allocatable.iter().cloned().collect();
     if let Some(fail) = &args.image_pull_fail {
         b.image_pull.failing = fail.clone();
     }
@@ -292,10 +293,10 @@ mod tests {
         let b = behaviour(&args);
         assert_eq!(b.admission.quotas[0].namespace, "batch");
         assert_eq!(b.admission.quotas[0].hard["requests.cpu"], "1");
-        assert_eq!(b.node.labels["gpu"], "true");
-        assert_eq!(b.node.taints[0].key, "dedicated");
-        assert_eq!(b.node.taints[0].effect, "NoSchedule");
-        assert_eq!(b.node.allocatable["nvidia.com/gpu"], "2");
+        assert_eq!(b.nodes[0].labels["gpu"], "true");
+        assert_eq!(b.nodes[0].taints[0].key, "dedicated");
+        assert_eq!(b.nodes[0].taints[0].effect, "NoSchedule");
+        assert_eq!(b.nodes[0].allocatable["nvidia.com/gpu"], "2");
         assert_eq!(b.image_pull.failing, ["registry.internal/*"]);
         assert!(b.admission.pod_security);
         let defaults = behaviour(&Args::try_parse_from(["kubesim"]).unwrap());

@@ -18,6 +18,7 @@ use crate::admission::quantity;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
+    pub name: String,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     /// `status.allocatable`: quantities by resource name. A resource not listed is unlimited for
@@ -28,6 +29,7 @@ pub struct Node {
 impl Default for Node {
     fn default() -> Self {
         Node {
+            name: crate::kubelet::NODE_NAME.to_string(),
             labels: [
                 ("kubernetes.io/hostname", crate::kubelet::NODE_NAME),
                 ("kubernetes.io/os", "linux"),
@@ -131,13 +133,37 @@ pub fn unfit_reasons(node: &Node, pod: &Pod, used: &BTreeMap<String, f64>) -> Ve
     out
 }
 
-/// The scheduler's FailedScheduling message for a one-node cluster.
-pub fn unschedulable_message(reasons: &[String]) -> String {
-    let list: Vec<String> = reasons.iter().map(|r| format!("1 {r}")).collect();
+/// The scheduler's FailedScheduling message: each reason with how many of the `nodes` gave it,
+/// sorted, as kube-scheduler's `FitError` words it.
+pub fn unschedulable_message(nodes: usize, reasons: &[String]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reasons {
+        *counts.entry(r.as_str()).or_insert(0) += 1;
+    }
+    let list: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
     format!(
-        "0/1 nodes are available: {}. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.",
+        "0/{nodes} nodes are available: {}. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling.",
         list.join(", ")
     )
+}
+
+/// The first node the pod fits, given what each node's bound pods use; or the scheduler's
+/// message when it fits none.
+pub fn pick_node(
+    nodes: &[Node],
+    pod: &Pod,
+    used: &BTreeMap<String, BTreeMap<String, f64>>,
+) -> Result<String, String> {
+    let none = BTreeMap::new();
+    let mut reasons = Vec::new();
+    for node in nodes {
+        let why = unfit_reasons(node, pod, used.get(&node.name).unwrap_or(&none));
+        if why.is_empty() {
+            return Ok(node.name.clone());
+        }
+        reasons.extend(why);
+    }
+    Err(unschedulable_message(nodes.len(), &reasons))
 }
 
 #[cfg(test)]
@@ -157,7 +183,7 @@ mod tests {
             "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}));
         let reasons = unfit_reasons(&Node::default(), &gpu, &BTreeMap::new());
         assert_eq!(reasons, ["Insufficient nvidia.com/gpu"]);
-        assert!(unschedulable_message(&reasons)
+        assert!(unschedulable_message(1, &reasons)
             .starts_with("0/1 nodes are available: 1 Insufficient nvidia.com/gpu."));
         let mut node = Node::default();
         node.allocatable.insert("nvidia.com/gpu".into(), "1".into());
@@ -191,5 +217,37 @@ mod tests {
         let tolerant = pod(json!({"containers": [{"name": "main", "image": "x"}],
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}));
         assert!(unfit_reasons(&node, &tolerant, &BTreeMap::new()).is_empty());
+    }
+
+    /// kube-scheduler picks a node that fits; when none does, the message counts each reason
+    /// over the nodes.
+    #[test]
+    fn the_pod_goes_to_a_node_that_fits_or_the_message_counts_reasons_per_node() {
+        let plain = |name: &str| Node {
+            name: name.into(),
+            ..Node::default()
+        };
+        let mut gpu = plain("gpu-1");
+        gpu.allocatable.insert("nvidia.com/gpu".into(), "1".into());
+        gpu.taints.push(Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+        let nodes = [plain("cpu-1"), plain("cpu-2"), gpu];
+        let wants_gpu = pod(json!({"containers": [{"name": "main", "image": "x",
+            "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}));
+        assert_eq!(
+            pick_node(&nodes, &wants_gpu, &BTreeMap::new()),
+            Err("0/3 nodes are available: 2 Insufficient nvidia.com/gpu, 1 node(s) had untolerated taint {dedicated: gpu}. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.".into())
+        );
+        let tolerant = pod(json!({"containers": [{"name": "main", "image": "x",
+            "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}]}));
+        assert_eq!(
+            pick_node(&nodes, &tolerant, &BTreeMap::new()),
+            Ok("gpu-1".into())
+        );
     }
 }

@@ -246,16 +246,22 @@ async fn a_gpu_pod_without_a_gpu_node_is_unschedulable() {
         .starts_with("0/1 nodes are available: 1 Insufficient nvidia.com/gpu."),);
     wait_event(&sim, "Pod", &name, "FailedScheduling").await;
 
+    // A second node with a GPU: the pod is bound there and runs.
     let gpus = sim_with(sim_config(|b| {
-        b.node
+        let mut gpu_node = b.nodes[0].clone();
+        gpu_node.name = "gpu-1".into();
+        gpu_node
             .allocatable
             .insert("nvidia.com/gpu".into(), "1".into());
+        b.nodes.push(gpu_node);
     }))
     .await;
     let g = gpus.client();
     create_job(&g, &gpu_job("train")).await;
     let done = wait_finished(&g, "train").await;
     assert!(has_condition(&done, "Complete"));
+    let pod = job_pods(&g, "train").await.remove(0);
+    assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("gpu-1"));
 }
 
 fn waiting_reason(p: &Pod) -> Option<String> {

@@ -367,8 +367,13 @@ pub async fn observe(
          updated AS (
             UPDATE runs r SET
                 status = CASE WHEN r.status = ANY($2) THEN $3 ELSE r.status END,
-                status_reason = CASE WHEN r.status = ANY($2) THEN $4 ELSE r.status_reason END,
-                status_message = CASE WHEN r.status = ANY($2) THEN $5 ELSE r.status_message END,
+                -- entering pending keeps a reason noted while creating
+                status_reason = CASE WHEN r.status = ANY($2)
+                    THEN CASE WHEN $3 = 'pending' THEN coalesce($4, r.status_reason) ELSE $4 END
+                    ELSE r.status_reason END,
+                status_message = CASE WHEN r.status = ANY($2)
+                    THEN CASE WHEN $3 = 'pending' THEN coalesce($5, r.status_message) ELSE $5 END
+                    ELSE r.status_message END,
                 started_at = coalesce(r.started_at, $6,
                     CASE WHEN r.status = ANY($2) AND $3 = 'running' THEN now() END),
                 finished_at = CASE WHEN r.status = ANY($2) AND $7 THEN coalesce($8, now())
@@ -681,7 +686,9 @@ pub struct Waiting<'a> {
 }
 
 /// Records why a `pending` run waits, on the run and (when it changed) in its history. Not a
-/// status change: a run in any other status is left alone. Returns whether anything changed.
+/// status change: a run in any other status is left alone, except `creating` (the pod can be
+/// seen before the launcher has recorded its Job; the reason then carries into `pending`).
+/// Returns whether anything changed.
 pub async fn note_waiting(
     db: impl PgExecutor<'_>,
     id: Uuid,
@@ -689,7 +696,7 @@ pub async fn note_waiting(
 ) -> Result<bool, sqlx::Error> {
     let changed = sqlx::query(
         "UPDATE runs SET status_reason = $2, status_message = $3, updated_at = now()
-         WHERE id = $1 AND status = 'pending'
+         WHERE id = $1 AND status IN ('creating', 'pending')
            AND (status_reason IS DISTINCT FROM $2 OR status_message IS DISTINCT FROM $3)",
     )
     .bind(id)
@@ -711,7 +718,7 @@ pub async fn note_waiting_for_job(
     let changed = sqlx::query(
         "UPDATE runs SET status_reason = $4, status_message = $5, updated_at = now()
          WHERE job_namespace = $1 AND job_name = $2 AND (job_uid IS NULL OR $3::text IS NULL OR job_uid = $3)
-           AND status = 'pending'
+           AND status IN ('creating', 'pending')
            AND (status_reason IS DISTINCT FROM $4 OR status_message IS DISTINCT FROM $5)",
     )
     .bind(&job.namespace)

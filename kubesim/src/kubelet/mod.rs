@@ -1,4 +1,4 @@
-//! The simulated node: scheduling onto a fixed pod capacity, the pod lifecycle a kubelet drives
+//! The simulated nodes: scheduling (a fixed pod capacity, and the configured nodes' fit), the pod lifecycle a kubelet drives
 //! (Pending/unschedulable -> ContainerCreating -> Running -> Succeeded/Failed, restarts under
 //! `OnFailure`, kills on deletion, evictions, pod activeDeadlineSeconds) and the status it
 //! reports. It is the only writer of pod *status*; it never touches Jobs. Containers are run by
@@ -29,7 +29,7 @@ use crate::controller::{Timer, Timers};
 use crate::events::{Source, KUBELET, SCHEDULER};
 use crate::logs::Logs;
 use crate::objects::{controller_ref, is_terminal, phase};
-use crate::scheduling::{requests, unfit_reasons, unschedulable_message};
+use crate::scheduling::{pick_node, requests};
 use crate::store::{ObjKey, Store};
 use crate::time::now_time;
 use crate::validation::COMPLETION_INDEX;
@@ -80,8 +80,9 @@ pub struct Kubelet {
     exits: mpsc::UnboundedSender<Exit>,
     next_ip: AtomicU64,
     behaviour: Arc<Behaviour>,
-    /// Resources the bound pods ask for, by pod uid (what the scheduler counts as in use).
-    bound_requests: HashMap<String, BTreeMap<String, f64>>,
+    /// The node and the resources of each bound pod, by pod uid (what the scheduler counts as
+    /// in use).
+    bound_requests: HashMap<String, (String, BTreeMap<String, f64>)>,
     /// Pods whose image could not be pulled, with the number of attempts so far.
     pull_failures: HashMap<String, u32>,
     /// How long after a deleted pod's containers ended their logs are removed (see
@@ -366,12 +367,13 @@ impl Kubelet {
             .record(&self.store, pod, warning, reason, message, source);
     }
 
-    /// What bound pods use of each resource.
-    fn in_use(&self) -> BTreeMap<String, f64> {
-        let mut used = BTreeMap::new();
-        for r in self.bound_requests.values() {
+    /// What bound pods use of each resource, by node.
+    fn in_use(&self) -> BTreeMap<String, BTreeMap<String, f64>> {
+        let mut used: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for (node, r) in self.bound_requests.values() {
+            let on_node = used.entry(node.clone()).or_default();
             for (k, v) in r {
-                *used.entry(k.clone()).or_insert(0.0) += v;
+                *on_node.entry(k.clone()).or_insert(0.0) += v;
             }
         }
         used
@@ -407,21 +409,24 @@ impl Kubelet {
                 self.marked_unschedulable.remove(&uid);
                 continue;
             }
-            let message = if full {
+            let placed = if full {
                 let cap = self.capacity;
-                Some(format!("0/1 nodes are available: 1 Too many pods (node capacity {cap}). preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."))
+                Err(format!("0/1 nodes are available: 1 Too many pods (node capacity {cap}). preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."))
             } else {
-                let reasons = unfit_reasons(&self.behaviour.node, &pod, &self.in_use());
-                (!reasons.is_empty()).then(|| unschedulable_message(&reasons))
+                pick_node(&self.behaviour.nodes, &pod, &self.in_use())
             };
-            let Some(message) = message else {
-                self.queued.remove(&uid);
-                self.marked_unschedulable.remove(&uid);
-                self.bound_requests.insert(uid.clone(), requests(&pod));
-                self.bind(&key, &uid, &pod);
-                self.starting.insert(uid.clone());
-                timers.add(self.start_delay_of(&pod), Timer::StartPod(key, uid));
-                continue;
+            let message = match placed {
+                Ok(node) => {
+                    self.queued.remove(&uid);
+                    self.marked_unschedulable.remove(&uid);
+                    self.bound_requests
+                        .insert(uid.clone(), (node.clone(), requests(&pod)));
+                    self.bind(&key, &uid, &pod, &node);
+                    self.starting.insert(uid.clone());
+                    timers.add(self.start_delay_of(&pod), Timer::StartPod(key, uid));
+                    continue;
+                }
+                Err(message) => message,
             };
             if self.marked_unschedulable.insert(uid.clone()) {
                 let current = pod
@@ -452,14 +457,14 @@ impl Kubelet {
         self.queue = still;
     }
 
-    fn bind(&mut self, key: &ObjKey, uid: &str, pod: &Pod) {
+    fn bind(&mut self, key: &ObjKey, uid: &str, pod: &Pod, node: &str) {
         self.bound.insert(uid.to_string());
         self.record(
             pod,
             false,
             "Scheduled",
             &format!(
-                "Successfully assigned {}/{} to {NODE_NAME}",
+                "Successfully assigned {}/{} to {node}",
                 pod.metadata.namespace.as_deref().unwrap_or(""),
                 pod.metadata.name.as_deref().unwrap_or("")
             ),
@@ -469,7 +474,7 @@ impl Kubelet {
         let unready = unready_message(pod);
         self.write(key, uid, |p| {
             if let Some(s) = p.spec.as_mut() {
-                s.node_name = Some(NODE_NAME.into());
+                s.node_name = Some(node.into());
             }
             let st = p.status.get_or_insert_with(Default::default);
             st.phase = Some("Pending".into());
@@ -1006,7 +1011,11 @@ fn resolve_env(pod: &Pod, c: &k8s_openapi::api::core::v1::Container) -> Vec<(Str
                 "metadata.name" => meta.name.clone().unwrap_or_default(),
                 "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
                 "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-                "spec.nodeName" => NODE_NAME.into(),
+                "spec.nodeName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_else(|| NODE_NAME.into()),
                 "status.hostIP" => HOST_IP.into(),
                 _ => from_map(&meta.annotations, "metadata.annotations['")
                     .or_else(|| from_map(&meta.labels, "metadata.labels['"))
