@@ -62,6 +62,9 @@ struct Cursor {
     unplaced: bool,
     /// The restart count of the container instance being read.
     restarts: i32,
+    /// When the container instance started, while nothing of it is archived: a first stream
+    /// opened late whose first line is late may have missed lines rotated away before it.
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Pause between reopening a stream that brought nothing new while the pod runs (a pod
@@ -181,6 +184,7 @@ impl Archiver {
             opened: false,
             unplaced: false,
             restarts: instance_restarts(pod).unwrap_or(0),
+            started_at: container_started_at(pod),
         };
         let mut failing_since: Option<Instant> = None;
         let mut pause = REOPEN_PAUSE.0;
@@ -241,6 +245,7 @@ impl Archiver {
                             }
                         }
                         cursor.restarts = restarts;
+                        cursor.started_at = None;
                         continue;
                     }
                     let current = match current {
@@ -365,6 +370,8 @@ impl Archiver {
             }
         };
         cursor.opened = true;
+        let opened_at = chrono::Utc::now();
+        let mut first_of_instance = cursor.next_line == 0 && cursor.last.is_none();
         let mut splitter = LineSplitter::default();
         let mut chunk = Vec::with_capacity(CHUNK_BYTES);
         let mut chunk_lines = 0i32;
@@ -410,6 +417,9 @@ impl Archiver {
             for line in splitter.push(&buf[..n]) {
                 match resume.classify(&line) {
                     Seen::Old => continue,
+                    Seen::New if std::mem::take(&mut first_of_instance) => {
+                        self.check_late_start(key, cursor, opened_at, &line).await?;
+                    }
                     Seen::New => {}
                     Seen::NewAfterGap { after, before } => {
                         self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
@@ -444,6 +454,36 @@ impl Archiver {
         }
     }
 
+    /// The first line of a container's log, read by a stream opened more than a second after
+    /// the container started, was written more than a second after that start: the kubelet
+    /// may have rotated earlier lines away before any stream was open. Recorded as a possible
+    /// gap (it cannot be told from a container that printed nothing at first).
+    async fn check_late_start(
+        &self,
+        key: &(Uuid, String),
+        cursor: &Cursor,
+        opened_at: chrono::DateTime<chrono::Utc>,
+        line: &[u8],
+    ) -> Result<(), CopyError> {
+        let (Some(started), Some(first)) = (cursor.started_at, split_timestamp(line).0) else {
+            return Ok(());
+        };
+        let second = chrono::Duration::seconds(1);
+        if first - started <= second || opened_at - started <= second {
+            return Ok(());
+        }
+        let stamp = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        };
+        let gap = format!(
+            "lines written between the container's start ({}) and line 1 ({}) may be missing: the capture started {:.1} s after the container, and the kubelet may have rotated them away",
+            stamp(started),
+            stamp(first),
+            (opened_at - started).num_milliseconds() as f64 / 1000.0
+        );
+        self.store_gap(key, &gap).await
+    }
+
     async fn renew(&self, key: &(Uuid, String)) -> Result<(), CopyError> {
         let inner = &self.inner;
         match logs::renew(
@@ -473,7 +513,6 @@ impl Archiver {
         after: chrono::DateTime<chrono::Utc>,
         before: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), CopyError> {
-        let inner = &self.inner;
         let stamp = |t: chrono::DateTime<chrono::Utc>| {
             t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
         };
@@ -485,9 +524,14 @@ impl Archiver {
             "lines written after line {archived} ({}) {until} may be missing: the kubelet rotated the log while it was not being read",
             stamp(after),
         );
+        self.store_gap(key, &gap).await
+    }
+
+    async fn store_gap(&self, key: &(Uuid, String), gap: &str) -> Result<(), CopyError> {
+        let inner = &self.inner;
         tracing::warn!(run_id = %key.0, pod = %key.1, %gap, "pod log has a gap");
         metrics::counter!("vfi_log_gaps_total").increment(1);
-        match logs::record_gap(&inner.db, key.0, &key.1, &inner.instance, &gap).await {
+        match logs::record_gap(&inner.db, key.0, &key.1, &inner.instance, gap).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
@@ -637,6 +681,17 @@ fn instance_restarts(pod: &Pod) -> Option<i32> {
     } else {
         status.restart_count
     })
+}
+
+/// When the main container's current instance started.
+fn container_started_at(pod: &Pod) -> Option<chrono::DateTime<chrono::Utc>> {
+    let state = main_container(pod)?;
+    let started = state
+        .running
+        .as_ref()
+        .and_then(|r| r.started_at.as_ref())
+        .or_else(|| state.terminated.as_ref()?.started_at.as_ref())?;
+    chrono::DateTime::from_timestamp(started.0.as_second(), started.0.subsec_nanosecond() as u32)
 }
 
 /// The container has started (so it may have a log). A container marked terminated without
