@@ -63,7 +63,16 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let policy = Arc::new(policy(&args.cluster)?);
-        let runtime = runtime(&args.cluster, db.clone(), client, policy.clone());
+        // One LISTEN connection per process, shared by the loops, the event stream and the
+        // token revocations.
+        let notifications = store::notify::Notifications::new(db.clone());
+        let runtime = runtime(
+            &args.cluster,
+            db.clone(),
+            client,
+            policy.clone(),
+            notifications.clone(),
+        );
         // Start-up self-check: a missing permission is logged (and fails /readyz) at once,
         // not discovered by the first run that needs it.
         if tokio::time::timeout(Duration::from_secs(10), runtime.cluster.check_permissions())
@@ -83,8 +92,8 @@ impl App {
             policy,
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
-            events: EventHub::new(db.clone()),
-            revocations: Revocations::new(db.clone()),
+            events: EventHub::new(db.clone(), notifications.clone()),
+            revocations: Revocations::new(db.clone(), notifications),
         };
         Ok(App {
             state,
@@ -226,6 +235,7 @@ fn runtime(
     db: sqlx::PgPool,
     client: kube::Client,
     policy: Arc<RunPolicy>,
+    notifications: store::notify::Notifications,
 ) -> Runtime {
     let cluster = Cluster {
         client: crate::cluster::with_timeout(
@@ -283,6 +293,7 @@ fn runtime(
             max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
         },
         clock: Arc::new(SystemClock),
+        notifications,
     }
 }
 

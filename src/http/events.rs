@@ -1,15 +1,14 @@
 //! `GET /v1/events`: run and task changes as Server-Sent Events, resumable with `Last-Event-ID`.
 //!
-//! One [`EventHub`] per process LISTENs for the triggers' NOTIFY, reads the new rows once and
-//! fans them out through a broadcast channel; each client replays what it missed from the
-//! tables, then follows the broadcast. Notifications are only wake-ups: the hub always reads
-//! every row after the last one it sent, so coalesced or lost notifications lose nothing. The
-//! hub never acts on the cluster and writes nothing.
+//! The process's one [`EventHub`] (src/store/event_feed.rs) reads new rows once and fans them
+//! out; each client here replays what it missed from the tables, then follows the broadcast.
 
 use super::auth::{Authorized, ForRead};
 use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::error::{Error, Result};
+pub use crate::store::event_feed::EventHub;
+use crate::store::event_feed::PAGE;
 use crate::store::events::{self, StoredEvent};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -18,171 +17,14 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, OnceCell};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::domain::RunStatus;
-
-/// Rows read at once, by the hub and by a replay.
-const PAGE: i64 = 500;
-/// How long the hub waits for a missing id (a transaction that took an id but has not committed
-/// yet) before it takes the id for a rolled-back one and moves on.
-const GAP_WAIT: Duration = Duration::from_secs(2);
-/// Safety-net poll, for notifications lost while the listener reconnected.
-const POLL: Duration = Duration::from_secs(1);
-
-/// The process's fan-out of events. Cheap to clone; starts listening on its first subscriber.
-#[derive(Clone)]
-pub struct EventHub {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    db: PgPool,
-    sender: broadcast::Sender<Arc<StoredEvent>>,
-    /// Every event up to this id has been broadcast (or predates the hub).
-    high_water: AtomicI64,
-    started: OnceCell<()>,
-    closed: CancellationToken,
-}
-
-impl EventHub {
-    pub fn new(db: PgPool) -> EventHub {
-        EventHub {
-            inner: Arc::new(Inner {
-                db,
-                sender: broadcast::channel(1024).0,
-                high_water: AtomicI64::new(0),
-                started: OnceCell::new(),
-                closed: CancellationToken::new(),
-            }),
-        }
-    }
-
-    /// Ends every stream (at shutdown, so that open streams do not hold the server up).
-    pub fn close(&self) {
-        self.inner.closed.cancel();
-    }
-
-    async fn subscribe(&self) -> Result<broadcast::Receiver<Arc<StoredEvent>>, sqlx::Error> {
-        let inner = &self.inner;
-        inner
-            .started
-            .get_or_try_init(|| async {
-                let last = events::last_id(&inner.db).await?;
-                inner.high_water.store(last, Ordering::SeqCst);
-                tokio::spawn(pump(inner.clone()));
-                Ok::<_, sqlx::Error>(())
-            })
-            .await?;
-        Ok(inner.sender.subscribe())
-    }
-
-    fn high_water(&self) -> i64 {
-        self.inner.high_water.load(Ordering::SeqCst)
-    }
-}
-
-/// The hub's loop: on every notification (or poll), broadcasts the rows after the high-water
-/// mark, in id order, holding back behind a missing id for up to [`GAP_WAIT`].
-async fn pump(inner: Arc<Inner>) {
-    let mut listener = match PgListener::connect_with(&inner.db).await {
-        Ok(mut listener) => match listener.listen(events::CHANNEL).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(error = %error, "events: cannot LISTEN; polling instead");
-                None
-            }
-        },
-        Err(error) => {
-            tracing::warn!(error = %error, "events: cannot LISTEN; polling instead");
-            None
-        }
-    };
-    let mut gap: Option<(i64, Instant)> = None;
-    loop {
-        // A closed pool (the process is stopping) ends the hub; otherwise the failing LISTEN
-        // would wake it at once, again and again.
-        if inner.db.is_closed() {
-            return;
-        }
-        let waiting = match broadcast_new(&inner, &mut gap).await {
-            Ok(waiting) => waiting,
-            Err(error) => {
-                tracing::warn!(error = %error, "events: reading new events failed; retrying");
-                false
-            }
-        };
-        let poll = if waiting {
-            Duration::from_millis(50)
-        } else {
-            POLL
-        };
-        tokio::select! {
-            _ = inner.closed.cancelled() => return,
-            _ = notified(&mut listener) => {}
-            _ = tokio::time::sleep(poll) => {}
-        }
-    }
-}
-
-async fn notified(listener: &mut Option<PgListener>) {
-    match listener.as_mut() {
-        // An error means the connection dropped; sqlx reconnects on the next call, and the poll
-        // covers what was announced meanwhile.
-        Some(listener) => {
-            let _ = listener.try_recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// Broadcasts what can be; returns true while held back behind a missing id.
-async fn broadcast_new(
-    inner: &Inner,
-    gap: &mut Option<(i64, Instant)>,
-) -> Result<bool, sqlx::Error> {
-    loop {
-        let high_water = inner.high_water.load(Ordering::SeqCst);
-        let rows = events::after(&inner.db, high_water, i64::MAX, None, PAGE).await?;
-        let full = rows.len() as i64 == PAGE;
-        for row in rows {
-            let expected = inner.high_water.load(Ordering::SeqCst) + 1;
-            if row.id != expected {
-                let (at, since) = *gap.get_or_insert((expected, Instant::now()));
-                if at != expected {
-                    *gap = Some((expected, Instant::now()));
-                    return Ok(true);
-                }
-                if since.elapsed() < GAP_WAIT {
-                    return Ok(true);
-                }
-                tracing::debug!(
-                    missing_from = expected,
-                    up_to = row.id - 1,
-                    "events: skipping ids that never committed"
-                );
-            }
-            *gap = None;
-            // Raised before sending: a client that subscribes in between replays this row from
-            // the table and drops the broadcast copy as already sent.
-            inner.high_water.store(row.id, Ordering::SeqCst);
-            let _ = inner.sender.send(Arc::new(row));
-        }
-        if !full {
-            return Ok(false);
-        }
-    }
-}
 
 /// One change, as sent to clients. The SSE event's `id` is this `id`, and its `event` is `type`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -321,7 +163,7 @@ async fn follow(
     mut receiver: broadcast::Receiver<Arc<StoredEvent>>,
     client: Client,
 ) {
-    let closed = hub.inner.closed.clone();
+    let closed = hub.closed();
     let wanted = |event: &StoredEvent| task.is_none() || event.task_name == task;
     if !replay(&hub, task.as_deref(), &mut last, &client).await {
         return;
@@ -358,10 +200,10 @@ async fn follow(
 async fn replay(hub: &EventHub, task: Option<&str>, last: &mut i64, client: &Client) -> bool {
     let up_to = hub.high_water();
     loop {
-        let rows = match events::after(&hub.inner.db, *last, up_to, task, PAGE).await {
+        let rows = match events::after(hub.db(), *last, up_to, task, PAGE).await {
             Ok(rows) => rows,
             Err(error) => {
-                tracing::warn!(error = %error, "events: replay failed; ending the stream");
+                tracing::warn!(error = %crate::error::chain(&error), "events: replay failed; ending the stream");
                 return false;
             }
         };

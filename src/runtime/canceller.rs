@@ -2,19 +2,20 @@
 //! collector removes their pods). The API only records the cancellation; this loop acts on it,
 //! woken by the database's NOTIFY and, as a safety net, by a poll.
 
-use super::{listen, Runtime};
+use super::Runtime;
 use crate::store::runs;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
-    let mut listener = listen(&runtime, runs::CANCELLED_CHANNEL).await;
+    // Woken by the process's notification hub (and by a catch-up after it reconnects).
+    let mut wake = runtime.notifications.subscribe(runs::CANCELLED_CHANNEL);
     loop {
         if let Err(error) = delete_cancelled_jobs(&runtime).await {
-            tracing::warn!(error = %error, "canceller: reading cancelled runs failed; retrying");
+            tracing::warn!(error = %crate::error::chain(&error), "canceller: reading cancelled runs failed; retrying");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = super::notified(&mut listener) => {}
+            _ = wake.recv() => {}
             _ = tokio::time::sleep(runtime.settings.launcher_poll) => {}
         }
     }
@@ -35,7 +36,7 @@ async fn delete_cancelled_jobs(runtime: &Runtime) -> Result<(), sqlx::Error> {
                     progressed = true;
                 }
                 Err(error) => {
-                    tracing::warn!(%run_id, job = %job.name, error = %error, "deleting a cancelled run's Job failed; retrying");
+                    tracing::warn!(%run_id, job = %job.name, error = %crate::error::chain(&error), "deleting a cancelled run's Job failed; retrying");
                 }
             }
         }

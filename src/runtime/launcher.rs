@@ -36,17 +36,18 @@ const BATCH: usize = 64;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
-    let mut listener = super::listen(&runtime, runs::QUEUED_CHANNEL).await;
+    // Woken by the process's notification hub (and by a catch-up after it reconnects).
+    let mut wake = runtime.notifications.subscribe(runs::QUEUED_CHANNEL);
     let slots = Arc::new(Semaphore::new(runtime.settings.launch_concurrency));
     let mut launches = JoinSet::new();
     loop {
         if let Err(error) = launch_due(&runtime, &slots, &mut launches).await {
-            tracing::warn!(error = %error, "launcher: claiming runs failed; retrying");
+            tracing::warn!(error = %crate::error::chain(&error), "launcher: claiming runs failed; retrying");
             metrics::counter!("vfi_launcher_errors_total", "kind" => "database").increment(1);
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = super::notified(&mut listener) => {}
+            _ = wake.recv() => {}
             _ = tokio::time::sleep(runtime.settings.launcher_poll) => {}
             // A slot freed: claim again at once.
             Some(_) = launches.join_next() => {}
@@ -88,7 +89,7 @@ async fn launch_due(
             launches.spawn(async move {
                 let _slot = slot;
                 if let Err(error) = launch(&runtime, &run).await {
-                    tracing::warn!(run_id = %run.id, error = %error, "launcher: recording the outcome failed; the lease will lapse and another attempt follows");
+                    tracing::warn!(run_id = %run.id, error = %crate::error::chain(&error), "launcher: recording the outcome failed; the lease will lapse and another attempt follows");
                 }
             });
         }

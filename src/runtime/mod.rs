@@ -14,7 +14,7 @@ pub mod tracker;
 
 use crate::clock::Clock;
 use crate::cluster::jobs::Cluster;
-use sqlx::postgres::PgListener;
+use crate::store::notify::Notifications;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,9 @@ pub struct Runtime {
     /// The scheduler's time (the system clock, or a manual one in tests). Only the scheduler
     /// reads it; everything else keeps real time.
     pub clock: Arc<dyn Clock>,
+    /// The process's one notification hub: the launcher, canceller and scheduler wake on it
+    /// (and so do the event stream and token revocations under http/).
+    pub notifications: Notifications,
 }
 
 /// A running loop, named for the logs.
@@ -158,30 +161,5 @@ async fn check_permissions_periodically(runtime: Runtime, shutdown: Cancellation
             _ = tokio::time::sleep(runtime.settings.permission_check_interval) => {}
         }
         runtime.cluster.check_permissions().await;
-    }
-}
-
-/// LISTENs on a NOTIFY channel, so work recorded on any replica wakes a loop at once. Without a
-/// listener (the database refused), loops still poll.
-async fn listen(runtime: &Runtime, channel: &str) -> Option<PgListener> {
-    let mut listener = match PgListener::connect_with(&runtime.db).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::warn!(%channel, error = %error, "cannot LISTEN; polling instead");
-            return None;
-        }
-    };
-    listener.listen(channel).await.ok()?;
-    Some(listener)
-}
-
-/// Resolves on the next notification (or never, without a listener).
-async fn notified(listener: &mut Option<PgListener>) {
-    match listener.as_mut() {
-        // An error means the connection dropped; sqlx reconnects on the next call.
-        Some(listener) => {
-            let _ = listener.try_recv().await;
-        }
-        None => std::future::pending().await,
     }
 }

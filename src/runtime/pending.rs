@@ -20,7 +20,7 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
         let failed = match store::runs::fail_overdue_pending(&runtime.db, limit).await {
             Ok(failed) => failed,
             Err(error) => {
-                tracing::warn!(error = %error, "failing runs pending too long failed; retried");
+                tracing::warn!(error = %crate::error::chain(&error), "failing runs pending too long failed; retried");
                 continue;
             }
         };
@@ -31,7 +31,7 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
             // The tracker deletes it too on the Job's next event, should this fail.
             if let Some(job) = &run.job {
                 if let Err(error) = runtime.cluster.delete_job(&job.namespace, &job.name).await {
-                    tracing::warn!(run_id = %run.id, error = %error, "deleting the Job of a run pending too long failed");
+                    tracing::warn!(run_id = %run.id, error = %crate::error::chain(&error), "deleting the Job of a run pending too long failed");
                 }
             }
         }

@@ -66,7 +66,7 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(error) => {
                 metrics::counter!("vfi_pruner_errors_total").increment(1);
-                tracing::warn!(error = %error, "pruner: a pass failed; the next one retries");
+                tracing::warn!(error = %crate::error::chain(&error), "pruner: a pass failed; the next one retries");
             }
         }
         tokio::select! {
@@ -193,7 +193,7 @@ async fn delete_batch(
                     match runtime.cluster.delete_job(namespace, name).await {
                         Ok(()) => (candidate.id, true, true),
                         Err(error) => {
-                            tracing::warn!(run_id = %candidate.id, job = %name, error = %error, "pruner: deleting a Job failed; its run is kept for the next pass");
+                            tracing::warn!(run_id = %candidate.id, job = %name, error = %crate::error::chain(&error), "pruner: deleting a Job failed; its run is kept for the next pass");
                             (candidate.id, false, false)
                         }
                     }

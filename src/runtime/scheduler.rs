@@ -19,13 +19,16 @@ const IDLE: Duration = Duration::seconds(60);
 const ERROR_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
-    let mut listener = super::listen(&runtime, schedules::TASK_CHANGED_CHANNEL).await;
+    // Woken by the process's notification hub (and by a catch-up after it reconnects).
+    let mut woken = runtime
+        .notifications
+        .subscribe(schedules::TASK_CHANGED_CHANNEL);
     loop {
         let now = runtime.clock.now();
         let wake = match tick(&runtime, now).await {
             Ok(next) => next.map_or(now + IDLE, |next| next.min(now + IDLE)),
             Err(error) => {
-                tracing::warn!(error = %error, "scheduler: a pass failed; retrying");
+                tracing::warn!(error = %crate::error::chain(&error), "scheduler: a pass failed; retrying");
                 metrics::counter!("vfi_scheduler_errors_total").increment(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -36,7 +39,7 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = super::notified(&mut listener) => {}
+            _ = woken.recv() => {}
             _ = runtime.clock.sleep_until(wake) => {}
         }
     }
@@ -55,7 +58,7 @@ pub async fn tick(
             Ok(None) => {}
             // One task's trouble (e.g. deleted meanwhile) must not hold up the others.
             Err(error) => {
-                tracing::warn!(%task, error = %error, "scheduler: scheduling a task failed");
+                tracing::warn!(%task, error = %crate::error::chain(&error), "scheduler: scheduling a task failed");
                 metrics::counter!("vfi_scheduler_errors_total").increment(1);
             }
         }

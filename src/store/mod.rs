@@ -1,9 +1,11 @@
 //! All SQL of the service. Functions take any executor (pool, connection or transaction) so the
 //! caller decides what is atomic. This is the only module that writes run status.
 
+pub mod event_feed;
 pub mod events;
 pub mod idempotency;
 pub mod logs;
+pub mod notify;
 pub mod pods;
 pub mod retention;
 pub mod runs;

@@ -75,6 +75,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: PgPool, options: TestOptions) -> TestApp {
+        let notifications = vfi_orchestrator::store::notify::Notifications::new(db.clone());
         let state = AppState {
             db: db.clone(),
             limits: Arc::new(Limits {
@@ -119,8 +120,8 @@ impl TestApp {
                     .map(|o| o.parse().unwrap())
                     .collect(),
             }),
-            events: EventHub::new(db.clone()),
-            revocations: Revocations::new(db.clone()),
+            events: EventHub::new(db.clone(), notifications.clone()),
+            revocations: Revocations::new(db.clone(), notifications),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
