@@ -7,7 +7,7 @@ use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
 use crate::domain::policy::RunLimits;
 use crate::domain::sandbox::{Sandbox, SandboxSettings};
-use crate::domain::RunPolicy;
+use crate::domain::{Caps, RunPolicy};
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations};
 use crate::runtime::archiver::{Archiver, LogSettings};
@@ -63,7 +63,11 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let policy = Arc::new(policy(&args.cluster)?);
-        let runtime = runtime(&args.cluster, db.clone(), client, policy.clone());
+        let caps = Caps {
+            max_queued_runs_per_task: args.security.max_queued_runs_per_task,
+            max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
+        };
+        let runtime = runtime(&args.cluster, db.clone(), client, policy.clone(), caps);
         // Start-up self-check: a missing permission is logged (and fails /readyz) at once,
         // not discovered by the first run that needs it.
         if tokio::time::timeout(Duration::from_secs(10), runtime.cluster.check_permissions())
@@ -77,8 +81,8 @@ impl App {
             limits: Arc::new(Limits {
                 max_body_bytes: args.max_body_bytes,
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
-                max_queued_runs_per_task: args.security.max_queued_runs_per_task,
-                max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
+                max_queued_runs_per_task: caps.max_queued_runs_per_task,
+                max_active_runs_per_token: caps.max_active_runs_per_token,
             }),
             policy,
             cluster: runtime.cluster.clone(),
@@ -226,6 +230,7 @@ fn runtime(
     db: sqlx::PgPool,
     client: kube::Client,
     policy: Arc<RunPolicy>,
+    caps: Caps,
 ) -> Runtime {
     let cluster = Cluster {
         client: crate::cluster::with_timeout(
@@ -281,6 +286,7 @@ fn runtime(
             finished_job_ttl_secs: (args.finished_job_ttl_secs >= 0)
                 .then_some(args.finished_job_ttl_secs),
             max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
+            caps,
         },
         clock: Arc::new(SystemClock),
     }

@@ -52,6 +52,8 @@ pub struct RuntimeSettings {
     /// A run pending (its Job created, no pod running) longer than this fails with the reason
     /// it waited for.
     pub max_pending: Duration,
+    /// The caps the scheduler's runs are held to, as the API's are.
+    pub caps: crate::domain::Caps,
 }
 
 /// What the loops share.
