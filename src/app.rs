@@ -7,7 +7,7 @@ use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
 use crate::domain::policy::RunLimits;
 use crate::domain::sandbox::{Sandbox, SandboxSettings};
-use crate::domain::RunPolicy;
+use crate::domain::{Caps, RunPolicy};
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations};
 use crate::runtime::archiver::{Archiver, LogSettings};
@@ -63,6 +63,10 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let policy = Arc::new(policy(&args.cluster)?);
+        let caps = Caps {
+            max_queued_runs_per_task: args.security.max_queued_runs_per_task,
+            max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
+        };
         // One LISTEN connection per process, shared by the loops, the event stream and the
         // token revocations.
         let notifications = store::notify::Notifications::new(db.clone());
@@ -72,6 +76,7 @@ impl App {
             client,
             policy.clone(),
             notifications.clone(),
+            caps,
         );
         // Start-up self-check: a missing permission is logged (and fails /readyz) at once,
         // not discovered by the first run that needs it.
@@ -86,8 +91,8 @@ impl App {
             limits: Arc::new(Limits {
                 max_body_bytes: args.max_body_bytes,
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
-                max_queued_runs_per_task: args.security.max_queued_runs_per_task,
-                max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
+                max_queued_runs_per_task: caps.max_queued_runs_per_task,
+                max_active_runs_per_token: caps.max_active_runs_per_token,
             }),
             policy,
             cluster: runtime.cluster.clone(),
@@ -236,6 +241,7 @@ fn runtime(
     client: kube::Client,
     policy: Arc<RunPolicy>,
     notifications: store::notify::Notifications,
+    caps: Caps,
 ) -> Runtime {
     let cluster = Cluster {
         client: crate::cluster::with_timeout(
@@ -291,6 +297,7 @@ fn runtime(
             finished_job_ttl_secs: (args.finished_job_ttl_secs >= 0)
                 .then_some(args.finished_job_ttl_secs),
             max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
+            caps,
         },
         clock: Arc::new(SystemClock),
         notifications,

@@ -1,7 +1,7 @@
 //! The service's one error type. Which HTTP status each variant becomes is decided in
 //! `http::problem`, and nowhere else.
 
-use crate::domain::{Denied, FieldError, Invalid, RunStatus};
+use crate::domain::{CapReached, Denied, FieldError, Invalid, RunStatus};
 use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -104,6 +104,15 @@ pub fn database_unavailable(error: &sqlx::Error) -> bool {
                 )
         }),
         _ => false,
+    }
+}
+
+impl From<CapReached> for Error {
+    fn from(reached: CapReached) -> Error {
+        match reached {
+            CapReached::QueueFull { task, limit } => Error::QueueFull { task, limit },
+            CapReached::TooManyActiveRuns { limit } => Error::TooManyActiveRuns { limit },
+        }
     }
 }
 

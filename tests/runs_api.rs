@@ -8,8 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashSet;
-use vfi_orchestrator::domain::{RunTemplate, Trigger};
-use vfi_orchestrator::store::runs::{self, NewRun};
+use vfi_orchestrator::domain::RunTemplate;
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn an_ad_hoc_run_is_queued_and_readable(db: PgPool) {
@@ -202,19 +201,7 @@ async fn a_hundred_parallel_submissions_are_each_stored_once(db: PgPool) {
 async fn seed_runs(db: &PgPool, task: Option<&str>, template: &RunTemplate, count: usize) {
     let mut tx = db.begin().await.unwrap();
     for _ in 0..count {
-        runs::insert(
-            &mut tx,
-            NewRun {
-                task_name: task,
-                template,
-                trigger: Trigger::Api,
-                rerun_of: None,
-                scheduled_time: None,
-                token_id: None,
-            },
-        )
-        .await
-        .unwrap();
+        common::queue_run(&mut tx, task, template).await;
     }
     tx.commit().await.unwrap();
 }

@@ -59,6 +59,8 @@ pub enum SkipReason {
     /// The task's template breaks this installation's run limits or sandbox as they are now
     /// (they may have changed since the task was saved).
     BeyondLimits,
+    /// The task already had as many queued runs as `MAX_QUEUED_RUNS_PER_TASK` allows.
+    QueueFull,
 }
 
 impl SkipReason {
@@ -71,6 +73,7 @@ impl SkipReason {
             SkipReason::CatchUpLimit => "CatchUpLimit",
             SkipReason::MissedMany => "MissedMany",
             SkipReason::BeyondLimits => "BeyondLimits",
+            SkipReason::QueueFull => "QueueFull",
         }
     }
 }

@@ -5,12 +5,11 @@
 
 use super::extract::ApiPath;
 use super::problem::Problem;
-use super::runs::insert_capped;
 use super::AppState;
 use crate::domain::webhook::{self, Filter, Parsed};
-use crate::domain::{Run, RunOverrides, Trigger};
+use crate::domain::{Origin, Run, RunOverrides, Submission, Trigger};
 use crate::error::{Error, Result};
-use crate::store::{self, runs::NewRun};
+use crate::store;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -159,22 +158,22 @@ pub async fn receive(
         env: event.env(trigger.provider, &delivery),
         labels: Default::default(),
     };
-    let template = task.template.with_overrides(&overrides);
-    template.validate("template")?;
-    state
-        .policy
-        .check(&template, task.limits.as_ref(), "template")?;
-
-    let mut tx = state.db.begin().await?;
-    let new = NewRun {
-        task_name: Some(&trigger.task),
-        template: &template,
+    let origin = Origin {
+        task: Some(trigger.task.clone()),
         trigger: Trigger::Webhook,
         rerun_of: None,
         scheduled_time: None,
         token_id: None,
     };
-    let run = insert_capped(&mut tx, &state.limits, new).await?;
+    let submission = Submission::check(
+        &state.policy,
+        origin,
+        task.template.with_overrides(&overrides),
+        task.limits.as_ref(),
+    )?;
+
+    let mut tx = state.db.begin().await?;
+    let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;
     if let Some(first) =
         store::triggers::claim_delivery(&mut tx, trigger_id, &delivery, run.id).await?
     {

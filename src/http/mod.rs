@@ -46,6 +46,16 @@ pub struct Limits {
     pub max_active_runs_per_token: u32,
 }
 
+impl Limits {
+    /// The caps every submission is held to.
+    pub fn caps(&self) -> crate::domain::Caps {
+        crate::domain::Caps {
+            max_queued_runs_per_task: self.max_queued_runs_per_task,
+            max_active_runs_per_token: self.max_active_runs_per_token,
+        }
+    }
+}
+
 /// What handlers share. Cheap to clone.
 #[derive(Clone, FromRef)]
 pub struct AppState {

@@ -7,15 +7,17 @@ use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
 use super::Limits;
-use crate::domain::{AdHocRun, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Trigger};
+use crate::domain::{
+    AdHocRun, Origin, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Submission, Trigger,
+};
 use crate::error::{Error, Result};
-use crate::store::{self, runs::NewRun, runs::RunFilter};
+use crate::store::{self, runs::RunFilter};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
@@ -57,24 +59,19 @@ pub async fn start_task_run(
             kind: "task",
             name: name.to_string(),
         })?;
-    let template = task.template.with_overrides(&overrides);
-    template.validate("template")?;
-    policy.check(&template, task.limits.as_ref(), "template")?;
+    let submission = Submission::check(
+        &policy,
+        Origin::api(Some(name.as_str()), auth.caller.token_id),
+        task.template.with_overrides(&overrides),
+        task.limits.as_ref(),
+    )?;
     let idempotent = Idempotent::new(
         key,
         &auth.caller,
         format!("POST /v1/tasks/{name}/runs"),
         &overrides,
     );
-    let new = NewRun {
-        task_name: Some(name.as_str()),
-        template: &template,
-        trigger: Trigger::Api,
-        rerun_of: None,
-        scheduled_time: None,
-        token_id: auth.caller.token_id,
-    };
-    create(&db, &limits, idempotent, new).await
+    create(&db, &limits, idempotent, &submission).await
 }
 
 /// Start an ad-hoc run from an inline template, like `kubectl create job`.
@@ -100,59 +97,21 @@ pub async fn create_run(
     ApiJson(request): ApiJson<AdHocRun>,
 ) -> Result<Response> {
     auth.task(None)?;
-    request.validate()?;
-    policy.check(&request.template, None, "template")?;
     let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
-    let new = NewRun {
-        task_name: None,
-        template: &request.template,
-        trigger: Trigger::Api,
-        rerun_of: None,
-        scheduled_time: None,
-        token_id: auth.caller.token_id,
-    };
-    create(&db, &limits, idempotent, new).await
-}
-
-/// Records a run in `conn`'s transaction, refusing it when its task already has
-/// `max_queued_runs_per_task` runs waiting (0: no cap). The insert holds the task's counter row
-/// until commit, so concurrent submitters are counted one after the other.
-pub(super) async fn insert_capped(
-    conn: &mut PgConnection,
-    limits: &Limits,
-    new: NewRun<'_>,
-) -> Result<Run> {
-    let task = new.task_name.map(str::to_owned);
-    let run = store::runs::insert(&mut *conn, new).await?;
-    let cap = limits.max_queued_runs_per_task;
-    if let (Some(task), true) = (task, cap > 0) {
-        if store::runs::queued_count(&mut *conn, &task).await? > i64::from(cap) {
-            return Err(Error::QueueFull { task, limit: cap });
-        }
-    }
-    Ok(run)
-}
-
-/// Refuses a new run when `token` already has as many unfinished runs as it may: its own
-/// `maxActiveRuns`, else the installation's (0: no cap). The token's row stays locked until
-/// commit, so one token's concurrent submissions are counted one after the other.
-async fn check_active_runs(conn: &mut PgConnection, limits: &Limits, token: Uuid) -> Result<()> {
-    let own = store::tokens::lock_for_submission(&mut *conn, token).await?;
-    let cap = match own.flatten() {
-        Some(own) => u32::try_from(own).unwrap_or(0),
-        None => limits.max_active_runs_per_token,
-    };
-    if cap > 0 && store::runs::active_count_of_token(&mut *conn, token).await? >= i64::from(cap) {
-        return Err(Error::TooManyActiveRuns { limit: cap });
-    }
-    Ok(())
+    let submission = Submission::check(
+        &policy,
+        Origin::api(None, auth.caller.token_id),
+        request.template,
+        None,
+    )?;
+    create(&db, &limits, idempotent, &submission).await
 }
 
 async fn create(
     db: &PgPool,
     limits: &Limits,
     idempotent: Option<Idempotent>,
-    new: NewRun<'_>,
+    submission: &Submission,
 ) -> Result<Response> {
     let mut tx = db.begin().await?;
     if let Some(idempotent) = &idempotent {
@@ -160,10 +119,7 @@ async fn create(
             return Ok(replay);
         }
     }
-    if let Some(token) = new.token_id {
-        check_active_runs(&mut tx, limits, token).await?;
-    }
-    let run = insert_capped(&mut tx, limits, new).await?;
+    let run = store::runs::submit(&mut tx, submission, limits.caps()).await??;
     let location = format!("/v1/runs/{}", run.id);
     if let Some(idempotent) = &idempotent {
         idempotent
@@ -402,17 +358,16 @@ pub async fn rerun(
         Some(task) => store::tasks::get(&db, task).await?.and_then(|t| t.limits),
         None => None,
     };
-    policy.check(&original.template, task_limits.as_ref(), "template")?;
-    let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
-    let new = NewRun {
-        task_name: original.task.as_deref(),
-        template: &original.template,
+    let origin = Origin {
+        task: original.task.clone(),
         trigger: Trigger::Rerun,
         rerun_of: Some(original.id),
         scheduled_time: None,
         token_id: auth.caller.token_id,
     };
-    create(&db, &limits, idempotent, new).await
+    let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?;
+    let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
+    create(&db, &limits, idempotent, &submission).await
 }
 
 /// The run's pods, in completion-index order, then creation order.

@@ -5,11 +5,11 @@ use super::auth::{Authorized, ForAdmin, ForRead};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::pagination;
 use super::problem::Problem;
+use super::Limits;
 use crate::domain::schedule::{Schedule, ScheduleStatus};
-use crate::domain::{Invalid, Run, RunPolicy, Task, TaskName, TaskSpec, Trigger};
+use crate::domain::{Invalid, Origin, Run, RunPolicy, Submission, Task, TaskName, TaskSpec};
 use crate::error::{Error, Result};
 use crate::store;
-use crate::store::runs::NewRun;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -147,12 +147,14 @@ pub struct BackfillResult {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No schedule, an invalid range, or a template beyond this installation's limits", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The task has too many queued runs; none of the range was started", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn backfill(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
     State(policy): State<Arc<RunPolicy>>,
+    State(limits): State<Arc<Limits>>,
     ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResult>> {
@@ -167,7 +169,13 @@ pub async fn backfill(
     let Some(Ok(schedule)) = task.schedule.parsed() else {
         return Err(Invalid::one("schedule", "the task has no schedule to backfill").into());
     };
-    policy.check(&task.template, task.limits.as_ref(), "template")?;
+    // Before the range: a template today's policy refuses is refused whatever the range.
+    let checked = Submission::check(
+        &policy,
+        Origin::scheduled(name.as_str(), request.from),
+        task.template.clone(),
+        task.limits.as_ref(),
+    )?;
     if request.to < request.from {
         return Err(Invalid::one("to", "must not be before from").into());
     }
@@ -195,18 +203,8 @@ pub async fn backfill(
             result.already_started.push(time);
             continue;
         }
-        let run = store::runs::insert(
-            &mut tx,
-            NewRun {
-                task_name: Some(name.as_str()),
-                template: &task.template,
-                trigger: Trigger::Schedule,
-                rerun_of: None,
-                scheduled_time: Some(time),
-                token_id: None,
-            },
-        )
-        .await?;
+        let submission = checked.for_scheduled_time(time);
+        let run = store::runs::submit(&mut tx, &submission, limits.caps()).await??;
         store::schedules::attach_run(&mut tx, name.as_str(), time, run.id).await?;
         result.started.push(run);
     }

@@ -8,6 +8,10 @@
 //! the loop claims again as soon as a slot frees: a create the API server leaves hanging holds
 //! one slot, never the others.
 //!
+//! Right before a Job is created the run is checked against the policy as it is now: a run that
+//! was allowed when it was queued but is refused now (a narrowed allowlist, lowered limits)
+//! fails with reason `PolicyRefused` and never reaches the cluster.
+//!
 //! Exactly once, with a deadline (`MAX_QUEUE_WAIT_SECS` after the run was submitted): a create
 //! still unanswered at the deadline is abandoned and the run fails `LaunchTimeout` at once
 //! (guarded by its `creating` status, so a cancellation or another replica's outcome wins). The
@@ -106,6 +110,11 @@ fn deadline(runtime: &Runtime, run: &Run) -> tokio::time::Instant {
 
 #[tracing::instrument(skip_all, fields(run_id = %run.id, task = run.task.as_deref(), number = run.number))]
 async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
+    if let Some(message) = refused_now(runtime, run).await? {
+        metrics::counter!("vfi_launcher_errors_total", "kind" => "policy").increment(1);
+        tracing::warn!(error = %message, "the run is no longer allowed here; no Job is created");
+        return fail(runtime, run, POLICY_REFUSED, &message).await;
+    }
     let settings = &runtime.cluster.settings;
     let job = render::render(settings, run);
     let job_ref = JobRef {
@@ -171,6 +180,27 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
         }
     }
     Ok(())
+}
+
+/// The reason a run fails with when today's policy refuses what was allowed when it was queued.
+pub const POLICY_REFUSED: &str = "PolicyRefused";
+
+/// Checks the run against the policy as it is now (allowlists and limits may have been narrowed
+/// since it was queued, and its task's limits changed): why it may not start, if it may not.
+async fn refused_now(runtime: &Runtime, run: &Run) -> Result<Option<String>, sqlx::Error> {
+    let task_limits = match run.task.as_deref() {
+        Some(task) => crate::store::tasks::get(&runtime.db, task)
+            .await?
+            .and_then(|t| t.limits),
+        None => None,
+    };
+    let checked = runtime
+        .settings
+        .policy
+        .check(&run.template, task_limits.as_ref(), "template");
+    Ok(checked.err().map(|invalid| {
+        format!("the run is no longer allowed by this installation's policy, so no Job was created: {invalid}")
+    }))
 }
 
 async fn fail(

@@ -42,8 +42,9 @@ pub struct RuntimeSettings {
     pub watch_timeout_secs: u32,
     /// How often the service's Kubernetes permissions are checked again.
     pub permission_check_interval: Duration,
-    /// What a run may ask of the cluster; the scheduler checks each scheduled run against it,
-    /// since limits may have tightened after the task was saved.
+    /// What a run may ask of the cluster; the scheduler checks each scheduled run against it, and
+    /// the launcher each run right before creating its Job, since limits may have tightened
+    /// after the run was queued or the task saved.
     pub policy: Arc<crate::domain::RunPolicy>,
     /// `ttlSecondsAfterFinished` given to finished Jobs that have none, once their outcome is
     /// recorded; `None` leaves them.
@@ -51,6 +52,8 @@ pub struct RuntimeSettings {
     /// A run pending (its Job created, no pod running) longer than this fails with the reason
     /// it waited for.
     pub max_pending: Duration,
+    /// The caps the scheduler's runs are held to, as the API's are.
+    pub caps: crate::domain::Caps,
 }
 
 /// What the loops share.

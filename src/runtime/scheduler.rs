@@ -7,10 +7,11 @@
 
 use super::Runtime;
 use crate::domain::schedule::{ConcurrencyPolicy, Decision, SkipReason};
-use crate::domain::{RunStatus, TaskSpec, Trigger};
-use crate::store::runs::{self, NewRun, StatusDetail};
+use crate::domain::{Origin, RunStatus, Submission, TaskSpec};
+use crate::store::runs::{self, StatusDetail};
 use crate::store::schedules;
 use chrono::{DateTime, Duration, Utc};
+use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
 /// Longest sleep without a due time, as a safety net behind NOTIFY.
@@ -134,15 +135,20 @@ async fn start(
     time: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     // Before Replace cancels anything: a run that may not start must not stop another.
-    let checked = runtime
-        .settings
-        .policy
-        .check(&spec.template, spec.limits.as_ref(), "template");
-    if let Err(invalid) = checked {
-        let message =
-            format!("the task's template is beyond this installation's limits: {invalid}");
-        return skip(tx, task, time, SkipReason::BeyondLimits, &message).await;
-    }
+    let checked = Submission::check(
+        &runtime.settings.policy,
+        Origin::scheduled(task, time),
+        spec.template.clone(),
+        spec.limits.as_ref(),
+    );
+    let submission = match checked {
+        Ok(submission) => submission,
+        Err(invalid) => {
+            let message =
+                format!("the task's template is beyond this installation's limits: {invalid}");
+            return skip(tx, task, time, SkipReason::BeyondLimits, &message).await;
+        }
+    };
     let policy = spec.concurrency_policy.unwrap_or_default();
     if policy != ConcurrencyPolicy::Allow {
         let active = schedules::active_runs(&mut *tx, task).await?;
@@ -167,22 +173,20 @@ async fn start(
             }
         }
     }
-    if !schedules::claim_time(&mut *tx, task, time).await? {
+    // The claim and the run stand or fall together: a full queue leaves the time unclaimed.
+    let mut claim = tx.begin().await?;
+    if !schedules::claim_time(&mut claim, task, time).await? {
         return Ok(());
     }
-    let run = runs::insert(
-        &mut *tx,
-        NewRun {
-            task_name: Some(task),
-            template: &spec.template,
-            trigger: Trigger::Schedule,
-            rerun_of: None,
-            scheduled_time: Some(time),
-            token_id: None,
-        },
-    )
-    .await?;
-    schedules::attach_run(&mut *tx, task, time, run.id).await?;
+    let run = match runs::submit(&mut claim, &submission, runtime.settings.caps).await? {
+        Ok(run) => run,
+        Err(reached) => {
+            claim.rollback().await?;
+            return skip(tx, task, time, SkipReason::QueueFull, &reached.to_string()).await;
+        }
+    };
+    schedules::attach_run(&mut claim, task, time, run.id).await?;
+    claim.commit().await?;
     debug_assert_eq!(run.status, RunStatus::Queued);
     metrics::counter!("vfi_schedule_runs_started_total").increment(1);
     tracing::info!(run_id = %run.id, number = run.number, scheduled_time = %time, "scheduled run queued");

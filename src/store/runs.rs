@@ -1,10 +1,13 @@
 //! SQL for runs. [`transition`] is the only code that changes a run's status, and it only makes
 //! the moves [`RunStatus::can_become`] allows, guarded by the status it expects to find.
 
-use crate::domain::{JobRef, LaunchInfo, PodCounts, Run, RunStatus, RunTemplate, Trigger};
+use crate::domain::{
+    CapReached, Caps, JobRef, LaunchInfo, PodCounts, Run, RunStatus, RunTemplate, Submission,
+    Trigger,
+};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
+use sqlx::{Connection, PgConnection, PgExecutor, Postgres, QueryBuilder};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -85,27 +88,66 @@ impl From<RunRow> for Run {
     }
 }
 
-/// A run about to be recorded.
-pub struct NewRun<'a> {
-    pub task_name: Option<&'a str>,
-    pub template: &'a RunTemplate,
-    pub trigger: Trigger,
-    pub rerun_of: Option<Uuid>,
-    /// The scheduled time, for runs the schedule (or a backfill) started.
-    pub scheduled_time: Option<DateTime<Utc>>,
-    /// The API token that asked for the run (counted by the per-token cap on active runs).
-    pub token_id: Option<Uuid>,
+/// The one way a run is recorded: applies the caps, numbers the run in its task's sequence (or
+/// the ad-hoc one), inserts it queued and wakes the launchers at commit. Call it in a
+/// transaction: the token's row (per-token cap) and the task's counter row (queue cap) stay
+/// locked until commit, so concurrent submitters are counted one after the other. A refused
+/// submission leaves nothing behind (its work is undone to a savepoint), so a caller may go on
+/// with its transaction.
+pub async fn submit(
+    conn: &mut PgConnection,
+    submission: &Submission,
+    caps: Caps,
+) -> Result<Result<Run, CapReached>, sqlx::Error> {
+    let mut savepoint = conn.begin().await?;
+    let outcome = submit_capped(&mut savepoint, submission, caps).await?;
+    match outcome {
+        Ok(_) => savepoint.commit().await?,
+        Err(_) => savepoint.rollback().await?,
+    }
+    Ok(outcome)
+}
+
+async fn submit_capped(
+    conn: &mut PgConnection,
+    submission: &Submission,
+    caps: Caps,
+) -> Result<Result<Run, CapReached>, sqlx::Error> {
+    let origin = submission.origin();
+    if let Some(token) = origin.token_id {
+        let own = super::tokens::lock_for_submission(&mut *conn, token).await?;
+        let limit = match own.flatten() {
+            Some(own) => u32::try_from(own).unwrap_or(0),
+            None => caps.max_active_runs_per_token,
+        };
+        if limit > 0 && active_count_of_token(&mut *conn, token).await? >= i64::from(limit) {
+            return Ok(Err(CapReached::TooManyActiveRuns { limit }));
+        }
+    }
+    let run = insert(&mut *conn, submission).await?;
+    let limit = caps.max_queued_runs_per_task;
+    if let (Some(task), true) = (&origin.task, limit > 0) {
+        // Counted after the insert, which holds the task's counter row.
+        if queued_count(&mut *conn, task).await? > i64::from(limit) {
+            return Ok(Err(CapReached::QueueFull {
+                task: task.clone(),
+                limit,
+            }));
+        }
+    }
+    Ok(Ok(run))
 }
 
 /// Records a queued run with the next number of its task (or of the ad-hoc sequence).
-/// Takes a connection because numbering and insert must share a transaction.
-pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sqlx::Error> {
+async fn insert(conn: &mut PgConnection, submission: &Submission) -> Result<Run, sqlx::Error> {
+    let origin = submission.origin();
+    let template = submission.template();
     let number: i64 = sqlx::query_scalar(
         "INSERT INTO run_counters (scope, last_number) VALUES ($1, 1)
          ON CONFLICT (scope) DO UPDATE SET last_number = run_counters.last_number + 1
          RETURNING last_number",
     )
-    .bind(new.task_name.unwrap_or(""))
+    .bind(origin.task.as_deref().unwrap_or(""))
     .fetch_one(&mut *conn)
     .await?;
     let row: RunRow = sqlx::query_as(&format!(
@@ -114,14 +156,14 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
          VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
-    .bind(new.task_name)
+    .bind(origin.task.as_deref())
     .bind(number)
-    .bind(new.trigger)
-    .bind(new.rerun_of)
-    .bind(Json(new.template))
-    .bind(Json(&new.template.labels))
-    .bind(new.scheduled_time)
-    .bind(new.token_id)
+    .bind(origin.trigger)
+    .bind(origin.rerun_of)
+    .bind(Json(template))
+    .bind(Json(&template.labels))
+    .bind(origin.scheduled_time)
+    .bind(origin.token_id)
     .fetch_one(&mut *conn)
     .await?;
     // Wakes launchers on every replica at commit.
@@ -653,10 +695,8 @@ pub async fn history(db: impl PgExecutor<'_>, id: Uuid) -> Result<Vec<RunEvent>,
     .await
 }
 
-/// How many runs of `task` wait in `queued` (for the per-task cap). Call it after inserting, in
-/// the same transaction: the insert holds the task's counter row, so concurrent submitters count
-/// one after the other.
-pub async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sqlx::Error> {
+/// How many runs of `task` wait in `queued` (for the per-task cap).
+async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM runs WHERE task_name = $1 AND status = 'queued'")
         .bind(task)
         .fetch_one(db)
@@ -664,10 +704,7 @@ pub async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sq
 }
 
 /// How many runs `token` started that have not finished yet.
-pub async fn active_count_of_token(
-    db: impl PgExecutor<'_>,
-    token: Uuid,
-) -> Result<i64, sqlx::Error> {
+async fn active_count_of_token(db: impl PgExecutor<'_>, token: Uuid) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM runs WHERE token_id = $1
             AND status IN ('queued', 'creating', 'pending', 'running')",

@@ -303,3 +303,30 @@ pub async fn assert_problem(response: Response, status: StatusCode, field: Optio
 
 pub mod postgres;
 pub mod service;
+
+/// Records a queued run through the store's one front door, as another replica would (to seed
+/// history, or for a run queued under an older policy): checked against a policy that allows
+/// the template's namespace, with no caps.
+pub async fn queue_run(
+    conn: &mut sqlx::PgConnection,
+    task: Option<&str>,
+    template: &vfi_orchestrator::domain::RunTemplate,
+) -> vfi_orchestrator::domain::Run {
+    use vfi_orchestrator::domain::{Caps, Origin, Submission};
+    let policy = RunPolicy {
+        namespaces: vec![template
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())],
+        service_accounts: vec!["default".into()],
+        job_name_prefix: String::new(),
+        limits: Default::default(),
+        sandbox: Default::default(),
+    };
+    let submission =
+        Submission::check(&policy, Origin::api(task, None), template.clone(), None).unwrap();
+    vfi_orchestrator::store::runs::submit(conn, &submission, Caps::default())
+        .await
+        .unwrap()
+        .unwrap()
+}

@@ -1,0 +1,144 @@
+//! The front door for runs: a [`Submission`] can only be made by [`Submission::check`], which
+//! validates the template and holds it to this installation's policy as it is today
+//! (namespace and service-account allowlists, run limits with the task's overrides, sandbox).
+//! Every way a run is started (the API, task runs, reruns, webhooks, schedules, backfills) builds
+//! one, and `store::runs::submit` is the only code that records a run: it takes a `Submission`
+//! and applies the [`Caps`]. The caller checks the caller's scope first (`http::auth`).
+
+use super::policy::{RunLimits, RunPolicy};
+use super::{Invalid, RunTemplate, Trigger};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Where a submission comes from, apart from its template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The task, for a run of a task; `None` for an ad-hoc run.
+    pub task: Option<String>,
+    pub trigger: Trigger,
+    pub rerun_of: Option<Uuid>,
+    /// The scheduled time, for runs the schedule (or a backfill) started.
+    pub scheduled_time: Option<DateTime<Utc>>,
+    /// The API token that asked for the run (counted by the per-token cap on active runs).
+    pub token_id: Option<Uuid>,
+}
+
+impl Origin {
+    /// A run asked for through the API, of `task` (or ad hoc), by `token_id`.
+    pub fn api(task: Option<&str>, token_id: Option<Uuid>) -> Origin {
+        Origin {
+            task: task.map(str::to_owned),
+            trigger: Trigger::Api,
+            rerun_of: None,
+            scheduled_time: None,
+            token_id,
+        }
+    }
+
+    /// A run the schedule (or a backfill) starts for `time`.
+    pub fn scheduled(task: &str, time: DateTime<Utc>) -> Origin {
+        Origin {
+            task: Some(task.to_owned()),
+            trigger: Trigger::Schedule,
+            rerun_of: None,
+            scheduled_time: Some(time),
+            token_id: None,
+        }
+    }
+}
+
+/// A run that passed validation and today's policy, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    origin: Origin,
+    template: RunTemplate,
+}
+
+impl Submission {
+    /// Validates `template` (at the JSON path `template`) and checks it against `policy` with
+    /// the task's `task_limits`. Refused: every field at fault, named.
+    pub fn check(
+        policy: &RunPolicy,
+        origin: Origin,
+        template: RunTemplate,
+        task_limits: Option<&RunLimits>,
+    ) -> Result<Submission, Invalid> {
+        template.validate("template")?;
+        policy.check(&template, task_limits, "template")?;
+        Ok(Submission { origin, template })
+    }
+
+    /// The same checked run for another scheduled time (a backfill checks its task's template
+    /// once for all its times).
+    pub fn for_scheduled_time(&self, time: DateTime<Utc>) -> Submission {
+        let mut other = self.clone();
+        other.origin.scheduled_time = Some(time);
+        other
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn template(&self) -> &RunTemplate {
+        &self.template
+    }
+}
+
+/// How many runs may wait or be unfinished at once (0: no cap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Queued runs a task may have (`MAX_QUEUED_RUNS_PER_TASK`).
+    pub max_queued_runs_per_task: u32,
+    /// Unfinished runs a token may have, unless its own `maxActiveRuns` says otherwise
+    /// (`MAX_ACTIVE_RUNS_PER_TOKEN`).
+    pub max_active_runs_per_token: u32,
+}
+
+/// A submission refused because a cap was reached; nothing was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapReached {
+    #[error("task {task} already has {limit} queued runs")]
+    QueueFull { task: String, limit: u32 },
+    #[error("the token already has {limit} unfinished runs")]
+    TooManyActiveRuns { limit: u32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::template::tests::template;
+
+    fn policy(namespaces: &[&str]) -> RunPolicy {
+        RunPolicy {
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            service_accounts: vec!["default".into()],
+            job_name_prefix: String::new(),
+            limits: Default::default(),
+            sandbox: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_submission_is_refused_naming_the_field_the_policy_forbids() {
+        let t = template(serde_json::json!({"namespace": "batch"}));
+        let origin = Origin::api(None, None);
+        assert!(Submission::check(
+            &policy(&["default", "batch"]),
+            origin.clone(),
+            t.clone(),
+            None
+        )
+        .is_ok());
+        let refused = Submission::check(&policy(&["default"]), origin, t, None).unwrap_err();
+        assert_eq!(refused.0[0].field, "template.namespace");
+    }
+
+    #[test]
+    fn an_invalid_template_is_refused_before_the_policy_is_asked() {
+        let t = template(serde_json::json!({"image": ""}));
+        let refused =
+            Submission::check(&policy(&["default"]), Origin::api(None, None), t, None).unwrap_err();
+        assert_eq!(refused.0[0].field, "template.image");
+    }
+}
