@@ -94,6 +94,14 @@ impl RunStatus {
             .filter(|next| self.can_become(*next))
             .collect()
     }
+
+    /// Every status that may move to `self`: what a writer of `self` expects to find.
+    pub fn predecessors(self) -> Vec<RunStatus> {
+        RunStatus::ALL
+            .into_iter()
+            .filter(|from| from.can_become(self))
+            .collect()
+    }
 }
 
 impl fmt::Display for RunStatus {
