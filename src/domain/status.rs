@@ -162,6 +162,21 @@ mod tests {
     }
 
     #[test]
+    fn predecessors_are_exactly_the_statuses_that_may_become_it() {
+        for to in RunStatus::ALL {
+            for from in RunStatus::ALL {
+                assert_eq!(
+                    to.predecessors().contains(&from),
+                    from.successors().contains(&to),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        assert_eq!(Pending.predecessors(), [Creating]);
+        assert_eq!(Queued.predecessors(), [Creating]);
+    }
+
+    #[test]
     fn no_status_becomes_itself() {
         for status in RunStatus::ALL {
             assert!(!status.can_become(status), "{status}");
