@@ -203,6 +203,7 @@ async fn two_replicas_releasing_one_jobs_finalizer_both_succeed_and_a_ttl_is_set
             job_name_prefix: String::new(),
             run_as_non_root: false,
         }),
+        permissions: Default::default(),
     };
     let (a, b) = (cluster(sim.client()), cluster(sim.client()));
     // Both replicas act on the same (now stale for one of them) copy of the Job.
