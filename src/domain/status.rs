@@ -94,6 +94,14 @@ impl RunStatus {
             .filter(|next| self.can_become(*next))
             .collect()
     }
+
+    /// Every status that may move to `self`: what a writer of `self` expects to find.
+    pub fn predecessors(self) -> Vec<RunStatus> {
+        RunStatus::ALL
+            .into_iter()
+            .filter(|from| from.can_become(self))
+            .collect()
+    }
 }
 
 impl fmt::Display for RunStatus {
@@ -151,6 +159,21 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn predecessors_are_exactly_the_statuses_that_may_become_it() {
+        for to in RunStatus::ALL {
+            for from in RunStatus::ALL {
+                assert_eq!(
+                    to.predecessors().contains(&from),
+                    from.successors().contains(&to),
+                    "{from} -> {to}"
+                );
+            }
+        }
+        assert_eq!(Pending.predecessors(), [Creating]);
+        assert_eq!(Queued.predecessors(), [Creating]);
     }
 
     #[test]

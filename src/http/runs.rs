@@ -310,13 +310,6 @@ pub async fn cancel_run(
         None => Err(not_found(id)),
         Some(Ok(run)) => {
             tracing::info!(run_id = %id, "run cancelled");
-            crate::telemetry::run_finished(
-                run.task.as_deref(),
-                run.status,
-                run.created_at,
-                run.started_at,
-                run.finished_at,
-            );
             Ok(Json(run))
         }
         Some(Err(status)) => Err(Error::RunIsFinal { status }),

@@ -222,16 +222,8 @@ async fn fail(
     )
     .await
     {
-        Ok(failed) => {
-            telemetry::run_finished(
-                failed.task.as_deref(),
-                failed.status,
-                failed.created_at,
-                failed.started_at,
-                failed.finished_at,
-            );
-            Ok(())
-        }
+        // The store's status writer records the change's metrics.
+        Ok(_) => Ok(()),
         Err(runs::TransitionOutcome::Database(e)) => Err(e),
         // Cancelled meanwhile: its status stays.
         Err(runs::TransitionOutcome::Refused(_)) => Ok(()),

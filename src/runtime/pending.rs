@@ -25,7 +25,6 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
             }
         };
         for run in failed {
-            metrics::counter!("vfi_run_status_changes_total", "status" => "failed").increment(1);
             tracing::info!(run_id = %run.id, reason = run.status_reason.as_deref(),
                 "run failed: pending longer than the limit");
             // The tracker deletes it too on the Job's next event, should this fail.

@@ -11,7 +11,6 @@ use super::Runtime;
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, RunStatus};
 use crate::store::{self, runs::Observation};
-use crate::telemetry;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -248,9 +247,6 @@ async fn record(
         return Ok(());
     };
     if observed.previous != observed.current {
-        metrics::counter!("vfi_run_status_changes_total", "status" => observed.current.as_str())
-            .increment(1);
-        record_finished(&observed);
         tracing::info!(%run_id, from = %observed.previous, to = %observed.current, "run status changed");
     }
     if !observed.current.is_final() {
@@ -273,19 +269,6 @@ async fn record(
         release(runtime, job).await?;
     }
     Ok(())
-}
-
-/// Records the duration of a run that this change finished.
-fn record_finished(observed: &store::runs::Observed) {
-    if let (true, Some(run)) = (observed.current.is_final(), &observed.changed) {
-        telemetry::run_finished(
-            run.task_name.as_deref(),
-            observed.current,
-            run.created_at,
-            run.started_at,
-            run.finished_at,
-        );
-    }
 }
 
 async fn release(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
@@ -346,9 +329,7 @@ async fn record_missing(
         finished_at: None,
         job: None,
     };
-    if let Some(observed) = store::runs::observe(&runtime.db, run.id, &observation).await? {
-        record_finished(&observed);
-    }
+    store::runs::observe(&runtime.db, run.id, &observation).await?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! All SQL of the service. Functions take any executor (pool, connection or transaction) so the
-//! caller decides what is atomic. This is the only module that writes run status.
+//! caller decides what is atomic. This is the only module that writes run status,
+//! all of it through [`status::write`].
 
 pub mod event_feed;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod pods;
 pub mod retention;
 pub mod runs;
 pub mod schedules;
+pub mod status;
 pub mod tasks;
 pub mod tokens;
 pub mod triggers;

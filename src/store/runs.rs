@@ -1,6 +1,7 @@
-//! SQL for runs. [`transition`] is the only code that changes a run's status, and it only makes
-//! the moves [`RunStatus::can_become`] allows, guarded by the status it expects to find.
+//! SQL for runs. Every status change here goes through [`status::write`], the one guarded writer:
+//! it only makes the moves [`RunStatus::can_become`] allows, from the statuses it expects to find.
 
+use super::status::{self, Also, Change, Moved, Text, Which, WriteError};
 use crate::domain::{
     CapReached, Caps, JobRef, LaunchInfo, PodCounts, Run, RunStatus, RunTemplate, Submission,
     Trigger,
@@ -11,13 +12,14 @@ use sqlx::{Connection, PgConnection, PgExecutor, Postgres, QueryBuilder};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-const COLUMNS: &str = "id, task_name, number, status, status_reason, status_message, trigger, \
+pub(super) const COLUMNS: &str =
+    "id, task_name, number, status, status_reason, status_message, trigger, \
      rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
      job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
      pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time";
 
 #[derive(sqlx::FromRow)]
-struct RunRow {
+pub(super) struct RunRow {
     id: Uuid,
     task_name: Option<String>,
     number: i64,
@@ -242,33 +244,24 @@ pub struct StatusDetail<'a> {
     pub message: Option<&'a str>,
 }
 
-/// Every status that may move to `to`, from the state machine's one table.
-fn predecessors(to: RunStatus) -> Vec<&'static str> {
-    RunStatus::ALL
-        .into_iter()
-        .filter(|from| from.can_become(to))
-        .map(RunStatus::as_str)
-        .collect()
-}
-
-/// Claims up to `limit` runs for launching: queued runs whose retry time has come, and
-/// `creating` runs whose launcher's lease lapsed (it crashed mid-launch). Several launchers can
-/// claim at once; `SKIP LOCKED` hands each run to one.
+/// Claims up to `limit` runs for launching: `creating` runs whose launcher's lease lapsed (it
+/// crashed mid-launch), then queued runs whose retry time has come (`queued` → `creating`).
+/// Several launchers can claim at once; `SKIP LOCKED` hands each run to one.
 pub async fn claim_launchable(
-    db: impl PgExecutor<'_>,
+    db: &sqlx::PgPool,
     owner: &str,
     lease: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<Run>, sqlx::Error> {
-    let rows: Vec<RunRow> = sqlx::query_as(&format!(
-        "UPDATE runs SET status = 'creating', lease_owner = $1,
+    // Taking over a lapsed lease is no status change (the run stays `creating`).
+    let lapsed: Vec<RunRow> = sqlx::query_as(&format!(
+        "UPDATE runs SET lease_owner = $1,
             lease_until = now() + make_interval(secs => $2), launch_attempts = launch_attempts + 1,
             updated_at = now()
          WHERE id IN (
-            SELECT id FROM runs
-            WHERE (status = 'queued' AND (launch_not_before IS NULL OR launch_not_before <= now()))
-               OR (status = 'creating' AND lease_until < now())
+            SELECT id FROM runs WHERE status = 'creating' AND lease_until < now()
             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+           AND status = 'creating'
          RETURNING {COLUMNS}"
     ))
     .bind(owner)
@@ -276,23 +269,40 @@ pub async fn claim_launchable(
     .bind(limit)
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(Run::from).collect())
+    let mut claimed: Vec<Run> = lapsed.into_iter().map(Run::from).collect();
+    let left = limit - claimed.len() as i64;
+    if left > 0 {
+        let change = Change {
+            also: Also::Claim { owner, lease },
+            ..Change::to(RunStatus::Creating, &[RunStatus::Queued])
+        };
+        let moved = status::write(db, Which::Due { limit: left }, change).await?;
+        claimed.extend(moved.into_iter().map(|moved| moved.run));
+    }
+    Ok(claimed)
 }
 
-/// Records that the run's Job exists. A run still `creating` becomes `pending`; one that the
-/// tracker already moved on (or that was cancelled meanwhile) keeps its status.
+/// Records that the run's Job exists: a run still `creating` becomes `pending`. A run that the
+/// tracker already moved on keeps its status (the tracker recorded the Job too); a final run
+/// (e.g. cancelled meanwhile) is not touched at all. Returns the run as it is now.
 pub async fn mark_created(
-    db: impl PgExecutor<'_>,
+    db: &sqlx::PgPool,
     id: Uuid,
     job: &JobRef,
 ) -> Result<Option<Run>, sqlx::Error> {
+    let change = Change {
+        also: Also::Created(job),
+        ..Change::to(RunStatus::Pending, &[RunStatus::Creating])
+    };
+    if let Some(moved) = status::write(db, Which::Run(id), change).await?.pop() {
+        return Ok(Some(moved.run));
+    }
+    // Not a status change: a live run the tracker moved on keeps its status and learns its Job.
     let row: Option<RunRow> = sqlx::query_as(&format!(
-        "UPDATE runs SET
-            status = CASE WHEN status = 'creating' THEN 'pending' ELSE status END,
-            job_namespace = $2, job_name = $3, job_uid = coalesce($4, job_uid),
-            lease_owner = NULL, lease_until = NULL, launch_error = NULL, launch_not_before = NULL,
-            updated_at = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
+        "UPDATE runs SET job_namespace = coalesce(job_namespace, $2),
+            job_name = coalesce(job_name, $3), job_uid = coalesce(job_uid, $4),
+            launch_error = NULL, launch_not_before = NULL, updated_at = now()
+         WHERE id = $1 AND status IN ('pending', 'running') RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&job.namespace)
@@ -300,7 +310,10 @@ pub async fn mark_created(
     .bind(&job.uid)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(Run::from))
+    match row {
+        Some(row) => Ok(Some(row.into())),
+        None => get(db, id).await,
+    }
 }
 
 /// Puts a run this launcher holds back in the queue after a transient failure, to be tried
@@ -312,19 +325,12 @@ pub async fn retry_launch_later(
     error: &str,
     not_before: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE runs SET status = 'queued', launch_error = $3, launch_not_before = $4,
-            lease_owner = NULL, lease_until = NULL, updated_at = now()
-         WHERE id = $1 AND status = 'creating' AND lease_owner = $2",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(error)
-    .bind(not_before)
-    .execute(db)
-    .await?
-    .rows_affected();
-    Ok(updated == 1)
+    let change = Change {
+        also: Also::RetryLater { error, not_before },
+        ..Change::to(RunStatus::Queued, &[RunStatus::Creating])
+    };
+    let moved = status::write(db, Which::Leased { id, owner }, change).await?;
+    Ok(!moved.is_empty())
 }
 
 /// A status change that an observation caused.
@@ -332,51 +338,9 @@ pub async fn retry_launch_later(
 pub struct Observed {
     pub previous: RunStatus,
     pub current: RunStatus,
-    /// The run's task and times after the change (for metrics), when there was a change.
-    pub changed: Option<RunTimes>,
     /// The run had a Job recorded before this observation (a run that failed before its Job
     /// was created has none).
     pub job_recorded: bool,
-}
-
-/// A run's task and times, as a status change left them.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct RunTimes {
-    pub task_name: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-#[derive(sqlx::FromRow)]
-struct ObservedRow {
-    previous: RunStatus,
-    current: RunStatus,
-    task_name: Option<String>,
-    created_at: Option<DateTime<Utc>>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    #[sqlx(default)]
-    job_recorded: bool,
-}
-
-impl From<ObservedRow> for Observed {
-    fn from(row: ObservedRow) -> Observed {
-        Observed {
-            previous: row.previous,
-            current: row.current,
-            job_recorded: row.job_recorded,
-            changed: row
-                .created_at
-                .filter(|_| row.previous != row.current)
-                .map(|created_at| RunTimes {
-                    task_name: row.task_name,
-                    created_at,
-                    started_at: row.started_at,
-                    finished_at: row.finished_at,
-                }),
-        }
-    }
 }
 
 /// What the cluster says about a run: the status it implies and the pod counts.
@@ -399,69 +363,73 @@ pub async fn observe(
     seen: &Observation<'_>,
 ) -> Result<Option<Observed>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let previous = step_through_pending(&mut tx, id, seen.status).await?;
-    let (namespace, name, uid) = match seen.job {
-        Some(job) => (Some(&job.namespace), Some(&job.name), job.uid.as_ref()),
-        None => (None, None, None),
+    let Some((locked, job_recorded)) = lock(&mut tx, id).await? else {
+        return Ok(None);
     };
-    let row: Option<ObservedRow> = sqlx::query_as(
-        "WITH current AS (SELECT id, status, job_name FROM runs WHERE id = $1 FOR UPDATE),
-         updated AS (
-            UPDATE runs r SET
-                status = CASE WHEN r.status = ANY($2) THEN $3 ELSE r.status END,
-                -- entering pending keeps a reason noted while creating
-                status_reason = CASE WHEN r.status = ANY($2)
-                    THEN CASE WHEN $3 = 'pending' THEN coalesce($4, r.status_reason) ELSE $4 END
-                    ELSE r.status_reason END,
-                status_message = CASE WHEN r.status = ANY($2)
-                    THEN CASE WHEN $3 = 'pending' THEN coalesce($5, r.status_message) ELSE $5 END
-                    ELSE r.status_message END,
-                started_at = coalesce(r.started_at, $6,
-                    CASE WHEN r.status = ANY($2) AND $3 = 'running' THEN now() END),
-                finished_at = CASE WHEN r.status = ANY($2) AND $7 THEN coalesce($8, now())
-                                   ELSE r.finished_at END,
-                lease_owner = CASE WHEN r.status = ANY($2) THEN NULL ELSE r.lease_owner END,
-                lease_until = CASE WHEN r.status = ANY($2) THEN NULL ELSE r.lease_until END,
-                pods_active = $9, pods_ready = $10, pods_succeeded = $11, pods_failed = $12,
-                job_namespace = coalesce(r.job_namespace, $13),
-                job_name = coalesce(r.job_name, $14),
-                job_uid = coalesce(r.job_uid, $15),
+    let stepped = step_through_pending(&mut tx, id, seen.status).await?;
+    // Entering pending keeps a reason noted while creating.
+    let text = |value| match seen.status {
+        RunStatus::Pending => Text::Prefer(value),
+        _ => Text::Set(value),
+    };
+    let from = seen.status.predecessors();
+    let change = Change {
+        to: seen.status,
+        from: &from,
+        reason: text(seen.reason),
+        message: text(seen.message),
+        started_at: seen.started_at,
+        finished_at: seen.finished_at,
+        also: Also::Observed {
+            counts: seen.counts,
+            job: seen.job,
+        },
+    };
+    let moved = status::write(&mut *tx, Which::Run(id), change).await?;
+    if moved.is_empty() {
+        // No status change: counts and Job follow the cluster (no write unless something
+        // changes; a re-list repeats what is stored); a final run is never touched.
+        let (namespace, name, uid) = match seen.job {
+            Some(job) => (Some(&job.namespace), Some(&job.name), job.uid.as_ref()),
+            None => (None, None, None),
+        };
+        sqlx::query(
+            "UPDATE runs r SET
+                pods_active = $2, pods_ready = $3, pods_succeeded = $4, pods_failed = $5,
+                started_at = coalesce(r.started_at, $6),
+                job_namespace = coalesce(r.job_namespace, $7),
+                job_name = coalesce(r.job_name, $8),
+                job_uid = coalesce(r.job_uid, $9),
                 updated_at = now()
-            FROM current
-            WHERE r.id = current.id
-              AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
-              -- No write unless something changes (a re-list repeats what is stored).
-              AND (r.status = ANY($2)
-                   OR (r.pods_active, r.pods_ready, r.pods_succeeded, r.pods_failed)
-                      IS DISTINCT FROM ($9, $10, $11, $12)
+             WHERE r.id = $1 AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
+               AND ((r.pods_active, r.pods_ready, r.pods_succeeded, r.pods_failed)
+                      IS DISTINCT FROM ($2, $3, $4, $5)
                    OR (r.started_at IS NULL AND $6 IS NOT NULL)
-                   OR (r.job_name IS NULL AND $14 IS NOT NULL)
-                   OR (r.job_uid IS NULL AND $15 IS NOT NULL))
-            RETURNING r.status, r.task_name, r.created_at, r.started_at, r.finished_at)
-         SELECT current.status AS previous, coalesce(u.status, current.status) AS current,
-                u.task_name, u.created_at, u.started_at, u.finished_at,
-                current.job_name IS NOT NULL AS job_recorded
-         FROM current LEFT JOIN updated u ON true",
-    )
-    .bind(id)
-    .bind(predecessors(seen.status))
-    .bind(seen.status)
-    .bind(seen.reason)
-    .bind(seen.message)
-    .bind(seen.started_at)
-    .bind(seen.status.is_final())
-    .bind(seen.finished_at)
-    .bind(seen.counts.active)
-    .bind(seen.counts.ready)
-    .bind(seen.counts.succeeded)
-    .bind(seen.counts.failed)
-    .bind(namespace)
-    .bind(name)
-    .bind(uid)
-    .fetch_optional(&mut *tx)
-    .await?;
+                   OR (r.job_name IS NULL AND $8 IS NOT NULL)
+                   OR (r.job_uid IS NULL AND $9 IS NOT NULL))",
+        )
+        .bind(id)
+        .bind(seen.counts.active)
+        .bind(seen.counts.ready)
+        .bind(seen.counts.succeeded)
+        .bind(seen.counts.failed)
+        .bind(seen.started_at)
+        .bind(namespace)
+        .bind(name)
+        .bind(uid)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
-    Ok(row.map(|row| stepped(previous, row)))
+    Ok(Some(observed(locked, stepped, &moved, job_recorded)))
+}
+
+/// Locks the run for a multi-statement change: its status and whether it has a Job recorded.
+async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<(RunStatus, bool)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, job_name IS NOT NULL FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// A run seen in the cluster has a Job. A `creating` run that an event moves further first
@@ -471,32 +439,31 @@ async fn step_through_pending(
     conn: &mut PgConnection,
     id: Uuid,
     to: RunStatus,
-) -> Result<Option<RunStatus>, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     if matches!(
         to,
         RunStatus::Queued | RunStatus::Creating | RunStatus::Pending
     ) {
-        return Ok(None);
+        return Ok(false);
     }
-    let stepped = sqlx::query(
-        "UPDATE runs SET status = 'pending', updated_at = now(), lease_owner = NULL,
-             lease_until = NULL
-         WHERE id = $1 AND status = 'creating'",
-    )
-    .bind(id)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok((stepped == 1).then_some(RunStatus::Creating))
+    let change = Change::to(RunStatus::Pending, &[RunStatus::Creating]);
+    Ok(!status::write(conn, Which::Run(id), change)
+        .await?
+        .is_empty())
 }
 
-/// The change an update made, counting a step through `pending` as part of it.
-fn stepped(previous: Option<RunStatus>, row: ObservedRow) -> Observed {
-    let mut observed = Observed::from(row);
-    if let Some(previous) = previous {
-        observed.previous = previous;
+/// The change a multi-statement update made, counting a step through `pending` as part of it.
+fn observed(locked: RunStatus, stepped: bool, moved: &[Moved], job_recorded: bool) -> Observed {
+    let current = match moved.first() {
+        Some(moved) => moved.run.status,
+        None if stepped => RunStatus::Pending,
+        None => locked,
+    };
+    Observed {
+        previous: locked,
+        current,
+        job_recorded,
     }
-    observed
 }
 
 /// Moves a run forward to `to` if the state machine allows it from where the run is now; a run
@@ -507,28 +474,25 @@ pub async fn advance(
     to: RunStatus,
 ) -> Result<Option<Observed>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let previous = step_through_pending(&mut tx, id, to).await?;
-    let row: Option<ObservedRow> = sqlx::query_as(
-        "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
-         UPDATE runs r SET status = $3, updated_at = now(),
-             -- why it waited no longer holds once it moves on
-             status_reason = CASE WHEN $4 THEN r.status_reason END,
-             status_message = CASE WHEN $4 THEN r.status_message END,
-             started_at = CASE WHEN $3 = 'running' THEN coalesce(r.started_at, now()) ELSE r.started_at END,
-             finished_at = CASE WHEN $4 THEN now() ELSE r.finished_at END,
-             lease_owner = NULL, lease_until = NULL
-         FROM current WHERE r.id = current.id AND r.status = ANY($2)
-         RETURNING current.status AS previous, r.status AS current, r.task_name, r.created_at,
-             r.started_at, r.finished_at",
-    )
-    .bind(id)
-    .bind(predecessors(to))
-    .bind(to)
-    .bind(to.is_final())
-    .fetch_optional(&mut *tx)
-    .await?;
+    let Some((locked, job_recorded)) = lock(&mut tx, id).await? else {
+        return Ok(None);
+    };
+    let stepped = step_through_pending(&mut tx, id, to).await?;
+    // Why it waited no longer holds once it moves on; a final status keeps it.
+    let text = if to.is_final() {
+        Text::Keep
+    } else {
+        Text::Set(None)
+    };
+    let from = to.predecessors();
+    let change = Change {
+        reason: text,
+        message: text,
+        ..Change::to(to, &from)
+    };
+    let moved = status::write(&mut *tx, Which::Run(id), change).await?;
     tx.commit().await?;
-    Ok(row.map(|row| stepped(previous, row)))
+    Ok((stepped || !moved.is_empty()).then(|| observed(locked, stepped, &moved, job_recorded)))
 }
 
 /// Cancels a run wherever it is in its life; its Job, if any, is deleted by the tracker.
@@ -550,20 +514,15 @@ pub async fn cancel_with(
     id: Uuid,
     detail: StatusDetail<'_>,
 ) -> Result<Option<Result<Run, RunStatus>>, sqlx::Error> {
-    // A concurrent status change makes the guarded update miss; look again (bounded: statuses
-    // only move forward, so after a few tries the run is final).
-    for _ in 0..10 {
-        let Some(run) = get(db, id).await? else {
-            return Ok(None);
-        };
-        if run.status.is_final() {
-            return Ok(Some(Err(run.status)));
-        }
-        match transition(db, id, run.status, RunStatus::Cancelled, detail.clone()).await {
-            Ok(run) => return Ok(Some(Ok(run))),
-            Err(TransitionOutcome::Database(e)) => return Err(e),
-            Err(TransitionOutcome::Refused(_)) => continue,
-        }
+    // From every live status at once: no race with a concurrent move to retry.
+    let from = RunStatus::Cancelled.predecessors();
+    let change = Change {
+        reason: Text::Set(detail.reason),
+        message: Text::Set(detail.message),
+        ..Change::to(RunStatus::Cancelled, &from)
+    };
+    if let Some(moved) = status::write(db, Which::Run(id), change).await?.pop() {
+        return Ok(Some(Ok(moved.run)));
     }
     Ok(get(db, id).await?.map(|run| Err(run.status)))
 }
@@ -632,30 +591,25 @@ pub async fn transition(
     to: RunStatus,
     detail: StatusDetail<'_>,
 ) -> Result<Run, TransitionOutcome> {
-    if !from.can_become(to) {
-        return Err(TransitionOutcome::Refused(TransitionError::NotAllowed {
-            from,
-            to,
-        }));
+    let from = [from];
+    let change = Change {
+        reason: Text::Set(detail.reason),
+        message: Text::Set(detail.message),
+        ..Change::to(to, &from)
+    };
+    match status::write(db, Which::Run(id), change).await {
+        Ok(mut moved) => moved
+            .pop()
+            .map(|moved| moved.run)
+            .ok_or(TransitionOutcome::Refused(TransitionError::Stale)),
+        Err(WriteError::NotAllowed { from, to }) => {
+            Err(TransitionOutcome::Refused(TransitionError::NotAllowed {
+                from,
+                to,
+            }))
+        }
+        Err(WriteError::Database(e)) => Err(TransitionOutcome::Database(e)),
     }
-    let row: Option<RunRow> = sqlx::query_as(&format!(
-        "UPDATE runs SET status = $3, status_reason = $4, status_message = $5, updated_at = now(),
-            lease_owner = NULL, lease_until = NULL,
-            started_at = CASE WHEN $3 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
-            finished_at = CASE WHEN $6 THEN now() ELSE finished_at END
-         WHERE id = $1 AND status = $2 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(from)
-    .bind(to)
-    .bind(detail.reason)
-    .bind(detail.message)
-    .bind(to.is_final())
-    .fetch_optional(db)
-    .await
-    .map_err(TransitionOutcome::Database)?;
-    row.map(Run::from)
-        .ok_or(TransitionOutcome::Refused(TransitionError::Stale))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -771,30 +725,17 @@ pub async fn note_waiting_for_job(
 
 /// Fails every run that has been `pending` (its Job created, no pod running) for longer than
 /// `limit`, keeping the reason it waited for (`PendingTimeout` when none was seen). Returns the
-/// failed runs, whose Jobs the caller deletes. Guarded like [`transition`]: only `pending` runs.
+/// failed runs, whose Jobs the caller deletes.
 pub async fn fail_overdue_pending(
     db: impl PgExecutor<'_>,
     limit: std::time::Duration,
 ) -> Result<Vec<Run>, sqlx::Error> {
-    let rows: Vec<RunRow> = sqlx::query_as(&format!(
-        "UPDATE runs r SET status = 'failed',
-            status_reason = coalesce(r.status_reason, 'PendingTimeout'),
-            status_message = 'the run did not start within ' || $1::bigint || ' s'
-                || coalesce(': ' || r.status_message, ''),
-            finished_at = now(), updated_at = now(), lease_owner = NULL, lease_until = NULL
-         WHERE r.status = 'pending'
-           AND coalesce((SELECT max(e.at) FROM run_events e
-                         WHERE e.run_id = r.id AND e.kind = 'status' AND e.status = 'pending'),
-                        r.updated_at) < now() - make_interval(secs => $1::bigint)
-         RETURNING {}",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("r.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .bind(limit.as_secs().max(1) as i64)
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(Run::from).collect())
+    let message = format!("the run did not start within {} s", limit.as_secs().max(1));
+    let change = Change {
+        reason: Text::Fill("PendingTimeout"),
+        message: Text::Prefix(&message),
+        ..Change::to(RunStatus::Failed, &[RunStatus::Pending])
+    };
+    let moved = status::write(db, Which::StuckFor(limit), change).await?;
+    Ok(moved.into_iter().map(|moved| moved.run).collect())
 }
