@@ -5,9 +5,11 @@ use crate::clock::SystemClock;
 use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
 use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
+use crate::domain::policy::RunLimits;
+use crate::domain::sandbox::{Sandbox, SandboxSettings};
 use crate::domain::RunPolicy;
 use crate::http::server::ServerLimits;
-use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
+use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations};
 use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::pruner::RetentionSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
@@ -31,9 +33,14 @@ impl App {
     /// Connects to the database and to the cluster of the kubeconfig (or the in-cluster service
     /// account), and binds the listener.
     pub async fn build(args: &ServeArgs) -> anyhow::Result<App> {
-        let client = kube::Client::try_default()
+        let mut config = kube::Config::infer()
             .await
             .context("no Kubernetes configuration: set KUBECONFIG, or run in a cluster")?;
+        config.connect_timeout = Some(Duration::from_secs(
+            args.cluster.kube_connect_timeout_secs.max(1),
+        ));
+        let client =
+            kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
         let db = store::pool(
             &args.database.database_url,
             args.database.db_max_connections,
@@ -55,18 +62,29 @@ impl App {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let runtime = runtime(&args.cluster, db.clone(), client);
+        let policy = Arc::new(policy(&args.cluster)?);
+        let runtime = runtime(&args.cluster, db.clone(), client, policy.clone());
+        // Start-up self-check: a missing permission is logged (and fails /readyz) at once,
+        // not discovered by the first run that needs it.
+        if tokio::time::timeout(Duration::from_secs(10), runtime.cluster.check_permissions())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the Kubernetes permission check did not answer within 10 s");
+        }
         let state = AppState {
             db: db.clone(),
             limits: Arc::new(Limits {
                 max_body_bytes: args.max_body_bytes,
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_queued_runs_per_task: args.security.max_queued_runs_per_task,
+                max_active_runs_per_token: args.cluster.run_limits.max_active_runs_per_token,
             }),
-            policy: Arc::new(policy(&args.cluster)),
+            policy,
             cluster: runtime.cluster.clone(),
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone()),
+            revocations: Revocations::new(db.clone()),
         };
         Ok(App {
             state,
@@ -75,6 +93,15 @@ impl App {
             server_limits: ServerLimits {
                 header_read_timeout: Duration::from_secs(args.security.header_read_timeout_secs),
                 max_header_bytes: args.security.max_header_bytes,
+                idle_timeout: Duration::from_secs(args.security.idle_connection_timeout_secs),
+                max_connections: args.security.max_connections,
+                http2_max_concurrent_streams: args.security.http2_max_concurrent_streams,
+                http2_keep_alive_interval: Duration::from_secs(
+                    args.security.http2_keepalive_interval_secs,
+                ),
+                http2_keep_alive_timeout: Duration::from_secs(
+                    args.security.http2_keepalive_timeout_secs,
+                ),
             },
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
         })
@@ -155,26 +182,63 @@ fn auth(args: &SecurityArgs) -> anyhow::Result<AuthSettings> {
     Ok(AuthSettings {
         enabled: !args.auth_disabled,
         rate_limit: RateLimit::new(args.rate_limit_per_second, args.rate_limit_burst),
+        anonymous_rate_limit: RateLimit::new(
+            args.anonymous_rate_limit_per_second,
+            args.anonymous_rate_limit_burst,
+        ),
+        metrics_public: args.metrics_public,
         cors_origins,
     })
 }
 
-fn policy(args: &ClusterArgs) -> RunPolicy {
-    RunPolicy {
-        namespaces: args.namespaces.clone(),
+fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
+    let limits = &args.run_limits;
+    let limits = RunLimits {
+        max_completions: Some(limits.max_run_completions),
+        max_parallelism: Some(limits.max_run_parallelism),
+        max_pods: Some(limits.max_run_pods),
+        max_cpu: Some(limits.max_run_cpu.clone()),
+        max_memory: Some(limits.max_run_memory.clone()),
+        max_extended_resource: Some(limits.max_run_extended_resource),
+        max_active_deadline_seconds: Some(limits.max_run_active_deadline_seconds),
+    };
+    let mut errors = crate::domain::validation::Errors::new();
+    limits.collect_errors("run limits", &mut errors);
+    errors.finish().context("MAX_RUN_* settings")?;
+    let sandbox = Sandbox::new(&SandboxSettings {
+        annotations: &args.sandbox.allowed_annotations,
+        tolerations: &args.sandbox.allowed_tolerations,
+        node_selectors: &args.sandbox.allowed_node_selectors,
+        tolerate_all_taints: args.sandbox.allow_tolerate_all_taints,
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(RunPolicy {
+        namespaces: args.job_namespaces(),
+        job_name_prefix: args.job_name_prefix.clone(),
         service_accounts: args.service_accounts.clone(),
-    }
+        limits,
+        sandbox,
+    })
 }
 
-fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtime {
+fn runtime(
+    args: &ClusterArgs,
+    db: sqlx::PgPool,
+    client: kube::Client,
+    policy: Arc<RunPolicy>,
+) -> Runtime {
     let cluster = Cluster {
-        client,
+        client: crate::cluster::with_timeout(
+            client,
+            Duration::from_secs(args.kube_request_timeout_secs.max(1)),
+        ),
         settings: Arc::new(ClusterSettings {
             installation: args.installation.clone(),
-            namespaces: args.namespaces.clone(),
+            namespaces: args.job_namespaces(),
             job_name_prefix: args.job_name_prefix.clone(),
             run_as_non_root: args.run_as_non_root,
         }),
+        permissions: Default::default(),
     };
     let instance = format!(
         "{}-{}",
@@ -209,6 +273,14 @@ fn runtime(args: &ClusterArgs, db: sqlx::PgPool, client: kube::Client) -> Runtim
             launcher_poll: Duration::from_millis(args.launcher_poll_ms.max(10)),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
             retention: retention(&args.retention),
+            watch_timeout_secs: args.kube_watch_timeout_secs.max(1),
+            permission_check_interval: Duration::from_secs(
+                args.permission_check_interval_secs.max(1),
+            ),
+            policy,
+            finished_job_ttl_secs: (args.finished_job_ttl_secs >= 0)
+                .then_some(args.finished_job_ttl_secs),
+            max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
         },
         clock: Arc::new(SystemClock),
     }

@@ -44,6 +44,20 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Uninstalling: remove this service's finalizers from its Jobs and pods (with the
+    /// kubeconfig's credentials), so deleting their namespace cannot hang while the service is
+    /// gone. See deploy/README.md.
+    ReleaseFinalizers(ReleaseFinalizersArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseFinalizersArgs {
+    /// The installation whose objects are released.
+    #[arg(long, env = "INSTALLATION", default_value = "default")]
+    pub installation: String,
+    /// Namespaces to release in (comma-separated): those the service ran Jobs in.
+    #[arg(long, env = "JOB_NAMESPACES", value_delimiter = ',', required = true)]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +80,10 @@ pub struct TokenCreateArgs {
     /// Limit the token to this task (repeat for several); every task when left out.
     #[arg(long = "task")]
     pub tasks: Vec<String>,
+    /// Runs the token may have unfinished at once, replacing MAX_ACTIVE_RUNS_PER_TOKEN (0: no
+    /// limit).
+    #[arg(long)]
+    pub max_active_runs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,6 +201,37 @@ pub struct SecurityArgs {
     /// Largest request header section accepted, in bytes (at least 8192); larger gets a 431.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Requests per second one client address may make without a valid token (the docs, the
+    /// OpenAPI document, refused requests); 0 turns the limit off. Probes and webhooks are not
+    /// counted.
+    #[arg(long, env = "ANONYMOUS_RATE_LIMIT_PER_SECOND", default_value_t = 5)]
+    pub anonymous_rate_limit_per_second: u32,
+    /// Requests one client address may make in a burst without a valid token.
+    #[arg(long, env = "ANONYMOUS_RATE_LIMIT_BURST", default_value_t = 50)]
+    pub anonymous_rate_limit_burst: u32,
+    /// Seconds a connection with no request in progress may send nothing before it is closed
+    /// (also one that never sends a byte, or only the HTTP/2 preface).
+    #[arg(long, env = "IDLE_CONNECTION_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_connection_timeout_secs: u64,
+    /// Connections served at once; more wait to be accepted. Lowered at start to what the
+    /// open-file limit allows (whose soft limit is first raised to the hard one).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// HTTP/2 requests (streams) one connection may have open at once.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub http2_max_concurrent_streams: u32,
+    /// Seconds between HTTP/2 keep-alive pings; a peer that does not answer one within
+    /// HTTP2_KEEPALIVE_TIMEOUT_SECS is disconnected.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL_SECS", default_value_t = 30)]
+    pub http2_keepalive_interval_secs: u64,
+    /// Seconds an HTTP/2 peer has to answer a keep-alive ping.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20)]
+    pub http2_keepalive_timeout_secs: u64,
+    /// Serve `/metrics` without a token. They name every task and count its runs, so by default
+    /// they need a token (read scope, not limited to tasks); turn this on only where the network
+    /// keeps others out.
+    #[arg(long, env = "METRICS_PUBLIC", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: bool,
 }
 
 /// Where runs go and how the loops behave.
@@ -193,12 +242,9 @@ pub struct ClusterArgs {
     #[arg(long, env = "INSTALLATION", default_value = "default")]
     pub installation: String,
     /// Namespaces runs may use (comma-separated); the first is the default for runs naming none.
-    #[arg(
-        long,
-        env = "JOB_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "default"
-    )]
+    /// When unset: the service's own namespace (`POD_NAMESPACE`, from the downward API), else
+    /// `default`.
+    #[arg(long, env = "JOB_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
     /// Service accounts runs may use (comma-separated).
     #[arg(
@@ -247,8 +293,31 @@ pub struct ClusterArgs {
     /// 0 keeps them as long as their run.
     #[arg(long, env = "LOG_MAX_AGE_HOURS", default_value_t = 0)]
     pub log_max_age_hours: u64,
+    /// Seconds a run may stay pending (its Job created, no pod running: image pull failures,
+    /// no node that fits, pods refused by admission) before it fails with the reason it waited for.
+    #[arg(long, env = "MAX_PENDING_SECS", default_value_t = 600)]
+    pub max_pending_secs: u64,
     #[command(flatten)]
     pub retention: RetentionArgs,
+    /// Seconds to open a connection to the Kubernetes API before the call fails (and is retried).
+    #[arg(long, env = "KUBE_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    pub kube_connect_timeout_secs: u64,
+    /// Seconds every Kubernetes API call may wait for its answer before it fails as a transient
+    /// error; for watches and log streams, the wait for the stream to start.
+    #[arg(long, env = "KUBE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub kube_request_timeout_secs: u64,
+    /// Seconds after which the API server ends each watch (`timeoutSeconds`) and it is resumed;
+    /// a watch silent for 5 s longer is taken as dead and restarted.
+    #[arg(long, env = "KUBE_WATCH_TIMEOUT_SECS", default_value_t = 290)]
+    pub kube_watch_timeout_secs: u32,
+    /// The namespace the service runs in (set from the downward API in deploy/); Jobs go there
+    /// unless `JOB_NAMESPACES` says otherwise.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Seconds between checks that the service account still has every permission the
+    /// service needs (SelfSubjectAccessReview); what is missing makes `/readyz` answer 503.
+    #[arg(long, env = "PERMISSION_CHECK_INTERVAL_SECS", default_value_t = 60)]
+    pub permission_check_interval_secs: u64,
     /// Milliseconds between looks for log captures whose replica stopped (lease lapsed), which
     /// are then taken over.
     #[arg(long, env = "LOG_SWEEP_INTERVAL_MS", default_value_t = 1000)]
@@ -257,6 +326,107 @@ pub struct ClusterArgs {
     /// dead connections; a quiet container's stream is reopened too, at the cost of a request).
     #[arg(long, env = "LOG_STALL_TIMEOUT_SECS", default_value_t = 60)]
     pub log_stall_timeout_secs: u64,
+    #[command(flatten)]
+    pub run_limits: RunLimitsArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Seconds a finished Job stays in the cluster once its outcome is recorded (set as its
+    /// `ttlSecondsAfterFinished` when the template gives none); negative: Jobs stay until
+    /// someone deletes them. The run, its pod records and logs stay in the database either way.
+    #[arg(
+        long,
+        env = "FINISHED_JOB_TTL_SECS",
+        default_value_t = 3600,
+        allow_negative_numbers = true
+    )]
+    pub finished_job_ttl_secs: i32,
+}
+
+impl ClusterArgs {
+    /// The namespaces runs may use: `JOB_NAMESPACES`, else the service's own namespace, else
+    /// `default`.
+    pub fn job_namespaces(&self) -> Vec<String> {
+        let listed: Vec<String> = self
+            .namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if !listed.is_empty() {
+            return listed;
+        }
+        let own = self
+            .pod_namespace
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default");
+        vec![own.to_string()]
+    }
+}
+
+/// What run pods' annotations, tolerations and node selectors may say (keys or glob patterns,
+/// comma-separated). `*` allows every ordinary key; keys that can weaken the sandbox (AppArmor,
+/// seccomp, Multus, `kubernetes.io/`, control-plane nodes, ...) need a pattern of their own.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Annotation keys runs may set.
+    #[arg(
+        long,
+        env = "ALLOWED_ANNOTATIONS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_annotations: Vec<String>,
+    /// Taint keys runs may tolerate.
+    #[arg(
+        long,
+        env = "ALLOWED_TOLERATIONS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_tolerations: Vec<String>,
+    /// Node label keys runs may select on.
+    #[arg(
+        long,
+        env = "ALLOWED_NODE_SELECTORS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allowed_node_selectors: Vec<String>,
+    /// Allow tolerations without a key (`operator: Exists`), which tolerate every taint.
+    #[arg(long, env = "ALLOW_TOLERATE_ALL_TAINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_tolerate_all_taints: bool,
+}
+
+/// How big one run may be, and how many one token may have unfinished (0: no limit). A task's
+/// `limits` replace the size limits for its runs; a token's `maxActiveRuns` replaces the last.
+#[derive(Debug, Clone, Args)]
+pub struct RunLimitsArgs {
+    /// Most `completions` of one run.
+    #[arg(long, env = "MAX_RUN_COMPLETIONS", default_value_t = 1000)]
+    pub max_run_completions: i32,
+    /// Most `parallelism` of one run.
+    #[arg(long, env = "MAX_RUN_PARALLELISM", default_value_t = 100)]
+    pub max_run_parallelism: i32,
+    /// Most pods one run may create: completions (or parallelism) plus backoffLimit.
+    #[arg(long, env = "MAX_RUN_PODS", default_value_t = 1100)]
+    pub max_run_pods: i64,
+    /// Most CPU one run container may request or be limited to (a quantity; 0: no limit).
+    #[arg(long, env = "MAX_RUN_CPU", default_value = "16")]
+    pub max_run_cpu: String,
+    /// Most memory one run container may request or be limited to (a quantity; 0: no limit).
+    #[arg(long, env = "MAX_RUN_MEMORY", default_value = "64Gi")]
+    pub max_run_memory: String,
+    /// Most units of any one extended resource (GPUs) per run container.
+    #[arg(long, env = "MAX_RUN_EXTENDED_RESOURCE", default_value_t = 8)]
+    pub max_run_extended_resource: i64,
+    /// Largest `activeDeadlineSeconds` a run may ask for (default 7 days).
+    #[arg(long, env = "MAX_RUN_ACTIVE_DEADLINE_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub max_run_active_deadline_seconds: i64,
+    /// Runs one API token may have unfinished (queued to running) at once; more get 429.
+    #[arg(long, env = "MAX_ACTIVE_RUNS_PER_TOKEN", default_value_t = 100)]
+    pub max_active_runs_per_token: u32,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of
@@ -295,24 +465,37 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// `serve`'s arguments from `extra` flags.
+    fn serve(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec![
+            "vfi-orchestrator",
+            "serve",
+            "--database-url",
+            "postgres://x",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
     #[test]
     fn authentication_is_on_unless_explicitly_turned_off() {
-        let serve = |extra: &[&str]| {
-            let mut argv = vec![
-                "vfi-orchestrator",
-                "serve",
-                "--database-url",
-                "postgres://x",
-            ];
-            argv.extend_from_slice(extra);
-            match Cli::try_parse_from(argv).unwrap().command {
-                Command::Serve(args) => args,
-                _ => unreachable!(),
-            }
-        };
         assert!(!serve(&[]).security.auth_disabled);
         assert!(serve(&["--auth-disabled"]).security.auth_disabled);
         assert!(!serve(&["--auth-disabled", "false"]).security.auth_disabled);
         assert!(serve(&[]).security.cors_allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn jobs_go_to_the_services_own_namespace_unless_job_namespaces_says_otherwise() {
+        let namespaces = |extra: &[&str]| serve(extra).cluster.job_namespaces();
+        assert_eq!(namespaces(&[]), ["default"]);
+        assert_eq!(namespaces(&["--pod-namespace", "vfi"]), ["vfi"]);
+        assert_eq!(
+            namespaces(&["--pod-namespace", "vfi", "--namespaces", "a,b"]),
+            ["a", "b"]
+        );
     }
 }

@@ -25,7 +25,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let postgres = match &args.database_url {
         Some(_) => None,
-        None => Some(Postgres::start(&data_dir.join("postgres"))?),
+        None => Some(Postgres::start(&data_dir)?),
     };
     let database_url = match (&args.database_url, &postgres) {
         (Some(url), _) => url.clone(),
@@ -175,8 +175,9 @@ fn banner(
 }
 
 /// A PostgreSQL server in a data folder, run as the `postgres` user when this process is root
-/// (PostgreSQL refuses to run as root). Stopped on [`Postgres::stop`] or when dropped.
-struct Postgres {
+/// (PostgreSQL refuses to run as root). Stopped on [`Postgres::stop`] or when dropped. Tests use
+/// it too, for a server of their own they may stop and start again.
+pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
@@ -185,7 +186,12 @@ struct Postgres {
 }
 
 impl Postgres {
-    fn start(data: &Path) -> anyhow::Result<Postgres> {
+    /// Starts (or reuses) the server whose data is in `dev_dir/postgres`, or, when this process
+    /// is root and the `postgres` user cannot reach that folder (a clone inside a mode-700 home
+    /// folder), in [`ROOT_DATA_PARENT`] under a name derived from `dev_dir`, so that the same
+    /// clone finds its data again. The home folder's permissions are never changed.
+    pub fn start(dev_dir: &Path) -> anyhow::Result<Postgres> {
+        let data = dev_dir.join("postgres");
         let bin = find_pg_bin().context(
             "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin. \
              Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`, macOS: `brew install \
@@ -197,19 +203,40 @@ impl Postgres {
         }
         let mut postgres = Postgres {
             bin,
-            data: data.to_path_buf(),
+            data: data.clone(),
             port: 0,
             as_postgres,
             stopped: true,
         };
-        std::fs::create_dir_all(data)
+        std::fs::create_dir_all(&data)
             .with_context(|| format!("cannot create {}", data.display()))?;
         if as_postgres {
             checked(
-                Process::new("chown").arg("-R").arg("postgres").arg(data),
+                Process::new("chown").arg("-R").arg("postgres").arg(&data),
                 "giving the data folder to the postgres user",
             )?;
+            if !postgres.can_use(&data) {
+                let elsewhere = root_data_folder(dev_dir);
+                tracing::info!(
+                    unreachable = %data.display(),
+                    data = %elsewhere.display(),
+                    "the postgres user cannot reach the data folder (is it inside a mode-700 home folder?); keeping PostgreSQL's data elsewhere"
+                );
+                std::fs::remove_dir(&data).ok();
+                std::fs::create_dir_all(&elsewhere)
+                    .with_context(|| format!("cannot create {}", elsewhere.display()))?;
+                checked(
+                    Process::new("chown")
+                        .arg("-R")
+                        .arg("postgres")
+                        .arg(&elsewhere),
+                    "giving the data folder to the postgres user",
+                )?;
+                postgres.data = elsewhere;
+            }
         }
+        let data = postgres.data.clone();
+        let data = data.as_path();
         if !data.join("PG_VERSION").exists() {
             tracing::info!(data = %data.display(), "creating a PostgreSQL database cluster");
             let output = postgres
@@ -245,6 +272,22 @@ impl Postgres {
             return Ok(postgres);
         }
         postgres.port = free_port()?;
+        postgres.launch()?;
+        Ok(postgres)
+    }
+
+    /// Starts the server again after [`Postgres::stop_fast`], on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.stopped {
+            self.launch()?;
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let postgres = self;
+        let data = postgres.data.clone();
+        let data = data.as_path();
         let log = data.join("server.log");
         let output = postgres
             .command("pg_ctl")
@@ -271,26 +314,52 @@ impl Postgres {
         }
         postgres.stopped = false;
         tracing::info!(port = postgres.port, "PostgreSQL started");
-        Ok(postgres)
+        Ok(())
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// `bin/name`, as the postgres user when needed, in its own process group so that the
     /// terminal's Ctrl-C reaches only this process, which then stops the server in order.
     fn command(&self, name: &str) -> Process {
-        let program = self.bin.join(name);
+        let mut command = self.as_user(self.bin.join(name));
+        command.stdin(Stdio::null()).process_group(0);
+        command
+    }
+
+    /// `program`, as the postgres user when needed, from `/` (the postgres user may not be
+    /// allowed into this process's working folder).
+    fn as_user(&self, program: impl AsRef<std::ffi::OsStr>) -> Process {
         let mut command = if self.as_postgres {
             let mut command = Process::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(program);
+            command.current_dir("/");
             command
         } else {
             Process::new(program)
         };
-        command.stdin(Stdio::null()).process_group(0);
+        command.stdin(Stdio::null());
         command
+    }
+
+    /// Whether the server's user may read, write and enter `folder` (every folder above it
+    /// must let it through).
+    fn can_use(&self, folder: &Path) -> bool {
+        self.as_user("test")
+            .arg("-r")
+            .arg(folder)
+            .arg("-a")
+            .arg("-w")
+            .arg(folder)
+            .arg("-a")
+            .arg("-x")
+            .arg(folder)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
     }
 
     /// The port of a server already running on this data folder (left by a `dev` that was
@@ -310,7 +379,12 @@ impl Postgres {
         pid_file.lines().nth(3)?.trim().parse().ok()
     }
 
-    fn stop(mut self) {
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` does: open sessions end with SQLSTATE 57P01.
+    pub fn stop_fast(&mut self) {
         self.stop_now();
     }
 
@@ -337,6 +411,25 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop_now();
     }
+}
+
+/// Where PostgreSQL's data goes when this process is root and the `postgres` user cannot
+/// reach the dev folder.
+const ROOT_DATA_PARENT: &str = "/var/lib/vfi-orchestrator/dev";
+
+/// `ROOT_DATA_PARENT/<folder name>-<hash of its absolute path>/postgres`: one per dev folder,
+/// recognizable by name.
+fn root_data_folder(dev_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(dev_dir.as_os_str().as_encoded_bytes()));
+    let parent = dev_dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Path::new(ROOT_DATA_PARENT)
+        .join(format!("{parent}-{}", &hash[..12]))
+        .join("postgres")
 }
 
 fn find_pg_bin() -> Option<PathBuf> {

@@ -45,27 +45,65 @@ pub enum Error {
     /// The task already has as many queued runs as allowed (429).
     #[error("task {task:?} has {limit} queued runs already")]
     QueueFull { task: String, limit: u32 },
+    /// The caller's token already has as many unfinished runs as allowed (429).
+    #[error("the token has {limit} unfinished runs already")]
+    TooManyActiveRuns { limit: u32 },
     /// A webhook delivery whose signature or token does not check out (401). The reason is for
     /// the logs only; the answer is always the same.
     #[error("webhook delivery refused: {0}")]
     WebhookRejected(String),
-    /// The database is unreachable or overloaded (503).
+    /// The database is unreachable, shutting down, starting up or overloaded (503 with
+    /// Retry-After): see [`database_unavailable`].
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[source] sqlx::Error),
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Error::Unavailable(error)
-            }
-            other => Error::Database(other),
+        if database_unavailable(&error) {
+            Error::Unavailable(error)
+        } else {
+            Error::Database(error)
         }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(error: anyhow::Error) -> Self {
+        // A database error that travelled through anyhow is still a database error.
+        match error.downcast::<sqlx::Error>() {
+            Ok(sqlx) => Error::from(sqlx),
+            Err(other) => Error::Internal(other),
+        }
+    }
+}
+
+/// True when `error` says the database cannot serve now but may soon: nothing to do with the
+/// request, so worth retrying. Connection failures and pool timeouts, and the SQLSTATEs of
+/// <https://www.postgresql.org/docs/current/errcodes-appendix.html> for a server going away or
+/// not there yet: class 08 (connection exception), 57P01 admin_shutdown (`pg_ctl stop -m fast`
+/// ends sessions with it), 57P02 crash_shutdown, 57P03 cannot_connect_now (starting up or
+/// shutting down), 57P05 idle_session_timeout, 53300 too_many_connections, 40001/40P01
+/// (serialization failure, deadlock: the transaction may simply be retried).
+pub fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "57P05" | "53300" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
     }
 }
 
@@ -80,4 +118,16 @@ impl Error {
             _ => &[],
         }
     }
+}
+
+/// An error with its causes, `top: cause: cause`, for the logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -45,12 +45,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 name: args.name,
                 scope: args.scope.into(),
                 tasks: (!args.tasks.is_empty()).then_some(args.tasks),
+                max_active_runs: args.max_active_runs,
             };
             let created = http::tokens::create_token(&pool, &request)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             // The token goes to stdout alone, so scripts can capture it; it is never shown again.
             println!("{}", created.token);
+            Ok(())
+        }
+        Command::ReleaseFinalizers(args) => {
+            let client = kube::Client::try_default().await?;
+            let released = vfi_orchestrator::cluster::uninstall::release_finalizers(
+                &client,
+                &args.installation,
+                &args.namespaces,
+            )
+            .await?;
+            tracing::info!(
+                jobs = released.jobs,
+                pods = released.pods,
+                "released the service's finalizers"
+            );
             Ok(())
         }
     }

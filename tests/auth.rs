@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_problem, calculatepi, client_for, TestApp, TestOptions};
+use common::{assert_problem, assert_rate_limited, calculatepi, client_for, TestApp, TestOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -357,13 +357,7 @@ async fn flooding_one_token_gets_429s_while_another_token_is_still_served(db: Pg
         assert_eq!(response.status(), StatusCode::OK);
     }
     let limited = limited.expect("the flood is limited");
-    let retry_after: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=2).contains(&retry_after), "{retry_after}");
-    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS, None).await;
+    assert_rate_limited(limited).await;
 
     assert_eq!(
         other
@@ -535,6 +529,7 @@ async fn huge_headers_get_431_and_slow_clients_are_cut_off(db: PgPool) {
         server: ServerLimits {
             header_read_timeout: Duration::from_millis(500),
             max_header_bytes: 16 * 1024,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -94,6 +94,7 @@ async fn a_launcher_that_died_right_after_creating_the_job_leads_to_exactly_one_
             job_name_prefix: String::new(),
             run_as_non_root: false,
         }),
+        permissions: Default::default(),
     };
     let run = &claimed[0];
     cluster

@@ -1,15 +1,18 @@
 //! The dashboard in a real headless browser (Debian's chromium, driven through chromedriver):
 //! start the calculatepi run from it and watch it succeed, with the service and kubesim (host
-//! runner) in-process. Saves a screenshot under `test-artifacts/`.
+//! runner) in-process; and with authentication on, enter a token and see the runs. Saves
+//! screenshots under `test-artifacts/`. Without chromium these tests fail (`scripts/test`
+//! installs it): a skipped browser test must not count as a pass.
 
 mod common;
 
 use common::service::{kubesim, RunnerKind, Service};
-use fantoccini::{ClientBuilder, Locator};
+use fantoccini::{Client, ClientBuilder, Locator};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use vfi_orchestrator::domain::Scope;
 
 /// chromedriver on a free port, killed on drop.
 struct ChromeDriver {
@@ -72,73 +75,84 @@ fn artifact(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
-async fn dashboard_starts_calculatepi_and_shows_it_succeed_in_the_runs_list(db: PgPool) {
-    let Some(chromium) = find(&["chromium", "chromium-browser", "google-chrome"]) else {
-        println!("SKIPPED: no chromium on PATH (apt-get install chromium chromium-driver)");
-        return;
-    };
-    let driver = match ChromeDriver::start().await {
-        Ok(driver) => driver,
-        Err(reason) => {
-            println!("SKIPPED: {reason}");
-            return;
-        }
-    };
-    let sim = kubesim(RunnerKind::Host).await;
-    // The browser has no token: the dashboard runs against a service with authentication off,
-    // as in dev mode (token entry is for installations with it on).
-    let service = Service::start(db, sim.client(), &["--auth-disabled"]).await;
-    let profile =
-        std::env::temp_dir().join(format!("vfi-chromium-{}", uuid::Uuid::new_v4().simple()));
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": chromium,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let browser =
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+/// A headless chromium under chromedriver, with its own profile folder.
+struct Browser {
+    client: Client,
+    profile: PathBuf,
+    _driver: ChromeDriver,
+}
+
+impl Browser {
+    async fn open() -> Browser {
+        let chromium = find(&["chromium", "chromium-browser", "google-chrome"])
+            .expect("no chromium on PATH (apt-get install chromium chromium-driver)");
+        let driver = ChromeDriver::start().await.unwrap();
+        let profile =
+            std::env::temp_dir().join(format!("vfi-chromium-{}", uuid::Uuid::new_v4().simple()));
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run", "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
             .connect(&driver.url)
             .await
-        {
-            Ok(browser) => browser,
-            Err(error) => {
-                println!("SKIPPED: chromium does not start under chromedriver: {error}");
-                return;
-            }
-        };
+            .expect("chromium starts under chromedriver");
+        Browser {
+            client,
+            profile,
+            _driver: driver,
+        }
+    }
 
-    browser.goto(&service.url("/")).await.unwrap();
-    browser
-        .wait()
+    /// Saves a screenshot under `test-artifacts/`, closes the browser, returns the PNG.
+    async fn close(self, screenshot: &str) -> Vec<u8> {
+        let png = self.client.screenshot().await.unwrap();
+        let path = artifact(screenshot);
+        std::fs::write(&path, &png).unwrap();
+        println!("screenshot: {}", path.display());
+        self.client.close().await.unwrap();
+        std::fs::remove_dir_all(&self.profile).ok();
+        png
+    }
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn dashboard_starts_calculatepi_and_shows_it_succeed_in_the_runs_list(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    // Authentication off, as in dev mode (the next test has it on).
+    let service = Service::start(db, sim.client(), &["--auth-disabled"]).await;
+    let browser = Browser::open().await;
+    let page = &browser.client;
+
+    page.goto(&service.url("/")).await.unwrap();
+    page.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("#live.on"))
         .await
         .expect("the dashboard follows /v1/events");
-    browser
-        .find(Locator::Css("#new-run summary"))
+    page.find(Locator::Css("#new-run summary"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("start-run"))
+    page.find(Locator::Id("start-run"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    let row = browser
+    let row = page
         .wait()
         .at_most(Duration::from_secs(60))
         .for_element(Locator::Css("#runs tr[data-status='succeeded']"))
@@ -150,12 +164,7 @@ async fn dashboard_starts_calculatepi_and_shows_it_succeed_in_the_runs_list(db: 
         .unwrap()
         .expect("rows carry the run id");
     let text = row.text().await.unwrap();
-    let screenshot = browser.screenshot().await.unwrap();
-    let path = artifact("dashboard-calculatepi.png");
-    std::fs::write(&path, &screenshot).unwrap();
-    println!("screenshot: {}", path.display());
-    browser.close().await.unwrap();
-    std::fs::remove_dir_all(&profile).ok();
+    let screenshot = browser.close("dashboard-calculatepi.png").await;
 
     let run = service.run(&id).await;
     assert_eq!(run["status"], "succeeded");
@@ -165,4 +174,68 @@ async fn dashboard_starts_calculatepi_and_shows_it_succeed_in_the_runs_list(db: 
     );
     assert!(text.contains("ad hoc #1"), "{text}");
     assert!(screenshot.starts_with(b"\x89PNG"));
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn with_authentication_on_the_dashboard_asks_for_a_token_and_then_shows_the_runs(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let id = service.submit(common::calculatepi()).await;
+    let token = common::new_token(&db, Scope::Read, None).await;
+    let browser = Browser::open().await;
+    let page = &browser.client;
+
+    // The shell loads without a token, and asks for one.
+    page.goto(&service.url("/")).await.unwrap();
+    page.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#token-form.needed"))
+        .await
+        .expect("the dashboard asks for a token");
+    let said = page.find(Locator::Id("message")).await.unwrap();
+    assert!(
+        said.text().await.unwrap().contains("token"),
+        "it says why it needs one"
+    );
+    assert!(
+        page.find_all(Locator::Css("#runs tr[data-run-id]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no runs without a token"
+    );
+
+    page.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(&token)
+        .await
+        .unwrap();
+    page.find(Locator::Css("#token-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&format!("#runs tr[data-run-id='{id}']")))
+        .await
+        .expect("with the token, the runs list shows the run");
+    page.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#live.on"))
+        .await
+        .expect("and live updates authenticate with it too");
+    let stored: serde_json::Value = page
+        .execute("return sessionStorage.getItem('vfi-token')", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, serde_json::Value::String(token.clone()));
+    let kept: serde_json::Value = page
+        .execute("return localStorage.getItem('vfi-token')", vec![])
+        .await
+        .unwrap();
+    assert_eq!(kept, serde_json::Value::Null, "the token outlives no tab");
+    browser.close("dashboard-auth.png").await;
 }

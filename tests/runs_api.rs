@@ -210,6 +210,7 @@ async fn seed_runs(db: &PgPool, task: Option<&str>, template: &RunTemplate, coun
                 trigger: Trigger::Api,
                 rerun_of: None,
                 scheduled_time: None,
+                token_id: None,
             },
         )
         .await

@@ -408,9 +408,18 @@ async fn a_berlin_daily_schedule_fires_once_through_the_fall_back_night(db: PgPo
 
 /// Builds the service's runtime (as `serve` would) on a pool of its own, without running it.
 async fn runtime_of(db: &PgPool, client: kube::Client) -> vfi_orchestrator::runtime::Runtime {
+    runtime_with(db, client, &[]).await
+}
+
+/// [`runtime_of`] with extra `serve` flags.
+async fn runtime_with(
+    db: &PgPool,
+    client: kube::Client,
+    extra: &[&str],
+) -> vfi_orchestrator::runtime::Runtime {
     use clap::Parser;
     use vfi_orchestrator::config::{Cli, Command};
-    let argv = [
+    let mut argv = vec![
         "vfi-orchestrator",
         "serve",
         "--database-url",
@@ -418,6 +427,7 @@ async fn runtime_of(db: &PgPool, client: kube::Client) -> vfi_orchestrator::runt
         "--listen",
         "127.0.0.1:0",
     ];
+    argv.extend_from_slice(extra);
     let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
@@ -628,4 +638,25 @@ async fn backfill_starts_each_scheduled_time_at_most_once(db: PgPool) {
         )
         .await;
     common::assert_problem(backwards, StatusCode::UNPROCESSABLE_ENTITY, Some("to")).await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_scheduled_time_beyond_limits_tightened_after_the_task_was_saved_is_skipped(db: PgPool) {
+    use vfi_orchestrator::runtime::scheduler::tick;
+    let sim = kubesim(RunnerKind::Scripted).await;
+    // Saved while the installation allowed it...
+    let api = common::TestApp::spawn(db.clone()).await;
+    let big = scripted(1, json!({"completions": 50, "parallelism": 5}));
+    api.put_task("big", &json!({"template": big, "schedule": "* * * * *"}))
+        .await;
+    // ...and due after the limits were tightened.
+    let strict = runtime_with(&db, sim.client(), &["--max-run-completions", "10"]).await;
+    tick(&strict, utc("2026-01-05T10:00:30Z")).await.unwrap();
+    tick(&strict, utc("2026-01-05T10:01:30Z")).await.unwrap();
+
+    assert!(scheduled_runs(&db, "big").await.is_empty());
+    assert_eq!(
+        skips(&db, "big").await,
+        [(utc("2026-01-05T10:01:00Z"), "BeyondLimits".to_string())]
+    );
 }

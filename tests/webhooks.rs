@@ -435,3 +435,61 @@ async fn trigger_secrets_are_never_returned_and_hook_urls_survive_replaces(db: P
         "a deleted trigger's URL is dead"
     );
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_delivery_for_a_task_beyond_today_s_limits_is_422_and_starts_nothing(db: PgPool) {
+    // The task and its trigger were saved while the installation had no limits...
+    let before = TestApp::spawn(db.clone()).await;
+    let hook = trigger(&before, "github", json!(["push"]), json!([])).await;
+    let mut big = calculatepi();
+    big["completions"] = json!(5000);
+    before.put_task("render", &json!({ "template": big })).await;
+    // ...and the delivery arrives after they were set.
+    let limits = vfi_orchestrator::domain::policy::RunLimits {
+        max_completions: Some(1000),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(
+        db,
+        common::TestOptions {
+            run_limits: limits,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = fixture("github-push.json");
+    let response = deliver(&app, &hook, &github("push", "d-9", SECRET, &body), body).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("template.completions"),
+    )
+    .await;
+    assert_eq!(app.count("runs").await, 0);
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_nul_in_a_delivered_ref_is_422_naming_the_env_value(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let hook = trigger(&app, "github", json!(["push"]), json!([])).await;
+    let body = String::from_utf8(fixture("github-push.json"))
+        .unwrap()
+        .replace("\"refs/heads/main\"", "\"refs/heads/ma\\u0000in\"")
+        .into_bytes();
+    let response = deliver(&app, &hook, &github("push", "d-0", SECRET, &body), body).await;
+    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, None).await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert!(
+        fields
+            .iter()
+            .all(|f| f.starts_with("template.env[") && f.ends_with("].value"))
+            && !fields.is_empty(),
+        "{problem}"
+    );
+    assert_eq!(app.count("runs").await, 0);
+}

@@ -18,6 +18,8 @@ pub enum Error {
     Client(#[from] kube::Error),
     #[error("invalid URL {0}")]
     Url(String),
+    #[error("RBAC mode: {0}")]
+    Rbac(String),
 }
 
 /// One `details.causes` entry of a 422.

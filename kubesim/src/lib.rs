@@ -7,14 +7,19 @@
 //! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
 //! (`selectors`, `patch`, `validation`, `objects`, `time`).
 
+pub mod admission;
 pub mod api;
+pub mod behaviour;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod kubelet;
 pub mod logs;
 pub mod objects;
 pub mod patch;
+pub mod rbac;
+pub mod scheduling;
 pub mod selectors;
 pub mod store;
 pub mod time;
@@ -55,6 +60,13 @@ pub struct SimConfig {
     /// Events kept per kind for watch replay; older resourceVersions get 410 Expired.
     pub watch_history: usize,
     pub addr: SocketAddr,
+    /// RBAC mode (see [`rbac`]): every request authenticated and authorized against the
+    /// manifests' Roles and bindings. Off by default (every request allowed), so tests and dev
+    /// mode need no credentials.
+    pub rbac: Option<rbac::RbacConfig>,
+    /// Events, admission, the node the scheduler fits pods to and image pulls; each default is
+    /// what a fresh cluster does.
+    pub behaviour: behaviour::Behaviour,
     /// Container log files rotate past this size, and readers that open a log then get only
     /// the current file (the kubelet's `containerLogMaxSize`, 10 MiB); `None` never rotates.
     pub log_rotate_bytes: Option<u64>,
@@ -79,12 +91,18 @@ impl Default for SimConfig {
             start_delay: Duration::from_millis(10),
             watch_history: 10_000,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rbac: None,
+            behaviour: behaviour::Behaviour::default(),
             log_rotate_bytes: Some(logs::ROTATE_BYTES),
             log_removal_delay: Some(Duration::from_secs(60)),
             restart_backoff: Duration::ZERO,
         }
     }
 }
+
+/// The token of the kubeconfig [`KubeSim::kubeconfig_yaml`] writes; in RBAC mode it
+/// authenticates as a member of `system:masters`.
+pub const ADMIN_TOKEN: &str = "kubesim";
 
 /// A running simulator.
 pub struct KubeSim {
@@ -139,10 +157,32 @@ impl KubeSim {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let _ = store.create(namespace(ns));
         }
+        let rbac = match &config.rbac {
+            Some(rbac_config) => {
+                let rbac = rbac::Rbac::new(rbac_config).map_err(Error::Rbac)?;
+                // The manifests' Namespaces exist from the start, as after `kubectl apply`.
+                for text in &rbac_config.manifests {
+                    for doc in rbac::parse_manifests(text).map_err(Error::Rbac)? {
+                        if doc.get("kind").and_then(serde_json::Value::as_str) == Some("Namespace")
+                        {
+                            if let Some(name) = doc
+                                .pointer("/metadata/name")
+                                .and_then(serde_json::Value::as_str)
+                            {
+                                let _ = store.create(namespace(name));
+                            }
+                        }
+                    }
+                }
+                Some(Arc::new(rbac))
+            }
+            None => None,
+        };
         let logs = Arc::new(logs::Logs::new(config.log_rotate_bytes));
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
+        let behaviour = Arc::new(config.behaviour.clone());
         let control = tokio::spawn(controller::run(
             controller::LoopConfig {
                 store: store.clone(),
@@ -154,6 +194,7 @@ impl KubeSim {
                 restart_backoff: config.restart_backoff,
                 faults: faults.clone(),
                 commands: cmd_rx,
+                behaviour: behaviour.clone(),
             },
             cancel.clone(),
         ));
@@ -163,6 +204,8 @@ impl KubeSim {
             faults: faults.clone(),
             shutdown: cancel.clone(),
             bookmark_interval: BOOKMARK_INTERVAL,
+            rbac,
+            behaviour,
         });
         let shutdown = cancel.clone();
         let server = tokio::spawn(async move {
@@ -192,11 +235,27 @@ impl KubeSim {
         self.addr
     }
 
-    /// A kube client for this simulator (default namespace `default`).
+    /// A kube client for this simulator (default namespace `default`), as the admin (a member
+    /// of `system:masters` in RBAC mode).
     pub fn client(&self) -> kube::Client {
+        self.client_with_token(ADMIN_TOKEN)
+    }
+
+    /// A kube client that authenticates with `token` (e.g. a service account's, see
+    /// [`rbac::RbacConfig::service_account_token`]).
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
         let uri: http::Uri = self.url().parse().expect("kubesim URL is a valid URI");
-        let config = kube::Config::new(uri);
+        let mut config = kube::Config::new(uri);
+        config.auth_info.token = Some(token.to_string().into());
         kube::Client::try_from(config).expect("kube client for kubesim")
+    }
+
+    /// A kubeconfig (as [`KubeSim::kubeconfig_yaml`]) whose user presents `token`.
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        self.kubeconfig_yaml().replace(
+            &format!("token: {ADMIN_TOKEN}\n"),
+            &format!("token: {token}\n"),
+        )
     }
 
     /// A kubeconfig kubectl can use (cluster, user and context named `kubesim`).

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata as _;
 use serde::de::DeserializeOwned;
@@ -92,7 +92,7 @@ impl<K> Default for Table<K> {
     }
 }
 
-/// A kind the store can hold. Implemented for Job, Pod and Namespace only.
+/// A kind the store can hold. Implemented for Job, Pod, Namespace and core/v1 Event only.
 pub trait Kind:
     k8s_openapi::Resource
     + k8s_openapi::Metadata<Ty = ObjectMeta>
@@ -120,6 +120,7 @@ pub struct Inner {
     pub jobs: Table<Job>,
     pub pods: Table<Pod>,
     pub namespaces: Table<Namespace>,
+    pub events: Table<CoreEvent>,
 }
 
 impl Inner {
@@ -166,6 +167,7 @@ impl Store {
                 jobs: Table::default(),
                 pods: Table::default(),
                 namespaces: Table::default(),
+                events: Table::default(),
             }),
             changed,
         }
@@ -335,7 +337,7 @@ impl Store {
                 }
             }
         }
-        let remove = ready_to_remove(new.metadata());
+        let remove = ready_to_remove(new.metadata()) && !held_by_spec_finalizers(&new);
         if !remove && same_json(&*old, &new) {
             return Ok((old, false));
         }
@@ -423,6 +425,19 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// A Namespace is also held by `spec.finalizers` (the namespace controller's `kubernetes`
+/// finalizer) until its content is gone, as the namespace registry does.
+fn held_by_spec_finalizers<K: Serialize>(obj: &K) -> bool {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/spec/finalizers")
+                .and_then(|f| f.as_array())
+                .map(|f| !f.is_empty())
+        })
+        .unwrap_or(false)
 }
 
 fn same_json<K: Serialize>(a: &K, b: &K) -> bool {
@@ -543,6 +558,30 @@ impl_kind!(
         _ => None,
     }
 );
+
+// The field selectors the real server registers for core/v1 Events (pkg/registry/core/event/
+// strategy.go `ToSelectableFields`): kubectl describe uses involvedObject.{kind,name,namespace,uid}.
+impl_kind!(CoreEvent, events, "events", true, |e: &CoreEvent, k| {
+    let o = &e.involved_object;
+    let source = e.source.as_ref();
+    Some(
+        match k {
+            "involvedObject.kind" => o.kind.clone(),
+            "involvedObject.namespace" => o.namespace.clone(),
+            "involvedObject.name" => o.name.clone(),
+            "involvedObject.uid" => o.uid.clone(),
+            "involvedObject.apiVersion" => o.api_version.clone(),
+            "involvedObject.resourceVersion" => o.resource_version.clone(),
+            "involvedObject.fieldPath" => o.field_path.clone(),
+            "reason" => e.reason.clone(),
+            "reportingComponent" => e.reporting_component.clone(),
+            "source" => source.and_then(|s| s.component.clone()),
+            "type" => e.type_.clone(),
+            _ => return None,
+        }
+        .unwrap_or_default(),
+    )
+});
 
 #[cfg(test)]
 mod tests {

@@ -224,6 +224,7 @@ fn nonneg(v: Option<i32>, field: &str, causes: &mut Vec<Cause>) {
 
 /// Defaulting of a Job about to be created (uid already assigned by the caller).
 pub fn default_job(job: &mut Job, uid: &str) {
+    job.metadata.uid = Some(uid.to_string());
     let name = job.metadata.name.clone().unwrap_or_default();
     let spec = job.spec.get_or_insert_with(Default::default);
     if spec.completions.is_none() && spec.parallelism.is_none() {
@@ -268,16 +269,17 @@ pub fn default_job(job: &mut Job, uid: &str) {
             match_labels: Some([(CONTROLLER_UID.to_string(), uid.to_string())].into()),
             ..Default::default()
         });
+        // generateSelector (pkg/registry/batch/job/strategy.go) adds these labels only where the
+        // user set none; a user's value is left for validation to refuse when it differs.
         let labels = spec
             .template
             .metadata
             .get_or_insert_with(Default::default)
             .labels
             .get_or_insert_with(BTreeMap::new);
-        labels.insert(CONTROLLER_UID.into(), uid.into());
-        labels.insert(LEGACY_CONTROLLER_UID.into(), uid.into());
-        labels.insert(JOB_NAME.into(), name.clone());
-        labels.insert(LEGACY_JOB_NAME.into(), name);
+        for (key, value) in generated_labels(&name, uid) {
+            labels.entry(key.into()).or_insert(value);
+        }
     }
     if let Some(ps) = spec.template.spec.as_mut() {
         default_pod_spec(ps);
@@ -293,6 +295,51 @@ pub fn default_job(job: &mut Job, uid: &str) {
     }
     job.metadata.generation = Some(1);
     job.status = Some(Default::default());
+}
+
+/// The pod-template labels a generated selector needs, with the values they must have.
+fn generated_labels(name: &str, uid: &str) -> [(&'static str, String); 4] {
+    [
+        (LEGACY_CONTROLLER_UID, uid.to_string()),
+        (LEGACY_JOB_NAME, name.to_string()),
+        (CONTROLLER_UID, uid.to_string()),
+        (JOB_NAME, name.to_string()),
+    ]
+}
+
+/// `ValidateGeneratedSelector` (kubernetes/kubernetes pkg/apis/batch/validation/validation.go):
+/// with a generated selector each controller label of the pod template must equal the Job's uid
+/// or name (`ValidateHasLabel`), so a template that brings its own `job-name` etc. is a 422.
+fn validate_generated_labels(job: &Job, causes: &mut Vec<Cause>) {
+    let Some(spec) = job.spec.as_ref() else {
+        return;
+    };
+    if spec.manual_selector == Some(true) {
+        return;
+    }
+    let name = job.metadata.name.as_deref().unwrap_or("");
+    let uid = job.metadata.uid.as_deref().unwrap_or("");
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    for (key, expected) in generated_labels(name, uid) {
+        let field = format!("spec.template.metadata.labels[{key}]");
+        match labels.and_then(|l| l.get(key)) {
+            None => causes.push(Cause {
+                reason: "FieldValueRequired",
+                field,
+                message: format!("Required value: must be '{expected}'"),
+            }),
+            Some(actual) if *actual != expected => causes.push(Cause::invalid(
+                field,
+                &q(actual),
+                &format!("must be '{expected}'"),
+            )),
+            Some(_) => {}
+        }
+    }
 }
 
 pub fn validate_job(job: &Job) -> Result<(), Status> {
@@ -330,21 +377,33 @@ pub fn validate_job(job: &Job) -> Result<(), Status> {
     let mode = spec.completion_mode.as_deref().unwrap_or("NonIndexed");
     match mode {
         "NonIndexed" => {}
-        "Indexed" => {
-            if spec.completions.is_none() {
-                causes.push(Cause {
-                    reason: "FieldValueRequired",
-                    field: "spec.completions".into(),
-                    message: "Required value: when completion mode is Indexed".into(),
-                });
+        "Indexed" => match spec.completions {
+            None => causes.push(Cause {
+                reason: "FieldValueRequired",
+                field: "spec.completions".into(),
+                message: "Required value: when completion mode is Indexed".into(),
+            }),
+            // ValidateJob: the controller names pods' hostnames `<name>-<index>`, which must be
+            // a DNS label, so the largest index decides.
+            Some(c) if c > 0 => {
+                let hostname = format!("{name}-{}", c - 1);
+                if !is_label(&hostname) {
+                    causes.push(Cause::invalid(
+                        "metadata.name",
+                        &q(&name),
+                        &format!("will not able to create pod with invalid DNS label: {hostname}"),
+                    ));
+                }
             }
-        }
+            Some(_) => {}
+        },
         other => causes.push(Cause::not_supported(
             "spec.completionMode",
             other,
             &["NonIndexed", "Indexed"],
         )),
     }
+    validate_generated_labels(job, &mut causes);
     let template_labels = spec
         .template
         .metadata
@@ -577,15 +636,7 @@ mod tests {
 
     #[test]
     fn defaulted_job_gets_generated_selector_and_counts() {
-        let mut j = job(
-            "pi",
-            vec![Container {
-                name: "c".into(),
-                image: Some("busybox".into()),
-                ..Default::default()
-            }],
-            Some("Never"),
-        );
+        let mut j = pi();
         default_job(&mut j, "u1");
         let s = j.spec.as_ref().unwrap();
         assert_eq!(s.completions, Some(1));
@@ -611,20 +662,88 @@ mod tests {
             None,
         );
         default_job(&mut j, "u1");
-        let err = validate_job(&j).unwrap_err();
-        let fields: Vec<String> = err.details.unwrap()["causes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["field"].as_str().unwrap().to_string())
-            .collect();
         assert_eq!(
-            fields,
+            cause_fields(validate_job(&j).unwrap_err()),
             vec![
                 "spec.template.spec.containers[0].image",
                 "spec.template.spec.restartPolicy"
             ]
         );
+    }
+
+    fn pi() -> Job {
+        job(
+            "pi",
+            vec![Container {
+                name: "c".into(),
+                image: Some("busybox".into()),
+                ..Default::default()
+            }],
+            Some("Never"),
+        )
+    }
+
+    fn cause_fields(err: Status) -> Vec<String> {
+        err.details.unwrap()["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["field"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// pkg/apis/batch/validation/validation.go `ValidateGeneratedSelector`: a user's `job-name`
+    /// that differs from the Job's name is a 422, not silently overwritten.
+    #[test]
+    fn user_set_controller_labels_that_differ_are_invalid() {
+        for key in [
+            LEGACY_JOB_NAME,
+            JOB_NAME,
+            LEGACY_CONTROLLER_UID,
+            CONTROLLER_UID,
+        ] {
+            let mut j = pi();
+            j.metadata.uid = Some("u1".into());
+            j.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
+                labels: Some([(key.to_string(), "mine".to_string())].into()),
+                ..Default::default()
+            });
+            default_job(&mut j, "u1");
+            let fields = cause_fields(validate_job(&j).unwrap_err());
+            assert!(
+                fields.contains(&format!("spec.template.metadata.labels[{key}]")),
+                "{key}: {fields:?}"
+            );
+        }
+        // The same value as the server would set is accepted, as by a real server.
+        let mut j = pi();
+        j.metadata.uid = Some("u1".into());
+        j.spec.as_mut().unwrap().template.metadata = Some(ObjectMeta {
+            labels: Some([(LEGACY_JOB_NAME.to_string(), "pi".to_string())].into()),
+            ..Default::default()
+        });
+        default_job(&mut j, "u1");
+        assert!(validate_job(&j).is_ok());
+    }
+
+    /// pkg/apis/batch/validation/validation.go `ValidateJob`: `<name>-<completions-1>` must be a
+    /// DNS label.
+    #[test]
+    fn indexed_job_whose_last_hostname_is_too_long_is_invalid() {
+        let mut j = pi();
+        j.metadata.name = Some("a".repeat(61));
+        j.metadata.uid = Some("u".into());
+        let spec = j.spec.as_mut().unwrap();
+        spec.completion_mode = Some("Indexed".into());
+        spec.completions = Some(100);
+        default_job(&mut j, "u");
+        // 61 characters + "-99" = 64.
+        assert_eq!(
+            cause_fields(validate_job(&j).unwrap_err()),
+            ["metadata.name"]
+        );
+        j.spec.as_mut().unwrap().completions = Some(10);
+        assert!(validate_job(&j).is_ok());
     }
 
     #[test]

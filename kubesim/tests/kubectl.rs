@@ -334,3 +334,56 @@ async fn kubectl_creates_namespaces_and_pods_and_runs_jobs_in_them() {
         .contains("Error from server (NotFound): jobs.batch \"missing\" not found"));
     sim.shutdown().await;
 }
+
+/// `kubectl get events` (server-side Table, pkg/printers/internalversion/printers.go) and
+/// `kubectl describe job` (Events by involvedObject field selectors) show the Job controller's
+/// FailedCreate from Pod Security admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_events_and_describe_job_show_a_failed_create() {
+    let Some(bin) = kubectl_path() else {
+        println!("SKIPPED: kubectl not found");
+        return;
+    };
+    let sim = sim().await;
+    let k = Kubectl::new(&sim, bin, "events");
+    k.ok(&[
+        "label",
+        "namespace",
+        "default",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .await;
+    k.ok(&["create", "job", "rooty", "--image=busybox"]).await;
+    let c = sim.client();
+    wait_until(&sim, "a FailedCreate Event", || {
+        let c = c.clone();
+        async move {
+            Api::<k8s_openapi::api::core::v1::Event>::default_namespaced(c)
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("FailedCreate"))
+        }
+    })
+    .await;
+    let events = k.ok(&["get", "events"]).await;
+    let header = words(events.lines().next().unwrap());
+    assert_eq!(
+        header,
+        vec!["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert!(
+        events.lines().any(|l| {
+            let w = words(l);
+            w.contains(&"Warning") && w.contains(&"FailedCreate") && w.contains(&"job/rooty")
+        }),
+        "{events}"
+    );
+    let described = k.ok(&["describe", "job", "rooty"]).await;
+    assert!(
+        described.contains("FailedCreate") && described.contains("violates PodSecurity"),
+        "{described}"
+    );
+}

@@ -12,6 +12,8 @@ use uuid::Uuid;
 pub struct Cluster {
     pub client: Client,
     pub settings: Arc<ClusterSettings>,
+    /// What the last permission self-check found missing.
+    pub permissions: super::permissions::PermissionStatus,
 }
 
 /// How creating a run's Job ended.
@@ -35,7 +37,21 @@ pub enum CreateError {
 }
 
 impl Cluster {
+    /// Checks (and records) that this service may do everything it needs in every Job
+    /// namespace, logging what is missing.
+    pub async fn check_permissions(&self) {
+        let result =
+            super::permissions::check(&self.client, &self.settings.namespaces, &self.permissions)
+                .await;
+        super::permissions::report(&result);
+    }
+
     pub fn jobs(&self, namespace: &str) -> Api<Job> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// core/v1 Events in `namespace` (the Job controller's `FailedCreate`, ...).
+    pub fn events(&self, namespace: &str) -> Api<k8s_openapi::api::core::v1::Event> {
         Api::namespaced(self.client.clone(), namespace)
     }
 
@@ -87,11 +103,25 @@ impl Cluster {
         }
     }
 
-    /// Removes the service's tracking finalizer from a Job, once its outcome is recorded.
+    /// Removes the service's tracking finalizer from a Job, once its outcome is recorded, and
+    /// gives a Job without a `ttlSecondsAfterFinished` of its own `ttl` (when set), so that
+    /// finished Jobs leave the cluster after it rather than staying until their run is pruned
+    /// (the run, its pods' records and logs stay in the database).
     #[tracing::instrument(skip(self, job), fields(job = job.metadata.name.as_deref()))]
-    pub async fn release_job(&self, job: &Job) -> Result<(), kube::Error> {
+    pub async fn release_job(&self, job: &Job, ttl: Option<i32>) -> Result<(), kube::Error> {
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
-        super::remove_finalizer(&self.jobs(namespace), job, keys::TRACKING_FINALIZER).await
+        let own_ttl = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.ttl_seconds_after_finished)
+            .is_some();
+        let also: Vec<serde_json::Value> = match ttl {
+            Some(ttl) if !own_ttl => vec![serde_json::json!(
+                {"op": "add", "path": "/spec/ttlSecondsAfterFinished", "value": ttl}
+            )],
+            _ => Vec::new(),
+        };
+        super::remove_finalizer(&self.jobs(namespace), job, keys::TRACKING_FINALIZER, &also).await
     }
 }
 

@@ -5,11 +5,14 @@
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 pub mod jobs;
 pub mod observe;
+pub mod permissions;
 pub mod pods;
 pub mod render;
+pub mod uninstall;
 
 /// Label and annotation keys the service puts on its Jobs and pods.
 pub mod keys {
@@ -58,35 +61,71 @@ impl ClusterSettings {
     }
 }
 
+/// `client` with a deadline on every call's answer: a hung API server fails the call (a transient
+/// error the caller retries) instead of holding it, and the slot it occupies, forever. The
+/// deadline covers the wait for the response's headers; a watch or log stream that has started
+/// is not cut by it (kube-runtime's watcher restarts a watch silent for longer than its
+/// `timeoutSeconds` + 5 s). kube-client's own `read_timeout` would cut quiet streams too, which is
+/// why it stays off.
+pub fn with_timeout(client: kube::Client, timeout: Duration) -> kube::Client {
+    let namespace = client.default_namespace().to_string();
+    let service = tower::ServiceBuilder::new()
+        .timeout(timeout)
+        .service_fn(move |request| {
+            let client = client.clone();
+            async move { client.send(request).await }
+        });
+    kube::Client::new(service, namespace)
+}
+
 /// Removes `finalizer` from `object` with a JSON patch whose `test` op guards the index, so the
 /// other finalizers are kept and a concurrent change makes the patch fail rather than remove the
-/// wrong entry. An object without the finalizer, or already gone, is fine.
+/// wrong entry. When the guard fails, the object is read again: a finalizer someone else (another
+/// replica) already removed is fine, and is logged at debug only; one that moved is removed at
+/// its new place. An object without the finalizer, or already gone, is fine. `also` are JSON
+/// patch operations applied in the same write.
 pub(crate) async fn remove_finalizer<K>(
     api: &Api<K>,
     object: &K,
     finalizer: &str,
+    also: &[serde_json::Value],
 ) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let Some(index) = object.finalizers().iter().position(|f| f == finalizer) else {
-        return Ok(());
-    };
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer},
-        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-    ]))
-    .expect("a well-formed JSON patch");
-    match api
-        .patch(
-            &object.name_any(),
-            &PatchParams::default(),
-            &Patch::Json::<()>(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(error) => Err(error),
+    const ATTEMPTS: usize = 3;
+    let name = object.name_any();
+    let mut finalizers = object.finalizers().to_vec();
+    for attempt in 1..=ATTEMPTS {
+        let Some(index) = finalizers.iter().position(|f| f == finalizer) else {
+            return Ok(());
+        };
+        let mut ops = vec![
+            serde_json::json!({"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": finalizer}),
+            serde_json::json!({"op": "remove", "path": format!("/metadata/finalizers/{index}")}),
+        ];
+        ops.extend_from_slice(also);
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+            .expect("a well-formed JSON patch");
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+            // The `test` failed (422) or the write conflicted (409): the finalizers changed
+            // under us, most often because another replica released the same one first.
+            Err(kube::Error::Api(status))
+                if (status.code == 422 || status.code == 409) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(%name, %finalizer, code = status.code, "finalizers changed meanwhile; reading the object again");
+                match api.get_opt(&name).await? {
+                    Some(fresh) => finalizers = fresh.finalizers().to_vec(),
+                    None => return Ok(()),
+                }
+            }
+            Err(error) => return Err(error),
+        }
     }
+    Ok(())
 }

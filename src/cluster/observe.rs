@@ -2,7 +2,7 @@
 //! a Pod becomes a pod record. Pure functions over k8s-openapi types.
 
 use super::keys;
-use crate::domain::{PodCounts, PodRecord, RunStatus};
+use crate::domain::{JobRef, PodCounts, PodRecord, RunStatus};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -77,6 +77,72 @@ pub fn observe_job(job: &Job) -> JobObservation {
         finished_at,
         deleting,
     }
+}
+
+/// Container waiting reasons that mean the pod cannot start without a change (as opposed to
+/// `ContainerCreating` or `PodInitializing`, which pass by themselves).
+const STUCK_WAITING: [&str; 7] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a pod that has not started cannot start, if the cluster says so: a container waiting
+/// for a reason that will not pass by itself, or the scheduler's `PodScheduled=False`.
+pub fn pod_waiting(pod: &Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref().is_some_and(|p| p != "Pending") {
+        return None;
+    }
+    let waiting = status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find(|w| {
+            w.reason
+                .as_deref()
+                .is_some_and(|r| STUCK_WAITING.contains(&r))
+        });
+    if let Some(w) = waiting {
+        return Some((
+            w.reason.clone().unwrap_or_default(),
+            w.message.clone().unwrap_or_default(),
+        ));
+    }
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_else(|| "Unschedulable".into()),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+/// A Job controller's `FailedCreate` Event (a pod refused by admission, quota, ...): the Job it
+/// is about and the API server's message.
+pub fn failed_create(event: &k8s_openapi::api::core::v1::Event) -> Option<(JobRef, String)> {
+    let o = &event.involved_object;
+    if event.reason.as_deref() != Some("FailedCreate") || o.kind.as_deref() != Some("Job") {
+        return None;
+    }
+    Some((
+        JobRef {
+            namespace: o.namespace.clone()?,
+            name: o.name.clone()?,
+            uid: o.uid.clone(),
+        },
+        event.message.clone().unwrap_or_default(),
+    ))
 }
 
 pub fn pod_record(pod: &Pod, deleted: bool) -> PodRecord {
@@ -214,5 +280,57 @@ mod tests {
         assert_eq!(record.restarts, 2);
         assert_eq!(record.node_name.as_deref(), Some("node-1"));
         assert!(record.started_at.is_some() && record.finished_at.is_some());
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_says_why_and_one_that_is_starting_does_not() {
+        let pulling = pod(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "main", "image": "x:doesnotexist", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}));
+        assert_eq!(
+            pod_waiting(&pulling),
+            Some(("ImagePullBackOff".into(), "Back-off pulling image".into()))
+        );
+        let creating = pod(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "main", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(pod_waiting(&creating), None);
+        let unschedulable = pod(json!({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}));
+        assert_eq!(
+            pod_waiting(&unschedulable),
+            Some((
+                "Unschedulable".into(),
+                "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.".into()
+            ))
+        );
+        let running = pod(json!({"phase": "Running"}));
+        assert_eq!(pod_waiting(&running), None);
+    }
+
+    #[test]
+    fn only_a_jobs_failed_create_event_counts() {
+        let event = |reason: &str, kind: &str| -> k8s_openapi::api::core::v1::Event {
+            serde_json::from_value(json!({
+                "metadata": {"name": "e", "namespace": "batch"},
+                "involvedObject": {"kind": kind, "name": "run-1", "namespace": "batch", "uid": "u"},
+                "reason": reason, "message": "Error creating: pods \"run-1-x\" is forbidden"
+            }))
+            .unwrap()
+        };
+        let (job, message) = failed_create(&event("FailedCreate", "Job")).unwrap();
+        assert_eq!(
+            (job.namespace.as_str(), job.name.as_str()),
+            ("batch", "run-1")
+        );
+        assert_eq!(job.uid.as_deref(), Some("u"));
+        assert!(message.starts_with("Error creating: "));
+        assert!(failed_create(&event("SuccessfulCreate", "Job")).is_none());
+        assert!(failed_create(&event("FailedCreate", "ReplicaSet")).is_none());
     }
 }

@@ -48,6 +48,6 @@ impl Cluster {
     #[tracing::instrument(skip(self, pod), fields(pod = %pod.name_any()))]
     pub async fn release_pod(&self, pod: &Pod) -> Result<(), kube::Error> {
         let namespace = pod.namespace().unwrap_or_else(|| "default".into());
-        super::remove_finalizer(&self.pods(&namespace), pod, keys::LOG_FINALIZER).await
+        super::remove_finalizer(&self.pods(&namespace), pod, keys::LOG_FINALIZER, &[]).await
     }
 }

@@ -20,11 +20,15 @@ pub const CONTAINER: &str = "main";
 const MAX_JOB_NAME: usize = 63;
 
 /// The Job name of a run: `<prefix><task>-<number>`, or `<prefix>run-<number>` for ad-hoc runs;
-/// the task part is shortened when needed so the whole stays a valid 63-character DNS label.
+/// the task part is shortened when needed so the whole stays a valid 63-character DNS label,
+/// and so does an Indexed Job's name plus its pods' `-<index>` hostname suffix (the API server
+/// refuses the Job otherwise; the submission check keeps room for the run number).
 pub fn job_name(settings: &ClusterSettings, run: &Run) -> String {
     let base = run.task.as_deref().unwrap_or("run");
     let suffix = format!("-{}", run.number);
-    let room = MAX_JOB_NAME.saturating_sub(settings.job_name_prefix.len() + suffix.len());
+    let room = MAX_JOB_NAME.saturating_sub(
+        settings.job_name_prefix.len() + suffix.len() + run.template.index_suffix_len(),
+    );
     let base = base[..base.len().min(room)].trim_end_matches('-');
     format!("{}{base}{suffix}", settings.job_name_prefix)
 }
@@ -237,6 +241,19 @@ mod tests {
         assert!(name.len() <= 63, "{name}");
         assert!(crate::domain::names::dns1123_label(&name).is_ok(), "{name}");
         assert!(name.starts_with("team-x-aaaa") && name.ends_with("-7"));
+    }
+
+    #[test]
+    fn indexed_job_names_leave_room_for_the_pod_index_in_the_hostname() {
+        let long = "a".repeat(60);
+        let r = run(
+            Some(&long),
+            json!({"image": "x", "completionMode": "Indexed", "completions": 100}),
+        );
+        let name = job_name(&settings(), &r);
+        let hostname = format!("{name}-99");
+        assert!(hostname.len() <= 63, "{hostname}");
+        assert!(crate::domain::names::dns1123_label(&hostname).is_ok());
     }
 
     #[test]

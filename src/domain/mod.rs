@@ -7,6 +7,7 @@ pub mod loglines;
 pub mod names;
 pub mod policy;
 pub mod run;
+pub mod sandbox;
 pub mod schedule;
 pub mod status;
 pub mod task;

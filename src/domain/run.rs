@@ -69,7 +69,8 @@ pub struct Run {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     pub status: super::RunStatus,
-    /// Machine-readable cause of the status (e.g. `BackoffLimitExceeded`).
+    /// Machine-readable cause of the status (e.g. `BackoffLimitExceeded`); while `pending`, why
+    /// the run cannot start (`ImagePullBackOff`, `Unschedulable`, `FailedCreate`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
     /// Human-readable detail of the status.

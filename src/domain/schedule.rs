@@ -56,6 +56,9 @@ pub enum SkipReason {
     /// A summary: so many times were missed (long downtime) that they are not listed one by
     /// one; the record's time is the first of them and its message says up to when.
     MissedMany,
+    /// The task's template breaks this installation's run limits or sandbox as they are now
+    /// (they may have changed since the task was saved).
+    BeyondLimits,
 }
 
 impl SkipReason {
@@ -67,6 +70,7 @@ impl SkipReason {
             SkipReason::Missed => "Missed",
             SkipReason::CatchUpLimit => "CatchUpLimit",
             SkipReason::MissedMany => "MissedMany",
+            SkipReason::BeyondLimits => "BeyondLimits",
         }
     }
 }

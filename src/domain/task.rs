@@ -1,6 +1,7 @@
 //! Tasks: named, reusable run definitions (like a Jenkins job or a Kubernetes CronJob).
 
 use super::names;
+use super::policy::RunLimits;
 use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};
@@ -96,6 +97,10 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
     pub failed_runs_history_limit: Option<i32>,
+    /// Limits on the size of this task's runs that replace the installation's, field by field
+    /// (only admins define tasks). See the README's run limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RunLimits>,
 }
 
 impl TaskSpec {
@@ -239,6 +244,9 @@ impl TaskSpec {
         }
         self.template.collect_errors("template", &mut errors);
         self.schedule_spec().collect_errors(&mut errors);
+        if let Some(limits) = &self.limits {
+            limits.collect_errors("limits", &mut errors);
+        }
         errors.finish()
     }
 }
@@ -260,6 +268,9 @@ pub struct Task {
     pub generation: i64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The task's own run limits, when an admin set some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RunLimits>,
 }
 
 #[cfg(test)]

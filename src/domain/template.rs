@@ -10,6 +10,17 @@ use utoipa::ToSchema;
 /// Label and annotation keys under this prefix belong to the service (they tie Jobs to runs).
 pub const RESERVED_PREFIX: &str = "vfi-orchestrator.io/";
 
+/// Pod-template labels the Job controller owns: with a generated selector the API server requires
+/// them to equal the Job's own name and uid, which a template cannot know, so a real server
+/// answers 422 (`ValidateGeneratedSelector` in kubernetes/kubernetes
+/// pkg/apis/batch/validation/validation.go, labels from pkg/apis/batch/types.go).
+pub const JOB_CONTROLLER_LABELS: [&str; 4] = [
+    "job-name",
+    "controller-uid",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/controller-uid",
+];
+
 /// What one run executes: a container and the Job settings around it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -165,6 +176,25 @@ impl RunTemplate {
                 names::env_var_name(&var.name),
             );
         }
+        // Webhook deliveries put payload text into env values; PostgreSQL cannot store NUL.
+        let texts = (self.command.iter().enumerate())
+            .map(|(i, t)| (format!("{at}.command[{i}]"), t))
+            .chain((self.args.iter().enumerate()).map(|(i, t)| (format!("{at}.args[{i}]"), t)))
+            .chain(
+                (self.env.iter().enumerate())
+                    .map(|(i, v)| (format!("{at}.env[{i}].value"), &v.value)),
+            )
+            .chain(self.working_dir.iter().map(|t| (field("workingDir"), t)))
+            .chain(
+                self.annotations
+                    .iter()
+                    .map(|(k, v)| (format!("{at}.annotations.{k}"), v)),
+            );
+        for (path, text) in texts {
+            if text.contains('\0') {
+                errors.add(path, super::validation::NUL_MESSAGE);
+            }
+        }
         if let Some(dir) = &self.working_dir {
             if dir.is_empty() {
                 errors.add(field("workingDir"), "must not be empty when given");
@@ -259,6 +289,16 @@ impl RunTemplate {
         }
     }
 
+    /// Characters an Indexed Job's pods add to its name in their hostname (`-<completions-1>`):
+    /// the API server refuses a Job whose name plus this is not a 63-character DNS label
+    /// (`ValidateJob` in kubernetes/kubernetes pkg/apis/batch/validation/validation.go).
+    pub fn index_suffix_len(&self) -> usize {
+        match (self.completion_mode, self.completions) {
+            (Some(CompletionMode::Indexed), Some(c)) if c > 0 => 1 + (c - 1).to_string().len(),
+            _ => 0,
+        }
+    }
+
     /// Applies per-run overrides: env vars replace those of the same name or are appended;
     /// labels are merged over the template's.
     pub fn with_overrides(mut self, overrides: &super::RunOverrides) -> Self {
@@ -295,6 +335,11 @@ pub(crate) fn validate_labels(labels: &BTreeMap<String, String>, at: &str, error
             errors.add(
                 path,
                 format!("keys under {RESERVED_PREFIX} are reserved for the service"),
+            );
+        } else if JOB_CONTROLLER_LABELS.contains(&key.as_str()) {
+            errors.add(
+                path,
+                "is set by the Kubernetes Job controller; the API server refuses it in a Job's pod template",
             );
         }
     }
@@ -391,7 +436,7 @@ fn validate_resources(resources: &Resources, at: &str, errors: &mut Errors) {
 }
 
 /// Extended resources (like `nvidia.com/gpu`) are whole units that cannot be overcommitted.
-fn is_extended(name: &str) -> bool {
+pub(crate) fn is_extended(name: &str) -> bool {
     name.contains('/') && !name.starts_with("kubernetes.io/")
 }
 
@@ -452,11 +497,12 @@ pub fn parse_quantity(text: &str) -> Result<f64, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn template(extra: serde_json::Value) -> RunTemplate {
+    /// A small valid template with `extra` fields merged in (for other modules' tests too).
+    pub(crate) fn template(extra: serde_json::Value) -> RunTemplate {
         let mut base = json!({"image": "perl:5.34.0", "command": ["perl", "-e", "1"]});
         base.as_object_mut()
             .unwrap()
@@ -464,7 +510,8 @@ mod tests {
         serde_json::from_value(base).expect("template parses")
     }
 
-    fn fields(result: Result<(), Invalid>) -> Vec<String> {
+    /// The fields a check named, in order.
+    pub(crate) fn fields(result: Result<(), Invalid>) -> Vec<String> {
         result
             .err()
             .map(|e| e.0.into_iter().map(|f| f.field).collect())
@@ -541,6 +588,24 @@ mod tests {
         assert_eq!(
             fields(t.validate("template")),
             ["template.labels.vfi-orchestrator.io/run-id"]
+        );
+    }
+
+    #[test]
+    fn labels_the_job_controller_owns_are_refused() {
+        let t = template(json!({"labels": {
+            "job-name": "x", "controller-uid": "u",
+            "batch.kubernetes.io/job-name": "x", "batch.kubernetes.io/controller-uid": "u",
+            "batch.kubernetes.io/other": "fine"
+        }}));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.labels.batch.kubernetes.io/controller-uid",
+                "template.labels.batch.kubernetes.io/job-name",
+                "template.labels.controller-uid",
+                "template.labels.job-name"
+            ]
         );
     }
 
@@ -629,6 +694,25 @@ mod tests {
             ]
         );
         assert_eq!(t.labels.len(), 2);
+    }
+
+    #[test]
+    fn nul_in_free_text_is_refused_naming_the_field() {
+        let t = template(json!({
+            "command": ["sh", "a\u{0}"], "args": ["\u{0}"],
+            "env": [{"name": "A", "value": "x\u{0}"}],
+            "workingDir": "/\u{0}", "annotations": {"note": "\u{0}"}
+        }));
+        assert_eq!(
+            fields(t.validate("template")),
+            [
+                "template.command[1]",
+                "template.args[0]",
+                "template.env[0].value",
+                "template.workingDir",
+                "template.annotations.note"
+            ]
+        );
     }
 
     #[test]

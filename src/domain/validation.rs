@@ -3,6 +3,9 @@
 
 use serde::Serialize;
 
+/// Why text with a NUL character is refused: PostgreSQL cannot store it in text or jsonb.
+pub const NUL_MESSAGE: &str = "must not contain the NUL character (\\u0000)";
+
 /// One problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
@@ -49,6 +52,10 @@ impl Errors {
         if let Err(message) = result {
             self.add(field, message);
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.errors.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -90,7 +90,7 @@ pub struct TriggerSpec {
     pub provider: Provider,
     /// The secret configured on the Git host's webhook (16 to 256 characters). Write-only: it is
     /// never returned.
-    #[schema(write_only)]
+    #[schema(write_only, min_length = 16, max_length = 256)]
     pub secret: String,
     /// Events that start a run (default: `push`).
     #[serde(default = "default_events")]

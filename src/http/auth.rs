@@ -8,13 +8,15 @@ use crate::domain::auth::hash_token;
 use crate::domain::{Caller, Denied, Scope};
 use crate::error::{Error, Result};
 use crate::store;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{header, request::Parts, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::hash::Hash;
 use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use uuid::Uuid;
 
@@ -24,18 +26,22 @@ pub struct AuthSettings {
     pub enabled: bool,
     /// Requests per token (and deliveries per trigger); `None` when unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Requests without a valid token, per client address; `None` when unlimited.
+    pub anonymous_rate_limit: Option<RateLimit<IpAddr>>,
+    /// `/metrics` without a token (for scrapers that cannot send one).
+    pub metrics_public: bool,
     /// Browser origins allowed to call the API (CORS); none by default.
     pub cors_origins: Vec<axum::http::HeaderValue>,
 }
 
-/// A token-bucket rate limit per key (a token's or a trigger's id).
-pub struct RateLimit {
-    limiter: DefaultKeyedRateLimiter<Uuid>,
+/// A token-bucket rate limit per key (a token's or a trigger's id, a client's address).
+pub struct RateLimit<K: Hash + Eq + Clone = Uuid> {
+    limiter: DefaultKeyedRateLimiter<K>,
 }
 
-impl RateLimit {
+impl<K: Hash + Eq + Clone> RateLimit<K> {
     /// `per_second` requests on average, bursts of up to `burst`; `None` when `per_second` is 0.
-    pub fn new(per_second: u32, burst: u32) -> Option<RateLimit> {
+    pub fn new(per_second: u32, burst: u32) -> Option<RateLimit<K>> {
         let rate = NonZeroU32::new(per_second)?;
         let burst = NonZeroU32::new(burst).unwrap_or(rate);
         Some(RateLimit {
@@ -43,7 +49,7 @@ impl RateLimit {
         })
     }
 
-    pub fn check(&self, key: Uuid) -> Result<()> {
+    pub fn check(&self, key: K) -> Result<()> {
         self.limiter.check_key(&key).map_err(|not_until| {
             let retry_after = not_until.wait_time_from(DefaultClock::default().now());
             Error::RateLimited { retry_after }
@@ -57,10 +63,14 @@ impl RateLimit {
 }
 
 /// Paths anyone may call. Webhooks are open here because they authenticate with their
-/// provider's signature instead.
+/// provider's signature instead. The dashboard's shell and files are open so that a browser
+/// can reach its token field; they hold no data, and every API call it makes sends the token.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs")
-        || path.starts_with("/docs/")
+    matches!(
+        path,
+        "/" | "/healthz" | "/readyz" | "/openapi.json" | "/docs"
+    ) || path.starts_with("/docs/")
+        || path.starts_with("/dashboard/")
         || path.starts_with("/v1/hooks/")
 }
 
@@ -80,13 +90,44 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if is_open(request.uri().path()) {
+    let path = request.uri().path();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    // Unauthenticated traffic is limited per client address: open paths (but the probes, which
+    // the kubelet must always reach, and webhooks, whose senders share addresses and which
+    // are limited per trigger once their signature checks out), requests without a token, and
+    // requests whose token is not valid (so guessing tokens is slow too).
+    let anonymous_limit = |client: Option<IpAddr>| -> Result<()> {
+        match (&state.auth.anonymous_rate_limit, client) {
+            (Some(limit), Some(ip)) => limit.check(ip),
+            _ => Ok(()),
+        }
+    };
+    if is_open(path) || (path == "/metrics" && state.auth.metrics_public) {
+        if !matches!(path, "/healthz" | "/readyz") && !path.starts_with("/v1/hooks/") {
+            if let Err(error) = anonymous_limit(client) {
+                return error.into_response();
+            }
+        }
         return next.run(request).await;
+    }
+    if state.auth.enabled && bearer(request.headers()).is_none() {
+        if let Err(error) = anonymous_limit(client) {
+            return error.into_response();
+        }
     }
     match caller(&state, request.headers()).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
+        }
+        Err(error @ Error::Unauthenticated(_)) if bearer(request.headers()).is_some() => {
+            anonymous_limit(client)
+                .err()
+                .unwrap_or(error)
+                .into_response()
         }
         Err(error) => error.into_response(),
     }
@@ -192,7 +233,10 @@ mod tests {
         let wait = wait_of(limit.check(a)).expect("the fourth request in a burst of 3 is refused");
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limit.check(b).is_ok(), "another key is still served");
-        assert!(RateLimit::new(0, 10).is_none(), "0 turns the limit off");
+        assert!(
+            RateLimit::<Uuid>::new(0, 10).is_none(),
+            "0 turns the limit off"
+        );
     }
 
     #[test]
@@ -210,8 +254,10 @@ mod tests {
     }
 
     #[test]
-    fn only_probes_docs_and_webhooks_are_open() {
+    fn only_probes_docs_the_dashboard_shell_and_webhooks_are_open() {
         for open in [
+            "/",
+            "/dashboard/app.js",
             "/healthz",
             "/readyz",
             "/openapi.json",
@@ -225,7 +271,8 @@ mod tests {
             "/v1/runs",
             "/v1/tokens",
             "/v1/hooks",
-            "/",
+            "/metrics",
+            "/dashboardx",
             "/docsx",
         ] {
             assert!(!is_open(closed), "{closed}");

@@ -7,14 +7,16 @@
 //! hub never acts on the cluster and writes nothing.
 
 use super::auth::{Authorized, ForRead};
+use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::error::{Error, Result};
 use crate::store::events::{self, StoredEvent};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -190,7 +192,7 @@ pub struct ChangeEvent {
     pub id: i64,
     pub at: DateTime<Utc>,
     /// `run.created`, `run.status`, `run.finished` (a status change to a final status),
-    /// `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
+    /// `run.waiting` (why a pending run cannot start), `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,7 +251,7 @@ pub struct EventsQuery {
 }
 
 /// Run and task changes as Server-Sent Events: `run.created`, `run.status`, `run.finished`,
-/// `run.pruned`, `task.created`, `task.updated`, `task.deleted`, each with its id. Without
+/// `run.waiting`, `run.pruned`, `task.created`, `task.updated`, `task.deleted`, each with its id. Without
 /// `Last-Event-ID` the stream starts with the next change; with it, the changes after that id
 /// are replayed first, then the stream goes on live, without gaps or duplicates. A comment is
 /// sent every 15 s to keep proxies from closing an idle stream.
@@ -270,9 +272,14 @@ pub struct EventsQuery {
 pub async fn events(
     auth: Authorized<ForRead>,
     State(hub): State<EventHub>,
-    Query(query): Query<EventsQuery>,
+    State(revocations): State<super::Revocations>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    if let Some(task) = &query.task {
+        crate::domain::TaskName::parse(task.clone())
+            .map_err(|message| Error::bad_request("task", message))?;
+    }
     // A token limited to some tasks sees only a task it may read, named in `?task=`.
     auth.task(query.task.as_deref())?;
     let resume = match headers.get("last-event-id") {
@@ -297,7 +304,9 @@ pub async fn events(
     let last = resume.unwrap_or_else(|| hub.high_water());
     let (sender, stream) = mpsc::channel(64);
     tokio::spawn(follow(hub, query.task, last, receiver, sender));
-    Ok(Sse::new(ReceiverStream::new(stream))
+    // A revoked token's stream ends; `follow` then sees its client gone.
+    let stream = ReceiverStream::new(stream).take_until(revocations.ended(auth.caller.token_id));
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }

@@ -2,6 +2,7 @@
 //! the pods restarted; readiness says whether this replica can serve.
 
 use super::problem::Problem;
+use crate::cluster::jobs::Cluster;
 use crate::store;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,7 +24,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Ready: the database is reachable and every migration is applied.
+/// Ready: the database is reachable, every migration is applied, and the last check of the
+/// service's Kubernetes permissions found none missing (the 503 names what is).
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
     security(()),
@@ -32,7 +34,7 @@ pub async fn healthz() -> Json<Health> {
         (status = 503, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn readyz(State(db): State<PgPool>) -> Response {
+pub async fn readyz(State(db): State<PgPool>, State(cluster): State<Cluster>) -> Response {
     let unready = |detail: &str| {
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -43,7 +45,17 @@ pub async fn readyz(State(db): State<PgPool>) -> Response {
         .into_response()
     };
     match store::migrations_applied(&db).await {
-        Ok(true) => Json(Health { status: "ok" }).into_response(),
+        Ok(true) => {
+            let missing = cluster.permissions.missing();
+            if missing.is_empty() {
+                return Json(Health { status: "ok" }).into_response();
+            }
+            let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            unready(&format!(
+                "the service account lacks Kubernetes permissions: {}",
+                list.join(", ")
+            ))
+        }
         Ok(false) => unready("database migrations are not applied; run `vfi-orchestrator migrate`"),
         Err(error) => {
             tracing::warn!(error = %error, "readiness check failed");

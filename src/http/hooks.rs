@@ -3,6 +3,7 @@
 //! log). A matching event records a run with the event's facts as environment variables; a
 //! redelivery finds the run its first delivery started.
 
+use super::extract::ApiPath;
 use super::problem::Problem;
 use super::runs::insert_capped;
 use super::AppState;
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::{self, runs::NewRun};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Serialize;
@@ -80,12 +81,15 @@ fn answer(
 )]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<HookAnswer>)> {
+    // Anyone can call this endpoint: every text from the request (the id, header values,
+    // payload fields) is logged with `?`, escaped, so it cannot forge log lines or send
+    // terminal escapes.
     let refuse = |reason: String| {
-        tracing::warn!(trigger_id = %id, %reason, "webhook delivery refused");
+        tracing::warn!(trigger_id = ?id, ?reason, "webhook delivery refused");
         Error::WebhookRejected(reason)
     };
     let body = body.map_err(|rejection| {
@@ -131,14 +135,14 @@ pub async fn receive(
             ))
         }
         Parsed::Ignored(reason) => {
-            tracing::info!(%trigger_id, %delivery, %reason, "delivery ignored");
+            tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
             return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
         }
         Parsed::Event(event) => event,
     };
     let filter = Filter::new(&trigger.events, &trigger.refs).map_err(anyhow::Error::msg)?;
     if let Err(reason) = filter.check(&event) {
-        tracing::info!(%trigger_id, %delivery, %reason, "delivery ignored");
+        tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
         return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
     }
     if let Some(run) = delivered(&state, trigger_id, &delivery).await? {
@@ -157,7 +161,9 @@ pub async fn receive(
     };
     let template = task.template.with_overrides(&overrides);
     template.validate("template")?;
-    state.policy.check(&template, "template")?;
+    state
+        .policy
+        .check(&template, task.limits.as_ref(), "template")?;
 
     let mut tx = state.db.begin().await?;
     let new = NewRun {
@@ -166,6 +172,7 @@ pub async fn receive(
         trigger: Trigger::Webhook,
         rerun_of: None,
         scheduled_time: None,
+        token_id: None,
     };
     let run = insert_capped(&mut tx, &state.limits, new).await?;
     if let Some(first) =
@@ -177,7 +184,7 @@ pub async fn receive(
         return Ok(duplicate(run));
     }
     tx.commit().await?;
-    tracing::info!(%trigger_id, task = %trigger.task, run_id = %run.id, number = run.number, %delivery, git_ref = %event.git_ref, sha = %event.sha, "run queued by webhook");
+    tracing::info!(%trigger_id, task = %trigger.task, run_id = %run.id, number = run.number, ?delivery, git_ref = ?event.git_ref, sha = ?event.sha, "run queued by webhook");
     let detail = format!(
         "run {} of task {} queued for {} at {}",
         run.number, trigger.task, event.git_ref, event.sha

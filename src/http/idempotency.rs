@@ -1,6 +1,7 @@
 //! Idempotency-Key handling for POSTs that create something: the same key with the same request
 //! replays the first answer; with a different request it is refused.
 
+use crate::domain::Caller;
 use crate::error::{Error, Result};
 use crate::store::idempotency::{self, Claim};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -16,13 +17,23 @@ pub struct Idempotent {
 }
 
 impl Idempotent {
-    /// `scope` names the operation (method and concrete path); `request` is the parsed request,
-    /// hashed in its canonical form so whitespace and key order don't matter.
-    pub fn new(key: Option<String>, scope: String, request: &impl Serialize) -> Option<Self> {
+    /// `operation` names the operation (method and concrete path); `request` is the parsed
+    /// request, hashed in its canonical form so whitespace and key order don't matter. Keys
+    /// belong to the caller (its token; everyone shares one space only when authentication is
+    /// off), so nobody can have another caller's answer replayed, or block its key.
+    pub fn new(
+        key: Option<String>,
+        caller: &Caller,
+        operation: String,
+        request: &impl Serialize,
+    ) -> Option<Self> {
         let key = key?;
         let canonical = serde_json::to_vec(request).expect("requests serialize");
+        let owner = caller
+            .token_id
+            .map_or_else(|| "anonymous".to_string(), |id| format!("token:{id}"));
         Some(Idempotent {
-            scope,
+            scope: format!("{owner} {operation}"),
             key,
             hash: Sha256::digest(canonical).to_vec(),
         })

@@ -2,7 +2,7 @@
 //! as Server-Sent Events with `Last-Event-ID` resume.
 
 use super::auth::{Authorized, ForRead};
-use super::extract::ApiQuery;
+use super::extract::{ApiPath, ApiQuery};
 use super::problem::Problem;
 use super::runs::parse_run_id;
 use super::AppState;
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::logs::{self, LogItem, LogQuery};
 use crate::store;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +35,7 @@ pub struct LogParams {
     /// Prefix each line with its RFC 3339 time.
     timestamps: Option<bool>,
     /// Stop after this many bytes.
-    limit_bytes: Option<u64>,
+    limit_bytes: Option<i64>,
 }
 
 /// A run's logs. One pod: its log as is. Several pods: each pod's block in completion-index
@@ -46,9 +46,16 @@ pub struct LogParams {
 #[utoipa::path(
     get, path = "/v1/runs/{id}/logs", tag = "runs",
     security(("bearer" = ["read"])),
-    params(("id" = Uuid, Path, description = "Run id"), LogParams),
+    params(
+        ("id" = Uuid, Path, description = "Run id"),
+        LogParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "With `Accept: text/event-stream`: resume after this event id (`<pod>:<line>`)"),
+    ),
     responses(
-        (status = 200, description = "The log, streamed", content_type = "text/plain"),
+        (status = 200, description = "The log, streamed: plain text, or with `Accept: text/event-stream` Server-Sent Events (`log` events whose data is a JSON line, then an `end` event)", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -58,7 +65,7 @@ pub struct LogParams {
 pub async fn run_logs(
     auth: Authorized<ForRead>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<LogParams>,
 ) -> Result<Response> {
@@ -70,10 +77,14 @@ pub async fn run_logs(
             name: id.to_string(),
         })?;
     auth.task(run.task.as_deref())?;
+    if let Some(pod) = &params.pod {
+        crate::domain::names::dns1123_subdomain(pod)
+            .map_err(|message| Error::bad_request("pod", message))?;
+    }
     if params.tail.is_some_and(|t| t < 0) {
         return Err(Error::bad_request("tail", "must be 0 or more"));
     }
-    if params.limit_bytes == Some(0) {
+    if params.limit_bytes.is_some_and(|n| n < 1) {
         return Err(Error::bad_request("limitBytes", "must be 1 or more"));
     }
     let since = params
@@ -108,11 +119,24 @@ pub async fn run_logs(
     let cluster = state.cluster.clone();
     let items = logs::run_log(state.db.clone(), cluster, run, query);
     let timestamps = params.timestamps.unwrap_or(false);
-    let limit = params.limit_bytes.unwrap_or(u64::MAX);
+    let limit = params
+        .limit_bytes
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(u64::MAX);
+    // A revoked token's stream ends (a follow could otherwise outlive it by hours), without
+    // the `end` event that says the log is complete.
+    let revoked = state.revocations.ended(auth.caller.token_id);
     if sse {
-        Ok(sse_response(items, timestamps, limit).into_response())
+        Ok(sse_response(items, timestamps, limit)
+            .take_until(revoked)
+            .into_response())
     } else {
-        Ok(text_response(items, several, timestamps, limit))
+        Ok(text_response(
+            items.take_until(revoked),
+            several,
+            timestamps,
+            limit,
+        ))
     }
 }
 
@@ -194,7 +218,7 @@ fn sse_response(
     items: impl futures::Stream<Item = Result<LogItem, logs::LogError>> + Send + 'static,
     timestamps: bool,
     limit: u64,
-) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+) -> SseEvents<impl futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send> {
     let mut index: Option<i32> = None;
     let events = items
         .scan(0u64, move |sent, item| {
@@ -248,5 +272,21 @@ fn sse_response(
         .chain(futures::stream::once(async {
             Ok(Event::default().event("end").data(""))
         }));
-    Sse::new(events).keep_alive(KeepAlive::default())
+    SseEvents(events)
+}
+
+/// The SSE events of a log, before they become a response.
+struct SseEvents<S>(S);
+
+impl<S> SseEvents<S>
+where
+    S: futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static,
+{
+    /// Ends the stream, without its `end` event, when `stop` resolves.
+    fn take_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send> {
+        Sse::new(self.0.take_until(stop)).keep_alive(KeepAlive::default())
+    }
 }

@@ -3,21 +3,43 @@
 //! every replica reports the same truth, and a restart loses nothing). Not in the OpenAPI
 //! document: it is for Prometheus, not for API clients.
 
-use crate::domain::RunStatus;
+use crate::domain::{Caller, Denied, RunStatus, Scope};
+use crate::error::{Error, Result};
 use crate::store;
 use crate::telemetry;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-pub async fn metrics(State(db): State<PgPool>) -> Response {
+/// Who may read the metrics: they name every task and count its runs, so a caller needs a token
+/// of at least `read` scope that is not limited to some tasks, unless the installation made
+/// them public (`METRICS_PUBLIC`, for scrapers that cannot send a token; then only the network
+/// protects them).
+pub async fn metrics(
+    State(db): State<PgPool>,
+    caller: Option<Extension<Caller>>,
+) -> Result<Response> {
+    if let Some(Extension(caller)) = caller {
+        caller.require(Scope::Read)?;
+        if caller.tasks.is_some() {
+            return Err(Error::Forbidden(Denied(
+                "the metrics name every task; they need a token that is not limited to some tasks"
+                    .into(),
+            )));
+        }
+    }
+    Ok(render(&db).await)
+}
+
+async fn render(db: &PgPool) -> Response {
     let handle = telemetry::metrics();
     handle.run_upkeep();
     let mut body = handle.render();
-    match store::events::run_counts(&db).await {
+    match store::events::run_counts(db).await {
         Ok(counts) => render_runs(&mut body, &counts),
         // The process's own metrics are still worth having when the database is down.
         Err(error) => tracing::warn!(error = %error, "metrics: counting runs failed"),

@@ -82,7 +82,7 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 async fn log_server_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     if let Some(ErrorChain(chain)) = response.extensions().get::<ErrorChain>() {
-        tracing::error!(error = %chain, status = response.status().as_u16(), "request failed");
+        tracing::error!(error = ?chain, status = response.status().as_u16(), "request failed");
     }
     response
 }

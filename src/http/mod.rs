@@ -14,6 +14,7 @@ mod middleware;
 mod openapi;
 mod pagination;
 pub mod problem;
+mod revocation;
 mod runs;
 pub mod server;
 mod tasks;
@@ -32,6 +33,7 @@ use std::time::Duration;
 pub use auth::{AuthSettings, RateLimit};
 pub use events::{ChangeEvent, EventHub};
 pub use openapi::openapi;
+pub use revocation::Revocations;
 
 /// Request limits, from the configuration.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +42,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Queued runs a task may have before new ones are refused (0: no cap).
     pub max_queued_runs_per_task: u32,
+    /// Unfinished runs one token may have (0: no cap; a token's own `maxActiveRuns` wins).
+    pub max_active_runs_per_token: u32,
 }
 
 /// What handlers share. Cheap to clone.
@@ -55,12 +59,14 @@ pub struct AppState {
     pub auth: Arc<AuthSettings>,
     /// The process's fan-out of run and task events to `/v1/events` clients.
     pub events: EventHub,
+    /// Ends the streams of revoked tokens.
+    pub revocations: Revocations,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document and docs page, metrics, the
 /// dashboard, middleware.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = openapi::api_router().split_for_parts();
+    let (api, doc) = openapi::split();
     let limits = state.limits.clone();
     let cors = cors(&state.auth.cors_origins);
     let app = api

@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 document (generated from the handlers by utoipa), served at `/openapi.json`,
-//! with a readable API page at `/docs`.
+//! with a readable API page at `/docs`: Swagger UI, whose files are compiled into the binary
+//! (utoipa-swagger-ui's `vendored` feature), so the page works on a cluster without internet.
 
 use super::{events, health, hooks, logs, runs, tasks, tokens, triggers, AppState};
 use axum::routing::get;
@@ -9,7 +10,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_scalar::{Scalar, Servable};
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -77,14 +78,131 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(health::readyz))
 }
 
+/// The API's routes and their finished OpenAPI document.
+pub(super) fn split() -> (Router<AppState>, Document) {
+    let (router, mut doc) = api_router().split_for_parts();
+    complete(&mut doc);
+    (router, doc)
+}
+
+const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const STATUS: &str = "(queued|creating|pending|running|succeeded|failed|cancelled|lost)";
+
+/// States in the document what the server enforces for every operation alike, which the
+/// handlers' annotations do not repeat one by one: the refusals any operation may answer (400
+/// for a malformed parameter, header or body; 413 and 415 for bodies; 429 for the per-token
+/// and per-trigger rate limits) and the limits on parameters (DNS-1123 names, run ids, page
+/// sizes, status lists, the Idempotency-Key). schemathesis (`scripts/schemathesis`) checks the
+/// result against the server.
+fn complete(doc: &mut Document) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            complete_operation(path, operation);
+        }
+    }
+}
+
+/// A piece of the document written as JSON.
+fn piece<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
+    serde_json::from_value(json).expect("a valid OpenAPI piece")
+}
+
+fn complete_operation(path: &str, operation: &mut utoipa::openapi::path::Operation) {
+    use serde_json::json;
+    use utoipa::openapi::{RefOr, Response};
+    let has_parameters = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let has_body = operation.request_body.is_some();
+    let webhook = path.starts_with("/v1/hooks/");
+    let rate_limited = webhook || operation.security.as_ref().is_some_and(|s| !s.is_empty());
+    for parameter in operation.parameters.iter_mut().flatten() {
+        constrain(path, parameter);
+    }
+    let problem = |description: &str| -> RefOr<Response> {
+        piece(json!({
+            "description": description,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }))
+    };
+    let responses = &mut operation.responses.responses;
+    if has_parameters || has_body {
+        responses
+            .entry("400".into())
+            .or_insert_with(|| problem("A malformed parameter, header or body"));
+    }
+    if has_body {
+        responses
+            .entry("413".into())
+            .or_insert_with(|| problem("The body is larger than the server accepts"));
+        if !webhook {
+            responses
+                .entry("415".into())
+                .or_insert_with(|| problem("The body is not application/json"));
+        }
+    }
+    if rate_limited {
+        responses.entry("429".into()).or_insert_with(|| {
+            piece(json!({
+                "description": "Too many requests from this token (or to this trigger): retry after `Retry-After` seconds",
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }))
+        });
+    }
+}
+
+/// The limits the server enforces on a parameter, by where it is and its name.
+fn constrain(path: &str, parameter: &mut utoipa::openapi::path::Parameter) {
+    use serde_json::json;
+    use utoipa::openapi::path::ParameterIn;
+    let place = match parameter.parameter_in {
+        ParameterIn::Path => "path",
+        ParameterIn::Query => "query",
+        ParameterIn::Header => "header",
+        ParameterIn::Cookie => "cookie",
+    };
+    let limits = match (place, parameter.name.as_str()) {
+        ("path", "name") | ("query", "task") => json!({
+            "type": "string", "pattern": DNS1123_LABEL, "minLength": 1,
+            "maxLength": crate::domain::task::MAX_TASK_NAME,
+        }),
+        ("path", "trigger") => json!({
+            "type": "string", "pattern": DNS1123_LABEL, "minLength": 1, "maxLength": 63,
+        }),
+        ("path", "id") => json!({"type": "string", "format": "uuid"}),
+        ("query", "limit") if path != "/v1/runs/{id}/logs" => {
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": super::pagination::MAX_LIMIT})
+        }
+        ("query", "status") => json!({
+            "type": "string", "pattern": format!("^{STATUS}(,{STATUS})*$"),
+        }),
+        ("query", "tail") => json!({"type": "integer", "format": "int64", "minimum": 0}),
+        ("query", "limitBytes") => json!({"type": "integer", "format": "int64", "minimum": 1}),
+        ("query", "since") => json!({"type": "string", "format": "date-time"}),
+        ("header", "Idempotency-Key") => json!({
+            "type": "string", "pattern": "^[!-~]{1,255}$", "minLength": 1, "maxLength": 255,
+        }),
+        _ => return,
+    };
+    parameter.schema = Some(piece(limits));
+}
+
 pub(super) fn docs_router(doc: Document) -> Router<AppState> {
-    let json = doc.clone();
     Router::new()
-        .route("/openapi.json", get(move || async move { Json(json) }))
-        .merge(Scalar::with_url("/docs", doc))
+        .route("/openapi.json", get(move || async move { Json(doc) }))
+        .merge(
+            // The validator would send the document to swagger.io: "none" keeps the page offline.
+            SwaggerUi::new("/docs").config(Config::new(["/openapi.json"]).validator_url("none")),
+        )
 }
 
 /// The OpenAPI document the server serves.
 pub fn openapi() -> Document {
-    api_router().split_for_parts().1
+    split().1
 }

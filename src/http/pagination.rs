@@ -57,6 +57,8 @@ pub fn decode_name_cursor(cursor: &str) -> Result<String, Error> {
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
+        // Names never hold NUL, and PostgreSQL could not compare with it.
+        .filter(|name| !name.contains('\0'))
         .ok_or_else(garbage)
 }
 

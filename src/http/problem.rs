@@ -146,7 +146,7 @@ impl From<&Error> for Problem {
                 "rate-limited",
                 "Too many requests",
                 format!(
-                    "this token sent too many requests; retry after {} s",
+                    "too many requests from this caller (its token, or its address when it sends none); retry after {} s",
                     retry_after_secs(*retry_after)
                 ),
             ),
@@ -158,6 +158,18 @@ impl From<&Error> for Problem {
                     "task {task:?} already has {limit} queued runs, the most allowed; wait for some to start, or cancel some"
                 ),
             ),
+            Error::TooManyActiveRuns { limit } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-active-runs",
+                "Too many unfinished runs",
+                format!(
+                    "this token already has {limit} unfinished runs, its limit (maxActiveRuns, or the installation's MAX_ACTIVE_RUNS_PER_TOKEN); wait for some to finish, or cancel some"
+                ),
+            )
+            .with_errors(vec![FieldError {
+                field: "maxActiveRuns".into(),
+                message: format!("at most {limit} unfinished runs per token"),
+            }]),
             Error::WebhookRejected(_) => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "webhook-unauthenticated",
@@ -196,15 +208,26 @@ impl IntoResponse for Error {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, retry_after_secs(*retry_after).into());
             }
+            Error::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS.into());
+            }
             _ => {}
         }
         // The logging middleware reports the cause chain of server-side errors.
         if response.status().is_server_error() {
-            response.extensions_mut().insert(ErrorChain(chain(&self)));
+            response
+                .extensions_mut()
+                .insert(ErrorChain(crate::error::chain(&self)));
         }
         response
     }
 }
+
+/// How long a client should wait after a 503 for an unavailable database: long enough for a
+/// restart's connection refusals to pass, short enough not to hold up a client for nothing.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
 /// Whole seconds to wait, at least one.
 fn retry_after_secs(wait: std::time::Duration) -> u64 {
@@ -214,14 +237,3 @@ fn retry_after_secs(wait: std::time::Duration) -> u64 {
 /// The cause chain of a 5xx, carried to the logging middleware on the response.
 #[derive(Clone)]
 pub struct ErrorChain(pub String);
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

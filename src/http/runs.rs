@@ -1,7 +1,7 @@
 //! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
 
 use super::auth::{Authorized, ForRead, ForRun};
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 use super::idempotency::Idempotent;
 use super::pagination;
 use super::problem::Problem;
@@ -10,7 +10,7 @@ use super::Limits;
 use crate::domain::{AdHocRun, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Trigger};
 use crate::error::{Error, Result};
 use crate::store::{self, runs::NewRun, runs::RunFilter};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,14 +29,14 @@ use uuid::Uuid;
         ("name" = String, Path, description = "Task name"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body"),
     ),
-    request_body(content = RunOverrides, description = "Optional; may be empty"),
+    request_body(content = Option<RunOverrides>, description = "Optional; may be empty"),
     responses(
         (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The task has too many queued runs", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The task has too many queued runs, or the token too many unfinished runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn start_task_run(
@@ -44,7 +44,7 @@ pub async fn start_task_run(
     State(db): State<PgPool>,
     State(limits): State<Arc<Limits>>,
     State(policy): State<Arc<RunPolicy>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(overrides): ApiJson<RunOverrides>,
 ) -> Result<Response> {
@@ -59,14 +59,20 @@ pub async fn start_task_run(
         })?;
     let template = task.template.with_overrides(&overrides);
     template.validate("template")?;
-    policy.check(&template, "template")?;
-    let idempotent = Idempotent::new(key, format!("POST /v1/tasks/{name}/runs"), &overrides);
+    policy.check(&template, task.limits.as_ref(), "template")?;
+    let idempotent = Idempotent::new(
+        key,
+        &auth.caller,
+        format!("POST /v1/tasks/{name}/runs"),
+        &overrides,
+    );
     let new = NewRun {
         task_name: Some(name.as_str()),
         template: &template,
         trigger: Trigger::Api,
         rerun_of: None,
         scheduled_time: None,
+        token_id: auth.caller.token_id,
     };
     create(&db, &limits, idempotent, new).await
 }
@@ -82,6 +88,7 @@ pub async fn start_task_run(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The token has too many unfinished runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_run(
@@ -94,14 +101,15 @@ pub async fn create_run(
 ) -> Result<Response> {
     auth.task(None)?;
     request.validate()?;
-    policy.check(&request.template, "template")?;
-    let idempotent = Idempotent::new(key, "POST /v1/runs".into(), &request);
+    policy.check(&request.template, None, "template")?;
+    let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
     let new = NewRun {
         task_name: None,
         template: &request.template,
         trigger: Trigger::Api,
         rerun_of: None,
         scheduled_time: None,
+        token_id: auth.caller.token_id,
     };
     create(&db, &limits, idempotent, new).await
 }
@@ -125,6 +133,21 @@ pub(super) async fn insert_capped(
     Ok(run)
 }
 
+/// Refuses a new run when `token` already has as many unfinished runs as it may: its own
+/// `maxActiveRuns`, else the installation's (0: no cap). The token's row stays locked until
+/// commit, so one token's concurrent submissions are counted one after the other.
+async fn check_active_runs(conn: &mut PgConnection, limits: &Limits, token: Uuid) -> Result<()> {
+    let own = store::tokens::lock_for_submission(&mut *conn, token).await?;
+    let cap = match own.flatten() {
+        Some(own) => u32::try_from(own).unwrap_or(0),
+        None => limits.max_active_runs_per_token,
+    };
+    if cap > 0 && store::runs::active_count_of_token(&mut *conn, token).await? >= i64::from(cap) {
+        return Err(Error::TooManyActiveRuns { limit: cap });
+    }
+    Ok(())
+}
+
 async fn create(
     db: &PgPool,
     limits: &Limits,
@@ -136,6 +159,9 @@ async fn create(
         if let Some(replay) = idempotent.claim(&mut tx).await? {
             return Ok(replay);
         }
+    }
+    if let Some(token) = new.token_id {
+        check_active_runs(&mut tx, limits, token).await?;
     }
     let run = insert_capped(&mut tx, limits, new).await?;
     let location = format!("/v1/runs/{}", run.id);
@@ -283,7 +309,7 @@ pub(super) fn parse_run_id(id: &str) -> Result<Uuid> {
 pub async fn get_run(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
@@ -317,7 +343,7 @@ fn not_found(id: Uuid) -> Error {
 pub async fn cancel_run(
     auth: Authorized<ForRun>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
@@ -354,14 +380,16 @@ pub async fn cancel_run(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The task has too many queued runs", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The run is beyond this installation's limits", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The task has too many queued runs, or the token too many unfinished runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn rerun(
     auth: Authorized<ForRun>,
     State(db): State<PgPool>,
     State(limits): State<Arc<Limits>>,
-    Path(id): Path<String>,
+    State(policy): State<Arc<RunPolicy>>,
+    ApiPath(id): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Response> {
     let id = parse_run_id(&id)?;
@@ -369,13 +397,20 @@ pub async fn rerun(
         .await?
         .ok_or_else(|| not_found(id))?;
     auth.task(original.task.as_deref())?;
-    let idempotent = Idempotent::new(key, format!("POST /v1/runs/{id}/rerun"), &());
+    // Today's limits, not those of the original's day (and its task's, if it still exists).
+    let task_limits = match original.task.as_deref() {
+        Some(task) => store::tasks::get(&db, task).await?.and_then(|t| t.limits),
+        None => None,
+    };
+    policy.check(&original.template, task_limits.as_ref(), "template")?;
+    let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
     let new = NewRun {
         task_name: original.task.as_deref(),
         template: &original.template,
         trigger: Trigger::Rerun,
         rerun_of: Some(original.id),
         scheduled_time: None,
+        token_id: auth.caller.token_id,
     };
     create(&db, &limits, idempotent, new).await
 }
@@ -395,7 +430,7 @@ pub async fn rerun(
 pub async fn list_pods(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<PodRecord>>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
@@ -420,7 +455,7 @@ pub async fn list_pods(
 pub async fn history(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<store::runs::RunEvent>>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)

@@ -2,7 +2,7 @@
 //! status, and backfilling its scheduled times.
 
 use super::auth::{Authorized, ForAdmin, ForRead};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::pagination;
 use super::problem::Problem;
 use crate::domain::schedule::{Schedule, ScheduleStatus};
@@ -10,7 +10,7 @@ use crate::domain::{Invalid, Run, RunPolicy, Task, TaskName, TaskSpec, Trigger};
 use crate::error::{Error, Result};
 use crate::store;
 use crate::store::runs::NewRun;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -42,13 +42,13 @@ pub async fn put_task(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
     State(policy): State<Arc<RunPolicy>>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>)> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
     spec.validate()?;
-    policy.check(&spec.template, "template")?;
+    policy.check(&spec.template, spec.limits.as_ref(), "template")?;
     let (task, created) = store::tasks::upsert(&db, name.as_str(), &spec).await?;
     let status = if created {
         StatusCode::CREATED
@@ -73,7 +73,7 @@ pub async fn put_task(
 pub async fn get_task(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Task>> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
@@ -146,13 +146,14 @@ pub struct BackfillResult {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No schedule, or an invalid range", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No schedule, an invalid range, or a template beyond this installation's limits", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn backfill(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path(name): Path<String>,
+    State(policy): State<Arc<RunPolicy>>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResult>> {
     let name = parse_name(name)?;
@@ -166,6 +167,7 @@ pub async fn backfill(
     let Some(Ok(schedule)) = task.schedule.parsed() else {
         return Err(Invalid::one("schedule", "the task has no schedule to backfill").into());
     };
+    policy.check(&task.template, task.limits.as_ref(), "template")?;
     if request.to < request.from {
         return Err(Invalid::one("to", "must not be before from").into());
     }
@@ -201,6 +203,7 @@ pub async fn backfill(
                 trigger: Trigger::Schedule,
                 rerun_of: None,
                 scheduled_time: Some(time),
+                token_id: None,
             },
         )
         .await?;
@@ -227,7 +230,7 @@ pub async fn backfill(
 pub async fn delete_task(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;

@@ -2,14 +2,14 @@
 //! that creates it; only its hash is kept.
 
 use super::auth::{Authorized, ForAdmin};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use crate::domain::auth::new_token;
 use crate::domain::validation::Errors;
 use crate::domain::{Scope, TaskName};
 use crate::error::{Error, Result};
 use crate::store::{self, tokens::NewToken, tokens::TokenInfo};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
     /// Who or what uses the token (1 to 100 characters), e.g. `ci-dashboard`.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `read` (history, logs), `run` (also start, cancel, re-run) or `admin` (also tasks,
     /// triggers, tokens).
@@ -28,6 +29,11 @@ pub struct TokenRequest {
     /// Limit the token to these tasks; leave out for every task.
     #[serde(default)]
     pub tasks: Option<Vec<String>>,
+    /// Runs this token may have unfinished at once, replacing the installation's
+    /// MAX_ACTIVE_RUNS_PER_TOKEN (0: no limit); leave out for the installation's.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub max_active_runs: Option<u32>,
 }
 
 impl TokenRequest {
@@ -36,6 +42,12 @@ impl TokenRequest {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             errors.add("name", "must be 1 to 100 characters");
+        }
+        if self
+            .max_active_runs
+            .is_some_and(|n| i32::try_from(n).is_err())
+        {
+            errors.add("maxActiveRuns", format!("must be at most {}", i32::MAX));
         }
         if let Some(tasks) = &self.tasks {
             if tasks.is_empty() {
@@ -72,10 +84,11 @@ pub async fn create_token(db: &PgPool, request: &TokenRequest) -> Result<Created
             scope: request.scope,
             tasks: request.tasks.as_deref(),
             hash: &hash,
+            max_active_runs: request.max_active_runs.and_then(|n| i32::try_from(n).ok()),
         },
     )
     .await?;
-    tracing::info!(token_id = %info.id, name = %info.name, scope = %info.scope, "token created");
+    tracing::info!(token_id = %info.id, name = ?info.name, scope = %info.scope, "token created");
     Ok(CreatedToken { info, token })
 }
 
@@ -136,7 +149,7 @@ pub async fn list_tokens(
 pub async fn delete_token(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode> {
     auth.all_tasks()?;
     let not_found = || Error::NotFound {

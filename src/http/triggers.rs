@@ -2,14 +2,14 @@
 //! secret; they carry the hook path to configure on the Git host.
 
 use super::auth::{Authorized, ForAdmin};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use super::tasks::parse_name;
 use crate::domain::names;
 use crate::domain::webhook::{TriggerSpec, WebhookTrigger};
 use crate::error::{Error, Result};
 use crate::store;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -48,7 +48,7 @@ fn not_found(task: &str, trigger: &str) -> Error {
 pub async fn put_trigger(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path((name, trigger)): Path<(String, String)>,
+    ApiPath((name, trigger)): ApiPath<(String, String)>,
     ApiJson(spec): ApiJson<TriggerSpec>,
 ) -> Result<Response> {
     let name = parse_name(name)?;
@@ -89,7 +89,7 @@ pub async fn put_trigger(
 pub async fn get_trigger(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path((name, trigger)): Path<(String, String)>,
+    ApiPath((name, trigger)): ApiPath<(String, String)>,
 ) -> Result<Json<WebhookTrigger>> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
@@ -117,7 +117,7 @@ pub async fn get_trigger(
 pub async fn delete_trigger(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path((name, trigger)): Path<(String, String)>,
+    ApiPath((name, trigger)): ApiPath<(String, String)>,
 ) -> Result<StatusCode> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
@@ -137,14 +137,22 @@ pub async fn delete_trigger(
         (status = 200, body = Vec<WebhookTrigger>),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_triggers(
     auth: Authorized<ForAdmin>,
     State(db): State<PgPool>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<WebhookTrigger>>> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
+    // An empty list would say the task exists.
+    if store::tasks::get(&db, name.as_str()).await?.is_none() {
+        return Err(Error::NotFound {
+            kind: "task",
+            name: name.to_string(),
+        });
+    }
     Ok(Json(store::triggers::list(&db, name.as_str()).await?))
 }

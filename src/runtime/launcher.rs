@@ -3,6 +3,18 @@
 //! to the queue with capped exponential backoff; permanent ones fail the run with the API
 //! server's message. A crash at any point leaves either a queued run or a `creating` run with a
 //! lapsing lease, and the deterministic Job name turns the retry into an adoption.
+//!
+//! Each claimed run is launched in its own task holding one of `LAUNCH_CONCURRENCY` slots, and
+//! the loop claims again as soon as a slot frees: a create the API server leaves hanging holds
+//! one slot, never the others.
+//!
+//! Exactly once, with a deadline (`MAX_QUEUE_WAIT_SECS` after the run was submitted): a create
+//! still unanswered at the deadline is abandoned and the run fails `LaunchTimeout` at once
+//! (guarded by its `creating` status, so a cancellation or another replica's outcome wins). The
+//! abandoned request may still be carried out by the API server later. It cannot make a second
+//! Job (the name is deterministic) nor bring the run back (`mark_created` moves only `creating`
+//! runs, and the tracker never moves a final run); the tracker deletes a Job that is still
+//! active while its run is already final, so the late Job does not run on unrecorded.
 
 use super::Runtime;
 use crate::cluster::jobs::{CreateError, Created};
@@ -11,48 +23,84 @@ use crate::domain::{JobRef, Run, RunStatus};
 use crate::store::runs::{self, StatusDetail};
 use crate::telemetry;
 use backon::BackoffBuilder;
-use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-const BATCH: i64 = 64;
+const BATCH: usize = 64;
+
+/// How long shutdown waits for launches in flight (an interrupted one is taken over by the next
+/// launcher once its lease lapses, and adopted).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
     let mut listener = super::listen(&runtime, runs::QUEUED_CHANNEL).await;
+    let slots = Arc::new(Semaphore::new(runtime.settings.launch_concurrency));
+    let mut launches = JoinSet::new();
     loop {
-        if let Err(error) = launch_due(&runtime).await {
+        if let Err(error) = launch_due(&runtime, &slots, &mut launches).await {
             tracing::warn!(error = %error, "launcher: claiming runs failed; retrying");
             metrics::counter!("vfi_launcher_errors_total", "kind" => "database").increment(1);
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = super::notified(&mut listener) => {}
             _ = tokio::time::sleep(runtime.settings.launcher_poll) => {}
+            // A slot freed: claim again at once.
+            Some(_) = launches.join_next() => {}
         }
     }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while launches.join_next().await.is_some() {}
+    })
+    .await;
 }
 
-/// Launches everything that is due, a batch at a time.
-async fn launch_due(runtime: &Runtime) -> Result<(), sqlx::Error> {
+/// Claims as many due runs as there are free slots and starts launching each in its own task.
+async fn launch_due(
+    runtime: &Runtime,
+    slots: &Arc<Semaphore>,
+    launches: &mut JoinSet<()>,
+) -> Result<(), sqlx::Error> {
     loop {
+        let free = slots.available_permits().min(BATCH);
+        if free == 0 {
+            return Ok(());
+        }
         let batch = runs::claim_launchable(
             &runtime.db,
             &runtime.settings.instance,
             runtime.settings.launch_lease,
-            BATCH,
+            free as i64,
         )
         .await?;
         if batch.is_empty() {
             return Ok(());
         }
-        futures::stream::iter(batch)
-            .for_each_concurrent(runtime.settings.launch_concurrency, |run| async move {
-                if let Err(error) = launch(runtime, &run).await {
+        for run in batch {
+            // Only this loop takes slots, and it claimed no more runs than were free.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                return Ok(());
+            };
+            let runtime = runtime.clone();
+            launches.spawn(async move {
+                let _slot = slot;
+                if let Err(error) = launch(&runtime, &run).await {
                     tracing::warn!(run_id = %run.id, error = %error, "launcher: recording the outcome failed; the lease will lapse and another attempt follows");
                 }
-            })
-            .await;
+            });
+        }
     }
+}
+
+/// When the run must have its Job by.
+fn deadline(runtime: &Runtime, run: &Run) -> tokio::time::Instant {
+    let waited = (chrono::Utc::now() - run.created_at)
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::Instant::now() + runtime.settings.max_queue_wait.saturating_sub(waited)
 }
 
 #[tracing::instrument(skip_all, fields(run_id = %run.id, task = run.task.as_deref(), number = run.number))]
@@ -64,7 +112,20 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
         name: render::job_name(settings, run),
         uid: None,
     };
-    match runtime.cluster.create_job(run.id, &job).await {
+    let outcome = tokio::select! {
+        outcome = runtime.cluster.create_job(run.id, &job) => outcome,
+        _ = tokio::time::sleep_until(deadline(runtime, run)) => {
+            // The create is abandoned (see the module's exactly-once note).
+            metrics::counter!("vfi_launcher_errors_total", "kind" => "timeout").increment(1);
+            tracing::warn!("launch timed out while the Kubernetes API had not answered");
+            let message = format!(
+                "the Job could not be created within {} s; the Kubernetes API did not answer in time",
+                runtime.settings.max_queue_wait.as_secs()
+            );
+            return fail(runtime, run, "LaunchTimeout", &message).await;
+        }
+    };
+    match outcome {
         Ok(created) => {
             let (uid, adopted) = match created {
                 Created::New { uid } => (uid, false),

@@ -6,7 +6,9 @@
 pub mod archiver;
 pub mod canceller;
 pub mod launcher;
+pub mod pending;
 pub mod pruner;
+pub mod requeue;
 pub mod scheduler;
 pub mod tracker;
 
@@ -36,6 +38,19 @@ pub struct RuntimeSettings {
     pub reconcile_interval: Duration,
     /// How the pruner keeps the history within its limits.
     pub retention: pruner::RetentionSettings,
+    /// The `timeoutSeconds` of the tracker's watches.
+    pub watch_timeout_secs: u32,
+    /// How often the service's Kubernetes permissions are checked again.
+    pub permission_check_interval: Duration,
+    /// What a run may ask of the cluster; the scheduler checks each scheduled run against it,
+    /// since limits may have tightened after the task was saved.
+    pub policy: Arc<crate::domain::RunPolicy>,
+    /// `ttlSecondsAfterFinished` given to finished Jobs that have none, once their outcome is
+    /// recorded; `None` leaves them.
+    pub finished_job_ttl_secs: Option<i32>,
+    /// A run pending (its Job created, no pod running) longer than this fails with the reason
+    /// it waited for.
+    pub max_pending: Duration,
 }
 
 /// What the loops share.
@@ -78,6 +93,14 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
             )),
         });
         loops.push(Loop {
+            name: format!("failed-create-tracker/{namespace}"),
+            handle: tokio::spawn(tracker::track_failed_creates(
+                runtime.clone(),
+                namespace.clone(),
+                shutdown.clone(),
+            )),
+        });
+        loops.push(Loop {
             name: format!("pod-tracker/{namespace}"),
             handle: tokio::spawn(tracker::track_pods(
                 runtime.clone(),
@@ -106,6 +129,17 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         handle: tokio::spawn(pruner::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
+        name: "permission-check".into(),
+        handle: tokio::spawn(check_permissions_periodically(
+            runtime.clone(),
+            shutdown.clone(),
+        )),
+    });
+    loops.push(Loop {
+        name: "pending-limit".into(),
+        handle: tokio::spawn(pending::run(runtime.clone(), shutdown.clone())),
+    });
+    loops.push(Loop {
         name: "reconciler".into(),
         handle: tokio::spawn(tracker::reconcile_periodically(
             runtime.clone(),
@@ -113,6 +147,18 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         )),
     });
     loops
+}
+
+/// Re-checks the service's Kubernetes permissions (a Role edited or deleted after start-up shows
+/// in `/readyz` and the log). The start-up check is done by `App`.
+async fn check_permissions_periodically(runtime: Runtime, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(runtime.settings.permission_check_interval) => {}
+        }
+        runtime.cluster.check_permissions().await;
+    }
 }
 
 /// LISTENs on a NOTIFY channel, so work recorded on any replica wakes a loop at once. Without a

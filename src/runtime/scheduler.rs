@@ -130,6 +130,16 @@ async fn start(
     spec: &TaskSpec,
     time: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // Before Replace cancels anything: a run that may not start must not stop another.
+    let checked = runtime
+        .settings
+        .policy
+        .check(&spec.template, spec.limits.as_ref(), "template");
+    if let Err(invalid) = checked {
+        let message =
+            format!("the task's template is beyond this installation's limits: {invalid}");
+        return skip(tx, task, time, SkipReason::BeyondLimits, &message).await;
+    }
     let policy = spec.concurrency_policy.unwrap_or_default();
     if policy != ConcurrencyPolicy::Allow {
         let active = schedules::active_runs(&mut *tx, task).await?;
@@ -165,6 +175,7 @@ async fn start(
             trigger: Trigger::Schedule,
             rerun_of: None,
             scheduled_time: Some(time),
+            token_id: None,
         },
     )
     .await?;

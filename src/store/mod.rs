@@ -25,6 +25,8 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// `/healthz`, and `/readyz` with 503) while the database is still coming up.
 pub fn pool(database_url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(database_url)?.application_name("vfi-orchestrator");
+    // A call that cannot get a connection within 5 s fails (503 for a request, another look
+    // later for a loop) rather than waiting for the database to return.
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

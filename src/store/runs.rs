@@ -93,6 +93,8 @@ pub struct NewRun<'a> {
     pub rerun_of: Option<Uuid>,
     /// The scheduled time, for runs the schedule (or a backfill) started.
     pub scheduled_time: Option<DateTime<Utc>>,
+    /// The API token that asked for the run (counted by the per-token cap on active runs).
+    pub token_id: Option<Uuid>,
 }
 
 /// Records a queued run with the next number of its task (or of the ad-hoc sequence).
@@ -108,8 +110,8 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .await?;
     let row: RunRow = sqlx::query_as(&format!(
         "INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template, labels,
-            scheduled_time)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+            scheduled_time, token_id)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.task_name)
@@ -119,6 +121,7 @@ pub async fn insert(conn: &mut PgConnection, new: NewRun<'_>) -> Result<Run, sql
     .bind(Json(new.template))
     .bind(Json(&new.template.labels))
     .bind(new.scheduled_time)
+    .bind(new.token_id)
     .fetch_one(&mut *conn)
     .await?;
     // Wakes launchers on every replica at commit.
@@ -289,6 +292,9 @@ pub struct Observed {
     pub current: RunStatus,
     /// The run's task and times after the change (for metrics), when there was a change.
     pub changed: Option<RunTimes>,
+    /// The run had a Job recorded before this observation (a run that failed before its Job
+    /// was created has none).
+    pub job_recorded: bool,
 }
 
 /// A run's task and times, as a status change left them.
@@ -308,6 +314,8 @@ struct ObservedRow {
     created_at: Option<DateTime<Utc>>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    #[sqlx(default)]
+    job_recorded: bool,
 }
 
 impl From<ObservedRow> for Observed {
@@ -315,6 +323,7 @@ impl From<ObservedRow> for Observed {
         Observed {
             previous: row.previous,
             current: row.current,
+            job_recorded: row.job_recorded,
             changed: row
                 .created_at
                 .filter(|_| row.previous != row.current)
@@ -354,12 +363,17 @@ pub async fn observe(
         None => (None, None, None),
     };
     let row: Option<ObservedRow> = sqlx::query_as(
-        "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE),
+        "WITH current AS (SELECT id, status, job_name FROM runs WHERE id = $1 FOR UPDATE),
          updated AS (
             UPDATE runs r SET
                 status = CASE WHEN r.status = ANY($2) THEN $3 ELSE r.status END,
-                status_reason = CASE WHEN r.status = ANY($2) THEN $4 ELSE r.status_reason END,
-                status_message = CASE WHEN r.status = ANY($2) THEN $5 ELSE r.status_message END,
+                -- entering pending keeps a reason noted while creating
+                status_reason = CASE WHEN r.status = ANY($2)
+                    THEN CASE WHEN $3 = 'pending' THEN coalesce($4, r.status_reason) ELSE $4 END
+                    ELSE r.status_reason END,
+                status_message = CASE WHEN r.status = ANY($2)
+                    THEN CASE WHEN $3 = 'pending' THEN coalesce($5, r.status_message) ELSE $5 END
+                    ELSE r.status_message END,
                 started_at = coalesce(r.started_at, $6,
                     CASE WHEN r.status = ANY($2) AND $3 = 'running' THEN now() END),
                 finished_at = CASE WHEN r.status = ANY($2) AND $7 THEN coalesce($8, now())
@@ -374,9 +388,17 @@ pub async fn observe(
             FROM current
             WHERE r.id = current.id
               AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'lost')
+              -- No write unless something changes (a re-list repeats what is stored).
+              AND (r.status = ANY($2)
+                   OR (r.pods_active, r.pods_ready, r.pods_succeeded, r.pods_failed)
+                      IS DISTINCT FROM ($9, $10, $11, $12)
+                   OR (r.started_at IS NULL AND $6 IS NOT NULL)
+                   OR (r.job_name IS NULL AND $14 IS NOT NULL)
+                   OR (r.job_uid IS NULL AND $15 IS NOT NULL))
             RETURNING r.status, r.task_name, r.created_at, r.started_at, r.finished_at)
          SELECT current.status AS previous, coalesce(u.status, current.status) AS current,
-                u.task_name, u.created_at, u.started_at, u.finished_at
+                u.task_name, u.created_at, u.started_at, u.finished_at,
+                current.job_name IS NOT NULL AS job_recorded
          FROM current LEFT JOIN updated u ON true",
     )
     .bind(id)
@@ -447,6 +469,9 @@ pub async fn advance(
     let row: Option<ObservedRow> = sqlx::query_as(
         "WITH current AS (SELECT id, status FROM runs WHERE id = $1 FOR UPDATE)
          UPDATE runs r SET status = $3, updated_at = now(),
+             -- why it waited no longer holds once it moves on
+             status_reason = CASE WHEN $4 THEN r.status_reason END,
+             status_message = CASE WHEN $4 THEN r.status_message END,
              started_at = CASE WHEN $3 = 'running' THEN coalesce(r.started_at, now()) ELSE r.started_at END,
              finished_at = CASE WHEN $4 THEN now() ELSE r.finished_at END,
              lease_owner = NULL, lease_until = NULL
@@ -606,7 +631,7 @@ pub struct RunEvent {
     /// Increases with every event of every run.
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `created` or `status`.
+    /// `created`, `status`, or `waiting` (why a pending run has not started: reason and message).
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<RunStatus>,
@@ -636,4 +661,103 @@ pub async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sq
         .bind(task)
         .fetch_one(db)
         .await
+}
+
+/// How many runs `token` started that have not finished yet.
+pub async fn active_count_of_token(
+    db: impl PgExecutor<'_>,
+    token: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE token_id = $1
+            AND status IN ('queued', 'creating', 'pending', 'running')",
+    )
+    .bind(token)
+    .fetch_one(db)
+    .await
+}
+
+/// Why a pending run has not started (`ImagePullBackOff`, `Unschedulable`, `FailedCreate`, ...),
+/// and how the cluster says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting<'a> {
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
+/// Records why a `pending` run waits, on the run and (when it changed) in its history. Not a
+/// status change: a run in any other status is left alone, except `creating` (the pod can be
+/// seen before the launcher has recorded its Job; the reason then carries into `pending`).
+/// Returns whether anything changed.
+pub async fn note_waiting(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    waiting: &Waiting<'_>,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE runs SET status_reason = $2, status_message = $3, updated_at = now()
+         WHERE id = $1 AND status IN ('creating', 'pending')
+           AND (status_reason IS DISTINCT FROM $2 OR status_message IS DISTINCT FROM $3)",
+    )
+    .bind(id)
+    .bind(waiting.reason)
+    .bind(waiting.message)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// [`note_waiting`] for the run whose Job is `namespace/name` (with `uid` when the run knows it):
+/// what the cluster's Events name.
+pub async fn note_waiting_for_job(
+    db: impl PgExecutor<'_>,
+    job: &JobRef,
+    waiting: &Waiting<'_>,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE runs SET status_reason = $4, status_message = $5, updated_at = now()
+         WHERE job_namespace = $1 AND job_name = $2 AND (job_uid IS NULL OR $3::text IS NULL OR job_uid = $3)
+           AND status IN ('creating', 'pending')
+           AND (status_reason IS DISTINCT FROM $4 OR status_message IS DISTINCT FROM $5)",
+    )
+    .bind(&job.namespace)
+    .bind(&job.name)
+    .bind(job.uid.as_deref())
+    .bind(waiting.reason)
+    .bind(waiting.message)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+/// Fails every run that has been `pending` (its Job created, no pod running) for longer than
+/// `limit`, keeping the reason it waited for (`PendingTimeout` when none was seen). Returns the
+/// failed runs, whose Jobs the caller deletes. Guarded like [`transition`]: only `pending` runs.
+pub async fn fail_overdue_pending(
+    db: impl PgExecutor<'_>,
+    limit: std::time::Duration,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let rows: Vec<RunRow> = sqlx::query_as(&format!(
+        "UPDATE runs r SET status = 'failed',
+            status_reason = coalesce(r.status_reason, 'PendingTimeout'),
+            status_message = 'the run did not start within ' || $1::bigint || ' s'
+                || coalesce(': ' || r.status_message, ''),
+            finished_at = now(), updated_at = now(), lease_owner = NULL, lease_until = NULL
+         WHERE r.status = 'pending'
+           AND coalesce((SELECT max(e.at) FROM run_events e
+                         WHERE e.run_id = r.id AND e.kind = 'status' AND e.status = 'pending'),
+                        r.updated_at) < now() - make_interval(secs => $1::bigint)
+         RETURNING {}",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(limit.as_secs().max(1) as i64)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Run::from).collect())
 }

@@ -27,6 +27,7 @@ impl From<TaskRow> for Task {
         let TaskSpec {
             description,
             template,
+            limits,
             ..
         } = row.spec.0;
         Task {
@@ -38,6 +39,7 @@ impl From<TaskRow> for Task {
             generation: row.generation,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            limits,
         }
     }
 }

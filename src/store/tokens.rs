@@ -20,6 +20,10 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// This token's own limit on runs not yet finished (replaces MAX_ACTIVE_RUNS_PER_TOKEN;
+    /// 0: none); absent: the installation's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_active_runs: Option<i32>,
 }
 
 /// A token about to be stored.
@@ -28,18 +32,21 @@ pub struct NewToken<'a> {
     pub scope: Scope,
     pub tasks: Option<&'a [String]>,
     pub hash: &'a [u8],
+    pub max_active_runs: Option<i32>,
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, new: NewToken<'_>) -> Result<TokenInfo, sqlx::Error> {
     sqlx::query_as(
-        "INSERT INTO api_tokens (id, name, token_hash, scope, tasks) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, name, scope, tasks, created_at, last_used_at",
+        "INSERT INTO api_tokens (id, name, token_hash, scope, tasks, max_active_runs)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, scope, tasks, created_at, last_used_at, max_active_runs",
     )
     .bind(Uuid::new_v4())
     .bind(new.name)
     .bind(new.hash)
     .bind(new.scope)
     .bind(new.tasks)
+    .bind(new.max_active_runs)
     .fetch_one(db)
     .await
 }
@@ -77,18 +84,47 @@ pub async fn authenticate(
 
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<TokenInfo>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, scope, tasks, created_at, last_used_at FROM api_tokens ORDER BY created_at, id",
+        "SELECT id, name, scope, tasks, created_at, last_used_at, max_active_runs
+         FROM api_tokens ORDER BY created_at, id",
     )
     .fetch_all(db)
     .await
 }
 
-/// Revokes a token at once: it is deleted.
+/// The NOTIFY channel that carries the id of each revoked token (at commit).
+pub const REVOKED_CHANNEL: &str = "vfi_token_revoked";
+
+/// Revokes a token at once: it is deleted, and its id announced on [`REVOKED_CHANNEL`] so the
+/// streams it opened end on every replica.
 pub async fn delete(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+    let deleted: Option<Uuid> = sqlx::query_scalar(
+        "WITH deleted AS (DELETE FROM api_tokens WHERE id = $1 RETURNING id)
+         SELECT id FROM deleted, pg_notify($2, id::text) AS notified",
+    )
+    .bind(id)
+    .bind(REVOKED_CHANNEL)
+    .fetch_optional(db)
+    .await?;
+    Ok(deleted.is_some())
+}
+
+/// Whether the token still exists (is not revoked).
+pub async fn exists(db: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = $1)")
         .bind(id)
-        .execute(db)
-        .await?
-        .rows_affected();
-    Ok(deleted == 1)
+        .fetch_one(db)
+        .await
+}
+
+/// Locks the token's row until the transaction ends (so concurrent submissions by one token
+/// are counted one after the other) and returns its own active-run limit, if an admin set one.
+/// `None` when the token is gone.
+pub async fn lock_for_submission(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<Option<Option<i32>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max_active_runs FROM api_tokens WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }

@@ -13,7 +13,9 @@ use vfi_orchestrator::cluster::ClusterSettings;
 use vfi_orchestrator::domain::{RunPolicy, Scope};
 use vfi_orchestrator::http::server::ServerLimits;
 use vfi_orchestrator::http::tokens::{create_token, TokenRequest};
-use vfi_orchestrator::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit};
+use vfi_orchestrator::http::{
+    self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations,
+};
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -37,6 +39,16 @@ pub struct TestOptions {
     pub server: ServerLimits,
     /// Create the admin token `http` sends (needs the migrations applied).
     pub admin_token: bool,
+    /// `JOB_NAME_PREFIX`.
+    pub job_name_prefix: String,
+    /// The installation's run size limits (none by default).
+    pub run_limits: vfi_orchestrator::domain::policy::RunLimits,
+    /// Unfinished runs per token (0: no cap).
+    pub max_active_runs_per_token: u32,
+    /// (requests per second, burst) per client address without a valid token; `None`: unlimited.
+    pub anonymous_rate_limit: Option<(u32, u32)>,
+    /// `/metrics` without a token.
+    pub metrics_public: bool,
 }
 
 impl Default for TestOptions {
@@ -48,6 +60,11 @@ impl Default for TestOptions {
             cors_origins: Vec::new(),
             server: ServerLimits::default(),
             admin_token: true,
+            job_name_prefix: String::new(),
+            run_limits: Default::default(),
+            max_active_runs_per_token: 0,
+            anonymous_rate_limit: None,
+            metrics_public: false,
         }
     }
 }
@@ -64,10 +81,14 @@ impl TestApp {
                 max_body_bytes: MAX_BODY_BYTES,
                 request_timeout: Duration::from_secs(30),
                 max_queued_runs_per_task: options.max_queued_runs_per_task,
+                max_active_runs_per_token: options.max_active_runs_per_token,
             }),
             policy: Arc::new(RunPolicy {
                 namespaces: vec!["default".into(), "batch".into()],
                 service_accounts: vec!["default".into()],
+                job_name_prefix: options.job_name_prefix.clone(),
+                limits: options.run_limits.clone(),
+                sandbox: Default::default(),
             }),
             // These tests never reach a cluster: an address nothing listens on.
             cluster: Cluster {
@@ -78,15 +99,20 @@ impl TestApp {
                 settings: Arc::new(ClusterSettings {
                     installation: "default".into(),
                     namespaces: vec!["default".into()],
-                    job_name_prefix: String::new(),
+                    job_name_prefix: options.job_name_prefix.clone(),
                     run_as_non_root: false,
                 }),
+                permissions: Default::default(),
             },
             auth: Arc::new(AuthSettings {
                 enabled: !options.auth_disabled,
                 rate_limit: options
                     .rate_limit
                     .and_then(|(rate, burst)| RateLimit::new(rate, burst)),
+                anonymous_rate_limit: options
+                    .anonymous_rate_limit
+                    .and_then(|(rate, burst)| RateLimit::new(rate, burst)),
+                metrics_public: options.metrics_public,
                 cors_origins: options
                     .cors_origins
                     .iter()
@@ -94,6 +120,7 @@ impl TestApp {
                     .collect(),
             }),
             events: EventHub::new(db.clone()),
+            revocations: Revocations::new(db.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -209,6 +236,7 @@ pub async fn new_token(db: &PgPool, scope: Scope, tasks: Option<&[&str]>) -> Str
         name: format!("test-{scope}"),
         scope,
         tasks: tasks.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        max_active_runs: None,
     };
     create_token(db, &request).await.unwrap().token
 }
@@ -232,6 +260,17 @@ pub fn calculatepi() -> Value {
         "image": "perl:5.34.0",
         "command": ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]
     })
+}
+
+/// Asserts a 429 problem whose `Retry-After` asks for a second or two.
+pub async fn assert_rate_limited(limited: Response) {
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_problem(limited, StatusCode::TOO_MANY_REQUESTS, None).await;
 }
 
 /// Asserts a problem+json answer with `status` whose errors name `field`; returns the body.
@@ -261,4 +300,5 @@ pub async fn assert_problem(response: Response, status: StatusCode, field: Optio
     body
 }
 
+pub mod postgres;
 pub mod service;

@@ -56,6 +56,27 @@ impl Service {
         extra: &[&str],
         clock: Option<ManualClock>,
     ) -> Service {
+        Service::start_inner(db, None, client, extra, clock).await
+    }
+
+    /// Like [`Service::start`], on a pool made as `serve` makes it (`store::pool`, with its
+    /// acquire timeout), for tests about the database going away.
+    pub async fn start_on_pool(
+        db: PgPool,
+        pool: PgPool,
+        client: kube::Client,
+        extra: &[&str],
+    ) -> Service {
+        Service::start_inner(db, Some(pool), client, extra, None).await
+    }
+
+    async fn start_inner(
+        db: PgPool,
+        pool: Option<PgPool>,
+        client: kube::Client,
+        extra: &[&str],
+        clock: Option<ManualClock>,
+    ) -> Service {
         let mut argv = vec![
             "vfi-orchestrator",
             "serve",
@@ -75,11 +96,14 @@ impl Service {
         };
         // Its own pool, as a real replica has: the loops hold some connections for LISTEN and
         // locks, and two services in one test must not starve each other of the test's pool.
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(args.database.db_max_connections)
-            .connect_with((*db.connect_options()).clone())
-            .await
-            .expect("a pool for the service");
+        let pool = match pool {
+            Some(pool) => pool,
+            None => sqlx::postgres::PgPoolOptions::new()
+                .max_connections(args.database.db_max_connections)
+                .connect_with((*db.connect_options()).clone())
+                .await
+                .expect("a pool for the service"),
+        };
         let mut app = App::new(&args, pool, client).await.expect("service builds");
         if let Some(clock) = clock {
             app.runtime.clock = std::sync::Arc::new(clock);

@@ -53,10 +53,42 @@ fn batch_group_doc() -> serde_json::Value {
     })
 }
 
+fn events_group_doc() -> serde_json::Value {
+    json!({
+        "name": "events.k8s.io",
+        "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
+        "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"}
+    })
+}
+
 pub async fn api_groups() -> Response {
     json_response(
         StatusCode::OK,
-        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [batch_group_doc()]}),
+        &json!({"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [batch_group_doc(), events_group_doc()]}),
+    )
+}
+
+pub async fn events_group() -> Response {
+    let mut g = events_group_doc();
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    json_response(StatusCode::OK, &g)
+}
+
+pub async fn events_v1() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": "events.k8s.io/v1",
+            "resources": [
+                {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+                 "verbs": ["create", "get", "list", "watch"], "shortNames": ["ev"],
+                 "storageVersionHash": "r2yiGXH7wu8="}
+            ]
+        }),
     )
 }
 
@@ -74,6 +106,9 @@ pub async fn core_v1() -> Response {
             "kind": "APIResourceList",
             "groupVersion": "v1",
             "resources": [
+                {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                 "shortNames": ["ev"], "storageVersionHash": "r2yiGXH7wu8="},
                 {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
                  "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"],
                  "storageVersionHash": "Q3oi5N2YM8M="},

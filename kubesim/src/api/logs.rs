@@ -170,9 +170,8 @@ async fn log_impl(state: AppState, ns: String, name: String, q: Query) -> Result
             },
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
-    });
+    // Injected stream cuts and stalls apply to log streams as to watches.
+    let stream = state.faults.guard_stream(rx);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain")

@@ -1,11 +1,14 @@
-//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, the
+//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events, the
 //! fault-injection middleware, and the request plumbing shared by the handlers (query
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
 
+pub mod admin;
 pub mod discovery;
+pub mod events_v1;
 pub mod logs;
 pub mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod tables;
 pub mod watch;
@@ -22,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Status;
@@ -39,6 +42,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// How often watches with allowWatchBookmarks get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// RBAC mode: authentication and authorization of every request (None: all allowed).
+    pub rbac: Option<Arc<crate::rbac::Rbac>>,
+    /// Admission and the other switchable cluster behaviours.
+    pub behaviour: Arc<crate::behaviour::Behaviour>,
 }
 
 /// Query parameters as a map (the API server accepts many, each handler picks its own).
@@ -146,14 +153,33 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
 
 async fn faults_layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let faults = &state.faults;
-    let latency = faults.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if faults.outage() {
+    let hit = faults.for_request(req.method().as_str(), req.uri().path());
+    if hit.outage {
         return Status::from_code(503, None).into_response();
     }
-    if let Some((code, retry_after)) = faults.take_failure() {
+    if let Some((id, until)) = hit.hang {
+        tracing::debug!(method = %req.method(), uri = %req.uri(), "request hung by a fault");
+        // A held request is carried out when the hang ends even if its client has gone away
+        // meanwhile, as a frozen server's write can land late: its own task, not the
+        // connection's, so a client disconnect does not cancel it.
+        let faults = faults.clone();
+        let held = tokio::spawn(async move {
+            faults.hang(id, until).await;
+            tracing::debug!(method = %req.method(), uri = %req.uri(), "held request carried out");
+            after_hang(hit, req, next).await
+        });
+        return held
+            .await
+            .unwrap_or_else(|_| Status::from_code(500, None).into_response());
+    }
+    after_hang(hit, req, next).await
+}
+
+async fn after_hang(hit: crate::faults::RequestFaults, req: Request, next: Next) -> Response {
+    if !hit.latency.is_zero() {
+        tokio::time::sleep(hit.latency).await;
+    }
+    if let Some((code, retry_after)) = hit.error {
         return Status::from_code(code, retry_after).into_response();
     }
     tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
@@ -233,6 +259,33 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/namespaces/{ns}/pods/{name}/log",
             get(logs::pod_log),
         )
+        // Events (core/v1)
+        .route("/api/v1/events", get(r::list_all::<Event>))
+        .route(
+            "/api/v1/namespaces/{ns}/events",
+            get(r::list_ns::<Event>)
+                .post(r::create::<Event>)
+                .delete(r::delete_collection::<Event>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/events/{name}",
+            get(r::get_one::<Event>)
+                .delete(r::delete_one::<Event>)
+                .patch(r::patch_one::<Event>)
+                .put(r::replace_one::<Event>),
+        )
+        // Events (events.k8s.io/v1, the same objects)
+        .route("/apis/events.k8s.io", get(discovery::events_group))
+        .route("/apis/events.k8s.io/v1", get(discovery::events_v1))
+        .route("/apis/events.k8s.io/v1/events", get(events_v1::list_all))
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+            get(events_v1::list_ns).post(events_v1::create),
+        )
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
+            get(events_v1::get_one),
+        )
         // Namespaces
         .route(
             "/api/v1/namespaces",
@@ -243,7 +296,32 @@ pub fn router(state: AppState) -> Router {
             get(r::get_cluster::<Namespace>)
                 .patch(r::patch_cluster::<Namespace>)
                 .put(r::replace_cluster::<Namespace>)
-                .delete(r::delete_namespace_refused),
+                .delete(r::delete_namespace),
+        )
+        // RBAC and access reviews
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(rbac::self_subject_access_review),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}",
+            get(rbac::ns_collection_get).post(rbac::ns_collection_post),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{plural}/{name}",
+            get(rbac::ns_item_get)
+                .put(rbac::ns_item_put)
+                .delete(rbac::ns_item_delete),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/{plural}",
+            get(rbac::collection_get).post(rbac::collection_post),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/{plural}/{name}",
+            get(rbac::item_get)
+                .put(rbac::item_put)
+                .delete(rbac::item_delete),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
@@ -254,6 +332,21 @@ pub fn router(state: AppState) -> Router {
         })
         // The real server accepts request bodies up to 3 MiB (axum's default is 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rbac::authorize_layer,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), faults_layer))
+        // Added after the fault layer, so faults never block their own removal.
+        .route(
+            admin::FAULTS_PATH,
+            get(admin::list_faults)
+                .post(admin::add_fault)
+                .delete(admin::clear_faults),
+        )
+        .route(
+            &format!("{}/{{id}}", admin::FAULTS_PATH),
+            axum::routing::delete(admin::remove_fault),
+        )
         .with_state(state)
 }

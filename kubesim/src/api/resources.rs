@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use serde_json::{json, Value};
 
 use super::tables::{self, IncludeObject, Tabled};
@@ -42,6 +42,10 @@ pub trait ApiKind: Tabled {
         decode_json(headers, body, Self::KIND)
     }
     fn delete_plan(obj: &Self, opts: &DeleteOpts) -> DeletePlan;
+    /// Admission plugins, after validation (only pods have any here).
+    fn admit(_obj: &Self, _state: &AppState) -> Result<(), Status> {
+        Ok(())
+    }
     /// Whole-object responses for immediate deletes (pods return the object, others a Status).
     const RETURN_DELETED_OBJECT: bool = false;
 }
@@ -208,6 +212,10 @@ impl ApiKind for Pod {
         validation::validate_pod(obj)
     }
 
+    fn admit(obj: &Self, state: &AppState) -> Result<(), Status> {
+        state.behaviour.admission.admit_in(&state.store, obj)
+    }
+
     fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
         new.status = old.status.clone();
         // Pod spec is immutable apart from a few fields the simulator does not model.
@@ -255,6 +263,42 @@ impl ApiKind for Namespace {
     fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
         new.status = old.status.clone();
         new.spec = old.spec.clone();
+        Ok(())
+    }
+
+    fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: 0,
+            finalizers: vec![],
+            warning: None,
+        }
+    }
+}
+
+/// core/v1 Events: written by clients (and by the simulated components); the real server checks
+/// that the Event's namespace is its involved object's (pkg/apis/core/validation/events.go).
+impl ApiKind for Event {
+    const LIST_KIND: &'static str = "EventList";
+
+    fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
+        let ns = obj.metadata.namespace.clone().unwrap_or_default();
+        let involved = obj.involved_object.namespace.clone().unwrap_or_default();
+        if !involved.is_empty() && involved != ns {
+            return Err(Status::invalid(
+                "Event",
+                "",
+                obj.metadata.name.as_deref().unwrap_or(""),
+                vec![Cause::invalid(
+                    "involvedObject.namespace",
+                    &format!("\"{involved}\""),
+                    "does not match event.namespace",
+                )],
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare_update(_old: &Self, _new: &mut Self) -> Result<(), Status> {
         Ok(())
     }
 
@@ -344,11 +388,19 @@ fn decode_continue(s: &str) -> Result<(u64, (String, String)), Status> {
     Ok((t.rv, (ns.to_string(), name.to_string())))
 }
 
+/// The namespace must exist and, as the NamespaceLifecycle admission plugin enforces, not be
+/// terminating.
 fn namespace_exists(store: &Store, ns: &str) -> Result<(), Status> {
-    if store.get::<Namespace>("", ns).is_some() {
-        Ok(())
-    } else {
-        Err(Status::not_found("namespaces", ns))
+    match store.get::<Namespace>("", ns) {
+        Some(n) if n.metadata.deletion_timestamp.is_some() => Err(Status::new(
+            403,
+            "Forbidden",
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => Err(Status::not_found("namespaces", ns)),
     }
 }
 
@@ -428,7 +480,7 @@ async fn list_or_watch<K: ApiKind>(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn respond(r: Result<Response, Status>) -> Response {
+pub fn respond(r: Result<Response, Status>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -542,6 +594,7 @@ async fn create_impl<K: ApiKind>(
     if let Some(ns) = &ns {
         namespace_exists(&state.store, ns)?;
     }
+    K::admit(&obj, &state)?;
     obj.metadata_mut().uid = Some(uid);
     if q.contains_key("dryRun") {
         return Ok(json_response(StatusCode::CREATED, &to_json(&obj)));
@@ -857,8 +910,65 @@ pub async fn delete_collection<K: ApiKind>(
     respond(delete_collection_impl::<K>(state, ns, q, body).await)
 }
 
-pub async fn delete_namespace_refused() -> Response {
-    Status::method_not_allowed("kubesim does not simulate namespace deletion").into_response()
+/// Namespaces Kubernetes refuses to delete (the NamespaceLifecycle admission plugin).
+const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// DELETE of a namespace, as the namespace registry: with `spec.finalizers` it only becomes
+/// `Terminating` (deletionTimestamp, `status.phase`), and the namespace controller
+/// ([`crate::controller::namespace`]) empties and removes it.
+pub async fn delete_namespace(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    AxQuery(q): AxQuery<Query>,
+    body: Bytes,
+) -> Response {
+    respond(delete_namespace_impl(&state, &name, &q, &body))
+}
+
+fn delete_namespace_impl(
+    state: &AppState,
+    name: &str,
+    q: &Query,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let opts = DeleteOpts::parse(q, body)?;
+    if IMMORTAL_NAMESPACES.contains(&name) {
+        let mut s = Status::new(
+            403,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        );
+        s.details = Some(json!({"name": name, "kind": "namespaces"}));
+        return Err(s);
+    }
+    let cur = state
+        .store
+        .get::<Namespace>("", name)
+        .ok_or_else(|| Status::not_found("namespaces", name))?;
+    if opts.dry_run {
+        return Ok(json_response(StatusCode::OK, &to_json(cur.as_ref())));
+    }
+    if let Some(rbac) = &state.rbac {
+        // Roles and RoleBindings carry no finalizers: the namespace controller deletes them
+        // with the rest of the content, at once.
+        rbac.forget_namespace(name);
+    }
+    let updated = state.store.update::<Namespace>("", name, |ns| {
+        if ns.metadata.deletion_timestamp.is_none() {
+            ns.metadata.deletion_timestamp = Some(crate::time::now_time());
+            ns.metadata.deletion_grace_period_seconds = Some(0);
+        }
+        ns.status.get_or_insert_with(Default::default).phase = Some("Terminating".into());
+        Ok(())
+    })?;
+    Ok(match updated {
+        Some(ns) => json_response(StatusCode::OK, &to_json(ns.as_ref())),
+        None => {
+            let mut s = success_status::<Namespace>(name);
+            s["details"]["uid"] = json!(cur.metadata.uid);
+            json_response(StatusCode::OK, &s)
+        }
+    })
 }
 
 /// Status is written only by the simulated controllers.

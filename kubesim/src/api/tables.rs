@@ -3,7 +3,7 @@
 //! full object attached to each row depending on `includeObject`.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use serde_json::{json, Value};
 
 use crate::objects::job_condition;
@@ -229,6 +229,65 @@ impl Tabled for Namespace {
             json!(self.metadata.name),
             json!(phase),
             json!(age(&self.metadata)),
+        ]
+    }
+}
+
+/// `eventColumnDefinitions` / `printEvent` in kubernetes/kubernetes
+/// pkg/printers/internalversion/printers.go (what `kubectl get events` shows).
+impl Tabled for Event {
+    fn columns() -> Value {
+        json!([
+            col("Last Seen", "string", "", "The time at which the most recent occurrence of this event was recorded.", 0),
+            col("Type", "string", "", "Type of this event (Normal, Warning), new types could be added in the future", 0),
+            col("Reason", "string", "", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.", 0),
+            col("Object", "string", "", "The object that this event is about.", 0),
+            col("Subobject", "string", "", "The part of the object this event is about.", 1),
+            col("Source", "string", "", "The component reporting this event.", 1),
+            col("Message", "string", "", "A human-readable description of the status of this operation.", 0),
+            col("First Seen", "string", "", "The time at which the event was first recorded.", 1),
+            col("Count", "string", "", "The number of times this event has occurred.", 1),
+            col("Name", "string", "name", "Name must be unique within a namespace.", 1),
+        ])
+    }
+
+    fn cells(&self) -> Vec<Value> {
+        let since = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| match t {
+            Some(t) => human_duration(unix_now() - t.0.as_second()),
+            None => "<unknown>".into(),
+        };
+        let count = self.count.unwrap_or(1);
+        let last_seen = if count > 1 {
+            format!(
+                "{} (x{count} over {})",
+                since(&self.last_timestamp),
+                since(&self.first_timestamp)
+            )
+        } else {
+            since(&self.last_timestamp)
+        };
+        let o = &self.involved_object;
+        let source = self.source.clone().unwrap_or_default();
+        let source = match (source.component, source.host) {
+            (Some(c), Some(h)) => format!("{c}, {h}"),
+            (Some(c), None) => c,
+            _ => String::new(),
+        };
+        vec![
+            json!(last_seen),
+            json!(self.type_.clone().unwrap_or_default()),
+            json!(self.reason.clone().unwrap_or_default()),
+            json!(format!(
+                "{}/{}",
+                o.kind.clone().unwrap_or_default().to_lowercase(),
+                o.name.clone().unwrap_or_default()
+            )),
+            json!(o.field_path.clone().unwrap_or_default()),
+            json!(source),
+            json!(self.message.clone().unwrap_or_default()),
+            json!(since(&self.first_timestamp)),
+            json!(count.to_string()),
+            json!(self.metadata.name),
         ]
     }
 }

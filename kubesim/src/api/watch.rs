@@ -121,8 +121,21 @@ pub async fn watch<K: ApiKind>(
             .then(|| IncludeObject::parse(q.get("includeObject").map(String::as_str))),
         metadata_only: super::wants_metadata(&headers),
     };
-    let gone = state.faults.take_watch_gone();
+    // The request's path, for faults narrowed to some resources.
+    let path = {
+        let mut p = if K::GROUP.is_empty() {
+            format!("/api/{}", K::VERSION)
+        } else {
+            format!("/apis/{}", K::API_VERSION)
+        };
+        if let Some(ns) = &filter.namespace {
+            p.push_str(&format!("/namespaces/{ns}"));
+        }
+        format!("{p}/{}", K::URL_PATH_SEGMENT)
+    };
+    let gone = state.faults.take_watch_gone(&path);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let faults = state.faults.clone();
     tokio::spawn(async move {
         let store = state.store.clone();
         let mut changes = store.subscribe();
@@ -184,9 +197,7 @@ pub async fn watch<K: ApiKind>(
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
-    });
+    let stream = faults.guard_stream(rx);
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")

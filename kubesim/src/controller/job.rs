@@ -5,7 +5,7 @@
 //! (`SuccessCriteriaMet` then `Complete`; `FailureTarget` then `Failed`), and schedule the TTL
 //! deletion of finished Jobs. It is the only writer of Job status and never writes pod status.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 
 use super::gc::FOREGROUND;
 use super::{Timer, Timers};
+use crate::behaviour::Behaviour;
+use crate::events::JOB_CONTROLLER;
 use crate::objects::{has_finalizer, is_terminal, phase, pod_delete_grace, pod_ready};
 use crate::store::{ObjKey, Store};
 use crate::time::{now_time, unix_now};
@@ -297,16 +299,58 @@ pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
     pod
 }
 
-fn create_pod(store: &Store, job: &Job, index: Option<i32>) {
+/// What the Job controller keeps between syncs: the cluster's behaviours and, per Job uid, the
+/// pod creations refused in a row (the back-off of its work queue).
+pub struct Ctl<'a> {
+    pub behaviour: &'a Behaviour,
+    pub create_failures: &'a mut HashMap<String, u32>,
+}
+
+/// The controller's per-item rate limiter after refused creates
+/// (`workqueue.DefaultControllerRateLimiter`: 5 ms doubling, capped at 1000 s).
+fn create_backoff(failures: u32) -> Duration {
+    Duration::from_millis(5)
+        .saturating_mul(1u32 << failures.min(20))
+        .min(Duration::from_secs(1000))
+}
+
+/// Creates one pod through admission. A refusal is recorded on the Job as a `FailedCreate`
+/// Event with the API server's message (`Error creating: ...`), as the real controller does
+/// (pkg/controller/controller_utils.go `CreatePods`), and returned so the sync backs off.
+fn create_pod(store: &Store, ctl: &Ctl, job: &Job, index: Option<i32>) -> Result<(), ()> {
     for _ in 0..5 {
-        if store.create(new_pod(job, index)).is_ok() {
-            return;
+        let pod = new_pod(job, index);
+        if let Err(refused) = ctl.behaviour.admission.admit_in(store, &pod) {
+            ctl.behaviour.events.record(
+                store,
+                job,
+                true,
+                "FailedCreate",
+                &format!("Error creating: {}", refused.message),
+                JOB_CONTROLLER,
+            );
+            return Err(());
+        }
+        if let Ok(created) = store.create(pod) {
+            ctl.behaviour.events.record(
+                store,
+                job,
+                false,
+                "SuccessfulCreate",
+                &format!(
+                    "Created pod: {}",
+                    created.metadata.name.as_deref().unwrap_or("")
+                ),
+                JOB_CONTROLLER,
+            );
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Syncs one Job. Safe to call any number of times.
-pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
+pub fn sync(store: &Store, ctl: &mut Ctl, key: &ObjKey, timers: &mut Timers) {
     let Some(job) = store.get::<Job>(&key.0, &key.1) else {
         return;
     };
@@ -519,7 +563,8 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                             delete_pod_uncounted(store, p);
                         }
                     }
-                    // Create the missing pods.
+                    // Create the missing pods; after a refusal, try again with back-off.
+                    let mut refused = false;
                     if indexed {
                         let c = completions.unwrap_or(0);
                         let busy: BTreeSet<i32> =
@@ -532,7 +577,10 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                             if completed.contains(&i) || busy.contains(&i) {
                                 continue;
                             }
-                            create_pod(store, &job, Some(i));
+                            if create_pod(store, ctl, &job, Some(i)).is_err() {
+                                refused = true;
+                                break;
+                            }
                             room -= 1;
                         }
                     } else {
@@ -542,8 +590,18 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
                         };
                         let want = remaining.min(parallelism) - active.len() as i32;
                         for _ in 0..want.max(0) {
-                            create_pod(store, &job, None);
+                            if create_pod(store, ctl, &job, None).is_err() {
+                                refused = true;
+                                break;
+                            }
                         }
+                    }
+                    if refused {
+                        let n = ctl.create_failures.entry(uid.clone()).or_insert(0);
+                        timers.add(create_backoff(*n), Timer::SyncJob(key.clone()));
+                        *n += 1;
+                    } else {
+                        ctl.create_failures.remove(&uid);
                     }
                     if let Some(ads) = spec.active_deadline_seconds {
                         let left = started.saturating_add(ads).saturating_sub(now).max(0) as u64;
@@ -622,6 +680,29 @@ pub fn sync(store: &Store, key: &ObjKey, timers: &mut Timers) {
     // Counted pods lose their finalizer only after the count is stored.
     for p in counted {
         remove_tracking_finalizer(store, &p);
+    }
+    if finished_now && !finished {
+        ctl.create_failures.remove(&uid);
+        // The controller's Events on finishing (pkg/controller/job/job_controller.go).
+        let (warning, reason, message) =
+            match find(st.conditions.as_deref().unwrap_or_default(), "Failed")
+                .filter(|c| c.status == "True")
+            {
+                Some(c) => (
+                    true,
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                ),
+                None => (false, "Completed".to_string(), "Job completed".to_string()),
+            };
+        ctl.behaviour.events.record(
+            store,
+            job.as_ref(),
+            warning,
+            &reason,
+            &message,
+            JOB_CONTROLLER,
+        );
     }
     if finished_now {
         schedule_ttl(store, &job, &st, key, timers);

@@ -5,9 +5,12 @@
 
 pub mod gc;
 pub mod job;
+pub mod namespace;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use crate::behaviour::Behaviour;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +100,7 @@ pub(crate) struct LoopConfig {
     pub restart_backoff: Duration,
     pub faults: Faults,
     pub commands: mpsc::UnboundedReceiver<Command>,
+    pub behaviour: Arc<Behaviour>,
 }
 
 struct Loop {
@@ -108,6 +112,8 @@ struct Loop {
     job_cursor: u64,
     pod_cursor: u64,
     resync: bool,
+    behaviour: Arc<Behaviour>,
+    create_failures: HashMap<String, u32>,
 }
 
 impl Loop {
@@ -209,10 +215,15 @@ impl Loop {
     }
 
     fn sync_dirty(&mut self) {
+        namespace::sync(&self.store);
         self.gc.run(&self.store);
         let dirty = std::mem::take(&mut self.dirty_jobs);
         for key in dirty {
-            job::sync(&self.store, &key, &mut self.timers);
+            let mut ctl = job::Ctl {
+                behaviour: &self.behaviour,
+                create_failures: &mut self.create_failures,
+            };
+            job::sync(&self.store, &mut ctl, &key, &mut self.timers);
         }
     }
 }
@@ -229,6 +240,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         restart_backoff,
         faults,
         mut commands,
+        behaviour,
     } = cfg;
     let (exit_tx, mut exits) = mpsc::unbounded_channel::<Exit>();
     let mut changes = store.subscribe();
@@ -240,6 +252,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         node_capacity,
         start_delay,
         exit_tx,
+        behaviour.clone(),
     );
     kubelet.log_removal_delay = log_removal_delay;
     kubelet.restart_backoff = restart_backoff;
@@ -252,6 +265,8 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         job_cursor: 0,
         pod_cursor: 0,
         resync: true,
+        behaviour,
+        create_failures: HashMap::new(),
     };
     let mut pending_exits: Vec<Exit> = Vec::new();
     let mut pending_cmds: Vec<Command> = Vec::new();

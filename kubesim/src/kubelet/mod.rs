@@ -1,4 +1,4 @@
-//! The simulated node: scheduling onto a fixed pod capacity, the pod lifecycle a kubelet drives
+//! The simulated nodes: scheduling (a fixed pod capacity, and the configured nodes' fit), the pod lifecycle a kubelet drives
 //! (Pending/unschedulable -> ContainerCreating -> Running -> Succeeded/Failed, restarts under
 //! `OnFailure`, kills on deletion, evictions, pod activeDeadlineSeconds) and the status it
 //! reports. It is the only writer of pod *status*; it never touches Jobs. Containers are run by
@@ -8,7 +8,7 @@ pub mod host;
 pub mod runner;
 pub mod scripted;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +24,12 @@ pub use host::HostRunner;
 pub use runner::{RunOutcome, RunSpec, Runner};
 pub use scripted::ScriptedRunner;
 
+use crate::behaviour::Behaviour;
 use crate::controller::{Timer, Timers};
+use crate::events::{Source, KUBELET, SCHEDULER};
 use crate::logs::Logs;
 use crate::objects::{controller_ref, is_terminal, phase};
+use crate::scheduling::{pick_node, requests};
 use crate::store::{ObjKey, Store};
 use crate::time::now_time;
 use crate::validation::COMPLETION_INDEX;
@@ -76,6 +79,12 @@ pub struct Kubelet {
     attempts: HashMap<String, u32>,
     exits: mpsc::UnboundedSender<Exit>,
     next_ip: AtomicU64,
+    behaviour: Arc<Behaviour>,
+    /// The node and the resources of each bound pod, by pod uid (what the scheduler counts as
+    /// in use).
+    bound_requests: HashMap<String, (String, BTreeMap<String, f64>)>,
+    /// Pods whose image could not be pulled, with the number of attempts so far.
+    pull_failures: HashMap<String, u32>,
     /// How long after a deleted pod's containers ended their logs are removed (see
     /// `SimConfig::log_removal_delay`); `None` keeps them.
     pub log_removal_delay: Option<Duration>,
@@ -160,6 +169,7 @@ impl Kubelet {
         capacity: usize,
         start_delay: Duration,
         exits: mpsc::UnboundedSender<Exit>,
+        behaviour: Arc<Behaviour>,
     ) -> Kubelet {
         Kubelet {
             store,
@@ -177,6 +187,9 @@ impl Kubelet {
             attempts: HashMap::new(),
             exits,
             next_ip: AtomicU64::new(0),
+            behaviour,
+            bound_requests: HashMap::new(),
+            pull_failures: HashMap::new(),
             log_removal_delay: None,
             removing_logs: HashSet::new(),
             restart_backoff: Duration::ZERO,
@@ -295,6 +308,7 @@ impl Kubelet {
             .and_then(|s| s.container_statuses.as_ref())
             .is_none();
         if (waiting || no_status)
+            && !self.pull_failures.contains_key(&uid)
             && !self.running.contains_key(&uid)
             && phase(pod) == "Pending"
             && self.starting.insert(uid.clone())
@@ -313,6 +327,7 @@ impl Kubelet {
         self.queued.remove(&uid);
         self.starting.remove(&uid);
         self.marked_unschedulable.remove(&uid);
+        self.pull_failures.remove(&uid);
         self.removing_logs.remove(&uid);
         self.logs.remove_pod(&uid);
         self.try_schedule(timers);
@@ -343,6 +358,25 @@ impl Kubelet {
 
     fn release(&mut self, uid: &str) {
         self.bound.remove(uid);
+        self.bound_requests.remove(uid);
+    }
+
+    fn record(&self, pod: &Pod, warning: bool, reason: &str, message: &str, source: Source) {
+        self.behaviour
+            .events
+            .record(&self.store, pod, warning, reason, message, source);
+    }
+
+    /// What bound pods use of each resource, by node.
+    fn in_use(&self) -> BTreeMap<String, BTreeMap<String, f64>> {
+        let mut used: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for (node, r) in self.bound_requests.values() {
+            let on_node = used.entry(node.clone()).or_default();
+            for (k, v) in r {
+                *on_node.entry(k.clone()).or_insert(0.0) += v;
+            }
+        }
+        used
     }
 
     fn finish_deletion(&self, key: &ObjKey, uid: &str) {
@@ -351,69 +385,96 @@ impl Kubelet {
         });
     }
 
+    /// Binds every queued pod that fits, in order; the others stay queued and are reported
+    /// Unschedulable once (PodScheduled=False with the scheduler's message, and a
+    /// FailedScheduling Event), as kube-scheduler does.
     fn try_schedule(&mut self, timers: &mut Timers) {
-        while self.bound.len() < self.capacity {
-            let Some((key, uid)) = self.queue.pop_front() else {
-                break;
-            };
-            self.queued.remove(&uid);
-            self.marked_unschedulable.remove(&uid);
+        let mut still = VecDeque::new();
+        while let Some((key, uid)) = self.queue.pop_front() {
+            let full = self.bound.len() >= self.capacity;
+            if full && self.marked_unschedulable.contains(&uid) {
+                still.push_back((key, uid));
+                continue;
+            }
             let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+                self.queued.remove(&uid);
+                self.marked_unschedulable.remove(&uid);
                 continue;
             };
             if Self::uid(&pod) != uid
                 || pod.metadata.deletion_timestamp.is_some()
                 || is_terminal(&pod)
             {
+                self.queued.remove(&uid);
+                self.marked_unschedulable.remove(&uid);
                 continue;
             }
-            self.bind(&key, &uid, &pod);
-            self.starting.insert(uid.clone());
-            timers.add(self.start_delay_of(&pod), Timer::StartPod(key, uid));
-        }
-        // Everyone still waiting is unschedulable; say so once per pod.
-        let unmarked: Vec<(ObjKey, String)> = self
-            .queue
-            .iter()
-            .filter(|(_, uid)| !self.marked_unschedulable.contains(uid))
-            .cloned()
-            .collect();
-        for (key, uid) in unmarked.iter() {
-            self.marked_unschedulable.insert(uid.clone());
-            let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
-                continue;
-            };
-            let already = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled"));
-            if !already {
+            let placed = if full {
                 let cap = self.capacity;
-                self.write(key, uid, |p| {
-                    let st = p.status.get_or_insert_with(Default::default);
-                    st.phase = Some("Pending".into());
-                    set_cond(
-                        st,
-                        cond(
-                            "PodScheduled",
-                            false,
-                            Some("Unschedulable"),
-                            Some(format!("0/1 nodes are available: 1 Too many pods (node capacity {cap}). preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.")),
-                        ),
-                    );
-                });
+                Err(format!("0/1 nodes are available: 1 Too many pods (node capacity {cap}). preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."))
+            } else {
+                pick_node(&self.behaviour.nodes, &pod, &self.in_use())
+            };
+            let message = match placed {
+                Ok(node) => {
+                    self.queued.remove(&uid);
+                    self.marked_unschedulable.remove(&uid);
+                    self.bound_requests
+                        .insert(uid.clone(), (node.clone(), requests(&pod)));
+                    self.bind(&key, &uid, &pod, &node);
+                    self.starting.insert(uid.clone());
+                    timers.add(self.start_delay_of(&pod), Timer::StartPod(key, uid));
+                    continue;
+                }
+                Err(message) => message,
+            };
+            if self.marked_unschedulable.insert(uid.clone()) {
+                let current = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+                    .and_then(|c| c.message.clone());
+                if current.as_deref() != Some(message.as_str()) {
+                    self.write(&key, &uid, |p| {
+                        let st = p.status.get_or_insert_with(Default::default);
+                        st.phase = Some("Pending".into());
+                        set_cond(
+                            st,
+                            cond(
+                                "PodScheduled",
+                                false,
+                                Some("Unschedulable"),
+                                Some(message.clone()),
+                            ),
+                        );
+                    });
+                    self.record(&pod, true, "FailedScheduling", &message, SCHEDULER);
+                }
             }
+            still.push_back((key, uid));
         }
+        self.queue = still;
     }
 
-    fn bind(&mut self, key: &ObjKey, uid: &str, pod: &Pod) {
+    fn bind(&mut self, key: &ObjKey, uid: &str, pod: &Pod, node: &str) {
         self.bound.insert(uid.to_string());
+        self.record(
+            pod,
+            false,
+            "Scheduled",
+            &format!(
+                "Successfully assigned {}/{} to {node}",
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or("")
+            ),
+            SCHEDULER,
+        );
         let names = container_names(pod);
         let unready = unready_message(pod);
         self.write(key, uid, |p| {
             if let Some(s) = p.spec.as_mut() {
-                s.node_name = Some(NODE_NAME.into());
+                s.node_name = Some(node.into());
             }
             let st = p.status.get_or_insert_with(Default::default);
             st.phase = Some("Pending".into());
@@ -485,6 +546,9 @@ impl Kubelet {
         {
             return;
         }
+        if self.image_pull_failed(key, uid, &pod, timers) {
+            return;
+        }
         let ip = self.pod_ip();
         let now = now_time();
         let restart_count = pod
@@ -533,6 +597,97 @@ impl Kubelet {
             );
         }
         self.launch(&pod, restart_count);
+    }
+
+    /// Pulls the first container's image: when it cannot be pulled the container waits with
+    /// ErrImagePull, then ImagePullBackOff while the kubelet backs off, retrying for as long as
+    /// the pod exists (https://kubernetes.io/docs/concepts/containers/images/#imagepullbackoff).
+    fn image_pull_failed(
+        &mut self,
+        key: &ObjKey,
+        uid: &str,
+        pod: &Pod,
+        timers: &mut Timers,
+    ) -> bool {
+        let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) else {
+            return false;
+        };
+        let image = container.image.clone().unwrap_or_default();
+        let env = resolve_env(pod, container);
+        if !self.behaviour.image_pull.fails(&image, &env) {
+            let pulled = if self.pull_failures.remove(uid).is_some() {
+                format!("Successfully pulled image \"{image}\"")
+            } else {
+                format!("Container image \"{image}\" already present on machine")
+            };
+            self.record(pod, false, "Pulled", &pulled, KUBELET);
+            self.record(
+                pod,
+                false,
+                "Created",
+                &format!("Created container: {}", container.name),
+                KUBELET,
+            );
+            self.record(
+                pod,
+                false,
+                "Started",
+                &format!("Started container {}", container.name),
+                KUBELET,
+            );
+            return false;
+        }
+        let n = {
+            let n = self.pull_failures.entry(uid.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        // Attempts alternate as the kubelet's do: a pull that fails (ErrImagePull), then the
+        // back-off before the next (ImagePullBackOff).
+        let (reason, message) = if n % 2 == 1 {
+            self.record(
+                pod,
+                false,
+                "Pulling",
+                &format!("Pulling image \"{image}\""),
+                KUBELET,
+            );
+            let detail = format!("rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": {image}: not found");
+            self.record(
+                pod,
+                true,
+                "Failed",
+                &format!("Failed to pull image \"{image}\": {detail}"),
+                KUBELET,
+            );
+            ("ErrImagePull", detail)
+        } else {
+            let detail = format!("Back-off pulling image \"{image}\"");
+            self.record(pod, false, "BackOff", &detail, KUBELET);
+            ("ImagePullBackOff", detail)
+        };
+        self.record(pod, true, "Failed", &format!("Error: {reason}"), KUBELET);
+        self.write(key, uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            for cs in st.container_statuses.iter_mut().flatten() {
+                cs.state = Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: Some(message.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        });
+        let delay = if n % 2 == 1 {
+            // The back-off state follows the failed pull after the kubelet's next sync.
+            Duration::from_millis(500).min(self.behaviour.image_pull.initial_backoff)
+        } else {
+            self.behaviour.image_pull.backoff(n / 2)
+        };
+        self.starting.insert(uid.to_string());
+        timers.add(delay, Timer::StartPod(key.clone(), uid.to_string()));
+        true
     }
 
     fn launch(&mut self, pod: &Pod, restart_count: i32) {
@@ -856,7 +1011,11 @@ fn resolve_env(pod: &Pod, c: &k8s_openapi::api::core::v1::Container) -> Vec<(Str
                 "metadata.name" => meta.name.clone().unwrap_or_default(),
                 "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
                 "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-                "spec.nodeName" => NODE_NAME.into(),
+                "spec.nodeName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_else(|| NODE_NAME.into()),
                 "status.hostIP" => HOST_IP.into(),
                 _ => from_map(&meta.annotations, "metadata.annotations['")
                     .or_else(|| from_map(&meta.labels, "metadata.labels['"))

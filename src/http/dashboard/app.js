@@ -18,8 +18,17 @@ const listeners = new Set(); // (event) => void, for the current view
 
 // ---- API ---------------------------------------------------------------------------------
 
+// The token lives in sessionStorage: it is gone when the tab closes, and other sites' pages
+// cannot read it.
 function token() {
-  return localStorage.getItem("vfi-token") || "";
+  return sessionStorage.getItem("vfi-token") || "";
+}
+
+// The service answered 401: ask for a token (again).
+function askForToken(message) {
+  $("#token-form").classList.add("needed");
+  $("#token").focus();
+  say(message);
 }
 
 function headers(extra = {}) {
@@ -35,6 +44,11 @@ async function api(path, options = {}) {
   });
   const text = await response.text();
   const body = text ? JSON.parse(text) : null;
+  if (response.status === 401) {
+    askForToken(token()
+      ? "The token was refused (unknown or revoked): enter another one above."
+      : "This installation needs an API token: enter it above.");
+  }
   if (!response.ok) {
     const detail = body && (body.detail || body.title);
     throw new Error(`${response.status}: ${detail || response.statusText}`);
@@ -400,8 +414,9 @@ document.addEventListener("click", async (e) => {
 
 $("#token-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  localStorage.setItem("vfi-token", $("#token").value.trim());
-  say("Token saved.", "info");
+  sessionStorage.setItem("vfi-token", $("#token").value.trim());
+  $("#token-form").classList.remove("needed");
+  say("Token saved for this tab.", "info");
   route();
 });
 $("#token").value = token();
