@@ -65,6 +65,7 @@ struct Figures {
     marked: usize,
     unmarked: usize,
     longest_hold: Duration,
+    longest_capture: f64,
     elapsed: Duration,
     peak_rss_mib: Vec<f64>,
 }
@@ -203,6 +204,16 @@ async fn phase(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
+    // The finalizer goes right after the capture completes: the longest time from a container's
+    // end (kubelet time, whole seconds) to its capture's completion.
+    let longest_capture: f64 = sqlx::query_scalar(
+        "SELECT coalesce(max(extract(epoch FROM l.completed_at - p.finished_at)), 0)::float8
+         FROM pod_logs l JOIN run_pods p ON p.run_id = l.run_id AND p.name = l.pod_name
+         WHERE p.finished_at IS NOT NULL",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
     let expected = String::from_utf8(generated_bytes(0, bytes)).unwrap();
     let (mut exact, mut marked, mut unmarked) = (0, 0, 0);
     for id in &ids {
@@ -251,6 +262,7 @@ async fn phase(
         marked,
         unmarked,
         longest_hold,
+        longest_capture,
         elapsed,
         peak_rss_mib: replicas
             .iter()
@@ -261,13 +273,14 @@ async fn phase(
 
 fn report(what: &str, runs: usize, f: &Figures) {
     println!(
-        "{what}: {runs} runs in {:.1} s; byte-exact {} ({:.1} %), gaps marked {}, unmarked {}; longest log-finalizer hold after the container ended {:.1} s; peak RSS per replica {:?} MiB",
+        "{what}: {runs} runs in {:.1} s; byte-exact {} ({:.1} %), gaps marked {}, unmarked {}; longest log-finalizer hold seen after a container ended {:.1} s, longest from a container's end to its capture's completion {:.1} s; peak RSS per replica {:?} MiB",
         f.elapsed.as_secs_f64(),
         f.exact,
         100.0 * f.exact as f64 / runs as f64,
         f.marked,
         f.unmarked,
         f.longest_hold.as_secs_f64(),
+        f.longest_capture,
         f.peak_rss_mib
             .iter()
             .map(|m| format!("{m:.0}"))

@@ -406,6 +406,33 @@ async fn a_stalled_log_stream_is_reopened_within_the_progress_timeout(db: PgPool
     assert_eq!(logs(&service, &id, "").await, numbered_lines(100));
 }
 
+/// Makes the API unavailable, cuts every open log stream, runs `during` (right after the cut)
+/// and ends the outage after `outage`.
+async fn cut_during_outage<T, F: std::future::Future<Output = T>>(
+    faults: &kubesim::faults::Faults,
+    outage: Duration,
+    during: impl FnOnce() -> F,
+) -> T {
+    faults.set_outage(true);
+    faults.cut_log_streams();
+    let out = during().await;
+    tokio::time::sleep(outage).await;
+    faults.set_outage(false);
+    out
+}
+
+/// Waits for the run to succeed and its capture to end, whatever its state.
+async fn wait_for_capture_end(service: &Service, id: &str) {
+    service.wait_for(id, "succeeded", WAIT).await;
+    let ids = vec![id.to_string()];
+    eventually("the capture to finish", WAIT, || {
+        let db = service.db.clone();
+        let ids = ids.clone();
+        async move { captures(&db, &ids).await[0].0 != "capturing" }
+    })
+    .await;
+}
+
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_log_rotated_while_its_stream_was_cut_is_whole_or_marks_the_exact_gap(db: PgPool) {
     // kubesim rotates at the kubelet's 10 MiB by default.
@@ -435,17 +462,8 @@ async fn a_log_rotated_while_its_stream_was_cut_is_whole_or_marks_the_exact_gap(
     })
     .await;
     // Cut, and keep the API away for longer than it takes to write past a rotation.
-    faults.set_outage(true);
-    faults.cut_log_streams();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    faults.set_outage(false);
-    service.wait_for(&id, "succeeded", WAIT).await;
-    eventually("the capture to finish", WAIT, || {
-        let db = db.clone();
-        let ids = ids.clone();
-        async move { captures(&db, &ids).await[0].0 != "capturing" }
-    })
-    .await;
+    cut_during_outage(&faults, Duration::from_millis(1500), || async {}).await;
+    wait_for_capture_end(&service, &id).await;
 
     let text = logs(&service, &id, "").await;
     let mut numbers = Vec::new();
@@ -491,6 +509,30 @@ async fn a_log_rotated_while_its_stream_was_cut_is_whole_or_marks_the_exact_gap(
             jumps[0]
         );
     }
+}
+
+/// A follow stream cut while its container still prints ends like one whose container ended;
+/// if the archiver's next look at the pod finds the container ended (here the API is away
+/// until after that end, so the look lands after it), the cut stream's end is still not the
+/// log's end: the log is read once more, and every line is archived.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_stream_cut_before_the_container_ended_is_read_again_before_the_log_is_complete(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let faults = sim.faults();
+    let service = Service::start(db.clone(), sim.client(), &["--log-flush-ms", "100"]).await;
+    // 100 lines over 2 s.
+    let (id, ids) = print_and_wait_for_capture(&service, 100, 20).await;
+    // An outage longer than the container has left to print, so it ends during the outage.
+    let lines_at_cut = cut_during_outage(&faults, Duration::from_secs(3), || async {
+        captures(&db, &ids).await[0].1
+    })
+    .await;
+    wait_for_capture_end(&service, &id).await;
+    assert!(lines_at_cut < 100, "cut mid-log ({lines_at_cut} lines)");
+    assert_eq!(captures(&db, &ids).await[0], ("complete".to_string(), 100));
+    assert_eq!(logs(&service, &id, "").await, numbered_lines(100));
 }
 
 /// Follows a run's log from before its pod starts and returns everything received.

@@ -188,12 +188,23 @@ impl Archiver {
         };
         let mut failing_since: Option<Instant> = None;
         let mut pause = REOPEN_PAUSE.0;
+        // The container was seen ended before the next stream opens. Only the end of such a
+        // stream is the end of the log: a follow stream opened earlier ends the same way when
+        // its connection is cut (or stalls), and a look at the pod after that end may already
+        // find the container ended with lines printed after the cut still unread.
+        let mut ended_before_open = container_ended(pod);
+        // When the last stream ended (this process's clock).
+        let mut stream_ended: Option<chrono::DateTime<chrono::Utc>> = None;
         loop {
             let before = cursor.next_line;
+            let final_read = ended_before_open;
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 outcome = self.copy(&namespace, key, &mut cursor) => outcome,
             };
+            if outcome.is_ok() {
+                stream_ended = Some(chrono::Utc::now());
+            }
             // Any progress (a stream opened, lines stored) resets the failure clock: only
             // uninterrupted failure counts against the capture timeout.
             if std::mem::take(&mut cursor.opened) || cursor.next_line > before {
@@ -204,13 +215,14 @@ impl Archiver {
             }
             match outcome {
                 Ok(partial) => {
-                    // The stream ended: done if the container has, else it was cut or stalled
+                    // The stream ended: done if the container had ended before it was opened
+                    // (else, if it has now, read once more), else it was cut or stalled
                     // (reopen, and read the unterminated last line again then), or the
                     // container restarted (restartPolicy OnFailure).
                     // Nothing new: pause before looking again (a pod waiting to restart or to be
                     // scheduled), right before the look, so the stream opened next is of the
                     // container instance the look saw.
-                    if cursor.next_line == before {
+                    if cursor.next_line == before && !final_read {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(pause) => {}
@@ -246,13 +258,18 @@ impl Archiver {
                         }
                         cursor.restarts = restarts;
                         cursor.started_at = None;
+                        ended_before_open = false;
                         continue;
                     }
-                    let current = match current {
-                        Some(current) if !container_ended(&current) => None,
-                        current => Some(current),
-                    };
-                    if let Some(current) = current {
+                    let ended = current.as_ref().is_none_or(container_ended);
+                    if ended && !final_read {
+                        // Read once more from the last archived line: this stream may have
+                        // been cut before the container's last lines.
+                        ended_before_open = true;
+                        continue;
+                    }
+                    ended_before_open = ended;
+                    if ended {
                         if cursor.unplaced {
                             let after = cursor.last.as_deref().and_then(|l| split_timestamp(l).0);
                             if let Some(after) = after {
@@ -301,6 +318,17 @@ impl Archiver {
                             if current.metadata.deletion_timestamp.is_some()
                                 && container_ended(&current)
                             {
+                                // The read meant to confirm the end found the log removed (a
+                                // kubelet removes a deleted pod's dead containers at once:
+                                // pkg/kubelet/kubelet.go, cleanUpContainersInPod). The stream
+                                // before it ended no earlier than the second the container
+                                // finished in: the container's end, not a cut, ended it.
+                                let finished = container_finished_at(&current);
+                                if ended_before_open
+                                    && stream_ended.zip(finished).is_some_and(|(e, f)| e >= f)
+                                {
+                                    return self.complete(key, &current).await;
+                                }
                                 let detail = format!(
                                     "the pod was deleted and the kubelet removed its log before it was fully read ({} lines were captured; what followed is lost): {message}",
                                     cursor.next_line
@@ -692,6 +720,19 @@ fn container_started_at(pod: &Pod) -> Option<chrono::DateTime<chrono::Utc>> {
         .and_then(|r| r.started_at.as_ref())
         .or_else(|| state.terminated.as_ref()?.started_at.as_ref())?;
     chrono::DateTime::from_timestamp(started.0.as_second(), started.0.subsec_nanosecond() as u32)
+}
+
+/// When the main container's current instance ended (whole seconds, as the API reports it).
+fn container_finished_at(pod: &Pod) -> Option<chrono::DateTime<chrono::Utc>> {
+    let finished = main_container(pod)?
+        .terminated
+        .as_ref()?
+        .finished_at
+        .as_ref()?;
+    chrono::DateTime::from_timestamp(
+        finished.0.as_second(),
+        finished.0.subsec_nanosecond() as u32,
+    )
 }
 
 /// The container has started (so it may have a log). A container marked terminated without
