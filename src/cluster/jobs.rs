@@ -2,15 +2,15 @@
 
 use super::{keys, observe, ClusterSettings};
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The service's handle on the cluster.
+/// The service's handle on the cluster: the operations the service does, never its client.
 #[derive(Clone)]
 pub struct Cluster {
-    pub client: Client,
+    pub(super) client: Client,
     pub settings: Arc<ClusterSettings>,
     /// What the last permission self-check found missing.
     pub permissions: super::permissions::PermissionStatus,
@@ -36,7 +36,27 @@ pub enum CreateError {
     Permanent { reason: String, message: String },
 }
 
+/// One page of a list, and the token to ask for the next (none on the last).
+#[derive(Debug)]
+pub struct Page<K> {
+    pub items: Vec<K>,
+    pub continue_token: Option<String>,
+}
+
+/// How many objects a list asks for per page.
+const PAGE_SIZE: u32 = 500;
+
 impl Cluster {
+    /// A handle acting as `client` (which carries the deadlines, see [`super::with_timeout`]) on
+    /// the Jobs of the installation `settings` describes.
+    pub fn new(client: Client, settings: ClusterSettings) -> Self {
+        Cluster {
+            client,
+            settings: Arc::new(settings),
+            permissions: Default::default(),
+        }
+    }
+
     /// Checks (and records) that this service may do everything it needs in every Job
     /// namespace, logging what is missing.
     pub async fn check_permissions(&self) {
@@ -46,13 +66,38 @@ impl Cluster {
         super::permissions::report(&result);
     }
 
-    pub fn jobs(&self, namespace: &str) -> Api<Job> {
+    fn jobs(&self, namespace: &str) -> Api<Job> {
         Api::namespaced(self.client.clone(), namespace)
     }
 
     /// core/v1 Events in `namespace` (the Job controller's `FailedCreate`, ...).
-    pub fn events(&self, namespace: &str) -> Api<k8s_openapi::api::core::v1::Event> {
+    pub(super) fn events(&self, namespace: &str) -> Api<k8s_openapi::api::core::v1::Event> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// A Job as it is now, or none when it is gone.
+    pub async fn get_job(&self, namespace: &str, name: &str) -> Result<Option<Job>, kube::Error> {
+        self.jobs(namespace).get_opt(name).await
+    }
+
+    /// One page of this installation's Jobs in `namespace`; `continue_token` is the previous
+    /// page's, none for the first.
+    pub async fn list_jobs(
+        &self,
+        namespace: &str,
+        continue_token: Option<&str>,
+    ) -> Result<Page<Job>, kube::Error> {
+        let mut params = ListParams::default()
+            .labels(&self.settings.selector())
+            .limit(PAGE_SIZE);
+        if let Some(token) = continue_token {
+            params = params.continue_token(token);
+        }
+        let page = self.jobs(namespace).list(&params).await?;
+        Ok(Page {
+            items: page.items,
+            continue_token: page.metadata.continue_.filter(|c| !c.is_empty()),
+        })
     }
 
     /// Creates `job` for `run_id`. A Job of that name that already exists is adopted when its

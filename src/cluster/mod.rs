@@ -1,6 +1,8 @@
-//! Everything that talks to Kubernetes: rendering a run into a Job (pure), creating and deleting
-//! Jobs, the tracking finalizer, and reading what Jobs and Pods report (pure). It talks to the
-//! cluster only through kube-rs, exactly as against any real API server.
+//! Everything that talks to Kubernetes: rendering a run into a Job (pure), creating, getting,
+//! listing, watching and deleting Jobs, reading pods and their logs, the tracking and
+//! log-capture finalizers, and reading what Jobs and Pods report (pure). The rest of the service
+//! uses [`jobs::Cluster`]'s operations and never a Kubernetes client. It talks to the cluster only
+//! through kube-rs, exactly as against any real API server.
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -13,6 +15,7 @@ pub mod permissions;
 pub mod pods;
 pub mod render;
 pub mod uninstall;
+pub mod watch;
 
 /// Label and annotation keys the service puts on its Jobs and pods.
 pub mod keys {

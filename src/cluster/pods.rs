@@ -1,11 +1,13 @@
-//! Pods of the service's Jobs: reading their logs and releasing the log-capture finalizer.
+//! Pods of the service's Jobs: reading them and their logs, and releasing the log-capture
+//! finalizer.
 
 use super::jobs::Cluster;
 use super::keys;
 use futures::AsyncBufRead;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::LogParams;
+use kube::api::{ListParams, LogParams};
 use kube::{Api, ResourceExt};
+use uuid::Uuid;
 
 /// How to read a pod's log. Logs are always read with timestamps, which the archive keeps and
 /// readers use for `since` and strip unless asked.
@@ -18,8 +20,19 @@ pub struct LogRead {
 }
 
 impl Cluster {
-    pub fn pods(&self, namespace: &str) -> Api<Pod> {
+    fn pods(&self, namespace: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// A pod as it is now, or none when it is gone.
+    pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, kube::Error> {
+        self.pods(namespace).get_opt(name).await
+    }
+
+    /// The pods of a run's Job.
+    pub async fn run_pods(&self, namespace: &str, run_id: Uuid) -> Result<Vec<Pod>, kube::Error> {
+        let params = ListParams::default().labels(&format!("{}={run_id}", keys::RUN_ID));
+        Ok(self.pods(namespace).list(&params).await?.items)
     }
 
     /// Opens a pod's log of the `main` container.

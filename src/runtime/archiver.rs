@@ -229,7 +229,7 @@ impl Archiver {
                         }
                         pause = (pause * 2).min(REOPEN_PAUSE.1);
                     }
-                    let current = match inner.cluster.pods(&namespace).get_opt(name).await {
+                    let current = match inner.cluster.get_pod(&namespace, name).await {
                         Ok(current) => current,
                         Err(error) => {
                             tracing::debug!(error = %error, "reading the pod after its log ended failed");
@@ -312,9 +312,7 @@ impl Archiver {
                     // A kubelet that refuses the log of an ended pod being deleted has removed
                     // it with the pod's containers: nothing will bring it back.
                     if refused {
-                        if let Ok(Some(current)) =
-                            inner.cluster.pods(&namespace).get_opt(name).await
-                        {
+                        if let Ok(Some(current)) = inner.cluster.get_pod(&namespace, name).await {
                             if current.metadata.deletion_timestamp.is_some()
                                 && container_ended(&current)
                             {
@@ -640,9 +638,13 @@ impl Archiver {
     /// Removes our finalizer, from the pod as it is now (its finalizer list may have changed).
     async fn release(&self, pod: &Pod) {
         let namespace = pod.namespace().unwrap_or_else(|| "default".into());
-        let api = self.inner.cluster.pods(&namespace);
         for _ in 0..3 {
-            let current = match api.get_opt(&pod.name_any()).await {
+            let current = match self
+                .inner
+                .cluster
+                .get_pod(&namespace, &pod.name_any())
+                .await
+            {
                 Ok(Some(current)) => current,
                 Ok(None) => return,
                 Err(error) => {
@@ -778,12 +780,7 @@ impl Archiver {
                 continue;
             }
             let namespace = capture.namespace.as_deref().unwrap_or("default");
-            match inner
-                .cluster
-                .pods(namespace)
-                .get_opt(&capture.pod_name)
-                .await
-            {
+            match inner.cluster.get_pod(namespace, &capture.pod_name).await {
                 Ok(Some(pod)) => {
                     metrics::counter!("vfi_log_captures_taken_over_total").increment(1);
                     tracing::info!(run_id = %key.0, pod = %key.1, "taking over a lapsed log capture");

@@ -1,64 +1,26 @@
-//! The tracker: kube-runtime watchers on this installation's Jobs and pods write what the cluster
-//! reports into Postgres. A watcher's re-list (`Init` .. `InitDone`) is the truth: after every
-//! one, each unfinished run is checked against it, so a lost connection, a 410 Gone or a missed
-//! `Delete` can delay a final state but never lose it. The Jobs' tracking finalizer is released
-//! only once a run's outcome is stored. While a run is pending, why it cannot start (a pod's
-//! waiting reason or unschedulable condition, the Job controller's `FailedCreate` Events) is
-//! recorded on it.
+//! The tracker: the cluster's watches of this installation's Jobs and pods (see
+//! [`crate::cluster::watch`]) write what they report into Postgres. A watch's re-list (`Init` ..
+//! `InitDone`) is the truth: after every one, each unfinished run is checked against it, so a
+//! lost connection, a 410 Gone or a missed `Delete` can delay a final state but never lose it.
+//! The Jobs' tracking finalizer is released only once a run's outcome is stored. While a run is
+//! pending, why it cannot start (a pod's waiting reason or unschedulable condition, the Job
+//! controller's `FailedCreate` Events) is recorded on it.
 
 use super::requeue::Requeue;
 use super::Runtime;
+use crate::cluster::watch::Event;
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, RunStatus};
 use crate::store::{self, runs::Observation};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Backoff between watch restarts: exponential with jitter, capped at 5 s (kube-runtime's default
-/// goes to 30 s plus jitter, which after an API outage delays every status by up to a minute),
-/// and reset by the first successful event.
-struct WatchBackoff {
-    builder: ExponentialBuilder,
-    current: backon::ExponentialBackoff,
-}
-
-impl WatchBackoff {
-    fn new() -> Self {
-        let builder = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
-        WatchBackoff {
-            current: builder.build(),
-            builder,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-    fn next(&mut self) -> Option<Duration> {
-        self.current.next()
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.current = self.builder.build();
-    }
-}
 
 /// What the job tracker looks at again after a failure.
 #[derive(Clone)]
@@ -81,11 +43,9 @@ fn requeue_key(job: &Job) -> String {
 const RECONCILE_KEY: &str = "reconcile";
 
 pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
-    let api: Api<Job> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
-    let config = watch_config(&runtime);
-    let mut events = watcher::watcher(api, config)
-        .backoff(WatchBackoff::new())
-        .boxed();
+    let mut events = runtime
+        .cluster
+        .watch_jobs(&namespace, runtime.settings.watch_timeout_secs);
     let mut listed = HashSet::new();
     // A failed write or API call re-queues its Job with backoff (250 ms doubling up to 5 s), so a
     // database outage delays a final state by at most a few seconds after it ends.
@@ -142,13 +102,6 @@ pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: Cancellat
             }
         }
     }
-}
-
-/// This installation's objects, with the watch timeout from the settings.
-fn watch_config(runtime: &Runtime) -> watcher::Config {
-    watcher::Config::default()
-        .labels(&runtime.cluster.settings.selector())
-        .timeout(runtime.settings.watch_timeout_secs)
 }
 
 fn job_ref(job: &Job) -> JobRef {
@@ -289,7 +242,6 @@ async fn reconcile(
     listed: &HashSet<Uuid>,
 ) -> crate::error::Result<()> {
     let live = store::runs::live_with_jobs(&runtime.db, namespace).await?;
-    let api = runtime.cluster.jobs(namespace);
     // One run's failure does not stop the others; the first one is returned, for the whole
     // check to be done again.
     let mut first_error = None;
@@ -297,7 +249,7 @@ async fn reconcile(
         let Some(job_ref) = run.job.clone() else {
             continue;
         };
-        let outcome = match api.get_opt(&job_ref.name).await {
+        let outcome = match runtime.cluster.get_job(namespace, &job_ref.name).await {
             Ok(Some(job)) => job_changed(runtime, &job).await,
             Ok(None) => record_missing(runtime, &run, &job_ref).await,
             Err(error) => Err(anyhow::Error::from(error)
@@ -349,13 +301,13 @@ pub async fn reconcile_periodically(runtime: Runtime, shutdown: CancellationToke
 }
 
 async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), kube::Error> {
-    let api = runtime.cluster.jobs(namespace);
-    let mut params = ListParams::default()
-        .labels(&runtime.cluster.settings.selector())
-        .limit(500);
     let mut listed = HashSet::new();
+    let mut continue_token = None;
     loop {
-        let page = api.list(&params).await?;
+        let page = runtime
+            .cluster
+            .list_jobs(namespace, continue_token.as_deref())
+            .await?;
         for job in page.items.iter().filter(|job| !settled_job(job)) {
             if let Some(id) = observe::run_id(job.metadata.labels.as_ref()) {
                 listed.insert(id);
@@ -364,9 +316,9 @@ async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), 
                 tracing::warn!(job = %job.name_any(), error = %crate::error::chain(&error), "periodic reconcile: recording a Job failed");
             }
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
+        continue_token = page.continue_token;
+        if continue_token.is_none() {
+            break;
         }
     }
     if let Err(error) = reconcile(runtime, namespace, &listed).await {
@@ -376,11 +328,9 @@ async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), 
 }
 
 pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
-    let api: Api<Pod> = Api::namespaced(runtime.cluster.client.clone(), &namespace);
-    let config = watch_config(&runtime);
-    let mut events = watcher::watcher(api, config)
-        .backoff(WatchBackoff::new())
-        .boxed();
+    let mut events = runtime
+        .cluster
+        .watch_pods(&namespace, runtime.settings.watch_timeout_secs);
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -422,10 +372,9 @@ fn log_pod_failure(pod: &Pod, outcome: crate::error::Result<()>) {
 /// Lists a run's pods and records each. A failed list is logged (the run's final state is not
 /// held up by it); a failed write is returned.
 async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::error::Result<()> {
-    let params = ListParams::default().labels(&format!("{}={run_id}", keys::RUN_ID));
-    match runtime.cluster.pods(namespace).list(&params).await {
+    match runtime.cluster.run_pods(namespace, run_id).await {
         Ok(pods) => {
-            for pod in &pods.items {
+            for pod in &pods {
                 pod_changed(runtime, pod, false).await?;
             }
         }
@@ -465,12 +414,7 @@ pub async fn track_failed_creates(
     namespace: String,
     shutdown: CancellationToken,
 ) {
-    let api = runtime.cluster.events(&namespace);
-    let config = watcher::Config::default().fields("involvedObject.kind=Job,reason=FailedCreate");
-    let mut events = watcher::watcher(api, config)
-        .backoff(WatchBackoff::new())
-        .applied_objects()
-        .boxed();
+    let mut events = runtime.cluster.watch_failed_creates(&namespace);
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,

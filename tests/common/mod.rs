@@ -92,19 +92,16 @@ impl TestApp {
                 sandbox: Default::default(),
             }),
             // These tests never reach a cluster: an address nothing listens on.
-            cluster: Cluster {
-                client: kube::Client::try_from(kube::Config::new(
-                    "http://127.0.0.1:9".parse().unwrap(),
-                ))
-                .unwrap(),
-                settings: Arc::new(ClusterSettings {
+            cluster: Cluster::new(
+                kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                    .unwrap(),
+                ClusterSettings {
                     installation: "default".into(),
                     namespaces: vec!["default".into()],
                     job_name_prefix: options.job_name_prefix.clone(),
                     run_as_non_root: false,
-                }),
-                permissions: Default::default(),
-            },
+                },
+            ),
             auth: Arc::new(AuthSettings {
                 enabled: !options.auth_disabled,
                 rate_limit: options
