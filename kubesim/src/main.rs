@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use kubesim::faults::{Fault, FaultKind};
 use kubesim::behaviour::Behaviour;
 use kubesim::events::Recorder;
+use kubesim::faults::{Fault, FaultKind};
 use kubesim::{KubeSim, RunnerKind, SimConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
