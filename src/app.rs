@@ -227,19 +227,18 @@ fn runtime(
     client: kube::Client,
     policy: Arc<RunPolicy>,
 ) -> Runtime {
-    let cluster = Cluster {
-        client: crate::cluster::with_timeout(
+    let cluster = Cluster::new(
+        crate::cluster::with_timeout(
             client,
             Duration::from_secs(args.kube_request_timeout_secs.max(1)),
         ),
-        settings: Arc::new(ClusterSettings {
+        ClusterSettings {
             installation: args.installation.clone(),
             namespaces: args.job_namespaces(),
             job_name_prefix: args.job_name_prefix.clone(),
             run_as_non_root: args.run_as_non_root,
-        }),
-        permissions: Default::default(),
-    };
+        },
+    );
     let instance = format!(
         "{}-{}",
         std::env::var("POD_NAME").unwrap_or_else(|_| "local".into()),

@@ -12,7 +12,6 @@ use kube::Api;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 use vfi_orchestrator::cluster::jobs::Cluster;
 use vfi_orchestrator::cluster::{render, ClusterSettings};
@@ -86,16 +85,15 @@ async fn a_launcher_that_died_right_after_creating_the_job_leads_to_exactly_one_
     let claimed = store::runs::claim_launchable(&db, "dead-launcher", Duration::from_secs(1), 10)
         .await
         .unwrap();
-    let cluster = Cluster {
-        client: sim.client(),
-        settings: Arc::new(ClusterSettings {
+    let cluster = Cluster::new(
+        sim.client(),
+        ClusterSettings {
             installation: "default".into(),
             namespaces: vec!["default".into()],
             job_name_prefix: String::new(),
             run_as_non_root: false,
-        }),
-        permissions: Default::default(),
-    };
+        },
+    );
     let run = &claimed[0];
     cluster
         .create_job(run.id, &render::render(&cluster.settings, run))

@@ -182,7 +182,6 @@ async fn with_5000_finished_jobs_retained_a_new_run_succeeds_quickly_after_every
 async fn two_replicas_releasing_one_jobs_finalizer_both_succeed_and_a_ttl_is_set() {
     use k8s_openapi::api::batch::v1::Job;
     use kube::api::{Api, PostParams};
-    use std::sync::Arc;
     use vfi_orchestrator::cluster::jobs::Cluster;
     use vfi_orchestrator::cluster::{keys, ClusterSettings};
 
@@ -195,14 +194,16 @@ async fn two_replicas_releasing_one_jobs_finalizer_both_succeed_and_a_ttl_is_set
     }))
     .unwrap();
     let created = api.create(&PostParams::default(), &job).await.unwrap();
-    let cluster = |client| Cluster {
-        client,
-        settings: Arc::new(ClusterSettings {
-            installation: "default".into(),
-            namespaces: vec!["default".into()],
-            job_name_prefix: String::new(),
-            run_as_non_root: false,
-        }),
+    let cluster = |client| {
+        Cluster::new(
+            client,
+            ClusterSettings {
+                installation: "default".into(),
+                namespaces: vec!["default".into()],
+                job_name_prefix: String::new(),
+                run_as_non_root: false,
+            },
+        )
     };
     let (a, b) = (cluster(sim.client()), cluster(sim.client()));
     // Both replicas act on the same (now stale for one of them) copy of the Job.

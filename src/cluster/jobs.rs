@@ -37,6 +37,15 @@ pub enum CreateError {
 }
 
 impl Cluster {
+    /// A handle with no permission check made yet.
+    pub fn new(client: Client, settings: ClusterSettings) -> Self {
+        Cluster {
+            client,
+            settings: Arc::new(settings),
+            permissions: Default::default(),
+        }
+    }
+
     /// Checks (and records) that this service may do everything it needs in every Job
     /// namespace, logging what is missing.
     pub async fn check_permissions(&self) {
