@@ -86,6 +86,8 @@ pub(super) fn split() -> (Router<AppState>, Document) {
 }
 
 const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const DNS1123_SUBDOMAIN: &str =
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 const STATUS: &str = "(queued|creating|pending|running|succeeded|failed|cancelled|lost)";
 
 /// States in the document what the server enforces for every operation alike, which the
@@ -199,6 +201,9 @@ fn constrain(path: &str, parameter: &mut utoipa::openapi::path::Parameter) {
         }
         ("query", "status") => json!({
             "type": "string", "pattern": format!("^{STATUS}(,{STATUS})*$"),
+        }),
+        ("query", "pod") => json!({
+            "type": "string", "pattern": DNS1123_SUBDOMAIN, "minLength": 1, "maxLength": 253,
         }),
         ("query", "tail") => json!({"type": "integer", "format": "int64", "minimum": 0}),
         ("query", "limitBytes") => json!({"type": "integer", "format": "int64", "minimum": 1}),
