@@ -148,6 +148,16 @@ async fn tasks_beyond_the_limits_are_refused_unless_an_admin_gave_the_task_its_o
     )
     .await;
     assert_eq!(app.count("tasks").await, 0);
+    // An array is not limits, though serde would read a struct from one (found by
+    // schemathesis: `[null, null]` was stored as no limits at all).
+    let listed = app
+        .put_json(
+            "/v1/tasks/big",
+            &json!({ "template": big, "limits": [null, null] }),
+        )
+        .await;
+    assert_problem(listed, StatusCode::UNPROCESSABLE_ENTITY, Some("limits")).await;
+    assert_eq!(app.count("tasks").await, 0);
 
     let task = app
         .put_task(

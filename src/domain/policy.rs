@@ -11,6 +11,35 @@ use super::RunTemplate;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Deserializes optional run limits from a JSON object only: serde's derived struct
+/// deserialization also takes an array of the fields in order, so `"limits": [null, null]`
+/// would otherwise pass as no limits at all. Object keys keep their paths in errors.
+pub fn limits_object<'de, D>(deserializer: D) -> Result<Option<RunLimits>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct ObjectOnly;
+    impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+        type Value = Option<RunLimits>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of run limits")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RunLimits::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_option(ObjectOnly)
+}
+
 /// Kubernetes' default `backoffLimit`: pods a Job may add after failures when none is given.
 /// <https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-backoff-failure-policy>
 const DEFAULT_BACKOFF_LIMIT: i64 = 6;

@@ -99,7 +99,11 @@ pub struct TaskSpec {
     pub failed_runs_history_limit: Option<i32>,
     /// Limits on the size of this task's runs that replace the installation's, field by field
     /// (only admins define tasks). See the README's run limits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::policy::limits_object"
+    )]
     pub limits: Option<RunLimits>,
 }
 

@@ -86,6 +86,8 @@ pub(super) fn split() -> (Router<AppState>, Document) {
 }
 
 const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const DNS1123_SUBDOMAIN: &str =
+    "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
 const STATUS: &str = "(queued|creating|pending|running|succeeded|failed|cancelled|lost)";
 
 /// States in the document what the server enforces for every operation alike, which the
@@ -147,13 +149,31 @@ fn complete_operation(path: &str, operation: &mut utoipa::openapi::path::Operati
         }
     }
     if rate_limited {
-        responses.entry("429".into()).or_insert_with(|| {
-            piece(json!({
-                "description": "Too many requests from this token (or to this trigger): retry after `Retry-After` seconds",
-                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
-                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-            }))
-        });
+        const RATE_LIMITED: &str =
+            "Too many requests from this token (or to this trigger): retry after `Retry-After` seconds";
+        let retry_after: utoipa::openapi::header::Header =
+            piece(json!({"schema": {"type": "integer", "minimum": 0}}));
+        match responses
+            .entry("429".into())
+            .or_insert_with(|| problem(RATE_LIMITED))
+        {
+            // An operation's own 429 (a queue or run cap) keeps its text; the rate limit is
+            // answered on every operation alike, so it is named beside it.
+            RefOr::T(response) => {
+                if response.description != RATE_LIMITED {
+                    response.description = format!(
+                        "{}; or too many requests{}",
+                        response.description,
+                        RATE_LIMITED.trim_start_matches("Too many requests")
+                    );
+                }
+                response
+                    .headers
+                    .entry("Retry-After".into())
+                    .or_insert(retry_after);
+            }
+            RefOr::Ref(_) => {}
+        }
     }
 }
 
@@ -181,6 +201,9 @@ fn constrain(path: &str, parameter: &mut utoipa::openapi::path::Parameter) {
         }
         ("query", "status") => json!({
             "type": "string", "pattern": format!("^{STATUS}(,{STATUS})*$"),
+        }),
+        ("query", "pod") => json!({
+            "type": "string", "pattern": DNS1123_SUBDOMAIN, "minLength": 1, "maxLength": 253,
         }),
         ("query", "tail") => json!({"type": "integer", "format": "int64", "minimum": 0}),
         ("query", "limitBytes") => json!({"type": "integer", "format": "int64", "minimum": 1}),
