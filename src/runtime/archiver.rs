@@ -155,7 +155,7 @@ impl Archiver {
         {
             Ok(claimed) => claimed,
             Err(error) => {
-                tracing::warn!(error = %error, "claiming a log capture failed; the next pod event retries");
+                tracing::warn!(error = %crate::error::chain(&error), "claiming a log capture failed; the next pod event retries");
                 return;
             }
         };
@@ -171,7 +171,7 @@ impl Archiver {
             match logs::last_line(&inner.db, *run_id, name).await {
                 Ok(last) => last,
                 Err(error) => {
-                    tracing::warn!(error = %error, "reading the last archived line failed; the sweep retries");
+                    tracing::warn!(error = %crate::error::chain(&error), "reading the last archived line failed; the sweep retries");
                     return;
                 }
             }
@@ -232,7 +232,7 @@ impl Archiver {
                     let current = match inner.cluster.get_pod(&namespace, name).await {
                         Ok(current) => current,
                         Err(error) => {
-                            tracing::debug!(error = %error, "reading the pod after its log ended failed");
+                            tracing::debug!(error = %crate::error::chain(&error), "reading the pod after its log ended failed");
                             continue;
                         }
                     };
@@ -617,7 +617,7 @@ impl Archiver {
 
     async fn complete(&self, key: &(Uuid, String), pod: &Pod) {
         if let Err(error) = logs::finish(&self.inner.db, key.0, &key.1, "complete", None).await {
-            tracing::warn!(error = %error, "recording a finished log failed; the next pod event retries");
+            tracing::warn!(error = %crate::error::chain(&error), "recording a finished log failed; the next pod event retries");
             return;
         }
         tracing::debug!("log archived");
@@ -629,7 +629,7 @@ impl Archiver {
         metrics::counter!("vfi_log_captures_failed_total", "state" => state.to_string())
             .increment(1);
         if let Err(error) = logs::finish(&self.inner.db, key.0, &key.1, state, Some(detail)).await {
-            tracing::warn!(error = %error, "recording a lost log failed");
+            tracing::warn!(error = %crate::error::chain(&error), "recording a lost log failed");
             return;
         }
         self.release(pod).await;
@@ -648,7 +648,7 @@ impl Archiver {
                 Ok(Some(current)) => current,
                 Ok(None) => return,
                 Err(error) => {
-                    tracing::warn!(error = %error, "reading a pod to release it failed");
+                    tracing::warn!(error = %crate::error::chain(&error), "reading a pod to release it failed");
                     return;
                 }
             };
@@ -661,7 +661,9 @@ impl Archiver {
             }
             match self.inner.cluster.release_pod(&current).await {
                 Ok(()) => return,
-                Err(error) => tracing::debug!(error = %error, "releasing a pod raced; retrying"),
+                Err(error) => {
+                    tracing::debug!(error = %crate::error::chain(&error), "releasing a pod raced; retrying")
+                }
             }
         }
     }
@@ -766,7 +768,7 @@ pub async fn sweep(archiver: Archiver, shutdown: CancellationToken) {
             _ = tokio::time::sleep(archiver.inner.settings.sweep_interval) => {}
         }
         if let Err(error) = archiver.sweep_once(&shutdown).await {
-            tracing::warn!(error = %error, "looking for lapsed log captures failed; retrying");
+            tracing::warn!(error = %crate::error::chain(&error), "looking for lapsed log captures failed; retrying");
         }
     }
 }
@@ -807,7 +809,7 @@ impl Archiver {
                     logs::finish(&inner.db, key.0, &key.1, state, Some(&detail)).await?;
                 }
                 Err(error) => {
-                    tracing::debug!(run_id = %key.0, pod = %key.1, error = %error, "looking up a lapsed capture's pod failed");
+                    tracing::debug!(run_id = %key.0, pod = %key.1, error = %crate::error::chain(&error), "looking up a lapsed capture's pod failed");
                 }
             }
         }
@@ -825,7 +827,7 @@ impl Archiver {
             Ok(0) => {}
             Ok(n) => tracing::info!(captures = n, "handed log captures back"),
             Err(error) => {
-                tracing::warn!(error = %error, "handing log captures back failed; they lapse with their lease")
+                tracing::warn!(error = %crate::error::chain(&error), "handing log captures back failed; they lapse with their lease")
             }
         }
     }
@@ -847,7 +849,7 @@ pub async fn expire_logs(archiver: Archiver, shutdown: CancellationToken) {
                     tracing::info!(deleted, "expired archived pod logs");
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error, "expiring archived logs failed; retrying later");
+                    tracing::warn!(error = %crate::error::chain(&error), "expiring archived logs failed; retrying later");
                     break;
                 }
             }

@@ -61,7 +61,7 @@ pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: Cancellat
                 None => return,
                 Some(Err(error)) => {
                     metrics::counter!("vfi_watch_errors_total", "kind" => "job").increment(1);
-                    tracing::warn!(%namespace, error = %error, "job watch failed; it restarts with backoff");
+                    tracing::warn!(%namespace, error = %crate::error::chain(&error), "job watch failed; it restarts with backoff");
                     continue;
                 }
                 Some(Ok(Event::Init)) => {
@@ -294,7 +294,7 @@ pub async fn reconcile_periodically(runtime: Runtime, shutdown: CancellationToke
         }
         for namespace in runtime.cluster.settings.namespaces.clone() {
             if let Err(error) = reconcile_by_listing(&runtime, &namespace).await {
-                tracing::warn!(%namespace, error = %error, "periodic reconcile failed");
+                tracing::warn!(%namespace, error = %crate::error::chain(&error), "periodic reconcile failed");
             }
         }
     }
@@ -340,7 +340,7 @@ pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: Cancellat
             None => return,
             Some(Err(error)) => {
                 metrics::counter!("vfi_watch_errors_total", "kind" => "pod").increment(1);
-                tracing::warn!(%namespace, error = %error, "pod watch failed; it restarts with backoff");
+                tracing::warn!(%namespace, error = %crate::error::chain(&error), "pod watch failed; it restarts with backoff");
             }
             Some(Ok(Event::Init)) => {
                 metrics::counter!("vfi_watch_relists_total", "kind" => "pod").increment(1);
@@ -379,7 +379,7 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
             }
         }
         Err(error) => {
-            tracing::warn!(%run_id, error = %error, "listing a finished run's pods failed")
+            tracing::warn!(%run_id, error = %crate::error::chain(&error), "listing a finished run's pods failed")
         }
     }
     Ok(())
@@ -424,7 +424,7 @@ pub async fn track_failed_creates(
             None => return,
             Some(Err(error)) => {
                 metrics::counter!("vfi_watch_errors_total", "kind" => "event").increment(1);
-                tracing::warn!(%namespace, error = %error, "event watch failed; it restarts with backoff");
+                tracing::warn!(%namespace, error = %crate::error::chain(&error), "event watch failed; it restarts with backoff");
             }
             Some(Ok(event)) => {
                 let Some((job, message)) = observe::failed_create(&event) else {
@@ -437,7 +437,7 @@ pub async fn track_failed_creates(
                 if let Err(error) =
                     store::runs::note_waiting_for_job(&runtime.db, &job, &waiting).await
                 {
-                    tracing::warn!(job = %job.name, error = %error, "recording a FailedCreate failed");
+                    tracing::warn!(job = %job.name, error = %crate::error::chain(&error), "recording a FailedCreate failed");
                 }
             }
         }
