@@ -48,16 +48,7 @@ async fn narrowing_the_namespace_allowlist_refuses_reruns_and_queued_runs_before
     );
 
     let queued = queued.id.to_string();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let run = loop {
-        let run = after.run(&queued).await;
-        if run["status"] != "queued" && run["status"] != "creating" {
-            break run;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{run:#}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert_eq!(run["status"], "failed", "{run:#}");
+    let run = after.wait_for(&queued, "failed", WAIT).await;
     assert_eq!(run["statusReason"], "PolicyRefused", "{run:#}");
     let message = run["statusMessage"].as_str().unwrap();
     assert!(

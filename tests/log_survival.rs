@@ -641,13 +641,7 @@ async fn wait_gone(client: &kube::Client, name: &str) {
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_pod_deleted_while_the_service_is_down_says_what_was_lost(db: PgPool) {
-    // The kubelet removes a deleted pod's logs at once.
-    let sim = KubeSim::start(common::service::SimConfig {
-        log_removal_delay: Some(Duration::ZERO),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = kubesim_removing_logs_at_once().await;
     let client = sim.client();
     let service = Service::start(db.clone(), client.clone(), &[]).await;
     // 20 lines over 4 s.
@@ -671,12 +665,7 @@ async fn a_pod_deleted_while_the_service_is_down_says_what_was_lost(db: PgPool) 
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_pod_deleted_while_the_service_is_up_keeps_its_whole_log(db: PgPool) {
-    let sim = KubeSim::start(common::service::SimConfig {
-        log_removal_delay: Some(Duration::ZERO),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = kubesim_removing_logs_at_once().await;
     let client = sim.client();
     let service = Service::start(db.clone(), client.clone(), &[]).await;
     // 20 lines over 4 s, deleted while it runs.
@@ -732,4 +721,15 @@ async fn every_attempt_of_an_on_failure_container_is_archived_without_a_request_
     // Opening the stream, and reopening it with growing pauses during the back-off.
     let requests = faults.log_requests();
     assert!(requests <= 12, "{requests} log requests");
+}
+
+/// A kubesim whose kubelet removes a deleted pod's logs at once (container garbage collection
+/// without its delay).
+async fn kubesim_removing_logs_at_once() -> KubeSim {
+    KubeSim::start(common::service::SimConfig {
+        log_removal_delay: Some(Duration::ZERO),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }

@@ -122,6 +122,16 @@ fn set_cond(status: &mut PodStatus, c: PodCondition) {
     }
 }
 
+/// A container state `running` since `started`.
+fn running_since(started: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> ContainerState {
+    ContainerState {
+        running: Some(ContainerStateRunning {
+            started_at: Some(started.clone()),
+        }),
+        ..Default::default()
+    }
+}
+
 fn container_id() -> String {
     format!(
         "containerd://{}{}",
@@ -575,12 +585,7 @@ impl Kubelet {
                 cs.started = Some(true);
                 cs.container_id = Some(container_id());
                 cs.image_id = image_id(&cs.image);
-                cs.state = Some(ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: Some(now.clone()),
-                    }),
-                    ..Default::default()
-                });
+                cs.state = Some(running_since(&now));
             }
         }) else {
             return;
@@ -853,12 +858,7 @@ impl Kubelet {
                     });
                     cs.restart_count += 1;
                     cs.container_id = Some(container_id());
-                    cs.state = Some(ContainerState {
-                        running: Some(ContainerStateRunning {
-                            started_at: Some(now.clone()),
-                        }),
-                        ..Default::default()
-                    });
+                    cs.state = Some(running_since(&now));
                 }
             }) else {
                 return;
@@ -928,12 +928,7 @@ impl Kubelet {
                 cs.ready = true;
                 cs.started = Some(true);
                 cs.container_id = Some(container_id());
-                cs.state = Some(ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: Some(now.clone()),
-                    }),
-                    ..Default::default()
-                });
+                cs.state = Some(running_since(&now));
             }
         }) else {
             return;
