@@ -484,6 +484,12 @@ impl Archiver {
     /// the container started, was written more than a second after that start: the kubelet
     /// may have rotated earlier lines away before any stream was open. Recorded as a possible
     /// gap (it cannot be told from a container that printed nothing at first).
+    ///
+    /// The API reports `startedAt` in whole seconds (metav1.Time marshals RFC 3339 without a
+    /// fraction), so the container really started up to a second after `started`: both
+    /// delays are measured against `started + 1 s`, the latest moment it can have started.
+    /// Without that, a container printing at once at x.999 s was flagged whenever its
+    /// capture opened late.
     async fn check_late_start(
         &self,
         key: &(Uuid, String),
@@ -495,7 +501,8 @@ impl Archiver {
             return Ok(());
         };
         let second = chrono::Duration::seconds(1);
-        if first - started <= second || opened_at - started <= second {
+        let latest_start = started + second;
+        if first - latest_start <= second || opened_at - latest_start <= second {
             return Ok(());
         }
         let stamp = |t: chrono::DateTime<chrono::Utc>| {
