@@ -14,12 +14,12 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use super::gc::FOREGROUND;
-use super::{Timer, Timers};
 use crate::behaviour::Behaviour;
 use crate::events::JOB_CONTROLLER;
 use crate::objects::{has_finalizer, is_terminal, phase, pod_delete_grace, pod_ready};
 use crate::store::{ObjKey, Store};
 use crate::time::{now_time, unix_now};
+use crate::timers::{Timer, Timers};
 use crate::validation::{
     generate_name, COMPLETION_INDEX, CONTROLLER_UID, JOB_NAME, JOB_TRACKING_FINALIZER,
     LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME,

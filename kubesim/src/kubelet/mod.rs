@@ -3,6 +3,10 @@
 //! `OnFailure`, kills on deletion, evictions, pod activeDeadlineSeconds) and the status it
 //! reports. It is the only writer of pod *status*; it never touches Jobs. Containers are run by
 //! a pluggable [`Runner`]: [`ScriptedRunner`] (default) or [`HostRunner`].
+//!
+//! Depends on: `timers` (it schedules its own start/deadline/restart/log-removal timers),
+//! `store`, `logs`, `events`, `scheduling`, `behaviour`, `objects`, `validation`; never on
+//! `controller`, which drives it.
 
 pub mod host;
 pub mod runner;
@@ -25,13 +29,13 @@ pub use runner::{RunOutcome, RunSpec, Runner};
 pub use scripted::ScriptedRunner;
 
 use crate::behaviour::Behaviour;
-use crate::controller::{Timer, Timers};
 use crate::events::{Source, KUBELET, SCHEDULER};
 use crate::logs::Logs;
 use crate::objects::{controller_ref, is_terminal, phase};
 use crate::scheduling::{pick_node, requests};
 use crate::store::{ObjKey, Store};
 use crate::time::now_time;
+use crate::timers::{Timer, Timers};
 use crate::validation::COMPLETION_INDEX;
 
 pub const NODE_NAME: &str = "kubesim-node-1";
