@@ -6,6 +6,8 @@
 pub mod admin;
 pub mod discovery;
 pub mod events_v1;
+pub mod filter;
+pub mod kinds;
 pub mod logs;
 pub mod protobuf;
 pub mod rbac;
