@@ -4,7 +4,8 @@
 //! returns it.
 //!
 //! Depends on: `tables`, `protobuf` and the request plumbing in `api`, plus `validation`,
-//! `objects`, `store` and the GC finalizer names; never on the handlers (`resources`, `watch`).
+//! `objects`, `store` and the GC finalizer names; never on the handlers (`resources`, `list`,
+//! `watch`, `delete`).
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
