@@ -1,5 +1,5 @@
 //! Lists: LIST of a kind (namespaced or across namespaces) with label and field selectors,
-//! `limit`/`continue` pagination over a consistent snapshot, Table and PartialObjectMetadata
+//! `limit`/`continue` pagination, Table and PartialObjectMetadata
 //! output; `watch=true` requests are handed to [`super::watch`].
 //!
 //! Depends on: `watch`, `kinds`, `filter`, `tables` and the request plumbing in `api`, plus

@@ -42,7 +42,7 @@ use crate::store::{ObjKey, Store};
 use crate::timers::{Timer, Timers};
 use status::{cond, set_cond};
 
-pub const NODE_NAME: &str = "kubesim-node-1";
+pub use crate::scheduling::NODE_NAME;
 pub const HOST_IP: &str = "10.0.0.10";
 
 /// A container instance finished.
