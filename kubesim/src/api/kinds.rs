@@ -28,6 +28,15 @@ pub struct DeletePlan {
     pub warning: Option<&'static str>,
 }
 
+impl DeletePlan {
+    /// Deleted at once: no grace period, no finalizers.
+    const IMMEDIATE: DeletePlan = DeletePlan {
+        grace: 0,
+        finalizers: Vec::new(),
+        warning: None,
+    };
+}
+
 /// Per-kind API behaviour.
 pub trait ApiKind: Tabled {
     const LIST_KIND: &'static str;
@@ -129,8 +138,16 @@ fn gc_finalizers(opts: &DeleteOpts, default: &str) -> Vec<&'static str> {
     }
 }
 
-fn is_protobuf(headers: &HeaderMap) -> bool {
-    content_type(headers).starts_with("application/vnd.kubernetes.protobuf")
+/// A create body in protobuf (what `kubectl create` sends) or in JSON.
+fn protobuf_or_json<K: ApiKind>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    protobuf: fn(&[u8]) -> Result<K, Status>,
+) -> Result<K, Status> {
+    if content_type(headers).starts_with("application/vnd.kubernetes.protobuf") {
+        return protobuf(body);
+    }
+    decode_json(headers, body, K::KIND)
 }
 
 impl ApiKind for Job {
@@ -176,10 +193,7 @@ impl ApiKind for Job {
     }
 
     fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
-        if is_protobuf(headers) {
-            return super::protobuf::decode_job(body);
-        }
-        decode_json(headers, body, "Job")
+        protobuf_or_json(headers, body, super::protobuf::decode_job)
     }
 
     fn delete_plan(_obj: &Self, opts: &DeleteOpts) -> DeletePlan {
@@ -198,10 +212,7 @@ impl ApiKind for Pod {
     const RETURN_DELETED_OBJECT: bool = true;
 
     fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
-        if is_protobuf(headers) {
-            return super::protobuf::decode_pod(body);
-        }
-        decode_json(headers, body, "Pod")
+        protobuf_or_json(headers, body, super::protobuf::decode_pod)
     }
 
     fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
@@ -246,10 +257,7 @@ impl ApiKind for Namespace {
     const LIST_KIND: &'static str = "NamespaceList";
 
     fn decode_create(headers: &HeaderMap, body: &Bytes) -> Result<Self, Status> {
-        if is_protobuf(headers) {
-            return super::protobuf::decode_namespace(body);
-        }
-        decode_json(headers, body, "Namespace")
+        protobuf_or_json(headers, body, super::protobuf::decode_namespace)
     }
 
     fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
@@ -264,11 +272,7 @@ impl ApiKind for Namespace {
     }
 
     fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
-        DeletePlan {
-            grace: 0,
-            finalizers: vec![],
-            warning: None,
-        }
+        DeletePlan::IMMEDIATE
     }
 }
 
@@ -300,11 +304,7 @@ impl ApiKind for Event {
     }
 
     fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
-        DeletePlan {
-            grace: 0,
-            finalizers: vec![],
-            warning: None,
-        }
+        DeletePlan::IMMEDIATE
     }
 }
 

@@ -6,12 +6,13 @@
 //! schedules the next pod), `status`, `timers`, `store`.
 
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStateWaiting, Pod,
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
 };
 
-use super::status::{cond, container_id, running_since, set_cond, unready_message};
+use super::status::{
+    cond, container_id, first_container, running_since, set_cond, unready_message,
+};
 use super::{Exit, KillReason, Kubelet};
-use crate::objects::is_terminal;
 use crate::store::ObjKey;
 use crate::time::now_time;
 use crate::timers::{Timer, Timers};
@@ -37,11 +38,7 @@ impl Kubelet {
             return;
         }
         let now = now_time();
-        let started_at = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
+        let started_at = first_container(&pod)
             .and_then(|c| c.state.as_ref())
             .and_then(|s| s.running.as_ref())
             .and_then(|r| r.started_at.clone());
@@ -85,11 +82,7 @@ impl Kubelet {
                 let st = p.status.get_or_insert_with(Default::default);
                 for cs in st.container_statuses.iter_mut().flatten().take(1) {
                     let last = terminated(cs.container_id.clone());
-                    cs.last_state = Some(ContainerState {
-                        terminated: Some(last),
-                        ..Default::default()
-                    });
-                    cs.restart_count += 1;
+                    count_restart(cs, last);
                     cs.ready = false;
                     cs.started = Some(false);
                     cs.state = Some(ContainerState {
@@ -113,11 +106,7 @@ impl Kubelet {
                 let st = p.status.get_or_insert_with(Default::default);
                 for cs in st.container_statuses.iter_mut().flatten().take(1) {
                     let last = terminated(cs.container_id.clone());
-                    cs.last_state = Some(ContainerState {
-                        terminated: Some(last),
-                        ..Default::default()
-                    });
-                    cs.restart_count += 1;
+                    count_restart(cs, last);
                     cs.container_id = Some(container_id());
                     cs.state = Some(running_since(&now));
                 }
@@ -172,14 +161,7 @@ impl Kubelet {
 
     /// A restart back-off elapsed: the container starts again (as its next instance).
     pub fn restart(&mut self, key: &ObjKey, uid: &str) {
-        let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
-            return;
-        };
-        if Self::uid(&pod) != uid
-            || pod.metadata.deletion_timestamp.is_some()
-            || is_terminal(&pod)
-            || self.running.contains_key(uid)
-        {
+        if self.startable(key, uid).is_none() {
             return;
         }
         let now = now_time();
@@ -194,13 +176,16 @@ impl Kubelet {
         }) else {
             return;
         };
-        let rc = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .map(|c| c.restart_count)
-            .unwrap_or(0);
+        let rc = first_container(&pod).map(|c| c.restart_count).unwrap_or(0);
         self.launch(&pod, rc);
     }
+}
+
+/// The exited instance becomes the container's `lastState`, and its restart count goes up.
+fn count_restart(cs: &mut ContainerStatus, last: ContainerStateTerminated) {
+    cs.last_state = Some(ContainerState {
+        terminated: Some(last),
+        ..Default::default()
+    });
+    cs.restart_count += 1;
 }

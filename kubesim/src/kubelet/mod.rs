@@ -40,7 +40,7 @@ use crate::logs::Logs;
 use crate::objects::{is_terminal, phase};
 use crate::store::{ObjKey, Store};
 use crate::timers::{Timer, Timers};
-use status::{cond, set_cond};
+use status::{cond, first_container, set_cond};
 
 pub use crate::scheduling::NODE_NAME;
 pub const HOST_IP: &str = "10.0.0.10";
@@ -163,6 +163,17 @@ impl Kubelet {
             .flatten()
     }
 
+    /// The pod at `key` if it is still the pod `uid`, not being deleted, not finished, and
+    /// without a running container: one whose container may (re)start.
+    fn startable(&self, key: &ObjKey, uid: &str) -> Option<Arc<Pod>> {
+        let pod = self.store.get::<Pod>(&key.0, &key.1)?;
+        let stale = Self::uid(&pod) != uid
+            || pod.metadata.deletion_timestamp.is_some()
+            || is_terminal(&pod)
+            || self.running.contains_key(uid);
+        (!stale).then_some(pod)
+    }
+
     /// Brings the node's view of one pod in line with the stored object. Idempotent: called for
     /// every pod event and on resync.
     pub fn reconcile(&mut self, pod: &Pod, timers: &mut Timers) {
@@ -237,11 +248,7 @@ impl Kubelet {
             // Bound by someone else (created with nodeName) or seen again after a resync.
             self.bound.insert(uid.clone());
         }
-        let waiting = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
+        let waiting = first_container(pod)
             .and_then(|c| c.state.as_ref())
             .is_some_and(|s| s.waiting.is_some());
         let no_status = pod

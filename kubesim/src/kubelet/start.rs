@@ -13,10 +13,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, Pod, PodIP};
 use tokio_util::sync::CancellationToken;
 
-use super::status::{cond, container_id, image_id, running_since, set_cond};
+use super::status::{cond, container_id, first_container, image_id, running_since, set_cond};
 use super::{Exit, Kubelet, RunSpec, Running, HOST_IP, NODE_NAME};
 use crate::events::KUBELET;
-use crate::objects::{controller_ref, is_terminal};
+use crate::objects::controller_ref;
 use crate::store::ObjKey;
 use crate::time::now_time;
 use crate::timers::{Timer, Timers};
@@ -31,15 +31,10 @@ impl Kubelet {
     /// The start delay passed: the container starts running.
     pub fn start(&mut self, key: &ObjKey, uid: &str, timers: &mut Timers) {
         self.starting.remove(uid);
-        let Some(pod) = self.store.get::<Pod>(&key.0, &key.1) else {
+        let Some(pod) = self.startable(key, uid) else {
             return;
         };
-        if Self::uid(&pod) != uid
-            || pod.metadata.deletion_timestamp.is_some()
-            || is_terminal(&pod)
-            || self.running.contains_key(uid)
-            || !self.bound.contains(uid)
-        {
+        if !self.bound.contains(uid) {
             return;
         }
         if self.image_pull_failed(key, uid, &pod, timers) {
@@ -47,13 +42,7 @@ impl Kubelet {
         }
         let ip = self.pod_ip();
         let now = now_time();
-        let restart_count = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first())
-            .map(|c| c.restart_count)
-            .unwrap_or(0);
+        let restart_count = first_container(&pod).map(|c| c.restart_count).unwrap_or(0);
         let Some(pod) = self.write(key, uid, |p| {
             let st = p.status.get_or_insert_with(Default::default);
             st.phase = Some("Running".into());

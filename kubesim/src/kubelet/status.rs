@@ -5,7 +5,7 @@
 //! Depends on: k8s-openapi types and `time` only.
 
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, Pod, PodCondition, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodStatus,
 };
 
 use crate::time::now_time;
@@ -91,4 +91,9 @@ pub(super) fn container_names(pod: &Pod) -> Vec<(String, String)> {
 pub(super) fn unready_message(pod: &Pod) -> String {
     let names: Vec<String> = container_names(pod).into_iter().map(|(n, _)| n).collect();
     format!("containers with unready status: [{}]", names.join(" "))
+}
+
+/// The first container's status: the container the simulator runs.
+pub(super) fn first_container(pod: &Pod) -> Option<&ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.first()
 }
