@@ -32,7 +32,7 @@ pub const SCHEDULER: Source = Source {
 };
 pub const KUBELET: Source = Source {
     component: "kubelet",
-    host: Some(crate::kubelet::NODE_NAME),
+    host: Some(crate::scheduling::NODE_NAME),
 };
 
 #[derive(Debug, Clone, Copy)]

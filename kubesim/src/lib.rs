@@ -5,7 +5,8 @@
 //!
 //! Module map: `store` (objects, resourceVersions, history), `api` (HTTP), `controller` (Job
 //! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
-//! (`selectors`, `patch`, `validation`, `objects`, `time`).
+//! (`selectors`, `patch`, `validation`, `objects`, `time`), and `timers` (what the control loop
+//! must do when, shared by the controllers and the kubelet).
 
 pub mod admission;
 pub mod api;
@@ -23,6 +24,7 @@ pub mod scheduling;
 pub mod selectors;
 pub mod store;
 pub mod time;
+pub mod timers;
 pub mod validation;
 
 use std::net::SocketAddr;

@@ -16,6 +16,9 @@ use k8s_openapi::api::core::v1::{Pod, Taint};
 
 use crate::admission::quantity;
 
+/// The name of the default (first) simulated node.
+pub const NODE_NAME: &str = "kubesim-node-1";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
@@ -29,9 +32,9 @@ pub struct Node {
 impl Default for Node {
     fn default() -> Self {
         Node {
-            name: crate::kubelet::NODE_NAME.to_string(),
+            name: NODE_NAME.to_string(),
             labels: [
-                ("kubernetes.io/hostname", crate::kubelet::NODE_NAME),
+                ("kubernetes.io/hostname", NODE_NAME),
                 ("kubernetes.io/os", "linux"),
                 ("kubernetes.io/arch", "amd64"),
             ]

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Event;
 use serde_json::{json, Map, Value};
 
-use super::{resources, wants_table, AppState, Query};
+use super::{list, resources, wants_table, AppState, Query};
 
 pub const API_VERSION: &str = "events.k8s.io/v1";
 
@@ -126,7 +126,7 @@ async fn convert(response: Response, watch: bool) -> Response {
         return Response::from_parts(parts, Body::from_stream(lines));
     }
     let Some((parts, mut v)) = body_json(response).await else {
-        return resources::respond(Err(crate::error::Status::from_code(500, None)));
+        return super::respond(Err(crate::error::Status::from_code(500, None)));
     };
     if v["kind"] == "EventList" {
         v["apiVersion"] = json!(API_VERSION);
@@ -159,8 +159,7 @@ pub async fn list_ns(
 ) -> Response {
     let watch = super::flag(&q, "watch");
     let raw = passes_through(&headers);
-    let response =
-        resources::list_ns::<Event>(state, ns, AxQuery(translate_fields(q)), headers).await;
+    let response = list::list_ns::<Event>(state, ns, AxQuery(translate_fields(q)), headers).await;
     if raw {
         response
     } else {
@@ -175,7 +174,7 @@ pub async fn list_all(
 ) -> Response {
     let watch = super::flag(&q, "watch");
     let raw = passes_through(&headers);
-    let response = resources::list_all::<Event>(state, AxQuery(translate_fields(q)), headers).await;
+    let response = list::list_all::<Event>(state, AxQuery(translate_fields(q)), headers).await;
     if raw {
         response
     } else {

@@ -2,10 +2,19 @@
 //! fault-injection middleware, and the request plumbing shared by the handlers (query
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
+//!
+//! Handlers over the stored kinds: `resources` (get, create, replace, patch), `list` (with
+//! `watch`), `delete`; their per-kind rules are in `kinds`, list selection in `filter`. Arrows
+//! point one way: list -> watch -> kinds/filter; resources and delete -> kinds (delete also
+//! filter); kinds -> tables and this module's plumbing.
 
 pub mod admin;
+pub mod delete;
 pub mod discovery;
 pub mod events_v1;
+pub mod filter;
+pub mod kinds;
+pub mod list;
 pub mod logs;
 pub mod protobuf;
 pub mod rbac;
@@ -133,6 +142,11 @@ pub fn json_response(code: axum::http::StatusCode, v: &serde_json::Value) -> Res
         .into_response()
 }
 
+/// The handler's response, or its error as a Status.
+pub fn respond(r: Result<Response, Status>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// Decodes a JSON body into `T`, answering 400/415 like the real server.
 pub fn decode_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
@@ -214,17 +228,17 @@ pub fn router(state: AppState) -> Router {
             get(discovery::openapi_v3_batch),
         )
         // Jobs
-        .route("/apis/batch/v1/jobs", get(r::list_all::<Job>))
+        .route("/apis/batch/v1/jobs", get(list::list_all::<Job>))
         .route(
             "/apis/batch/v1/namespaces/{ns}/jobs",
-            get(r::list_ns::<Job>)
+            get(list::list_ns::<Job>)
                 .post(r::create::<Job>)
-                .delete(r::delete_collection::<Job>),
+                .delete(delete::delete_collection::<Job>),
         )
         .route(
             "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
             get(r::get_one::<Job>)
-                .delete(r::delete_one::<Job>)
+                .delete(delete::delete_one::<Job>)
                 .patch(r::patch_one::<Job>)
                 .put(r::replace_one::<Job>),
         )
@@ -235,17 +249,17 @@ pub fn router(state: AppState) -> Router {
                 .put(r::status_write_refused),
         )
         // Pods
-        .route("/api/v1/pods", get(r::list_all::<Pod>))
+        .route("/api/v1/pods", get(list::list_all::<Pod>))
         .route(
             "/api/v1/namespaces/{ns}/pods",
-            get(r::list_ns::<Pod>)
+            get(list::list_ns::<Pod>)
                 .post(r::create::<Pod>)
-                .delete(r::delete_collection::<Pod>),
+                .delete(delete::delete_collection::<Pod>),
         )
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}",
             get(r::get_one::<Pod>)
-                .delete(r::delete_one::<Pod>)
+                .delete(delete::delete_one::<Pod>)
                 .patch(r::patch_one::<Pod>)
                 .put(r::replace_one::<Pod>),
         )
@@ -260,17 +274,17 @@ pub fn router(state: AppState) -> Router {
             get(logs::pod_log),
         )
         // Events (core/v1)
-        .route("/api/v1/events", get(r::list_all::<Event>))
+        .route("/api/v1/events", get(list::list_all::<Event>))
         .route(
             "/api/v1/namespaces/{ns}/events",
-            get(r::list_ns::<Event>)
+            get(list::list_ns::<Event>)
                 .post(r::create::<Event>)
-                .delete(r::delete_collection::<Event>),
+                .delete(delete::delete_collection::<Event>),
         )
         .route(
             "/api/v1/namespaces/{ns}/events/{name}",
             get(r::get_one::<Event>)
-                .delete(r::delete_one::<Event>)
+                .delete(delete::delete_one::<Event>)
                 .patch(r::patch_one::<Event>)
                 .put(r::replace_one::<Event>),
         )
@@ -289,14 +303,14 @@ pub fn router(state: AppState) -> Router {
         // Namespaces
         .route(
             "/api/v1/namespaces",
-            get(r::list_cluster::<Namespace>).post(r::create_cluster::<Namespace>),
+            get(list::list_cluster::<Namespace>).post(r::create_cluster::<Namespace>),
         )
         .route(
             "/api/v1/namespaces/{name}",
             get(r::get_cluster::<Namespace>)
                 .patch(r::patch_cluster::<Namespace>)
                 .put(r::replace_cluster::<Namespace>)
-                .delete(r::delete_namespace),
+                .delete(delete::delete_namespace),
         )
         // RBAC and access reviews
         .route(

@@ -4,6 +4,9 @@
 //! sent as DELETED, one that starts matching as ADDED), emits BOOKMARKs, supports
 //! `sendInitialEvents`, honours `timeoutSeconds`, and answers a resourceVersion older than the
 //! retained history with an ERROR event carrying a 410 Expired Status, as the real server does.
+//!
+//! Depends on: `kinds`, `filter`, `tables` and the request plumbing in `api`, plus `store`'s
+//! history; never on `resources`, which hands it watch requests.
 
 use std::time::Duration;
 
@@ -13,7 +16,8 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::resources::{to_json, ApiKind, Filter};
+use super::filter::Filter;
+use super::kinds::{to_json, ApiKind};
 use super::tables::{self, IncludeObject};
 use super::{flag, wants_table, AppState, Query};
 use crate::error::Status;

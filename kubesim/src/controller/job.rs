@@ -9,17 +9,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use super::gc::FOREGROUND;
-use super::{Timer, Timers};
 use crate::behaviour::Behaviour;
 use crate::events::JOB_CONTROLLER;
 use crate::objects::{has_finalizer, is_terminal, phase, pod_delete_grace, pod_ready};
 use crate::store::{ObjKey, Store};
 use crate::time::{now_time, unix_now};
+use crate::timers::{Timer, Timers};
 use crate::validation::{
     generate_name, COMPLETION_INDEX, CONTROLLER_UID, JOB_NAME, JOB_TRACKING_FINALIZER,
     LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME,
@@ -349,13 +349,47 @@ fn create_pod(store: &Store, ctl: &Ctl, job: &Job, index: Option<i32>) -> Result
     Ok(())
 }
 
-/// Syncs one Job. Safe to call any number of times.
+/// Syncs one Job, in the steps of the real controller's `syncJob`
+/// (pkg/controller/job/job_controller.go): get the Job's pods, count the finished ones that
+/// still carry the tracking finalizer, then either manage the pods (suspend, or start/resume,
+/// check the failure and success criteria, delete the surplus and create the missing) or, once
+/// a failure or success target is met, delete the active pods and finish; last, write status
+/// and only then release the counted pods (`trackJobStatusAndRemoveFinalizers`), record the
+/// finishing Event and schedule the TTL deletion. Safe to call any number of times.
 pub fn sync(store: &Store, ctl: &mut Ctl, key: &ObjKey, timers: &mut Timers) {
     let Some(job) = store.get::<Job>(&key.0, &key.1) else {
         return;
     };
+    let pods = pods_for_job(store, &job);
+    let mut cx = SyncJobCtx::new(job, pods);
+    if !cx.finished {
+        if !cx.has_target() && cx.job.metadata.deletion_timestamp.is_none() {
+            if cx.spec.suspend == Some(true) {
+                cx.suspend(store);
+            } else {
+                cx.manage_active_job(store, ctl, key, timers);
+            }
+        }
+        cx.finish_when_targets_met(store);
+    }
+    let finished_now = cx.update_status(store, key);
+    // Counted pods lose their finalizer only after the count is stored.
+    for p in &cx.counted {
+        remove_tracking_finalizer(store, p);
+    }
+    if finished_now && !cx.finished {
+        ctl.create_failures.remove(&cx.uid);
+        record_finished(store, ctl, &cx.job, &cx.st);
+    }
+    if finished_now {
+        schedule_ttl(store, &cx.job, &cx.st, key, timers);
+    }
+}
+
+/// getPodsForJob: the pods whose controller reference is this Job (by uid).
+fn pods_for_job(store: &Store, job: &Job) -> Vec<Arc<Pod>> {
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    let pods: Vec<Arc<Pod>> = store
+    store
         .dependents::<Pod>(&uid)
         .into_iter()
         .filter(|p| {
@@ -365,348 +399,461 @@ pub fn sync(store: &Store, ctl: &mut Ctl, key: &ObjKey, timers: &mut Timers) {
                 .flatten()
                 .any(|o| o.uid == uid && o.controller == Some(true))
         })
-        .collect();
-    let spec = job.spec.clone().unwrap_or_default();
-    let old_status = job.status.clone().unwrap_or_default();
-    let mut st: JobStatus = old_status.clone();
-    let mut conds = st.conditions.clone().unwrap_or_default();
-    let finished = is_true(&conds, "Complete") || is_true(&conds, "Failed");
-    let deleting = job.metadata.deletion_timestamp.is_some();
-    let suspended = spec.suspend == Some(true);
-    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-    let completions = spec.completions;
-    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+        .collect()
+}
 
-    // 1. Count finished pods that still carry the tracking finalizer.
-    let mut succeeded = st.succeeded.unwrap_or(0);
-    let mut failed = st.failed.unwrap_or(0);
-    let mut completed = parse_indexes(st.completed_indexes.as_deref().unwrap_or(""));
-    let mut counted: Vec<Arc<Pod>> = Vec::new();
-    let mut policy_failure: Option<String> = None;
-    // isPodFailed: with podReplacementPolicy TerminatingOrFailed a deleted pod that has not
-    // succeeded counts as failed right away; with Failed only the terminal phase does.
-    let only_failed_phase = spec.pod_replacement_policy.as_deref() == Some("Failed");
-    for p in &pods {
-        if !has_finalizer(&p.metadata, JOB_TRACKING_FINALIZER) {
-            continue;
-        }
-        if finished {
-            counted.push(p.clone());
-            continue;
-        }
-        match phase(p) {
-            "Succeeded" => {
-                if indexed {
-                    if let Some(i) = pod_index(p) {
-                        if completions.is_some_and(|c| i >= 0 && i < c) {
-                            completed.insert(i);
+/// One sync's view of its Job (the real controller's `syncJobCtx`): the Job and its pods, the
+/// finished pods counted in this sync, and the status being built.
+struct SyncJobCtx {
+    job: Arc<Job>,
+    uid: String,
+    spec: JobSpec,
+    pods: Vec<Arc<Pod>>,
+    /// The status as read, so that it is written only when it changed.
+    old_status: JobStatus,
+    st: JobStatus,
+    conds: Vec<JobCondition>,
+    /// The Job already had `Complete` or `Failed` when the sync began.
+    finished: bool,
+    indexed: bool,
+    succeeded: i32,
+    failed: i32,
+    completed: BTreeSet<i32>,
+    /// Finished pods counted in this sync; they lose the tracking finalizer after the status
+    /// write.
+    counted: Vec<Arc<Pod>>,
+    /// The message of a podFailurePolicy `FailJob` rule a counted pod matched.
+    policy_failure: Option<String>,
+    /// Pods neither terminal nor counted.
+    live: Vec<Arc<Pod>>,
+    /// Live pods not being deleted.
+    active: Vec<Arc<Pod>>,
+    /// Pods being deleted that have not ended yet.
+    terminating: usize,
+}
+
+impl SyncJobCtx {
+    fn new(job: Arc<Job>, pods: Vec<Arc<Pod>>) -> SyncJobCtx {
+        let spec = job.spec.clone().unwrap_or_default();
+        let old_status = job.status.clone().unwrap_or_default();
+        let st = old_status.clone();
+        let conds = st.conditions.clone().unwrap_or_default();
+        let mut cx = SyncJobCtx {
+            uid: job.metadata.uid.clone().unwrap_or_default(),
+            finished: is_true(&conds, "Complete") || is_true(&conds, "Failed"),
+            indexed: spec.completion_mode.as_deref() == Some("Indexed"),
+            succeeded: st.succeeded.unwrap_or(0),
+            failed: st.failed.unwrap_or(0),
+            completed: parse_indexes(st.completed_indexes.as_deref().unwrap_or("")),
+            counted: Vec::new(),
+            policy_failure: None,
+            live: Vec::new(),
+            active: Vec::new(),
+            terminating: 0,
+            job,
+            spec,
+            pods,
+            old_status,
+            st,
+            conds,
+        };
+        cx.count_finished_pods();
+        cx.sort_unfinished_pods();
+        cx
+    }
+
+    /// getNewFinishedPods: finished pods that still carry the tracking finalizer are added to
+    /// the counters (indexes for Indexed Jobs) and, through podFailurePolicy, may fail the Job.
+    /// A Job that already finished counts nothing more; it only releases its pods.
+    fn count_finished_pods(&mut self) {
+        let completions = self.spec.completions;
+        // isPodFailed: with podReplacementPolicy TerminatingOrFailed a deleted pod that has not
+        // succeeded counts as failed right away; with Failed only the terminal phase does.
+        let only_failed_phase = self.spec.pod_replacement_policy.as_deref() == Some("Failed");
+        for p in &self.pods {
+            if !has_finalizer(&p.metadata, JOB_TRACKING_FINALIZER) {
+                continue;
+            }
+            if self.finished {
+                self.counted.push(p.clone());
+                continue;
+            }
+            match phase(p) {
+                "Succeeded" => {
+                    if self.indexed {
+                        if let Some(i) = pod_index(p) {
+                            if completions.is_some_and(|c| i >= 0 && i < c) {
+                                self.completed.insert(i);
+                            }
                         }
+                    } else {
+                        self.succeeded += 1;
                     }
-                } else {
-                    succeeded += 1;
+                    self.counted.push(p.clone());
                 }
-                counted.push(p.clone());
-            }
-            ph if ph == "Failed"
-                || (!only_failed_phase && p.metadata.deletion_timestamp.is_some()) =>
-            {
-                match apply_failure_policy(&job, p) {
-                    PolicyVerdict::Ignore => {}
-                    PolicyVerdict::Count => failed += 1,
-                    PolicyVerdict::FailJob(msg) => {
-                        failed += 1;
-                        policy_failure.get_or_insert(msg);
-                    }
-                }
-                counted.push(p.clone());
-            }
-            _ => {}
-        }
-    }
-    if indexed {
-        succeeded = completed.len() as i32;
-        st.completed_indexes = Some(format_indexes(&completed));
-    }
-    let counted_uids: BTreeSet<String> = counted
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
-    let live: Vec<&Arc<Pod>> = pods
-        .iter()
-        .filter(|p| {
-            !is_terminal(p) && !counted_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
-        })
-        .collect();
-    let mut active: Vec<&Arc<Pod>> = live
-        .iter()
-        .copied()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    let terminating = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_some() && !is_terminal(p))
-        .count();
-    let now = unix_now();
-
-    // 2. Decide.
-    if !finished {
-        let failure_target = find(&conds, "FailureTarget")
-            .filter(|c| c.status == "True")
-            .cloned();
-        let success_target = is_true(&conds, "SuccessCriteriaMet");
-        if failure_target.is_none() && !success_target && !deleting {
-            if suspended {
-                for p in &active {
-                    delete_pod_uncounted(store, p);
-                }
-                active.clear();
-                if !is_true(&conds, "Suspended") {
-                    set(
-                        &mut conds,
-                        condition("Suspended", "JobSuspended", "Job suspended", true),
-                    );
-                }
-            } else {
-                if is_true(&conds, "Suspended") {
-                    set(
-                        &mut conds,
-                        condition("Suspended", "JobResumed", "Job resumed", false),
-                    );
-                    st.start_time = Some(now_time());
-                }
-                if st.start_time.is_none() {
-                    st.start_time = Some(now_time());
-                }
-                let restarts: i32 = if spec
-                    .template
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.restart_policy.as_deref())
-                    == Some("OnFailure")
+                ph if ph == "Failed"
+                    || (!only_failed_phase && p.metadata.deletion_timestamp.is_some()) =>
                 {
-                    pods.iter()
-                        .filter(|p| !is_terminal(p))
-                        .flat_map(|p| {
-                            p.status
-                                .iter()
-                                .flat_map(|s| s.container_statuses.iter().flatten())
-                        })
-                        .map(|c| c.restart_count)
-                        .sum()
-                } else {
-                    0
-                };
-                let backoff = spec.backoff_limit.unwrap_or(6);
-                let started = st
-                    .start_time
-                    .as_ref()
-                    .map(|t| t.0.as_second())
-                    .unwrap_or(now);
-                let deadline_passed = spec
-                    .active_deadline_seconds
-                    .is_some_and(|ads| now >= started.saturating_add(ads));
-                let failure = if let Some(msg) = policy_failure {
-                    Some(("PodFailurePolicy", msg))
-                } else if failed + restarts > backoff {
-                    Some((
-                        "BackoffLimitExceeded",
-                        "Job has reached the specified backoff limit".to_string(),
-                    ))
-                } else if deadline_passed {
-                    Some((
-                        "DeadlineExceeded",
-                        "Job was active longer than specified deadline".to_string(),
-                    ))
-                } else {
-                    None
-                };
-                let success = match (indexed, completions) {
-                    (true, Some(c)) => completed.len() as i32 >= c,
-                    (false, Some(c)) => succeeded >= c,
-                    (_, None) => succeeded > 0 && active.is_empty(),
-                };
-                if let Some((reason, msg)) = failure {
-                    set(&mut conds, condition("FailureTarget", reason, &msg, true));
-                } else if success {
-                    set(
-                        &mut conds,
-                        condition(
-                            "SuccessCriteriaMet",
-                            "CompletionsReached",
-                            "Reached expected number of succeeded pods",
-                            true,
-                        ),
-                    );
-                } else {
-                    // Too many active pods (parallelism lowered): delete the surplus,
-                    // not-ready and newest first, as the real controller prefers.
-                    let want_active = match (indexed, completions) {
-                        (true, Some(c)) => parallelism.min(c - completed.len() as i32),
-                        (false, Some(c)) => parallelism.min(c - succeeded),
-                        (_, None) => parallelism,
-                    }
-                    .max(0) as usize;
-                    if active.len() > want_active {
-                        let mut victims: Vec<&Arc<Pod>> = active.clone();
-                        victims.sort_by_key(|p| {
-                            (
-                                pod_ready(p),
-                                std::cmp::Reverse(
-                                    p.metadata
-                                        .creation_timestamp
-                                        .as_ref()
-                                        .map(|t| t.0.as_second()),
-                                ),
-                            )
-                        });
-                        for p in victims.iter().take(active.len() - want_active) {
-                            delete_pod_uncounted(store, p);
+                    match apply_failure_policy(&self.job, p) {
+                        PolicyVerdict::Ignore => {}
+                        PolicyVerdict::Count => self.failed += 1,
+                        PolicyVerdict::FailJob(msg) => {
+                            self.failed += 1;
+                            self.policy_failure.get_or_insert(msg);
                         }
                     }
-                    // Create the missing pods; after a refusal, try again with back-off.
-                    let mut refused = false;
-                    if indexed {
-                        let c = completions.unwrap_or(0);
-                        let busy: BTreeSet<i32> =
-                            active.iter().filter_map(|p| pod_index(p)).collect();
-                        let mut room = parallelism - active.len() as i32;
-                        for i in 0..c {
-                            if room <= 0 {
-                                break;
-                            }
-                            if completed.contains(&i) || busy.contains(&i) {
-                                continue;
-                            }
-                            if create_pod(store, ctl, &job, Some(i)).is_err() {
-                                refused = true;
-                                break;
-                            }
-                            room -= 1;
-                        }
-                    } else {
-                        let remaining = match completions {
-                            Some(c) => c - succeeded,
-                            None => parallelism,
-                        };
-                        let want = remaining.min(parallelism) - active.len() as i32;
-                        for _ in 0..want.max(0) {
-                            if create_pod(store, ctl, &job, None).is_err() {
-                                refused = true;
-                                break;
-                            }
-                        }
-                    }
-                    if refused {
-                        let n = ctl.create_failures.entry(uid.clone()).or_insert(0);
-                        timers.add(create_backoff(*n), Timer::SyncJob(key.clone()));
-                        *n += 1;
-                    } else {
-                        ctl.create_failures.remove(&uid);
-                    }
-                    if let Some(ads) = spec.active_deadline_seconds {
-                        let left = started.saturating_add(ads).saturating_sub(now).max(0) as u64;
-                        timers.add(
-                            Duration::from_secs(left).saturating_add(Duration::from_millis(5)),
-                            Timer::SyncJob(key.clone()),
-                        );
-                    }
+                    self.counted.push(p.clone());
                 }
+                _ => {}
             }
         }
-        // Targets reached: stop the remaining pods, then finish once none are left running.
-        let failure_target = find(&conds, "FailureTarget")
-            .filter(|c| c.status == "True")
-            .cloned();
-        let success_target = find(&conds, "SuccessCriteriaMet")
-            .filter(|c| c.status == "True")
-            .cloned();
-        if failure_target.is_some() || success_target.is_some() {
-            for p in &active {
-                delete_pod(store, p);
-            }
-            // The terminal condition waits until no pod of the Job is still running.
-            if pods.iter().all(|p| is_terminal(p)) {
-                if let Some(ft) = failure_target {
-                    set(
-                        &mut conds,
-                        condition(
-                            "Failed",
-                            ft.reason.as_deref().unwrap_or(""),
-                            ft.message.as_deref().unwrap_or(""),
-                            true,
-                        ),
-                    );
-                } else if success_target.is_some() {
-                    set(
-                        &mut conds,
-                        condition(
-                            "Complete",
-                            "CompletionsReached",
-                            "Reached expected number of succeeded pods",
-                            true,
-                        ),
-                    );
-                    st.completion_time = Some(now_time());
-                }
-            }
-            active.clear();
+        if self.indexed {
+            self.succeeded = self.completed.len() as i32;
+            self.st.completed_indexes = Some(format_indexes(&self.completed));
         }
     }
 
-    let active_n = live
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .count() as i32;
-    let ready_n = live
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-        .count() as i32;
-    let finished_now = is_true(&conds, "Complete") || is_true(&conds, "Failed");
-    st.active = (active_n > 0 && !finished_now).then_some(active_n);
-    st.ready = Some(if finished_now { 0 } else { ready_n });
-    st.terminating = Some(terminating as i32);
-    st.succeeded = (succeeded > 0).then_some(succeeded);
-    st.failed = (failed > 0).then_some(failed);
-    st.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
-    st.conditions = (!conds.is_empty()).then_some(conds);
-    if st != old_status {
-        let _ = store.update::<Job>(&key.0, &key.1, |j| {
-            if j.metadata.uid.as_deref() == Some(uid.as_str()) {
-                j.status = Some(st.clone());
-            }
-            Ok(())
-        });
+    /// The pods not yet finished: live (neither terminal nor counted), active (live and not
+    /// being deleted, `controller.FilterActivePods`) and terminating.
+    fn sort_unfinished_pods(&mut self) {
+        let counted_uids: BTreeSet<String> = self
+            .counted
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        self.live = self
+            .pods
+            .iter()
+            .filter(|p| {
+                !is_terminal(p) && !counted_uids.contains(p.metadata.uid.as_deref().unwrap_or(""))
+            })
+            .cloned()
+            .collect();
+        self.active = self
+            .live
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .cloned()
+            .collect();
+        self.terminating = self
+            .pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some() && !is_terminal(p))
+            .count();
     }
-    // Counted pods lose their finalizer only after the count is stored.
-    for p in counted {
-        remove_tracking_finalizer(store, &p);
+
+    /// `FailureTarget` or `SuccessCriteriaMet` is already set: the Job is finishing.
+    fn has_target(&self) -> bool {
+        find(&self.conds, "FailureTarget").is_some_and(|c| c.status == "True")
+            || is_true(&self.conds, "SuccessCriteriaMet")
     }
-    if finished_now && !finished {
-        ctl.create_failures.remove(&uid);
-        // The controller's Events on finishing (pkg/controller/job/job_controller.go).
-        let (warning, reason, message) =
-            match find(st.conditions.as_deref().unwrap_or_default(), "Failed")
-                .filter(|c| c.status == "True")
-            {
-                Some(c) => (
+
+    /// manageJob for a suspended Job: its active pods go without being counted as failed, and
+    /// the `Suspended` condition is set.
+    fn suspend(&mut self, store: &Store) {
+        for p in &self.active {
+            delete_pod_uncounted(store, p);
+        }
+        self.active.clear();
+        if !is_true(&self.conds, "Suspended") {
+            set(
+                &mut self.conds,
+                condition("Suspended", "JobSuspended", "Job suspended", true),
+            );
+        }
+    }
+
+    /// A Job that runs: start (or resume) it, check the failure and success criteria, and
+    /// while neither is met manage its pods and re-sync at its activeDeadlineSeconds.
+    fn manage_active_job(
+        &mut self,
+        store: &Store,
+        ctl: &mut Ctl,
+        key: &ObjKey,
+        timers: &mut Timers,
+    ) {
+        self.start_or_resume();
+        let now = unix_now();
+        let started = self
+            .st
+            .start_time
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(now);
+        if let Some((reason, msg)) = self.failure_criteria(now, started) {
+            set(
+                &mut self.conds,
+                condition("FailureTarget", reason, &msg, true),
+            );
+        } else if self.success_criteria_met() {
+            set(
+                &mut self.conds,
+                condition(
+                    "SuccessCriteriaMet",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
                     true,
-                    c.reason.clone().unwrap_or_default(),
-                    c.message.clone().unwrap_or_default(),
                 ),
-                None => (false, "Completed".to_string(), "Job completed".to_string()),
+            );
+        } else {
+            self.manage_job(store, ctl, key, timers);
+            if let Some(ads) = self.spec.active_deadline_seconds {
+                let left = started.saturating_add(ads).saturating_sub(now).max(0) as u64;
+                timers.add(
+                    Duration::from_secs(left).saturating_add(Duration::from_millis(5)),
+                    Timer::SyncJob(key.clone()),
+                );
+            }
+        }
+    }
+
+    /// Sets the start time on first start, and resets it on resume (activeDeadlineSeconds
+    /// counts the time a Job is continuously active).
+    fn start_or_resume(&mut self) {
+        if is_true(&self.conds, "Suspended") {
+            set(
+                &mut self.conds,
+                condition("Suspended", "JobResumed", "Job resumed", false),
+            );
+            self.st.start_time = Some(now_time());
+        }
+        if self.st.start_time.is_none() {
+            self.st.start_time = Some(now_time());
+        }
+    }
+
+    /// Container restarts of the unfinished pods, which count against backoffLimit under
+    /// `restartPolicy: OnFailure` (pastBackoffLimitOnFailure).
+    fn restarts_on_failure(&self) -> i32 {
+        let on_failure = self
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("OnFailure");
+        if !on_failure {
+            return 0;
+        }
+        self.pods
+            .iter()
+            .filter(|p| !is_terminal(p))
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .map(|c| c.restart_count)
+            .sum()
+    }
+
+    /// Why the Job fails, if it does: a podFailurePolicy `FailJob` rule (getFailJobMessage),
+    /// backoffLimit, then activeDeadlineSeconds (pastActiveDeadline).
+    fn failure_criteria(&mut self, now: i64, started: i64) -> Option<(&'static str, String)> {
+        let backoff = self.spec.backoff_limit.unwrap_or(6);
+        let deadline_passed = self
+            .spec
+            .active_deadline_seconds
+            .is_some_and(|ads| now >= started.saturating_add(ads));
+        if let Some(msg) = self.policy_failure.take() {
+            Some(("PodFailurePolicy", msg))
+        } else if self.failed + self.restarts_on_failure() > backoff {
+            Some((
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit".to_string(),
+            ))
+        } else if deadline_passed {
+            Some((
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline".to_string(),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Enough completions (or indexes) succeeded; without `completions`, one pod succeeded and
+    /// none is active.
+    fn success_criteria_met(&self) -> bool {
+        match (self.indexed, self.spec.completions) {
+            (true, Some(c)) => self.completed.len() as i32 >= c,
+            (false, Some(c)) => self.succeeded >= c,
+            (_, None) => self.succeeded > 0 && self.active.is_empty(),
+        }
+    }
+
+    /// manageJob: delete the active pods beyond what is wanted, create the missing ones, and
+    /// after a refused create re-sync with the work queue's back-off.
+    fn manage_job(&mut self, store: &Store, ctl: &mut Ctl, key: &ObjKey, timers: &mut Timers) {
+        self.delete_surplus_pods(store);
+        if self.create_missing_pods(store, ctl) {
+            let n = ctl.create_failures.entry(self.uid.clone()).or_insert(0);
+            timers.add(create_backoff(*n), Timer::SyncJob(key.clone()));
+            *n += 1;
+        } else {
+            ctl.create_failures.remove(&self.uid);
+        }
+    }
+
+    /// Too many active pods (parallelism lowered): delete the surplus, not-ready and newest
+    /// first, as the real controller prefers.
+    fn delete_surplus_pods(&self, store: &Store) {
+        let parallelism = self.spec.parallelism.unwrap_or(1).max(0);
+        let want_active = match (self.indexed, self.spec.completions) {
+            (true, Some(c)) => parallelism.min(c - self.completed.len() as i32),
+            (false, Some(c)) => parallelism.min(c - self.succeeded),
+            (_, None) => parallelism,
+        }
+        .max(0) as usize;
+        if self.active.len() > want_active {
+            let mut victims: Vec<&Arc<Pod>> = self.active.iter().collect();
+            victims.sort_by_key(|p| {
+                (
+                    pod_ready(p),
+                    std::cmp::Reverse(
+                        p.metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map(|t| t.0.as_second()),
+                    ),
+                )
+            });
+            for p in victims.iter().take(self.active.len() - want_active) {
+                delete_pod_uncounted(store, p);
+            }
+        }
+    }
+
+    /// Creates the missing pods (the free indexes of an Indexed Job), up to parallelism;
+    /// true when admission refused one, which stops this round.
+    fn create_missing_pods(&self, store: &Store, ctl: &Ctl) -> bool {
+        let parallelism = self.spec.parallelism.unwrap_or(1).max(0);
+        let completions = self.spec.completions;
+        if self.indexed {
+            let c = completions.unwrap_or(0);
+            let busy: BTreeSet<i32> = self.active.iter().filter_map(|p| pod_index(p)).collect();
+            let mut room = parallelism - self.active.len() as i32;
+            for i in 0..c {
+                if room <= 0 {
+                    break;
+                }
+                if self.completed.contains(&i) || busy.contains(&i) {
+                    continue;
+                }
+                if create_pod(store, ctl, &self.job, Some(i)).is_err() {
+                    return true;
+                }
+                room -= 1;
+            }
+        } else {
+            let remaining = match completions {
+                Some(c) => c - self.succeeded,
+                None => parallelism,
             };
-        ctl.behaviour.events.record(
-            store,
-            job.as_ref(),
-            warning,
-            &reason,
-            &message,
-            JOB_CONTROLLER,
-        );
+            let want = remaining.min(parallelism) - self.active.len() as i32;
+            for _ in 0..want.max(0) {
+                if create_pod(store, ctl, &self.job, None).is_err() {
+                    return true;
+                }
+            }
+        }
+        false
     }
-    if finished_now {
-        schedule_ttl(store, &job, &st, key, timers);
+
+    /// Targets reached: stop the remaining pods (deleteActivePods, which keeps the finalizer so
+    /// they count as failed), then finish (`Failed` or `Complete`) once none is left running.
+    fn finish_when_targets_met(&mut self, store: &Store) {
+        let failure_target = find(&self.conds, "FailureTarget")
+            .filter(|c| c.status == "True")
+            .cloned();
+        let success_target = find(&self.conds, "SuccessCriteriaMet")
+            .filter(|c| c.status == "True")
+            .cloned();
+        if failure_target.is_none() && success_target.is_none() {
+            return;
+        }
+        for p in &self.active {
+            delete_pod(store, p);
+        }
+        // The terminal condition waits until no pod of the Job is still running.
+        if self.pods.iter().all(|p| is_terminal(p)) {
+            if let Some(ft) = failure_target {
+                set(
+                    &mut self.conds,
+                    condition(
+                        "Failed",
+                        ft.reason.as_deref().unwrap_or(""),
+                        ft.message.as_deref().unwrap_or(""),
+                        true,
+                    ),
+                );
+            } else if success_target.is_some() {
+                set(
+                    &mut self.conds,
+                    condition(
+                        "Complete",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                        true,
+                    ),
+                );
+                self.st.completion_time = Some(now_time());
+            }
+        }
+        self.active.clear();
     }
+
+    /// Builds the status from this sync's counts and writes it when it changed (guarded by the
+    /// Job's uid); true when the Job is now finished.
+    fn update_status(&mut self, store: &Store, key: &ObjKey) -> bool {
+        let active_n = self
+            .live
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count() as i32;
+        let ready_n = self
+            .live
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+            .count() as i32;
+        let conds = std::mem::take(&mut self.conds);
+        let finished_now = is_true(&conds, "Complete") || is_true(&conds, "Failed");
+        let st = &mut self.st;
+        st.active = (active_n > 0 && !finished_now).then_some(active_n);
+        st.ready = Some(if finished_now { 0 } else { ready_n });
+        st.terminating = Some(self.terminating as i32);
+        st.succeeded = (self.succeeded > 0).then_some(self.succeeded);
+        st.failed = (self.failed > 0).then_some(self.failed);
+        st.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+        st.conditions = (!conds.is_empty()).then_some(conds);
+        if self.st != self.old_status {
+            let _ = store.update::<Job>(&key.0, &key.1, |j| {
+                if j.metadata.uid.as_deref() == Some(self.uid.as_str()) {
+                    j.status = Some(self.st.clone());
+                }
+                Ok(())
+            });
+        }
+        finished_now
+    }
+}
+
+/// The controller's Events on finishing (pkg/controller/job/job_controller.go).
+fn record_finished(store: &Store, ctl: &Ctl, job: &Job, st: &JobStatus) {
+    let (warning, reason, message) =
+        match find(st.conditions.as_deref().unwrap_or_default(), "Failed")
+            .filter(|c| c.status == "True")
+        {
+            Some(c) => (
+                true,
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            ),
+            None => (false, "Completed".to_string(), "Job completed".to_string()),
+        };
+    ctl.behaviour
+        .events
+        .record(store, job, warning, &reason, &message, JOB_CONTROLLER);
 }
 
 fn finish_time(st: &JobStatus) -> Option<i64> {
