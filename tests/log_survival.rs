@@ -721,6 +721,124 @@ async fn every_attempt_of_an_on_failure_container_is_archived_without_a_request_
     // Opening the stream, and reopening it with growing pauses during the back-off.
     let requests = faults.log_requests();
     assert!(requests <= 12, "{requests} log requests");
+
+    // Each attempt on its own, from the archive, and the attempts listed with the pod.
+    for attempt in [1, 2] {
+        assert_eq!(
+            logs(&service, &id, &format!("?attempt={attempt}")).await,
+            numbered_lines(10),
+            "attempt {attempt}"
+        );
+    }
+    assert_attempts_in_order(&service, &id).await;
+    let pods = service.get(&format!("/v1/runs/{id}/pods")).await;
+    assert_eq!(
+        pods[0]["attempts"],
+        json!([
+            {"attempt": 1, "restartCount": 0, "exitCode": 1, "state": "terminated", "archived": true},
+            {"attempt": 2, "restartCount": 1, "exitCode": 0, "state": "terminated", "archived": true},
+        ])
+    );
+    assert_attempt_refused(&service, &id).await;
+}
+
+/// Attempt 1's lines were all written before attempt 2's: each view shows its own instance.
+async fn assert_attempts_in_order(service: &Service, id: &str) {
+    let mut times = Vec::new();
+    for attempt in [1, 2] {
+        let text = logs(service, id, &format!("?attempt={attempt}&timestamps=true")).await;
+        let stamps: Vec<chrono::DateTime<chrono::Utc>> = text
+            .lines()
+            .map(|line| line.split_once(' ').unwrap().0.parse().unwrap())
+            .collect();
+        assert_eq!(stamps.len(), 10, "{text}");
+        times.push((stamps[0], stamps[9]));
+    }
+    assert!(
+        times[0].1 < times[1].0,
+        "attempt 1 ended before attempt 2 began: {times:?}"
+    );
+}
+
+/// `attempt` 0 is a bad request, and one beyond the pod's attempts is refused; both name it.
+async fn assert_attempt_refused(service: &Service, id: &str) {
+    let get = |query: &'static str| {
+        service
+            .http
+            .get(service.url(&format!("/v1/runs/{id}/logs{query}")))
+            .send()
+    };
+    let bad = get("?attempt=0").await.unwrap();
+    common::assert_problem(bad, reqwest::StatusCode::BAD_REQUEST, Some("attempt")).await;
+    let beyond = get("?attempt=3").await.unwrap();
+    common::assert_problem(
+        beyond,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        Some("attempt"),
+    )
+    .await;
+}
+
+/// While a pod runs its second attempt and nothing is archived yet (the only capture slot is
+/// taken), each attempt is read from the kubelet: the current instance, and the one before it
+/// with `previous=true`.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn each_attempt_of_a_live_pod_is_read_from_the_kubelet(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(
+        db.clone(),
+        sim.client(),
+        &["--log-capture-concurrency", "1"],
+    )
+    .await;
+    let blocker = service
+        .submit(scripted(&[("KUBESIM_DURATION_MS", "120000")], json!({})))
+        .await;
+    let blocking = vec![blocker.clone()];
+    eventually("the blocker's capture to hold the slot", WAIT, || {
+        all_capturing_with_lines(&db, &blocking)
+    })
+    .await;
+    // Each attempt prints 10 lines at once, then runs for 20 s; the first fails.
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_FAIL_ATTEMPTS", "1"),
+                ("KUBESIM_LOG_LINES", "10"),
+                ("KUBESIM_LOG_INTERVAL_MS", "1"),
+                ("KUBESIM_DURATION_MS", "20000"),
+            ],
+            json!({"restartPolicy": "OnFailure"}),
+        ))
+        .await;
+    eventually("the second attempt to run", Duration::from_secs(90), || {
+        let service = &service;
+        let id = &id;
+        async move {
+            let pods = service.get(&format!("/v1/runs/{id}/pods")).await;
+            pods[0]["attempts"][1]["state"] == "running"
+        }
+    })
+    .await;
+    let listed = service.get(&format!("/v1/runs/{id}/pods")).await[0]["attempts"].clone();
+    assert_eq!(listed[0]["exitCode"], json!(null), "not archived: unknown");
+    assert_eq!(listed[0]["state"], "terminated");
+    for attempt in [1, 2] {
+        eventually(&format!("attempt {attempt}'s lines"), WAIT, || {
+            let service = &service;
+            let id = &id;
+            async move {
+                logs(service, id, &format!("?attempt={attempt}")).await == numbered_lines(10)
+            }
+        })
+        .await;
+    }
+    assert_attempts_in_order(&service, &id).await;
+    assert!(
+        captures(&db, std::slice::from_ref(&id)).await.is_empty(),
+        "read live: nothing of this run is archived"
+    );
+    assert_attempt_refused(&service, &id).await;
 }
 
 /// A kubesim whose kubelet removes a deleted pod's logs at once (container garbage collection

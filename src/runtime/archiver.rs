@@ -10,7 +10,7 @@
 //! nothing for `stall_timeout` is reopened.
 
 use crate::cluster::jobs::Cluster;
-use crate::cluster::pods::LogRead;
+use crate::cluster::pods::{main_instance, main_status, LogOpenError, LogRead};
 use crate::cluster::{keys, observe};
 use crate::domain::loglines::{split_timestamp, LineSplitter, Resume, Seen};
 use crate::store::logs::{self, Append};
@@ -186,6 +186,13 @@ impl Archiver {
             restarts: instance_restarts(pod).unwrap_or(0),
             started_at: container_started_at(pod),
         };
+        if archive.lines == 0 {
+            let attempt = cursor.restarts + 1;
+            if let Err(error) = logs::begin_attempt(&inner.db, *run_id, name, attempt, 0).await {
+                tracing::warn!(error = %crate::error::chain(&error), "recording the container's first attempt failed; the sweep retries");
+                return;
+            }
+        }
         let mut failing_since: Option<Instant> = None;
         let mut pause = REOPEN_PAUSE.0;
         // The container was seen ended before the next stream opens. Only the end of such a
@@ -256,6 +263,12 @@ impl Archiver {
                                 return;
                             }
                         }
+                        let ended = current
+                            .as_ref()
+                            .and_then(previous_exit_code)
+                            .map(|exit| (restarts, exit));
+                        self.record_attempt(key, restarts + 1, cursor.next_line, ended)
+                            .await;
                         cursor.restarts = restarts;
                         cursor.started_at = None;
                         ended_before_open = false;
@@ -378,20 +391,15 @@ impl Archiver {
             follow: true,
             tail_lines: None,
             since_time: resume.since(),
+            previous: false,
         };
         let mut reader = match inner.cluster.pod_log(namespace, name, &read).await {
             Ok(reader) => reader,
-            Err(kube::Error::Api(status)) if status.is_not_found() => return Err(CopyError::Gone),
-            Err(kube::Error::Api(status)) => {
-                return Err(CopyError::Failed {
-                    refused: (400..500).contains(&status.code) && status.code != 429,
-                    message: status.message,
-                })
-            }
+            Err(LogOpenError::Gone) => return Err(CopyError::Gone),
             Err(error) => {
                 return Err(CopyError::Failed {
-                    message: error.to_string(),
-                    refused: false,
+                    refused: matches!(error, LogOpenError::Refused(_)),
+                    message: crate::error::chain(&error),
                 })
             }
         };
@@ -435,7 +443,10 @@ impl Archiver {
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
                     return Err(CopyError::Failed {
-                        message: error.to_string(),
+                        message: format!(
+                            "reading the log stream failed: {}",
+                            crate::error::chain(&error)
+                        ),
                         refused: false,
                     });
                 }
@@ -531,7 +542,10 @@ impl Archiver {
             Ok(true) => Ok(()),
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
-                message: format!("renewing the capture lease failed: {error}"),
+                message: format!(
+                    "renewing the capture lease failed: {}",
+                    crate::error::chain(&error)
+                ),
                 refused: false,
             }),
         }
@@ -568,7 +582,10 @@ impl Archiver {
             Ok(true) => Ok(()),
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
-                message: format!("recording a log gap failed: {error}"),
+                message: format!(
+                    "recording a log gap failed: {}",
+                    crate::error::chain(&error)
+                ),
                 refused: false,
             }),
         }
@@ -616,13 +633,45 @@ impl Archiver {
             }
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
-                message: format!("storing log lines failed: {error}"),
+                message: format!("storing log lines failed: {}", crate::error::chain(&error)),
                 refused: false,
             }),
         }
     }
 
+    /// Records where attempt `attempt` of the container begins in the archive, and how the
+    /// attempt before it ended (`(attempt, exit code)`). A failure is logged: the log itself is
+    /// whole, only the list of attempts lacks it.
+    async fn record_attempt(
+        &self,
+        key: &(Uuid, String),
+        attempt: i32,
+        first_line: i64,
+        ended: Option<(i32, i32)>,
+    ) {
+        let db = &self.inner.db;
+        let mut result = logs::begin_attempt(db, key.0, &key.1, attempt, first_line).await;
+        if let (Ok(()), Some((ended, exit_code))) = (&result, ended) {
+            result = logs::end_attempt(db, key.0, &key.1, ended, exit_code).await;
+        }
+        if let Err(error) = result {
+            tracing::warn!(error = %crate::error::chain(&error), attempt, "recording a container attempt failed");
+        }
+    }
+
     async fn complete(&self, key: &(Uuid, String), pod: &Pod) {
+        let last = main_container(pod)
+            .and_then(|s| s.terminated.as_ref())
+            .zip(instance_restarts(pod));
+        if let Some((terminated, restarts)) = last {
+            let db = &self.inner.db;
+            let (run_id, name) = key;
+            let exit_code = terminated.exit_code;
+            if let Err(error) = logs::end_attempt(db, *run_id, name, restarts + 1, exit_code).await
+            {
+                tracing::warn!(error = %crate::error::chain(&error), "recording how the container's last attempt ended failed");
+            }
+        }
         if let Err(error) = logs::finish(&self.inner.db, key.0, &key.1, "complete", None).await {
             tracing::warn!(error = %crate::error::chain(&error), "recording a finished log failed; the next pod event retries");
             return;
@@ -694,32 +743,24 @@ async fn finished_or_orphan(db: &PgPool, run_id: Uuid, pod: &str) -> bool {
 }
 
 fn main_container(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == crate::cluster::render::CONTAINER)?
-        .state
-        .as_ref()
+    main_status(pod)?.state.as_ref()
 }
 
 /// The restart count of the container instance whose log the kubelet serves now: the current
 /// one once it runs (or ran), the one before while it waits to restart (CrashLoopBackOff).
 fn instance_restarts(pod: &Pod) -> Option<i32> {
-    let status = pod
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == crate::cluster::render::CONTAINER)?;
-    let waiting = status.state.as_ref().is_none_or(|s| s.waiting.is_some());
-    Some(if waiting {
-        (status.restart_count - 1).max(0)
+    let instance = main_instance(pod)?;
+    Some(if instance.waiting {
+        (instance.restart_count - 1).max(0)
     } else {
-        status.restart_count
+        instance.restart_count
     })
+}
+
+/// How the main container's previous instance ended (its `lastState`).
+fn previous_exit_code(pod: &Pod) -> Option<i32> {
+    let last = main_status(pod)?.last_state.as_ref()?;
+    Some(last.terminated.as_ref()?.exit_code)
 }
 
 /// When the main container's current instance started.
