@@ -86,15 +86,20 @@ async fn print_and_wait_for_capture(
     interval_ms: u64,
 ) -> (String, Vec<String>) {
     let (lines, interval) = (lines.to_string(), interval_ms.to_string());
-    let id = service
-        .submit(scripted(
-            &[
-                ("KUBESIM_LOG_LINES", &lines),
-                ("KUBESIM_LOG_INTERVAL_MS", &interval),
-            ],
-            json!({}),
-        ))
-        .await;
+    let env = [
+        ("KUBESIM_LOG_LINES", lines.as_str()),
+        ("KUBESIM_LOG_INTERVAL_MS", &interval),
+    ];
+    submit_and_wait_for_capture(service, &env, json!({})).await
+}
+
+/// Starts a scripted run and waits until its capture has stored some lines.
+async fn submit_and_wait_for_capture(
+    service: &Service,
+    env: &[(&str, &str)],
+    extra: serde_json::Value,
+) -> (String, Vec<String>) {
+    let id = service.submit(scripted(env, extra)).await;
     let ids = vec![id.clone()];
     eventually("the capture to be under way", WAIT, || {
         all_capturing_with_lines(&service.db, &ids)
@@ -757,6 +762,86 @@ async fn assert_attempts_in_order(service: &Service, id: &str) {
     assert!(
         times[0].1 < times[1].0,
         "attempt 1 ended before attempt 2 began: {times:?}"
+    );
+}
+
+/// An OnFailure run whose attempts print 40 lines over 2 s each; the first `failing` fail.
+async fn submit_failing_attempts(service: &Service, failing: &str) -> (String, Vec<String>) {
+    let env = [
+        ("KUBESIM_FAIL_ATTEMPTS", failing),
+        ("KUBESIM_LOG_LINES", "40"),
+        ("KUBESIM_LOG_INTERVAL_MS", "50"),
+    ];
+    submit_and_wait_for_capture(service, &env, json!({"restartPolicy": "OnFailure"})).await
+}
+
+/// A kubesim whose failed containers restart after 200 ms (doubling).
+async fn kubesim_restarting_after(backoff: Duration) -> KubeSim {
+    KubeSim::start(common::service::SimConfig {
+        restart_backoff: backoff,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A stream cut early in an attempt, with the API away until the container has restarted:
+/// the new stream serves the next attempt, so the rest of the cut one is read from the
+/// kubelet's previous instance first (`previous=true`), and nothing is lost.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_rest_of_an_attempt_cut_before_its_restart_is_read_from_the_previous_instance(
+    db: PgPool,
+) {
+    let sim = kubesim_restarting_after(Duration::from_millis(200)).await;
+    let faults = sim.faults();
+    let service = Service::start(db.clone(), sim.client(), &["--log-flush-ms", "100"]).await;
+    let (id, ids) = submit_failing_attempts(&service, "1").await;
+    // Longer than what is left of attempt 1 (< 2 s) and the back-off: the API is back once
+    // attempt 2 runs (or has ended).
+    let lines_at_cut = cut_during_outage(&faults, Duration::from_secs(3), || async {
+        captures(&db, &ids).await[0].1
+    })
+    .await;
+    wait_for_capture_end(&service, &id).await;
+    assert!(lines_at_cut < 40, "cut mid-attempt ({lines_at_cut} lines)");
+    assert_eq!(captures(&db, &ids).await[0].0, "complete");
+    assert_eq!(
+        logs(&service, &id, "").await,
+        format!(
+            "{}[vfi-orchestrator] attempt 2 of the container (restart 1) starts here\n{}",
+            numbered_lines(40),
+            numbered_lines(40)
+        )
+    );
+}
+
+/// The same cut, but the container restarts twice before the API is back: the kubelet no
+/// longer has the cut attempt's log (only the one before the current), so the rest of
+/// attempt 1 and all of attempt 2 are marked missing, exactly after the last archived line.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn attempts_the_kubelet_no_longer_keeps_are_marked_missing_where_they_were_cut(db: PgPool) {
+    let sim = kubesim_restarting_after(Duration::from_millis(200)).await;
+    let faults = sim.faults();
+    let service = Service::start(db.clone(), sim.client(), &["--log-flush-ms", "100"]).await;
+    let (id, ids) = submit_failing_attempts(&service, "2").await;
+    // Attempt 1 ends before 2 s, attempt 2 runs from about 2.2 s to 4.2 s, attempt 3 starts
+    // at about 4.6 s (back-offs of 200 and 400 ms): the API is back during attempt 3 (or
+    // after it).
+    cut_during_outage(&faults, Duration::from_millis(5500), || async {}).await;
+    wait_for_capture_end(&service, &id).await;
+    let (state, _) = captures(&db, &ids).await.remove(0);
+    assert_eq!(state, "incomplete");
+    let text = logs(&service, &id, "").await;
+    let marker = "[vfi-orchestrator] attempt 3 of the container (restart 2) starts here\n";
+    let (first, rest) = text.split_at(text.find(marker).expect(&text));
+    let kept = first.lines().count();
+    assert!(kept > 0 && kept < 40, "{first}");
+    assert_eq!(first, numbered_lines(kept));
+    let (third, note) = rest[marker.len()..].split_at(numbered_lines(40).len());
+    assert_eq!(third, numbered_lines(40));
+    assert!(
+        note.contains(&format!("after line {kept} (")) && note.contains("attempt 2 is lost"),
+        "{note}"
     );
 }
 

@@ -26,6 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Why lines may be missing after a reopened stream did not hold the last archived line.
+const ROTATED: &str = "the kubelet rotated the log while it was not being read";
+
 /// Chunks are written when they reach this size, or after `flush_interval`.
 const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -207,7 +210,7 @@ impl Archiver {
             let final_read = ended_before_open;
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                outcome = self.copy(&namespace, key, &mut cursor) => outcome,
+                outcome = self.copy(&namespace, key, &mut cursor, false) => outcome,
             };
             if outcome.is_ok() {
                 stream_ended = Some(chrono::Utc::now());
@@ -248,6 +251,17 @@ impl Archiver {
                         .and_then(instance_restarts)
                         .filter(|restarts| *restarts > cursor.restarts);
                     if let Some(restarts) = restarted {
+                        // The instance being read may have gone on printing after this stream
+                        // was cut: its end is read first (the kubelet keeps the instance
+                        // before the current one), or what may be missing is marked.
+                        let partial = match self
+                            .finish_instance(&namespace, key, &mut cursor, restarts, partial)
+                            .await
+                        {
+                            Ok(partial) => partial,
+                            Err(CopyError::LeaseLost) => return,
+                            Err(_) => None,
+                        };
                         // A new instance of the container: the stream now serves its log, a new
                         // file, which follows a marker line from its start.
                         let marker = format!(
@@ -284,13 +298,10 @@ impl Archiver {
                     ended_before_open = ended;
                     if ended {
                         if cursor.unplaced {
-                            let after = cursor.last.as_deref().and_then(|l| split_timestamp(l).0);
-                            if let Some(after) = after {
-                                if let Err(CopyError::LeaseLost) =
-                                    self.record_gap(key, cursor.next_line, after, None).await
-                                {
-                                    return;
-                                }
+                            if let Err(CopyError::LeaseLost) =
+                                self.record_gap_to_end(key, &cursor, ROTATED).await
+                            {
+                                return;
                             }
                         }
                         if let Some(mut last) = partial {
@@ -378,20 +389,22 @@ impl Archiver {
     /// Follows the pod's log from the last archived line on (asking from a second before its
     /// time), appending new lines in chunks. Returns when the stream ends or stalls, with its
     /// unterminated last line if that is new.
+    /// With `previous`, reads the container's previous instance to its end instead.
     async fn copy(
         &self,
         namespace: &str,
         key: &(Uuid, String),
         cursor: &mut Cursor,
+        previous: bool,
     ) -> Result<Option<Vec<u8>>, CopyError> {
         let inner = &self.inner;
         let name = &key.1;
         let mut resume = Resume::new(cursor.last.clone());
         let read = LogRead {
-            follow: true,
+            follow: !previous,
             tail_lines: None,
             since_time: resume.since(),
-            previous: false,
+            previous,
         };
         let mut reader = match inner.cluster.pod_log(namespace, name, &read).await {
             Ok(reader) => reader,
@@ -461,7 +474,7 @@ impl Archiver {
                     Seen::NewAfterGap { after, before } => {
                         self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                             .await?;
-                        self.record_gap(key, cursor.next_line, after, before)
+                        self.record_gap(key, cursor.next_line, after, before, ROTATED)
                             .await?;
                     }
                 }
@@ -551,14 +564,89 @@ impl Archiver {
         }
     }
 
-    /// Records that the lines between the last archived one and the next could not be read
-    /// (rotated away while no stream was open).
+    /// The container restarted (to instance `restarts`) while the instance in `cursor` was
+    /// being read, and the stream that ended may have been cut before that instance's end:
+    /// reads the rest of it from the kubelet's previous instance (resuming after the last
+    /// archived line), or records what may be missing when the kubelet no longer has it (the
+    /// container restarted more than once meanwhile, or its log is gone). Returns the
+    /// instance's unterminated last line, if new (the cut stream's `partial` when the rest could
+    /// not be read).
+    async fn finish_instance(
+        &self,
+        namespace: &str,
+        key: &(Uuid, String),
+        cursor: &mut Cursor,
+        restarts: i32,
+        partial: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, CopyError> {
+        if restarts == cursor.restarts + 1 {
+            match self.copy(namespace, key, cursor, true).await {
+                Ok(rest) => {
+                    if cursor.unplaced {
+                        self.record_gap_to_end(key, cursor, ROTATED).await?;
+                    }
+                    return Ok(rest);
+                }
+                Err(CopyError::LeaseLost) => return Err(CopyError::LeaseLost),
+                Err(CopyError::Gone) => {
+                    self.record_gap_to_end(key, cursor, "the pod was deleted")
+                        .await?;
+                }
+                Err(CopyError::Failed { message, .. }) => {
+                    let why = format!(
+                        "the log of attempt {} could not be read after the container restarted ({message})",
+                        cursor.restarts + 1
+                    );
+                    self.record_gap_to_end(key, cursor, &why).await?;
+                }
+            }
+        } else {
+            let lost = match (cursor.restarts + 2, restarts) {
+                (first, last) if first == last => format!("attempt {first} is"),
+                (first, last) => format!("attempts {first} to {last} are"),
+            };
+            let why = format!(
+                "the container restarted {} times while its log was not being read: the kubelet keeps only the instance before the current one, so {lost} lost",
+                restarts - cursor.restarts,
+            );
+            self.record_gap_to_end(key, cursor, &why).await?;
+        }
+        Ok(partial)
+    }
+
+    /// Records that lines after the last archived one, up to the end of the container
+    /// instance being read, may be missing, and why.
+    async fn record_gap_to_end(
+        &self,
+        key: &(Uuid, String),
+        cursor: &Cursor,
+        why: &str,
+    ) -> Result<(), CopyError> {
+        match cursor.last.as_deref().and_then(|l| split_timestamp(l).0) {
+            Some(after) => {
+                self.record_gap(key, cursor.next_line, after, None, why)
+                    .await
+            }
+            None => {
+                let gap = format!(
+                    "lines of attempt {} after line {} may be missing: {why}",
+                    cursor.restarts + 1,
+                    cursor.next_line
+                );
+                self.store_gap(key, &gap).await
+            }
+        }
+    }
+
+    /// Records that the lines between the last archived one and the next could not be read,
+    /// and why (e.g. [`ROTATED`]).
     async fn record_gap(
         &self,
         key: &(Uuid, String),
         archived: i64,
         after: chrono::DateTime<chrono::Utc>,
         before: Option<chrono::DateTime<chrono::Utc>>,
+        why: &str,
     ) -> Result<(), CopyError> {
         let stamp = |t: chrono::DateTime<chrono::Utc>| {
             t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -568,7 +656,7 @@ impl Archiver {
             None => "up to the end of the log".to_string(),
         };
         let gap = format!(
-            "lines written after line {archived} ({}) {until} may be missing: the kubelet rotated the log while it was not being read",
+            "lines written after line {archived} ({}) {until} may be missing: {why}",
             stamp(after),
         );
         self.store_gap(key, &gap).await
