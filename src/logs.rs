@@ -34,6 +34,40 @@ pub struct LogQuery {
     /// Only this attempt (1-based, by restart count) of each pod's container; its lines are
     /// numbered from 0 within the attempt. Pods without it are left out.
     pub attempt: Option<i32>,
+    /// Following: the longest silence while waiting for pods to start, after which a note says
+    /// what is awaited (so read timeouts of clients and proxies do not cut a follow).
+    pub keepalive: Option<Duration>,
+}
+
+/// Says when a follower waiting for something has been silent for the keep-alive time.
+struct KeepAlive {
+    every: Option<Duration>,
+    since: tokio::time::Instant,
+}
+
+impl KeepAlive {
+    fn new(every: Option<Duration>) -> KeepAlive {
+        KeepAlive {
+            every,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Something was sent.
+    fn reset(&mut self) {
+        self.since = tokio::time::Instant::now();
+    }
+
+    /// The silence has lasted long enough for a note (which counts as sent).
+    fn due(&mut self) -> bool {
+        let due = self
+            .every
+            .is_some_and(|every| self.since.elapsed() >= every);
+        if due {
+            self.reset();
+        }
+        due
+    }
 }
 
 /// One piece of a run's log stream.
@@ -73,6 +107,7 @@ pub fn run_log(
     async_stream::try_stream! {
         let mut streamed: HashSet<String> = HashSet::new();
         let mut resuming = query.after.clone();
+        let mut keepalive = KeepAlive::new(query.keepalive);
         loop {
             let pods = selected_pods(&db, run.id, &query).await?;
             for pod in pods {
@@ -91,12 +126,14 @@ pub fn run_log(
                 let lines = pod_log(&db, &cluster, &run, &pod, &query, after_line);
                 for await item in lines {
                     yield item?;
+                    keepalive.reset();
                 }
             }
             if !query.follow {
                 break;
             }
-            let finished = store::runs::get(&db, run.id).await?.is_none_or(|r| r.status.is_final());
+            let now = store::runs::get(&db, run.id).await?;
+            let finished = now.as_ref().is_none_or(|r| r.status.is_final());
             if finished {
                 // One more look: pods recorded just before the end.
                 let remaining = selected_pods(&db, run.id, &query)
@@ -107,6 +144,13 @@ pub fn run_log(
                     break;
                 }
             } else {
+                if keepalive.due() {
+                    let status = now.map(|r| r.status.to_string()).unwrap_or_default();
+                    yield LogItem::Note {
+                        pod: String::new(),
+                        text: format!("waiting for the run's pods (the run is {status})"),
+                    };
+                }
                 tokio::time::sleep(FOLLOW_POLL).await;
             }
         }
@@ -209,6 +253,7 @@ fn pod_log<'a>(
     async_stream::try_stream! {
         let mut pod = pod.clone();
         let mut last = after_line;
+        let mut keepalive = KeepAlive::new(query.keepalive);
         let namespace = run.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_else(|| "default".into());
         // Live from the cluster while the pod exists and its archive is not final. Following,
         // this keeps waiting for a pod that has not started (or not been scheduled) yet, and
@@ -240,6 +285,12 @@ fn pod_log<'a>(
                     Serving::Previous => previous = true,
                     Serving::Older => break,
                     Serving::NotYet if query.follow => {
+                        if keepalive.due() {
+                            yield LogItem::Note {
+                                pod: pod.name.clone(),
+                                text: format!("waiting for attempt {attempt} of pod {} to start", pod.name),
+                            };
+                        }
                         tokio::time::sleep(FOLLOW_POLL).await;
                         continue;
                     }
@@ -263,6 +314,7 @@ fn pod_log<'a>(
             let numbered = read.tail_lines.is_none();
             match cluster.pod_log(&namespace, &pod.name, &read).await {
                 Ok(mut reader) => {
+                    let before = last;
                     let mut splitter = LineSplitter::default();
                     let mut buf = vec![0u8; 32 * 1024];
                     let mut number = -1i64;
@@ -298,6 +350,9 @@ fn pod_log<'a>(
                     if !numbered {
                         return;
                     }
+                    if last > before {
+                        keepalive.reset();
+                    }
                     // The live stream ended: if the archive has more (the stream was cut), go on
                     // there (an attempt's lines are numbered within it: the archive knows where).
                     let archive = store::logs::get(db, run.id, &pod.name).await?;
@@ -322,7 +377,15 @@ fn pod_log<'a>(
                 }
                 Err(_) => {}
             }
-            // Following a pod that has not ended: look again shortly.
+            // Following a pod that has not ended: look again shortly, saying now and then what
+            // is awaited while it has not started.
+            if !pod_started(&pod) && keepalive.due() {
+                let why = pod.reason.as_deref().unwrap_or(&pod.phase);
+                yield LogItem::Note {
+                    pod: pod.name.clone(),
+                    text: format!("waiting for pod {} to start ({why})", pod.name),
+                };
+            }
             tokio::time::sleep(FOLLOW_POLL).await;
             match store::pods::list(db, run.id).await?.into_iter().find(|p| p.name == pod.name) {
                 Some(current) => pod = current,

@@ -549,10 +549,20 @@ async fn follow(service: &Service, id: &str, timeout: Duration) -> String {
         .await
         .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::OK);
-    tokio::time::timeout(timeout, response.text())
+    let text = tokio::time::timeout(timeout, response.text())
         .await
         .expect("the followed log ends when the run does")
-        .unwrap()
+        .unwrap();
+    without_keepalives(&text).0
+}
+
+/// The lines of a followed log without the keep-alive notes written while it waited, and how
+/// many of those there were.
+fn without_keepalives(text: &str) -> (String, usize) {
+    let (notes, lines): (Vec<&str>, Vec<&str>) = text
+        .split_inclusive('\n')
+        .partition(|line| line.starts_with("[vfi-orchestrator] waiting for "));
+    (lines.concat(), notes.len())
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
@@ -582,6 +592,69 @@ async fn following_a_pod_that_starts_after_35_seconds_gets_every_line(db: PgPool
     assert_eq!(
         follow(&service, &id, Duration::from_secs(90)).await,
         numbered_lines(5)
+    );
+}
+
+/// Follows a run's log as plain text with a client that gives up after `silence` without a
+/// byte, as clients and proxies do.
+async fn follow_with_read_timeout(
+    service: &Service,
+    id: &str,
+    silence: Duration,
+) -> reqwest::Result<String> {
+    let client = reqwest::Client::builder()
+        .read_timeout(silence)
+        .build()
+        .unwrap();
+    let url = service.url(&format!("/v1/runs/{id}/logs?follow=true"));
+    client.get(url).send().await?.text().await
+}
+
+/// A pod that starts after three times a client's read timeout: with keep-alive lines every
+/// second the client stays connected and gets every line, each keep-alive a note; without
+/// them the same client gives up.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_plain_text_follow_of_a_pod_not_started_yet_keeps_a_client_with_a_read_timeout(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let silence = Duration::from_secs(2);
+    let late = || {
+        scripted(
+            &[
+                ("KUBESIM_START_DELAY_MS", "6000"),
+                ("KUBESIM_LOG_LINES", "5"),
+                ("KUBESIM_LOG_INTERVAL_MS", "10"),
+            ],
+            json!({}),
+        )
+    };
+    let service = Service::start(
+        db.clone(),
+        sim.client(),
+        &["--auth-disabled", "--log-follow-keepalive-secs", "1"],
+    )
+    .await;
+    let id = service.submit(late()).await;
+    let text = follow_with_read_timeout(&service, &id, silence)
+        .await
+        .expect("kept alive");
+    let (lines, keepalives) = without_keepalives(&text);
+    assert_eq!(lines, numbered_lines(5), "{text}");
+    assert!(keepalives >= 2, "{text}");
+    service.stop().await;
+
+    let quiet = Service::start(
+        db,
+        sim.client(),
+        &["--auth-disabled", "--log-follow-keepalive-secs", "0"],
+    )
+    .await;
+    let id = quiet.submit(late()).await;
+    let cut = follow_with_read_timeout(&quiet, &id, silence).await;
+    assert!(
+        cut.as_ref().is_err_and(|e| e.is_timeout()),
+        "without keep-alives the client gives up: {cut:?}"
     );
 }
 

@@ -22,7 +22,9 @@ use utoipa::IntoParams;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
-    /// Keep streaming new output until the run ends, then close.
+    /// Keep streaming new output until the run ends, then close. In plain text, while it waits
+    /// for pods to start, a `[vfi-orchestrator] waiting for ...` line is written after each
+    /// `LOG_FOLLOW_KEEPALIVE_SECS` (15) of silence, so read timeouts do not cut it.
     follow: Option<bool>,
     /// Only this pod.
     pod: Option<String>,
@@ -151,6 +153,8 @@ pub async fn run_logs(
         since,
         after,
         attempt: params.attempt,
+        // Server-Sent Events have their own keep-alive comments, which show in no text.
+        keepalive: state.limits.log_follow_keepalive.filter(|_| !sse),
     };
     let cluster = state.cluster.clone();
     let items = logs::run_log(state.db.clone(), cluster, run, query);
