@@ -937,12 +937,9 @@ async fn assert_attempt_refused(service: &Service, id: &str) {
     .await;
 }
 
-/// While a pod runs its second attempt and nothing is archived yet (the only capture slot is
-/// taken), each attempt is read from the kubelet: the current instance, and the one before it
-/// with `previous=true`.
-#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
-async fn each_attempt_of_a_live_pod_is_read_from_the_kubelet(db: PgPool) {
-    let sim = kubesim(RunnerKind::Scripted).await;
+/// A service with one capture slot, taken by a run that lasts `blocker_ms`: other pods are
+/// captured only after it ends.
+async fn with_capture_slot_taken(db: &PgPool, sim: &KubeSim, blocker_ms: &str) -> Service {
     let service = Service::start(
         db.clone(),
         sim.client(),
@@ -950,13 +947,66 @@ async fn each_attempt_of_a_live_pod_is_read_from_the_kubelet(db: PgPool) {
     )
     .await;
     let blocker = service
-        .submit(scripted(&[("KUBESIM_DURATION_MS", "120000")], json!({})))
+        .submit(scripted(&[("KUBESIM_DURATION_MS", blocker_ms)], json!({})))
         .await;
-    let blocking = vec![blocker.clone()];
+    let blocking = vec![blocker];
     eventually("the blocker's capture to hold the slot", WAIT, || {
-        all_capturing_with_lines(&db, &blocking)
+        all_capturing_with_lines(db, &blocking)
     })
     .await;
+    service
+}
+
+/// A container that printed a few lines at once and ended is captured seconds later (the only
+/// capture slot was taken): its log is whole, so it is `complete`, not flagged as a possible
+/// rotation gap. (The kubelet rotates only a file over `containerLogMaxSize`, checked every
+/// `containerLogMonitorInterval` = 10 s: https://kubernetes.io/docs/concepts/cluster-administration/logging/#log-rotation.)
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_late_capture_of_a_small_container_that_printed_at_once_is_complete(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = with_capture_slot_taken(&db, &sim, "4000").await;
+    let id = service
+        .submit(scripted(
+            &[("KUBESIM_LOG_LINES", "5"), ("KUBESIM_LOG_INTERVAL_MS", "1")],
+            json!({}),
+        ))
+        .await;
+    let ids = vec![id.clone()];
+    eventually("the late capture to finish", WAIT, || {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move {
+            let captures = captures(&db, &ids).await;
+            captures
+                .first()
+                .is_some_and(|(state, _)| state != "capturing")
+        }
+    })
+    .await;
+    let late: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM l.created_at - p.started_at)::float8
+         FROM pod_logs l JOIN run_pods p ON p.run_id = l.run_id AND p.name = l.pod_name
+         WHERE l.run_id::text = $1",
+    )
+    .bind(&id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(late > 2.0, "captured late: {late} s after the start");
+    assert_eq!(
+        captures(&db, std::slice::from_ref(&id)).await[0].0,
+        "complete"
+    );
+    assert_eq!(logs(&service, &id, "").await, numbered_lines(5));
+}
+
+/// While a pod runs its second attempt and nothing is archived yet (the only capture slot is
+/// taken), each attempt is read from the kubelet: the current instance, and the one before it
+/// with `previous=true`.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn each_attempt_of_a_live_pod_is_read_from_the_kubelet(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = with_capture_slot_taken(&db, &sim, "120000").await;
     // Each attempt prints 10 lines at once, then runs for 20 s; the first fails.
     let id = service
         .submit(scripted(

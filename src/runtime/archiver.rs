@@ -514,6 +514,15 @@ impl Archiver {
     /// delays are measured against `started + 1 s`, the latest moment it can have started.
     /// Without that, a container printing at once at x.999 s was flagged whenever its
     /// capture opened late.
+    ///
+    /// No sharper signal exists through the API: the kubelet rotates a file only once it is
+    /// over `containerLogMaxSize`, at checks every `containerLogMonitorInterval` (10 s) whose
+    /// phase is unrelated to the container's start
+    /// (https://kubernetes.io/docs/concepts/cluster-administration/logging/#log-rotation), and
+    /// `pods/log` serves only the current file, with nothing saying a rotation happened. So a
+    /// container that wrote past the rotation size in a burst right after starting and then
+    /// fell quiet leaves a current file that starts late or is empty, and the latter cannot be
+    /// told from a container that printed nothing; this check catches the former only.
     async fn check_late_start(
         &self,
         key: &(Uuid, String),
