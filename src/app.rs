@@ -93,6 +93,9 @@ impl App {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_queued_runs_per_task: caps.max_queued_runs_per_task,
                 max_active_runs_per_token: caps.max_active_runs_per_token,
+                log_follow_keepalive: Some(args.cluster.log_follow_keepalive_secs)
+                    .filter(|secs| *secs > 0)
+                    .map(Duration::from_secs),
             }),
             policy,
             cluster: runtime.cluster.clone(),

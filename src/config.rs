@@ -340,6 +340,11 @@ pub struct ClusterArgs {
         allow_negative_numbers = true
     )]
     pub finished_job_ttl_secs: i32,
+    /// Seconds a plain-text `follow` of a run's log may stay silent while it waits for pods
+    /// that have not started, before a `[vfi-orchestrator] waiting for ...` line is written (so
+    /// clients' and proxies' read timeouts do not cut it); 0: no such lines.
+    #[arg(long, env = "LOG_FOLLOW_KEEPALIVE_SECS", default_value_t = 15)]
+    pub log_follow_keepalive_secs: u64,
 }
 
 impl ClusterArgs {

@@ -4,7 +4,8 @@
 //! reads only, so it may ask the cluster directly.
 
 use crate::cluster::jobs::Cluster;
-use crate::cluster::pods::LogRead;
+use crate::cluster::pods::{main_instance, Instance, LogRead};
+use crate::domain::attempt::{self, Archived, PodWithAttempts};
 use crate::domain::loglines::{split_timestamp, LineSplitter};
 use crate::domain::{PodRecord, Run};
 use crate::store;
@@ -30,6 +31,43 @@ pub struct LogQuery {
     pub since: Option<DateTime<Utc>>,
     /// Resume after this line of this pod (and skip the pods before it).
     pub after: Option<(String, i64)>,
+    /// Only this attempt (1-based, by restart count) of each pod's container; its lines are
+    /// numbered from 0 within the attempt. Pods without it are left out.
+    pub attempt: Option<i32>,
+    /// Following: the longest silence while waiting for pods to start, after which a note says
+    /// what is awaited (so read timeouts of clients and proxies do not cut a follow).
+    pub keepalive: Option<Duration>,
+}
+
+/// Says when a follower waiting for something has been silent for the keep-alive time.
+struct KeepAlive {
+    every: Option<Duration>,
+    since: tokio::time::Instant,
+}
+
+impl KeepAlive {
+    fn new(every: Option<Duration>) -> KeepAlive {
+        KeepAlive {
+            every,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Something was sent.
+    fn reset(&mut self) {
+        self.since = tokio::time::Instant::now();
+    }
+
+    /// The silence has lasted long enough for a note (which counts as sent).
+    fn due(&mut self) -> bool {
+        let due = self
+            .every
+            .is_some_and(|every| self.since.elapsed() >= every);
+        if due {
+            self.reset();
+        }
+        due
+    }
 }
 
 /// One piece of a run's log stream.
@@ -69,13 +107,9 @@ pub fn run_log(
     async_stream::try_stream! {
         let mut streamed: HashSet<String> = HashSet::new();
         let mut resuming = query.after.clone();
+        let mut keepalive = KeepAlive::new(query.keepalive);
         loop {
-            let pods: Vec<PodRecord> = store::pods::list(&db, run.id)
-                .await?
-                .into_iter()
-                .filter(|p| query.pod.as_ref().is_none_or(|name| &p.name == name))
-                .filter(|p| query.index.is_none_or(|i| p.completion_index == Some(i)))
-                .collect();
+            let pods = selected_pods(&db, run.id, &query).await?;
             for pod in pods {
                 if !streamed.insert(pod.name.clone()) {
                     continue;
@@ -92,27 +126,118 @@ pub fn run_log(
                 let lines = pod_log(&db, &cluster, &run, &pod, &query, after_line);
                 for await item in lines {
                     yield item?;
+                    keepalive.reset();
                 }
             }
             if !query.follow {
                 break;
             }
-            let finished = store::runs::get(&db, run.id).await?.is_none_or(|r| r.status.is_final());
+            let now = store::runs::get(&db, run.id).await?;
+            let finished = now.as_ref().is_none_or(|r| r.status.is_final());
             if finished {
                 // One more look: pods recorded just before the end.
-                let remaining = store::pods::list(&db, run.id)
+                let remaining = selected_pods(&db, run.id, &query)
                     .await?
                     .iter()
-                    .filter(|p| query.pod.as_ref().is_none_or(|name| &p.name == name))
-                    .filter(|p| query.index.is_none_or(|i| p.completion_index == Some(i)))
                     .any(|p| !streamed.contains(&p.name));
                 if !remaining {
                     break;
                 }
             } else {
+                if keepalive.due() {
+                    let status = now.map(|r| r.status.to_string()).unwrap_or_default();
+                    yield LogItem::Note {
+                        pod: String::new(),
+                        text: format!("waiting for the run's pods (the run is {status})"),
+                    };
+                }
                 tokio::time::sleep(FOLLOW_POLL).await;
             }
         }
+    }
+}
+
+/// The run's pods the query asks for: by name, by index, and having the attempt asked for.
+async fn selected_pods(
+    db: &PgPool,
+    run_id: uuid::Uuid,
+    query: &LogQuery,
+) -> Result<Vec<PodRecord>, sqlx::Error> {
+    let pods = store::pods::list(db, run_id)
+        .await?
+        .into_iter()
+        .filter(|p| query.pod.as_ref().is_none_or(|name| &p.name == name))
+        .filter(|p| query.index.is_none_or(|i| p.completion_index == Some(i)));
+    let Some(attempt) = query.attempt else {
+        return Ok(pods.collect());
+    };
+    let with_attempts = with_attempts(db, run_id, pods.collect()).await?;
+    Ok(with_attempts
+        .into_iter()
+        .filter(|p| p.attempts.len() as i64 >= attempt as i64)
+        .map(|p| p.pod)
+        .collect())
+}
+
+/// A run's pods with their containers' attempts (what the cluster reports, and what the
+/// archive holds).
+pub async fn pods_with_attempts(
+    db: &PgPool,
+    run_id: uuid::Uuid,
+) -> Result<Vec<PodWithAttempts>, sqlx::Error> {
+    with_attempts(db, run_id, store::pods::list(db, run_id).await?).await
+}
+
+async fn with_attempts(
+    db: &PgPool,
+    run_id: uuid::Uuid,
+    pods: Vec<PodRecord>,
+) -> Result<Vec<PodWithAttempts>, sqlx::Error> {
+    let archived = store::logs::attempts(db, run_id, None).await?;
+    Ok(pods
+        .into_iter()
+        .map(|pod| {
+            let known: Vec<Archived> = archived
+                .iter()
+                .filter(|a| a.pod_name == pod.name)
+                .map(|a| Archived {
+                    attempt: a.attempt,
+                    exit_code: a.exit_code,
+                })
+                .collect();
+            PodWithAttempts {
+                attempts: attempt::attempts(&pod, &known),
+                pod,
+            }
+        })
+        .collect())
+}
+
+/// Which instance of its container the kubelet serves for an attempt, live.
+enum Serving {
+    /// The current instance.
+    Current,
+    /// The instance before the current one (`previous=true`).
+    Previous,
+    /// It has not started yet.
+    NotYet,
+    /// An older one: only the archive has it.
+    Older,
+}
+
+fn serving(instance: Option<Instance>, attempt: i32) -> Serving {
+    let Some(instance) = instance else {
+        return Serving::NotYet;
+    };
+    let restarts = attempt - 1;
+    if restarts == instance.restart_count && !instance.waiting {
+        Serving::Current
+    } else if restarts >= instance.restart_count {
+        Serving::NotYet
+    } else if restarts == instance.restart_count - 1 {
+        Serving::Previous
+    } else {
+        Serving::Older
     }
 }
 
@@ -128,6 +253,7 @@ fn pod_log<'a>(
     async_stream::try_stream! {
         let mut pod = pod.clone();
         let mut last = after_line;
+        let mut keepalive = KeepAlive::new(query.keepalive);
         let namespace = run.job.as_ref().map(|j| j.namespace.clone()).unwrap_or_else(|| "default".into());
         // Live from the cluster while the pod exists and its archive is not final. Following,
         // this keeps waiting for a pod that has not started (or not been scheduled) yet, and
@@ -137,15 +263,58 @@ fn pod_log<'a>(
             if pod.deleted || archive.as_ref().is_some_and(|a| a.state != "capturing") {
                 break;
             }
+            // One attempt: the kubelet serves the container's current instance and the one
+            // before it; older ones, and those the archive has read to their end, come from
+            // the archive.
+            let mut previous = false;
+            if let Some(attempt) = query.attempt {
+                if attempt_archived(db, run, &pod, attempt).await? {
+                    break;
+                }
+                let current = match cluster.get_pod(&namespace, &pod.name).await {
+                    Ok(Some(current)) => current,
+                    Ok(None) => break,
+                    Err(_) if query.follow => {
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                        continue;
+                    }
+                    Err(_) => break,
+                };
+                match serving(main_instance(&current), attempt) {
+                    Serving::Current => {}
+                    Serving::Previous => previous = true,
+                    Serving::Older => break,
+                    Serving::NotYet if query.follow => {
+                        if keepalive.due() {
+                            yield LogItem::Note {
+                                pod: pod.name.clone(),
+                                text: format!("waiting for attempt {attempt} of pod {} to start", pod.name),
+                            };
+                        }
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                        continue;
+                    }
+                    Serving::NotYet => {
+                        yield LogItem::Note {
+                            pod: pod.name.clone(),
+                            text: format!("attempt {attempt} of pod {} has not started yet: it has no output so far", pod.name),
+                        };
+                        return;
+                    }
+                }
+            }
             let read = LogRead {
-                follow: query.follow,
+                // The previous instance has ended: its log is read to its end.
+                follow: query.follow && !previous,
                 // A tail of a live pod is asked of the cluster; its line numbers are unknown.
                 tail_lines: query.tail.filter(|_| after_line < 0 && last < 0),
                 since_time: None,
+                previous,
             };
             let numbered = read.tail_lines.is_none();
             match cluster.pod_log(&namespace, &pod.name, &read).await {
                 Ok(mut reader) => {
+                    let before = last;
                     let mut splitter = LineSplitter::default();
                     let mut buf = vec![0u8; 32 * 1024];
                     let mut number = -1i64;
@@ -181,12 +350,17 @@ fn pod_log<'a>(
                     if !numbered {
                         return;
                     }
-                    // The live stream ended: if the archive has more (the stream was cut), go on there.
+                    if last > before {
+                        keepalive.reset();
+                    }
+                    // The live stream ended: if the archive has more (the stream was cut), go on
+                    // there (an attempt's lines are numbered within it: the archive knows where).
                     let archive = store::logs::get(db, run.id, &pod.name).await?;
-                    if archive.is_some_and(|a| a.state != "capturing" && a.lines > last + 1) {
+                    let more = |a: &store::logs::PodLog| query.attempt.is_some() || a.lines > last + 1;
+                    if archive.is_some_and(|a| a.state != "capturing" && more(&a)) {
                         break;
                     }
-                    if !query.follow {
+                    if !query.follow || previous {
                         return;
                     }
                 }
@@ -203,7 +377,15 @@ fn pod_log<'a>(
                 }
                 Err(_) => {}
             }
-            // Following a pod that has not ended: look again shortly.
+            // Following a pod that has not ended: look again shortly, saying now and then what
+            // is awaited while it has not started.
+            if !pod_started(&pod) && keepalive.due() {
+                let why = pod.reason.as_deref().unwrap_or(&pod.phase);
+                yield LogItem::Note {
+                    pod: pod.name.clone(),
+                    text: format!("waiting for pod {} to start ({why})", pod.name),
+                };
+            }
             tokio::time::sleep(FOLLOW_POLL).await;
             match store::pods::list(db, run.id).await?.into_iter().find(|p| p.name == pod.name) {
                 Some(current) => pod = current,
@@ -215,7 +397,11 @@ fn pod_log<'a>(
         }
         // From the archive: a follower waits for the archiver to finish with an ended pod; any
         // other reader gets what is archived at once, with a note when it is not final.
-        let wait = query.follow && !pod.deleted;
+        let attempt_done = match query.attempt {
+            Some(attempt) => attempt_archived(db, run, &pod, attempt).await?,
+            None => false,
+        };
+        let wait = query.follow && !pod.deleted && !attempt_done;
         let deadline = tokio::time::Instant::now() + if wait { ARCHIVE_WAIT } else { Duration::ZERO };
         let archive = loop {
             match store::logs::get(db, run.id, &pod.name).await? {
@@ -238,18 +424,41 @@ fn pod_log<'a>(
             };
             return;
         }
-        let mut start = last + 1;
+        // The archive's lines [base, end) are served, numbered from `base`: all of them, or
+        // one attempt's (up to the marker line before the next).
+        let (base, end) = match query.attempt {
+            None => (0, archive.lines),
+            Some(attempt) => {
+                let archived = store::logs::attempts(db, run.id, Some(&pod.name)).await?;
+                let Some(first) = archived.iter().find(|a| a.attempt == attempt) else {
+                    yield LogItem::Note {
+                        pod: pod.name.clone(),
+                        text: format!("attempt {attempt} of pod {} was not archived: its container had restarted past it before its log could be read", pod.name),
+                    };
+                    return;
+                };
+                let end = archived
+                    .iter()
+                    .find(|a| a.attempt == attempt + 1)
+                    .map_or(archive.lines, |next| next.first_line - 1);
+                (first.first_line, end)
+            }
+        };
+        let mut start = base + last + 1;
         if let Some(tail) = query.tail.filter(|_| after_line < 0) {
-            start = start.max(archive.lines - tail);
+            start = start.max(end - tail);
         }
         let mut seq = 0;
         let mut marked = false;
-        loop {
+        'chunks: loop {
             let chunks = store::logs::chunks(db, run.id, &pod.name, seq, 16).await?;
             if chunks.is_empty() {
                 break;
             }
             for chunk in chunks {
+                if chunk.first_line >= end {
+                    break 'chunks;
+                }
                 seq = chunk.seq + 1;
                 if chunk.part == "tail" && !marked && archive.dropped_lines > 0 {
                     marked = true;
@@ -274,7 +483,10 @@ fn pod_log<'a>(
                     if number < start {
                         continue;
                     }
-                    if let Some(item) = line_item(&pod.name, Some(number), &raw, query) {
+                    if number >= end {
+                        break 'chunks;
+                    }
+                    if let Some(item) = line_item(&pod.name, Some(number - base), &raw, query) {
                         yield item;
                     }
                 }
@@ -294,6 +506,20 @@ fn pod_log<'a>(
             yield LogItem::Note { pod: pod.name.clone(), text };
         }
     }
+}
+
+/// The archive has read attempt `attempt` of the pod's container to its end (the next one
+/// began).
+async fn attempt_archived(
+    db: &PgPool,
+    run: &Run,
+    pod: &PodRecord,
+    attempt: i32,
+) -> Result<bool, sqlx::Error> {
+    Ok(store::logs::attempts(db, run.id, Some(&pod.name))
+        .await?
+        .iter()
+        .any(|a| a.attempt > attempt))
 }
 
 /// The pod's container has started (it may have output): a pod stays `Pending` until it has

@@ -77,10 +77,16 @@ pub struct SimConfig {
     /// in pkg/kubelet/kubelet.go); `None` keeps them as long as the pod object exists.
     pub log_removal_delay: Option<Duration>,
     /// The first restart back-off of a failed container (CrashLoopBackOff), doubling per
-    /// restart up to 30 times it. The kubelet's is 10 s (up to 5 min); zero (the default, to
-    /// keep tests fast) restarts at once.
+    /// restart up to 30 times it. The kubelet's is 10 s, doubling up to 5 min
+    /// (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#restart-policy);
+    /// the default, [`RESTART_BACKOFF`], is that scaled down 100 times (100 ms up to 3 s) to
+    /// keep tests fast. Zero restarts at once.
     pub restart_backoff: Duration,
 }
+
+/// The default first restart back-off: the kubelet's 10 s divided by 100 (so its 5-min cap
+/// becomes 3 s).
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,7 +103,7 @@ impl Default for SimConfig {
             behaviour: behaviour::Behaviour::default(),
             log_rotate_bytes: Some(logs::ROTATE_BYTES),
             log_removal_delay: Some(Duration::from_secs(60)),
-            restart_backoff: Duration::ZERO,
+            restart_backoff: RESTART_BACKOFF,
         }
     }
 }

@@ -135,8 +135,9 @@ struct Args {
     )]
     log_removal_delay_secs: i64,
     /// First restart back-off of a failed container in milliseconds (CrashLoopBackOff,
-    /// doubling per restart; the kubelet's is 10000); 0 restarts at once.
-    #[arg(long, env = "KUBESIM_RESTART_BACKOFF_MS", default_value_t = 0)]
+    /// doubling per restart up to 30 times it; the kubelet's is 10000, scaled down 100 times
+    /// by default); 0 restarts at once.
+    #[arg(long, env = "KUBESIM_RESTART_BACKOFF_MS", default_value_t = 100)]
     restart_backoff_ms: u64,
 }
 

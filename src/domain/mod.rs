@@ -2,6 +2,7 @@
 //! the run status state machine, schedules, token scopes, webhook checks. Nothing in here does
 //! I/O; everything here is testable inline.
 
+pub mod attempt;
 pub mod auth;
 pub mod loglines;
 pub mod names;

@@ -22,7 +22,9 @@ use utoipa::IntoParams;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
-    /// Keep streaming new output until the run ends, then close.
+    /// Keep streaming new output until the run ends, then close. In plain text, while it waits
+    /// for pods to start, a `[vfi-orchestrator] waiting for ...` line is written after each
+    /// `LOG_FOLLOW_KEEPALIVE_SECS` (15) of silence, so read timeouts do not cut it.
     follow: Option<bool>,
     /// Only this pod.
     pod: Option<String>,
@@ -36,11 +38,19 @@ pub struct LogParams {
     timestamps: Option<bool>,
     /// Stop after this many bytes.
     limit_bytes: Option<i64>,
+    /// Only this attempt of each pod's container (1-based, by restart count: attempt N ran with
+    /// restart count N - 1; `GET /v1/runs/{id}/pods` lists them), with its lines numbered from
+    /// 0 within it. Without it, every attempt is shown, each after a marker line. Pods that
+    /// have not reached it are left out; 422 when no pod has.
+    #[param(minimum = 1)]
+    attempt: Option<i32>,
 }
 
 /// A run's logs. One pod: its log as is. Several pods: each pod's block in completion-index
 /// (then creation) order, under a `==> pod <name> (index <i>) <==` header. Notes of the service
-/// (a truncated or missing log) are lines starting with `[vfi-orchestrator]`. With
+/// (a truncated or missing log) are lines starting with `[vfi-orchestrator]`; so is the marker
+/// line before each attempt after the first of a container restarted in place
+/// (`restartPolicy: OnFailure`), unless `attempt` picks one. With
 /// `Accept: text/event-stream`: one `log` event per line (data: JSON with pod, index, line,
 /// time, text), ids `<pod>:<line>` for `Last-Event-ID`, and an `end` event.
 #[utoipa::path(
@@ -60,6 +70,7 @@ pub struct LogParams {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`attempt` is beyond every selected pod's attempts", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn run_logs(
@@ -86,6 +97,32 @@ pub async fn run_logs(
     }
     if params.limit_bytes.is_some_and(|n| n < 1) {
         return Err(Error::bad_request("limitBytes", "must be 1 or more"));
+    }
+    if params.attempt.is_some_and(|n| n < 1) {
+        return Err(Error::bad_request("attempt", "must be 1 or more"));
+    }
+    if let Some(attempt) = params.attempt {
+        let most = logs::pods_with_attempts(&state.db, id)
+            .await?
+            .iter()
+            .filter(|p| params.pod.as_ref().is_none_or(|name| &p.pod.name == name))
+            .filter(|p| {
+                params
+                    .index
+                    .is_none_or(|i| p.pod.completion_index == Some(i))
+            })
+            .map(|p| p.attempts.len())
+            .max()
+            // A run without pods yet will have a first attempt.
+            .unwrap_or(1);
+        if attempt as usize > most {
+            return Err(Error::Invalid(crate::domain::Invalid::one(
+                "attempt",
+                format!(
+                    "no selected pod has an attempt {attempt}: the most any has so far is {most}"
+                ),
+            )));
+        }
     }
     let since = params
         .since
@@ -115,6 +152,9 @@ pub async fn run_logs(
         tail: params.tail,
         since,
         after,
+        attempt: params.attempt,
+        // Server-Sent Events have their own keep-alive comments, which show in no text.
+        keepalive: state.limits.log_follow_keepalive.filter(|_| !sse),
     };
     let cluster = state.cluster.clone();
     let items = logs::run_log(state.db.clone(), cluster, run, query);

@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_queued_runs_per_task: u32,
     /// Unfinished runs one token may have (0: no cap; a token's own `maxActiveRuns` wins).
     pub max_active_runs_per_token: u32,
+    /// Longest silence of a plain-text log follow waiting for pods to start (`None`: no limit).
+    pub log_follow_keepalive: Option<Duration>,
 }
 
 impl Limits {

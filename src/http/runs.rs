@@ -7,8 +7,9 @@ use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
 use super::Limits;
+use crate::domain::attempt::PodWithAttempts;
 use crate::domain::{
-    AdHocRun, Origin, PodRecord, Run, RunOverrides, RunPolicy, RunStatus, Submission, Trigger,
+    AdHocRun, Origin, Run, RunOverrides, RunPolicy, RunStatus, Submission, Trigger,
 };
 use crate::error::{Error, Result};
 use crate::store::{self, runs::RunFilter};
@@ -363,13 +364,14 @@ pub async fn rerun(
     create(&db, &limits, idempotent, &submission).await
 }
 
-/// The run's pods, in completion-index order, then creation order.
+/// The run's pods, in completion-index order, then creation order, each with its container's
+/// attempts (more than one when it was restarted in place, `restartPolicy: OnFailure`).
 #[utoipa::path(
     get, path = "/v1/runs/{id}/pods", tag = "runs",
     security(("bearer" = ["read"])),
     params(("id" = Uuid, Path, description = "Run id")),
     responses(
-        (status = 200, body = Vec<PodRecord>),
+        (status = 200, body = Vec<PodWithAttempts>),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -379,13 +381,13 @@ pub async fn list_pods(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Vec<PodRecord>>> {
+) -> Result<Json<Vec<PodWithAttempts>>> {
     let id = parse_run_id(&id)?;
     let run = store::runs::get(&db, id)
         .await?
         .ok_or_else(|| not_found(id))?;
     auth.task(run.task.as_deref())?;
-    Ok(Json(store::pods::list(&db, id).await?))
+    Ok(Json(crate::logs::pods_with_attempts(&db, id).await?))
 }
 
 /// The run's history: its creation and every status change, oldest first.

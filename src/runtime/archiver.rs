@@ -10,7 +10,7 @@
 //! nothing for `stall_timeout` is reopened.
 
 use crate::cluster::jobs::Cluster;
-use crate::cluster::pods::LogRead;
+use crate::cluster::pods::{main_instance, main_status, LogOpenError, LogRead};
 use crate::cluster::{keys, observe};
 use crate::domain::loglines::{split_timestamp, LineSplitter, Resume, Seen};
 use crate::store::logs::{self, Append};
@@ -25,6 +25,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// Why lines may be missing after a reopened stream did not hold the last archived line.
+const ROTATED: &str = "the kubelet rotated the log while it was not being read";
 
 /// Chunks are written when they reach this size, or after `flush_interval`.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -186,6 +189,13 @@ impl Archiver {
             restarts: instance_restarts(pod).unwrap_or(0),
             started_at: container_started_at(pod),
         };
+        if archive.lines == 0 {
+            let attempt = cursor.restarts + 1;
+            if let Err(error) = logs::begin_attempt(&inner.db, *run_id, name, attempt, 0).await {
+                tracing::warn!(error = %crate::error::chain(&error), "recording the container's first attempt failed; the sweep retries");
+                return;
+            }
+        }
         let mut failing_since: Option<Instant> = None;
         let mut pause = REOPEN_PAUSE.0;
         // The container was seen ended before the next stream opens. Only the end of such a
@@ -200,7 +210,7 @@ impl Archiver {
             let final_read = ended_before_open;
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                outcome = self.copy(&namespace, key, &mut cursor) => outcome,
+                outcome = self.copy(&namespace, key, &mut cursor, false) => outcome,
             };
             if outcome.is_ok() {
                 stream_ended = Some(chrono::Utc::now());
@@ -241,6 +251,17 @@ impl Archiver {
                         .and_then(instance_restarts)
                         .filter(|restarts| *restarts > cursor.restarts);
                     if let Some(restarts) = restarted {
+                        // The instance being read may have gone on printing after this stream
+                        // was cut: its end is read first (the kubelet keeps the instance
+                        // before the current one), or what may be missing is marked.
+                        let partial = match self
+                            .finish_instance(&namespace, key, &mut cursor, restarts, partial)
+                            .await
+                        {
+                            Ok(partial) => partial,
+                            Err(CopyError::LeaseLost) => return,
+                            Err(_) => None,
+                        };
                         // A new instance of the container: the stream now serves its log, a new
                         // file, which follows a marker line from its start.
                         let marker = format!(
@@ -256,6 +277,12 @@ impl Archiver {
                                 return;
                             }
                         }
+                        let ended = current
+                            .as_ref()
+                            .and_then(previous_exit_code)
+                            .map(|exit| (restarts, exit));
+                        self.record_attempt(key, restarts + 1, cursor.next_line, ended)
+                            .await;
                         cursor.restarts = restarts;
                         cursor.started_at = None;
                         ended_before_open = false;
@@ -271,13 +298,10 @@ impl Archiver {
                     ended_before_open = ended;
                     if ended {
                         if cursor.unplaced {
-                            let after = cursor.last.as_deref().and_then(|l| split_timestamp(l).0);
-                            if let Some(after) = after {
-                                if let Err(CopyError::LeaseLost) =
-                                    self.record_gap(key, cursor.next_line, after, None).await
-                                {
-                                    return;
-                                }
+                            if let Err(CopyError::LeaseLost) =
+                                self.record_gap_to_end(key, &cursor, ROTATED).await
+                            {
+                                return;
                             }
                         }
                         if let Some(mut last) = partial {
@@ -365,33 +389,30 @@ impl Archiver {
     /// Follows the pod's log from the last archived line on (asking from a second before its
     /// time), appending new lines in chunks. Returns when the stream ends or stalls, with its
     /// unterminated last line if that is new.
+    /// With `previous`, reads the container's previous instance to its end instead.
     async fn copy(
         &self,
         namespace: &str,
         key: &(Uuid, String),
         cursor: &mut Cursor,
+        previous: bool,
     ) -> Result<Option<Vec<u8>>, CopyError> {
         let inner = &self.inner;
         let name = &key.1;
         let mut resume = Resume::new(cursor.last.clone());
         let read = LogRead {
-            follow: true,
+            follow: !previous,
             tail_lines: None,
             since_time: resume.since(),
+            previous,
         };
         let mut reader = match inner.cluster.pod_log(namespace, name, &read).await {
             Ok(reader) => reader,
-            Err(kube::Error::Api(status)) if status.is_not_found() => return Err(CopyError::Gone),
-            Err(kube::Error::Api(status)) => {
-                return Err(CopyError::Failed {
-                    refused: (400..500).contains(&status.code) && status.code != 429,
-                    message: status.message,
-                })
-            }
+            Err(LogOpenError::Gone) => return Err(CopyError::Gone),
             Err(error) => {
                 return Err(CopyError::Failed {
-                    message: error.to_string(),
-                    refused: false,
+                    refused: matches!(error, LogOpenError::Refused(_)),
+                    message: crate::error::chain(&error),
                 })
             }
         };
@@ -435,7 +456,10 @@ impl Archiver {
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
                     return Err(CopyError::Failed {
-                        message: error.to_string(),
+                        message: format!(
+                            "reading the log stream failed: {}",
+                            crate::error::chain(&error)
+                        ),
                         refused: false,
                     });
                 }
@@ -450,7 +474,7 @@ impl Archiver {
                     Seen::NewAfterGap { after, before } => {
                         self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                             .await?;
-                        self.record_gap(key, cursor.next_line, after, before)
+                        self.record_gap(key, cursor.next_line, after, before, ROTATED)
                             .await?;
                     }
                 }
@@ -490,6 +514,15 @@ impl Archiver {
     /// delays are measured against `started + 1 s`, the latest moment it can have started.
     /// Without that, a container printing at once at x.999 s was flagged whenever its
     /// capture opened late.
+    ///
+    /// No sharper signal exists through the API: the kubelet rotates a file only once it is
+    /// over `containerLogMaxSize`, at checks every `containerLogMonitorInterval` (10 s) whose
+    /// phase is unrelated to the container's start
+    /// (https://kubernetes.io/docs/concepts/cluster-administration/logging/#log-rotation), and
+    /// `pods/log` serves only the current file, with nothing saying a rotation happened. So a
+    /// container that wrote past the rotation size in a burst right after starting and then
+    /// fell quiet leaves a current file that starts late or is empty, and the latter cannot be
+    /// told from a container that printed nothing; this check catches the former only.
     async fn check_late_start(
         &self,
         key: &(Uuid, String),
@@ -531,20 +564,98 @@ impl Archiver {
             Ok(true) => Ok(()),
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
-                message: format!("renewing the capture lease failed: {error}"),
+                message: format!(
+                    "renewing the capture lease failed: {}",
+                    crate::error::chain(&error)
+                ),
                 refused: false,
             }),
         }
     }
 
-    /// Records that the lines between the last archived one and the next could not be read
-    /// (rotated away while no stream was open).
+    /// The container restarted (to instance `restarts`) while the instance in `cursor` was
+    /// being read, and the stream that ended may have been cut before that instance's end:
+    /// reads the rest of it from the kubelet's previous instance (resuming after the last
+    /// archived line), or records what may be missing when the kubelet no longer has it (the
+    /// container restarted more than once meanwhile, or its log is gone). Returns the
+    /// instance's unterminated last line, if new (the cut stream's `partial` when the rest could
+    /// not be read).
+    async fn finish_instance(
+        &self,
+        namespace: &str,
+        key: &(Uuid, String),
+        cursor: &mut Cursor,
+        restarts: i32,
+        partial: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, CopyError> {
+        if restarts == cursor.restarts + 1 {
+            match self.copy(namespace, key, cursor, true).await {
+                Ok(rest) => {
+                    if cursor.unplaced {
+                        self.record_gap_to_end(key, cursor, ROTATED).await?;
+                    }
+                    return Ok(rest);
+                }
+                Err(CopyError::LeaseLost) => return Err(CopyError::LeaseLost),
+                Err(CopyError::Gone) => {
+                    self.record_gap_to_end(key, cursor, "the pod was deleted")
+                        .await?;
+                }
+                Err(CopyError::Failed { message, .. }) => {
+                    let why = format!(
+                        "the log of attempt {} could not be read after the container restarted ({message})",
+                        cursor.restarts + 1
+                    );
+                    self.record_gap_to_end(key, cursor, &why).await?;
+                }
+            }
+        } else {
+            let lost = match (cursor.restarts + 2, restarts) {
+                (first, last) if first == last => format!("attempt {first} is"),
+                (first, last) => format!("attempts {first} to {last} are"),
+            };
+            let why = format!(
+                "the container restarted {} times while its log was not being read: the kubelet keeps only the instance before the current one, so {lost} lost",
+                restarts - cursor.restarts,
+            );
+            self.record_gap_to_end(key, cursor, &why).await?;
+        }
+        Ok(partial)
+    }
+
+    /// Records that lines after the last archived one, up to the end of the container
+    /// instance being read, may be missing, and why.
+    async fn record_gap_to_end(
+        &self,
+        key: &(Uuid, String),
+        cursor: &Cursor,
+        why: &str,
+    ) -> Result<(), CopyError> {
+        match cursor.last.as_deref().and_then(|l| split_timestamp(l).0) {
+            Some(after) => {
+                self.record_gap(key, cursor.next_line, after, None, why)
+                    .await
+            }
+            None => {
+                let gap = format!(
+                    "lines of attempt {} after line {} may be missing: {why}",
+                    cursor.restarts + 1,
+                    cursor.next_line
+                );
+                self.store_gap(key, &gap).await
+            }
+        }
+    }
+
+    /// Records that the lines between the last archived one and the next could not be read,
+    /// and why (e.g. [`ROTATED`]).
     async fn record_gap(
         &self,
         key: &(Uuid, String),
         archived: i64,
         after: chrono::DateTime<chrono::Utc>,
         before: Option<chrono::DateTime<chrono::Utc>>,
+        why: &str,
     ) -> Result<(), CopyError> {
         let stamp = |t: chrono::DateTime<chrono::Utc>| {
             t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -554,7 +665,7 @@ impl Archiver {
             None => "up to the end of the log".to_string(),
         };
         let gap = format!(
-            "lines written after line {archived} ({}) {until} may be missing: the kubelet rotated the log while it was not being read",
+            "lines written after line {archived} ({}) {until} may be missing: {why}",
             stamp(after),
         );
         self.store_gap(key, &gap).await
@@ -568,7 +679,10 @@ impl Archiver {
             Ok(true) => Ok(()),
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
-                message: format!("recording a log gap failed: {error}"),
+                message: format!(
+                    "recording a log gap failed: {}",
+                    crate::error::chain(&error)
+                ),
                 refused: false,
             }),
         }
@@ -616,13 +730,45 @@ impl Archiver {
             }
             Ok(false) => Err(CopyError::LeaseLost),
             Err(error) => Err(CopyError::Failed {
-                message: format!("storing log lines failed: {error}"),
+                message: format!("storing log lines failed: {}", crate::error::chain(&error)),
                 refused: false,
             }),
         }
     }
 
+    /// Records where attempt `attempt` of the container begins in the archive, and how the
+    /// attempt before it ended (`(attempt, exit code)`). A failure is logged: the log itself is
+    /// whole, only the list of attempts lacks it.
+    async fn record_attempt(
+        &self,
+        key: &(Uuid, String),
+        attempt: i32,
+        first_line: i64,
+        ended: Option<(i32, i32)>,
+    ) {
+        let db = &self.inner.db;
+        let mut result = logs::begin_attempt(db, key.0, &key.1, attempt, first_line).await;
+        if let (Ok(()), Some((ended, exit_code))) = (&result, ended) {
+            result = logs::end_attempt(db, key.0, &key.1, ended, exit_code).await;
+        }
+        if let Err(error) = result {
+            tracing::warn!(error = %crate::error::chain(&error), attempt, "recording a container attempt failed");
+        }
+    }
+
     async fn complete(&self, key: &(Uuid, String), pod: &Pod) {
+        let last = main_container(pod)
+            .and_then(|s| s.terminated.as_ref())
+            .zip(instance_restarts(pod));
+        if let Some((terminated, restarts)) = last {
+            let db = &self.inner.db;
+            let (run_id, name) = key;
+            let exit_code = terminated.exit_code;
+            if let Err(error) = logs::end_attempt(db, *run_id, name, restarts + 1, exit_code).await
+            {
+                tracing::warn!(error = %crate::error::chain(&error), "recording how the container's last attempt ended failed");
+            }
+        }
         if let Err(error) = logs::finish(&self.inner.db, key.0, &key.1, "complete", None).await {
             tracing::warn!(error = %crate::error::chain(&error), "recording a finished log failed; the next pod event retries");
             return;
@@ -694,32 +840,24 @@ async fn finished_or_orphan(db: &PgPool, run_id: Uuid, pod: &str) -> bool {
 }
 
 fn main_container(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerState> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == crate::cluster::render::CONTAINER)?
-        .state
-        .as_ref()
+    main_status(pod)?.state.as_ref()
 }
 
 /// The restart count of the container instance whose log the kubelet serves now: the current
 /// one once it runs (or ran), the one before while it waits to restart (CrashLoopBackOff).
 fn instance_restarts(pod: &Pod) -> Option<i32> {
-    let status = pod
-        .status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == crate::cluster::render::CONTAINER)?;
-    let waiting = status.state.as_ref().is_none_or(|s| s.waiting.is_some());
-    Some(if waiting {
-        (status.restart_count - 1).max(0)
+    let instance = main_instance(pod)?;
+    Some(if instance.waiting {
+        (instance.restart_count - 1).max(0)
     } else {
-        status.restart_count
+        instance.restart_count
     })
+}
+
+/// How the main container's previous instance ended (its `lastState`).
+fn previous_exit_code(pod: &Pod) -> Option<i32> {
+    let last = main_status(pod)?.last_state.as_ref()?;
+    Some(last.terminated.as_ref()?.exit_code)
 }
 
 /// When the main container's current instance started.

@@ -306,6 +306,77 @@ pub async fn get(
     .await
 }
 
+/// One container instance (attempt) of an archived pod log: where its lines start in the
+/// pod's archive and how it ended, when known.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ArchivedAttempt {
+    pub pod_name: String,
+    /// 1-based: the instance with restart count `attempt - 1`.
+    pub attempt: i32,
+    pub first_line: i64,
+    pub exit_code: Option<i32>,
+}
+
+/// Records that attempt `attempt` of a pod's container starts at line `first_line` of its
+/// archive (kept as first recorded: a capture taken over goes on with the same attempt).
+pub async fn begin_attempt(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    attempt: i32,
+    first_line: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pod_log_attempts (run_id, pod_name, attempt, first_line)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(attempt)
+    .bind(first_line)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Records how attempt `attempt` of a pod's container ended.
+pub async fn end_attempt(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: &str,
+    attempt: i32,
+    exit_code: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE pod_log_attempts SET exit_code = $4
+         WHERE run_id = $1 AND pod_name = $2 AND attempt = $3",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .bind(attempt)
+    .bind(exit_code)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// The archived attempts of a run's pods (of one pod, when given), in pod then attempt order.
+pub async fn attempts(
+    db: impl PgExecutor<'_>,
+    run_id: Uuid,
+    pod_name: Option<&str>,
+) -> Result<Vec<ArchivedAttempt>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT pod_name, attempt, first_line, exit_code FROM pod_log_attempts
+         WHERE run_id = $1 AND ($2::text IS NULL OR pod_name = $2)
+         ORDER BY pod_name, attempt",
+    )
+    .bind(run_id)
+    .bind(pod_name)
+    .fetch_all(db)
+    .await
+}
+
 /// A stored chunk, decoded.
 #[derive(Debug, Clone)]
 pub struct Chunk {
