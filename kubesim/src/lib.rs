@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod faults;
 pub mod kubelet;
+pub mod kueue;
 pub mod logs;
 pub mod objects;
 pub mod patch;
@@ -80,6 +81,10 @@ pub struct SimConfig {
     /// restart up to 30 times it. The kubelet's is 10 s (up to 5 min); zero (the default, to
     /// keep tests fast) restarts at once.
     pub restart_backoff: Duration,
+    /// Kueue's part (see [`kueue`]): Jobs labelled `kueue.x-k8s.io/queue-name` are created
+    /// suspended and run once their Workload is admitted. `None` (the default): no Kueue, the
+    /// label means nothing and the `kueue.x-k8s.io` API does not exist.
+    pub kueue: Option<kueue::KueueConfig>,
 }
 
 /// How often watches that allow bookmarks get one (a real server: about a minute).
@@ -98,6 +103,7 @@ impl Default for SimConfig {
             log_rotate_bytes: Some(logs::ROTATE_BYTES),
             log_removal_delay: Some(Duration::from_secs(60)),
             restart_backoff: Duration::ZERO,
+            kueue: None,
         }
     }
 }
@@ -184,7 +190,10 @@ impl KubeSim {
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
-        let behaviour = Arc::new(config.behaviour.clone());
+        let behaviour = Arc::new(behaviour::Behaviour {
+            kueue: config.kueue.clone(),
+            ..config.behaviour.clone()
+        });
         let control = tokio::spawn(controller::run(
             controller::LoopConfig {
                 store: store.clone(),

@@ -138,6 +138,18 @@ struct Args {
     /// doubling per restart; the kubelet's is 10000); 0 restarts at once.
     #[arg(long, env = "KUBESIM_RESTART_BACKOFF_MS", default_value_t = 0)]
     restart_backoff_ms: u64,
+    /// Emulate Kueue: Jobs labelled `kueue.x-k8s.io/queue-name` are created suspended, get a
+    /// `kueue.x-k8s.io/v1beta1` Workload and run once it is admitted
+    /// (`POST /kubesim/kueue/admit/NS/WORKLOAD`, or `--kueue-auto-admit`).
+    #[arg(long, env = "KUBESIM_KUEUE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    kueue: bool,
+    /// With --kueue: admit every Workload as soon as it exists.
+    #[arg(long, env = "KUBESIM_KUEUE_AUTO_ADMIT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    kueue_auto_admit: bool,
+    /// With --kueue: a node label of the ResourceFlavor every admission assigns, `KEY=VALUE`,
+    /// injected into the admitted Job's pod nodeSelector; repeatable.
+    #[arg(long = "kueue-flavor-node-label", env = "KUBESIM_KUEUE_FLAVOR_NODE_LABELS", value_delimiter = ',', value_parser = parse_pair)]
+    kueue_flavor_node_labels: Vec<(String, String)>,
 }
 
 impl Args {
@@ -252,6 +264,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok()
             .map(Duration::from_secs),
         restart_backoff: Duration::from_millis(args.restart_backoff_ms),
+        kueue: args.kueue.then(|| kubesim::kueue::KueueConfig {
+            auto_admit: args.kueue_auto_admit,
+            flavor_node_labels: args.kueue_flavor_node_labels.iter().cloned().collect(),
+            ..Default::default()
+        }),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;
