@@ -182,7 +182,13 @@ async fn kueue_keeps_a_job_suspended_without_admission_and_suspends_it_on_evicti
     })
     .await;
 
-    post(&sim, &format!("/kubesim/kueue/admit/default/{wl_name}")).await;
+    let r = post(&sim, &format!("/kubesim/kueue/admit/default/{wl_name}")).await;
+    let wl: Workload = r.json().await.unwrap();
+    assert!(cond_is(&wl, "Evicted", "False", "QuotaReserved"));
+    assert_eq!(
+        cond(&wl, "Evicted").unwrap()["message"],
+        "Previously: Preempted to accommodate a higher priority Workload"
+    );
     wait_job(&c, "held", |j| {
         suspended(j) == Some(false) && j.status.as_ref().and_then(|s| s.active) == Some(1)
     })

@@ -6,19 +6,26 @@
 //!   once quota is reserved (200 with the Workload);
 //! - `POST /kubesim/kueue/evict/{ns}/{workload}`: evict it, as preemption does.
 //!
+//! `PATCH .../workloads/{name}/status` (merge, JSON or strategic) changes only the status, as
+//! the CRD's status subresource does: an external admitter can write `Admitted` True
+//! (`kubectl patch workload NAME --subresource=status --type=merge -p ...`) and kubesim's Kueue
+//! runs the Job as after its own admission.
+//!
 //! With the switch off these paths do not exist (404), as on a cluster without Kueue.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::kinds::to_json;
-use super::{delete, json_response, list, resources as r, respond, AppState};
+use super::{content_type, delete, json_response, list, resources as r, respond, AppState};
 use crate::error::Status;
 use crate::kueue::{self, Workload};
+use crate::patch::{self, PatchKind};
 
 pub const ADMIT_PATH: &str = "/kubesim/kueue/admit/{ns}/{name}";
 pub const EVICT_PATH: &str = "/kubesim/kueue/evict/{ns}/{name}";
@@ -49,7 +56,7 @@ async fn v1beta1() -> Response {
                 {"name": "workloads", "singularName": "workload", "namespaced": true, "kind": "Workload",
                  "verbs": ["delete", "deletecollection", "get", "list", "patch", "update", "watch"],
                  "shortNames": ["wl"], "categories": ["kueue"]},
-                {"name": "workloads/status", "singularName": "", "namespaced": true, "kind": "Workload", "verbs": ["get"]}
+                {"name": "workloads/status", "singularName": "", "namespaced": true, "kind": "Workload", "verbs": ["get", "patch"]}
             ]
         }),
     )
@@ -78,9 +85,41 @@ pub fn api_routes(router: Router<AppState>) -> Router<AppState> {
         .route(
             "/apis/kueue.x-k8s.io/v1beta1/namespaces/{ns}/workloads/{name}/status",
             get(r::get_one::<Workload>)
-                .patch(r::status_write_refused)
+                .patch(patch_status)
                 .put(r::status_write_refused),
         )
+}
+
+async fn patch_status(
+    State(state): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(patch_status_impl(&state, &ns, &name, &headers, &body))
+}
+
+fn patch_status_impl(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Status> {
+    let ct = content_type(headers);
+    let kind =
+        PatchKind::from_content_type(&ct).ok_or_else(|| Status::unsupported_media_type(&ct))?;
+    let p: Value = serde_json::from_slice(body)
+        .map_err(|e| Status::bad_request(format!("error decoding patch: {e}")))?;
+    let wl = state
+        .store
+        .update::<Workload>(ns, name, |cur| {
+            let patched = patch::apply(kind, &to_json(cur), &p)?;
+            cur.status = patched.get("status").cloned().filter(|s| !s.is_null());
+            Ok(())
+        })?
+        .ok_or_else(|| Status::not_found("workloads.kueue.x-k8s.io", name))?;
+    Ok(json_response(StatusCode::OK, &to_json(wl.as_ref())))
 }
 
 /// `kueue::admit` or `kueue::evict`.
