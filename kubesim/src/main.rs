@@ -208,6 +208,15 @@ fn parse_quota(s: &str) -> Result<kubesim::admission::Quota, String> {
     })
 }
 
+/// `--kueue*` as the simulator's Kueue settings (None without `--kueue`).
+fn kueue(args: &Args) -> Option<kubesim::kueue::KueueConfig> {
+    args.kueue.then(|| kubesim::kueue::KueueConfig {
+        auto_admit: args.kueue_auto_admit,
+        flavor_node_labels: args.kueue_flavor_node_labels.iter().cloned().collect(),
+        ..Default::default()
+    })
+}
+
 fn behaviour(args: &Args) -> Behaviour {
     let mut b = Behaviour {
         events: Recorder::new(args.events),
@@ -264,11 +273,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok()
             .map(Duration::from_secs),
         restart_backoff: Duration::from_millis(args.restart_backoff_ms),
-        kueue: args.kueue.then(|| kubesim::kueue::KueueConfig {
-            auto_admit: args.kueue_auto_admit,
-            flavor_node_labels: args.kueue_flavor_node_labels.iter().cloned().collect(),
-            ..Default::default()
-        }),
+        kueue: kueue(&args),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;
@@ -319,5 +324,23 @@ mod tests {
         let defaults = behaviour(&Args::try_parse_from(["kubesim"]).unwrap());
         assert!(defaults.image_pull.fails("x:doesnotexist", &[]));
         assert!(parse_quota("no-namespace").is_err());
+    }
+
+    #[test]
+    fn kueue_flags_parse_and_kueue_is_off_by_default() {
+        assert_eq!(kueue(&Args::try_parse_from(["kubesim"]).unwrap()), None);
+        let args = Args::try_parse_from([
+            "kubesim",
+            "--kueue",
+            "--kueue-auto-admit",
+            "--kueue-flavor-node-label",
+            "pool=batch",
+        ])
+        .unwrap();
+        let k = kueue(&args).unwrap();
+        assert!(k.auto_admit);
+        assert_eq!(k.flavor_node_labels["pool"], "batch");
+        let manual = kueue(&Args::try_parse_from(["kubesim", "--kueue"]).unwrap()).unwrap();
+        assert!(!manual.auto_admit);
     }
 }
