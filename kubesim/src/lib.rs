@@ -4,7 +4,8 @@
 //! simulated.
 //!
 //! Module map: `store` (objects, resourceVersions, history), `api` (HTTP), `controller` (Job
-//! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
+//! controller, GC, TTL), `kubelet` (node, runners), `kueue` (Kueue's part, off by default),
+//! `logs`, `faults`, plus pure helpers
 //! (`selectors`, `patch`, `validation`, `objects`, `time`), and `timers` (what the control loop
 //! must do when, shared by the controllers and the kubelet).
 

@@ -1,5 +1,5 @@
-//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events, the
-//! fault-injection middleware, and the request plumbing shared by the handlers (query
+//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events,
+//! Kueue's Workloads when that switch is on (`kueue`), the fault-injection middleware, and the request plumbing shared by the handlers (query
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
 //!
