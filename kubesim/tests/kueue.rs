@@ -206,7 +206,12 @@ async fn auto_admit_runs_queued_jobs_and_unlabelled_jobs_are_untouched() {
     })
     .await;
     let c = sim.client();
-    create_job(&c, &queued_job("auto", &[], "team-a")).await;
+    let mut auto = queued_job("auto", &[], "team-a");
+    auto.metadata.labels.as_mut().unwrap().insert(
+        "kueue.x-k8s.io/priority-class".into(),
+        "high-priority".into(),
+    );
+    create_job(&c, &auto).await;
     let plain = create_job(&c, &job("plain", &[])).await;
     assert_eq!(suspended(&plain), Some(false));
     assert!(has_condition(&wait_finished(&c, "auto").await, "Complete"));
@@ -228,6 +233,9 @@ async fn auto_admit_runs_queued_jobs_and_unlabelled_jobs_are_untouched() {
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].starts_with("job-auto-"), "{names:?}");
+    let wl = &all.items[0];
+    assert_eq!(wl.spec["priorityClassName"], "high-priority");
+    assert!(wl.condition_true("Admitted"));
     sim.shutdown().await;
 }
 
