@@ -281,5 +281,7 @@ async fn deleting_the_job_deletes_its_workload() {
         .await
         .unwrap();
     wait_gone(workloads, &wl_name).await;
+    let r = post(&sim, &format!("/kubesim/kueue/admit/default/{wl_name}")).await;
+    assert_eq!(r.status(), 404, "admitting a Workload that does not exist");
     sim.shutdown().await;
 }
