@@ -19,6 +19,8 @@ pub struct Behaviour {
     /// The cluster's nodes, tried in order (default: one, `kubesim-node-1`).
     pub nodes: Vec<Node>,
     pub image_pull: ImagePull,
+    /// Kueue's part; set from [`crate::SimConfig::kueue`] when the simulator starts.
+    pub kueue: Option<crate::kueue::KueueConfig>,
 }
 
 impl Default for Behaviour {
@@ -28,6 +30,7 @@ impl Default for Behaviour {
             admission: Admission::default(),
             nodes: vec![Node::default()],
             image_pull: ImagePull::default(),
+            kueue: None,
         }
     }
 }

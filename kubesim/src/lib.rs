@@ -4,7 +4,8 @@
 //! simulated.
 //!
 //! Module map: `store` (objects, resourceVersions, history), `api` (HTTP), `controller` (Job
-//! controller, GC, TTL), `kubelet` (node, runners), `logs`, `faults`, plus pure helpers
+//! controller, GC, TTL), `kubelet` (node, runners), `kueue` (Kueue's part, off by default),
+//! `logs`, `faults`, plus pure helpers
 //! (`selectors`, `patch`, `validation`, `objects`, `time`), and `timers` (what the control loop
 //! must do when, shared by the controllers and the kubelet).
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod faults;
 pub mod kubelet;
+pub mod kueue;
 pub mod logs;
 pub mod objects;
 pub mod patch;
@@ -82,6 +84,10 @@ pub struct SimConfig {
     /// the default, [`RESTART_BACKOFF`], is that scaled down 100 times (100 ms up to 3 s) to
     /// keep tests fast. Zero restarts at once.
     pub restart_backoff: Duration,
+    /// Kueue's part (see [`kueue`]): Jobs labelled `kueue.x-k8s.io/queue-name` are created
+    /// suspended and run once their Workload is admitted. `None` (the default): no Kueue, the
+    /// label means nothing and the `kueue.x-k8s.io` API does not exist.
+    pub kueue: Option<kueue::KueueConfig>,
 }
 
 /// The default first restart back-off: the kubelet's 10 s divided by 100 (so its 5-min cap
@@ -104,6 +110,7 @@ impl Default for SimConfig {
             log_rotate_bytes: Some(logs::ROTATE_BYTES),
             log_removal_delay: Some(Duration::from_secs(60)),
             restart_backoff: RESTART_BACKOFF,
+            kueue: None,
         }
     }
 }
@@ -190,7 +197,10 @@ impl KubeSim {
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let faults = Faults::new(cmd_tx);
         let cancel = CancellationToken::new();
-        let behaviour = Arc::new(config.behaviour.clone());
+        let behaviour = Arc::new(behaviour::Behaviour {
+            kueue: config.kueue.clone(),
+            ..config.behaviour.clone()
+        });
         let control = tokio::spawn(controller::run(
             controller::LoopConfig {
                 store: store.clone(),

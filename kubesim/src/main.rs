@@ -139,6 +139,18 @@ struct Args {
     /// by default); 0 restarts at once.
     #[arg(long, env = "KUBESIM_RESTART_BACKOFF_MS", default_value_t = 100)]
     restart_backoff_ms: u64,
+    /// Emulate Kueue: Jobs labelled `kueue.x-k8s.io/queue-name` are created suspended, get a
+    /// `kueue.x-k8s.io/v1beta1` Workload and run once it is admitted
+    /// (`POST /kubesim/kueue/admit/NS/WORKLOAD`, or `--kueue-auto-admit`).
+    #[arg(long, env = "KUBESIM_KUEUE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    kueue: bool,
+    /// With --kueue: admit every Workload as soon as it exists.
+    #[arg(long, env = "KUBESIM_KUEUE_AUTO_ADMIT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    kueue_auto_admit: bool,
+    /// With --kueue: a node label of the ResourceFlavor every admission assigns, `KEY=VALUE`,
+    /// injected into the admitted Job's pod nodeSelector; repeatable.
+    #[arg(long = "kueue-flavor-node-label", env = "KUBESIM_KUEUE_FLAVOR_NODE_LABELS", value_delimiter = ',', value_parser = parse_pair)]
+    kueue_flavor_node_labels: Vec<(String, String)>,
 }
 
 impl Args {
@@ -194,6 +206,15 @@ fn parse_quota(s: &str) -> Result<kubesim::admission::Quota, String> {
         namespace: namespace.into(),
         name: name.into(),
         hard,
+    })
+}
+
+/// `--kueue*` as the simulator's Kueue settings (None without `--kueue`).
+fn kueue(args: &Args) -> Option<kubesim::kueue::KueueConfig> {
+    args.kueue.then(|| kubesim::kueue::KueueConfig {
+        auto_admit: args.kueue_auto_admit,
+        flavor_node_labels: args.kueue_flavor_node_labels.iter().cloned().collect(),
+        ..Default::default()
     })
 }
 
@@ -253,6 +274,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok()
             .map(Duration::from_secs),
         restart_backoff: Duration::from_millis(args.restart_backoff_ms),
+        kueue: kueue(&args),
     })
     .await?;
     sim.write_kubeconfig(&args.kubeconfig)?;
@@ -303,5 +325,23 @@ mod tests {
         let defaults = behaviour(&Args::try_parse_from(["kubesim"]).unwrap());
         assert!(defaults.image_pull.fails("x:doesnotexist", &[]));
         assert!(parse_quota("no-namespace").is_err());
+    }
+
+    #[test]
+    fn kueue_flags_parse_and_kueue_is_off_by_default() {
+        assert_eq!(kueue(&Args::try_parse_from(["kubesim"]).unwrap()), None);
+        let args = Args::try_parse_from([
+            "kubesim",
+            "--kueue",
+            "--kueue-auto-admit",
+            "--kueue-flavor-node-label",
+            "pool=batch",
+        ])
+        .unwrap();
+        let k = kueue(&args).unwrap();
+        assert!(k.auto_admit);
+        assert_eq!(k.flavor_node_labels["pool"], "batch");
+        let manual = kueue(&Args::try_parse_from(["kubesim", "--kueue"]).unwrap()).unwrap();
+        assert!(!manual.auto_admit);
     }
 }

@@ -121,6 +121,7 @@ pub struct Inner {
     pub pods: Table<Pod>,
     pub namespaces: Table<Namespace>,
     pub events: Table<CoreEvent>,
+    pub workloads: Table<crate::kueue::Workload>,
 }
 
 impl Inner {
@@ -168,6 +169,7 @@ impl Store {
                 pods: Table::default(),
                 namespaces: Table::default(),
                 events: Table::default(),
+                workloads: Table::default(),
             }),
             changed,
         }
@@ -582,6 +584,16 @@ impl_kind!(CoreEvent, events, "events", true, |e: &CoreEvent, k| {
         .unwrap_or_default(),
     )
 });
+
+// Kueue's Workloads (only written when the Kueue switch is on); no field selectors beyond
+// metadata, as for a CRD.
+impl_kind!(
+    crate::kueue::Workload,
+    workloads,
+    "workloads.kueue.x-k8s.io",
+    true,
+    |_: &crate::kueue::Workload, _| None
+);
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
 use kubesim::{KubeSim, RunnerKind, SimConfig};
+use serde_json::json;
 
 /// The real kubectl on PATH. These tests are the proof that kubectl works against kubesim, so a
 /// machine without it fails them (scripts/test installs it) rather than passing them unrun.
@@ -378,4 +379,69 @@ async fn kubectl_get_events_and_describe_job_show_a_failed_create() {
         described.contains("FailedCreate") && described.contains("violates PodSecurity"),
         "{described}"
     );
+}
+
+/// With the Kueue switch on, `kubectl get workloads` lists the Workload of a queued Job with the
+/// CRD's columns (https://kueue.sigs.k8s.io/docs/tasks/troubleshooting/troubleshooting_jobs/:
+/// `NAME QUEUE RESERVED IN ADMITTED AGE`), and an external admitter's
+/// `kubectl patch workload --subresource=status` writing `Admitted` True runs the Job.
+#[tokio::test]
+async fn kubectl_lists_workloads_and_a_status_patch_admits_one() {
+    let bin = kubectl_path();
+    let sim = sim_with(SimConfig {
+        kueue: Some(kubesim::kueue::KueueConfig::default()),
+        ..SimConfig::default()
+    })
+    .await;
+    let c = sim.client();
+    let mut j = job("queued", &[]);
+    j.metadata.labels = Some(
+        [(
+            "kueue.x-k8s.io/queue-name".to_string(),
+            "team-a".to_string(),
+        )]
+        .into(),
+    );
+    let created = create_job(&c, &j).await;
+    let wl = kubesim::kueue::workload_name("queued", created.metadata.uid.as_deref().unwrap());
+    wait_obj(
+        Api::<kubesim::kueue::Workload>::default_namespaced(c.clone()),
+        &wl,
+        |_| true,
+    )
+    .await;
+    let k = Kubectl::new(&sim, bin, "kueue");
+    let listed = k.ok(&["get", "workloads"]).await;
+    let mut lines = listed.lines();
+    assert_eq!(
+        words(lines.next().unwrap()),
+        vec!["NAME", "QUEUE", "RESERVED", "IN", "ADMITTED", "AGE"]
+    );
+    let row = words(lines.next().unwrap());
+    assert_eq!(&row[..2], &[wl.as_str(), "team-a"], "{listed}");
+    let patch = json!({"status": {"conditions": [{
+        "type": "Admitted", "status": "True", "reason": "Admitted",
+        "message": "The workload is admitted", "lastTransitionTime": "2026-01-01T00:00:00Z"
+    }]}})
+    .to_string();
+    k.ok(&[
+        "patch",
+        "workload",
+        &wl,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])
+    .await;
+    assert!(has_condition(
+        &wait_finished(&c, "queued").await,
+        "Complete"
+    ));
+    let listed = k.ok(&["get", "workloads"]).await;
+    assert!(
+        words(listed.lines().nth(1).unwrap()).contains(&"True"),
+        "{listed}"
+    );
+    sim.shutdown().await;
 }

@@ -6,7 +6,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-use super::json_response;
+use axum::extract::State;
+
+use super::{json_response, AppState};
 
 pub async fn ok() -> &'static str {
     "ok"
@@ -61,11 +63,15 @@ fn events_group_doc() -> serde_json::Value {
     })
 }
 
-pub async fn api_groups() -> Response {
+/// `/apis`: batch and events.k8s.io, plus kueue.x-k8s.io when the Kueue switch is on.
+pub async fn api_groups(State(state): State<AppState>) -> Response {
+    let mut groups = vec![batch_group_doc(), events_group_doc()];
+    if state.behaviour.kueue.is_some() {
+        groups.push(super::kueue::group_doc());
+    }
     json_response(
         StatusCode::OK,
-        &json!({"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [batch_group_doc(), events_group_doc()]}),
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
     )
 }
 

@@ -48,6 +48,9 @@ pub trait ApiKind: Tabled {
         decode_json(headers, body, Self::KIND)
     }
     fn delete_plan(obj: &Self, opts: &DeleteOpts) -> DeletePlan;
+    /// Mutating admission (webhooks) on create, after defaulting and validation: only Kueue's
+    /// job webhook here, when the Kueue switch is on.
+    fn mutate(_obj: &mut Self, _state: &AppState) {}
     /// Admission plugins, after validation (only pods have any here).
     fn admit(_obj: &Self, _state: &AppState) -> Result<(), Status> {
         Ok(())
@@ -196,6 +199,12 @@ impl ApiKind for Job {
         protobuf_or_json(headers, body, super::protobuf::decode_job)
     }
 
+    fn mutate(obj: &mut Self, state: &AppState) {
+        if state.behaviour.kueue.is_some() {
+            crate::kueue::default_job(obj);
+        }
+    }
+
     fn delete_plan(_obj: &Self, opts: &DeleteOpts) -> DeletePlan {
         DeletePlan {
             grace: 0,
@@ -300,6 +309,39 @@ impl ApiKind for Event {
     }
 
     fn prepare_update(_old: &Self, _new: &mut Self) -> Result<(), Status> {
+        Ok(())
+    }
+
+    fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan::IMMEDIATE
+    }
+}
+
+/// Kueue's Workload CRD: the status subresource is Kueue's (kept on main-resource writes), and
+/// the CRD's schema requires `spec.podSets`.
+impl ApiKind for crate::kueue::Workload {
+    const LIST_KIND: &'static str = "WorkloadList";
+
+    fn prepare_create(obj: &mut Self, _uid: &str) -> Result<(), Status> {
+        obj.status = None;
+        if obj
+            .spec
+            .get("podSets")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            return Err(Status::invalid(
+                "Workload",
+                crate::kueue::GROUP,
+                obj.metadata.name.as_deref().unwrap_or(""),
+                vec![Cause::required("spec.podSets")],
+            ));
+        }
+        Ok(())
+    }
+
+    fn prepare_update(old: &Self, new: &mut Self) -> Result<(), Status> {
+        new.status = old.status.clone();
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events, the
-//! fault-injection middleware, and the request plumbing shared by the handlers (query
+//! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events,
+//! Kueue's Workloads when that switch is on (`kueue`), the fault-injection middleware, and the request plumbing shared by the handlers (query
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
 //!
@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod events_v1;
 pub mod filter;
 pub mod kinds;
+pub mod kueue;
 pub mod list;
 pub mod logs;
 pub mod protobuf;
@@ -211,7 +212,8 @@ async fn not_found() -> Response {
 
 pub fn router(state: AppState) -> Router {
     use resources as r;
-    Router::new()
+    let kueue_on = state.behaviour.kueue.is_some();
+    let api = Router::new()
         .route("/version", get(discovery::version))
         .route("/healthz", get(discovery::ok))
         .route("/livez", get(discovery::ok))
@@ -336,7 +338,13 @@ pub fn router(state: AppState) -> Router {
             get(rbac::item_get)
                 .put(rbac::item_put)
                 .delete(rbac::item_delete),
-        )
+        );
+    let api = if kueue_on {
+        kueue::api_routes(api)
+    } else {
+        api
+    };
+    let app = api
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             Status::method_not_allowed(
@@ -361,6 +369,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{}/{{id}}", admin::FAULTS_PATH),
             axum::routing::delete(admin::remove_fault),
-        )
-        .with_state(state)
+        );
+    let app = if kueue_on {
+        kueue::admin_routes(app)
+    } else {
+        app
+    };
+    app.with_state(state)
 }

@@ -125,6 +125,7 @@ async fn create_impl<K: ApiKind>(
     if let Some(ns) = &ns {
         namespace_exists(&state.store, ns)?;
     }
+    K::mutate(&mut obj, &state);
     K::admit(&obj, &state)?;
     obj.metadata_mut().uid = Some(uid);
     if q.contains_key("dryRun") {

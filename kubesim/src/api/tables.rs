@@ -233,6 +233,57 @@ impl Tabled for Namespace {
     }
 }
 
+/// The Workload CRD's additionalPrinterColumns, as Kueue's troubleshooting guide shows them
+/// (`NAME QUEUE RESERVED IN ADMITTED AGE`).
+impl Tabled for crate::kueue::Workload {
+    fn columns() -> Value {
+        json!([
+            col(
+                "Name",
+                "string",
+                "name",
+                "Name must be unique within a namespace.",
+                0
+            ),
+            col(
+                "Queue",
+                "string",
+                "",
+                "Name of the queue this workload was submitted to",
+                0
+            ),
+            col(
+                "Reserved in",
+                "string",
+                "",
+                "Name of the ClusterQueue where the workload is reserving quota",
+                0
+            ),
+            col("Admitted", "string", "", "Admission status", 0),
+            col("Age", "date", "", "Time this workload was created", 0),
+        ])
+    }
+
+    fn cells(&self) -> Vec<Value> {
+        let admitted = self
+            .condition("Admitted")
+            .and_then(|c| c.get("status"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        vec![
+            json!(self.metadata.name),
+            self.spec.get("queueName").cloned().unwrap_or(Value::Null),
+            self.status
+                .as_ref()
+                .and_then(|s| s.pointer("/admission/clusterQueue"))
+                .cloned()
+                .unwrap_or(Value::Null),
+            admitted,
+            json!(age(&self.metadata)),
+        ]
+    }
+}
+
 /// `eventColumnDefinitions` / `printEvent` in kubernetes/kubernetes
 /// pkg/printers/internalversion/printers.go (what `kubectl get events` shows).
 impl Tabled for Event {

@@ -50,6 +50,7 @@ struct Loop {
     gc: gc::Gc,
     job_cursor: u64,
     pod_cursor: u64,
+    workload_cursor: u64,
     resync: bool,
     behaviour: Arc<Behaviour>,
     create_failures: HashMap<String, u32>,
@@ -69,6 +70,7 @@ impl Loop {
         let rv = self.store.current_rv();
         self.job_cursor = rv;
         self.pod_cursor = rv;
+        self.workload_cursor = rv;
         let (jobs, _) = self.store.list::<Job>(None);
         for j in &jobs {
             let key = (
@@ -102,7 +104,12 @@ impl Loop {
                         j.metadata.name.clone().unwrap_or_default(),
                     );
                     match ev.kind {
-                        EventType::Deleted => self.gc.job_deleted(&self.store, j),
+                        EventType::Deleted => {
+                            self.gc.job_deleted(&self.store, j);
+                            if self.behaviour.kueue.is_some() {
+                                crate::kueue::job_deleted(&self.store, j);
+                            }
+                        }
                         _ => {
                             self.gc.job_changed(j);
                             self.dirty_jobs.insert(key);
@@ -134,6 +141,28 @@ impl Loop {
                     self.mark_owner_dirty(p);
                 }
             }
+            Err(_) => {
+                self.full_resync();
+                return;
+            }
+        }
+        // Kueue's job reconciler watches its Workloads: a change (admission, eviction) is a
+        // change of the owning Job.
+        match self
+            .store
+            .events_since::<crate::kueue::Workload>(self.workload_cursor)
+        {
+            Ok((evs, _)) => {
+                for ev in evs {
+                    self.workload_cursor = ev.rv;
+                    if let Some(o) = controller_ref(&ev.obj.metadata) {
+                        if o.kind == "Job" {
+                            let ns = ev.obj.metadata.namespace.clone().unwrap_or_default();
+                            self.dirty_jobs.insert((ns, o.name.clone()));
+                        }
+                    }
+                }
+            }
             Err(_) => self.full_resync(),
         }
     }
@@ -158,6 +187,9 @@ impl Loop {
         self.gc.run(&self.store);
         let dirty = std::mem::take(&mut self.dirty_jobs);
         for key in dirty {
+            if let Some(cfg) = &self.behaviour.kueue {
+                crate::kueue::sync_job(&self.store, cfg, &self.behaviour.events, &key.0, &key.1);
+            }
             let mut ctl = job::Ctl {
                 behaviour: &self.behaviour,
                 create_failures: &mut self.create_failures,
@@ -203,6 +235,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         gc: gc::Gc::default(),
         job_cursor: 0,
         pod_cursor: 0,
+        workload_cursor: 0,
         resync: true,
         behaviour,
         create_failures: HashMap::new(),
