@@ -93,6 +93,7 @@ impl App {
                 request_timeout: Duration::from_secs(args.request_timeout_secs),
                 max_queued_runs_per_task: caps.max_queued_runs_per_task,
                 max_active_runs_per_token: caps.max_active_runs_per_token,
+                max_batch_runs: args.cluster.run_limits.max_batch_runs,
             }),
             policy,
             cluster: runtime.cluster.clone(),

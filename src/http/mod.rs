@@ -44,6 +44,8 @@ pub struct Limits {
     pub max_queued_runs_per_task: u32,
     /// Unfinished runs one token may have (0: no cap; a token's own `maxActiveRuns` wins).
     pub max_active_runs_per_token: u32,
+    /// Most runs one batch submission may hold.
+    pub max_batch_runs: usize,
 }
 
 impl Limits {

@@ -83,6 +83,7 @@ impl TestApp {
                 request_timeout: Duration::from_secs(30),
                 max_queued_runs_per_task: options.max_queued_runs_per_task,
                 max_active_runs_per_token: options.max_active_runs_per_token,
+                max_batch_runs: 500,
             }),
             policy: Arc::new(RunPolicy {
                 namespaces: vec!["default".into(), "batch".into()],
