@@ -289,16 +289,7 @@ async fn get_run() {
     const CLIENTS: usize = 4;
     const REQUESTS: usize = 10_000;
     let bench = Bench::start(sim(), &[]).await;
-    let run: Value = bench
-        .http
-        .post(format!("{}/v1/runs", bench.base))
-        .json(&json!({"template": template()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let id = bench.submit(template()).await;
     let get = |url: String| {
         let http = bench.http.clone();
         move |_| {
@@ -313,7 +304,7 @@ async fn get_run() {
     // Warm both up (connections, caches), then measure.
     load(CLIENTS, 500, get(format!("{}/healthz", bench.base))).await;
     let healthz = load(CLIENTS, REQUESTS, get(format!("{}/healthz", bench.base))).await;
-    let url = format!("{}/v1/runs/{}", bench.base, run["id"].as_str().unwrap());
+    let url = format!("{}/v1/runs/{id}", bench.base);
     load(CLIENTS, 500, get(url.clone())).await;
     let service = load(CLIENTS, REQUESTS, get(url)).await;
     let ratio = service.rate() / healthz.rate();
@@ -454,34 +445,8 @@ async fn archived_log() {
     let bench = Bench::start(sim, &[]).await;
     let template =
         json!({"image": "x", "env": [{"name": "KUBESIM_LOG_BYTES", "value": BYTES.to_string()}]});
-    let run: Value = bench
-        .http
-        .post(format!("{}/v1/runs", bench.base))
-        .json(&json!({"template": template}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = run["id"].as_str().unwrap().to_string();
-    let started = Instant::now();
-    loop {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM pod_logs WHERE run_id = $1::uuid")
-                .bind(&id)
-                .fetch_optional(&bench.db)
-                .await
-                .unwrap();
-        if state.as_deref() == Some("complete") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "capture did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let id = bench.submit(template).await;
+    bench.wait_archived(&id, Duration::from_secs(600)).await;
     let raw: i64 = sqlx::query_scalar(
         "SELECT coalesce(sum(raw_len), 0)::bigint FROM log_chunks WHERE run_id = $1::uuid",
     )
