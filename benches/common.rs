@@ -67,6 +67,39 @@ impl Bench {
         }
     }
 
+    /// Starts an ad-hoc run of `template` through the API; returns its id.
+    pub async fn submit(&self, template: serde_json::Value) -> String {
+        let run: serde_json::Value = self
+            .http
+            .post(format!("{}/v1/runs", self.base))
+            .json(&serde_json::json!({ "template": template }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        run["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (up to `within`) until the log of the run `id`'s pod is archived completely.
+    pub async fn wait_archived(&self, id: &str, within: std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM pod_logs WHERE run_id = $1::uuid")
+                    .bind(id)
+                    .fetch_optional(&self.db)
+                    .await
+                    .unwrap();
+            if state.as_deref() == Some("complete") {
+                return;
+            }
+            assert!(started.elapsed() < within, "capture did not finish");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.db.close().await;

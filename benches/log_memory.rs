@@ -9,7 +9,7 @@ mod common;
 
 use common::Bench;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,33 +57,8 @@ async fn main() {
     let started = Instant::now();
     let template =
         json!({"image": "x", "env": [{"name": "KUBESIM_LOG_BYTES", "value": bytes.to_string()}]});
-    let run: Value = bench
-        .http
-        .post(format!("{}/v1/runs", bench.base))
-        .json(&json!({"template": template}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = run["id"].as_str().unwrap().to_string();
-    loop {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM pod_logs WHERE run_id = $1::uuid")
-                .bind(&id)
-                .fetch_optional(&bench.db)
-                .await
-                .unwrap();
-        if state.as_deref() == Some("complete") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "capture did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let id = bench.submit(template).await;
+    bench.wait_archived(&id, Duration::from_secs(900)).await;
     let capture = started.elapsed();
     let capture_peak = peak.swap(rss_kib(), Ordering::Relaxed);
     let (stored, dropped): (i64, i64) = sqlx::query_as(

@@ -96,6 +96,7 @@ impl App {
                 log_follow_keepalive: Some(args.cluster.log_follow_keepalive_secs)
                     .filter(|secs| *secs > 0)
                     .map(Duration::from_secs),
+                max_batch_runs: args.cluster.run_limits.max_batch_runs,
             }),
             policy,
             cluster: runtime.cluster.clone(),

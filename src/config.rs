@@ -432,6 +432,9 @@ pub struct RunLimitsArgs {
     /// Runs one API token may have unfinished (queued to running) at once; more get 429.
     #[arg(long, env = "MAX_ACTIVE_RUNS_PER_TOKEN", default_value_t = 100)]
     pub max_active_runs_per_token: u32,
+    /// Most runs one `POST /v1/runs/batch` may submit.
+    #[arg(long, env = "MAX_BATCH_RUNS", default_value_t = 500)]
+    pub max_batch_runs: usize,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of

@@ -217,6 +217,11 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 /// The optional `Idempotency-Key` header.
 pub struct IdempotencyKey(pub Option<String>);
 
+/// What an idempotency key may be: 1 to 255 visible ASCII characters.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = Error;
 
@@ -224,10 +229,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let Some(value) = parts.headers.get("idempotency-key") else {
             return Ok(IdempotencyKey(None));
         };
-        let valid = value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()));
+        let valid = value.to_str().ok().filter(|v| valid_idempotency_key(v));
         match valid {
             Some(key) => Ok(IdempotencyKey(Some(key.to_string()))),
             None => Err(Error::bad_request(

@@ -10,6 +10,16 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+/// What [`Idempotent::claim_answer`] found.
+pub enum Claimed {
+    /// The key is new: do the work, then record it.
+    New,
+    /// The same key and request were answered with this body.
+    Replay(serde_json::Value),
+    /// The same key came with a different request.
+    Mismatch,
+}
+
 pub struct Idempotent {
     scope: String,
     key: String,
@@ -59,6 +69,18 @@ impl Idempotent {
                 Ok(Some(response))
             }
         }
+    }
+
+    /// [`Idempotent::claim`] for one part of a larger answer (a run of a batch): the earlier
+    /// answer's body, to be sent again within the new answer.
+    pub async fn claim_answer(&self, conn: &mut PgConnection) -> Result<Claimed> {
+        Ok(
+            match idempotency::claim(conn, &self.scope, &self.key, &self.hash).await? {
+                Claim::New => Claimed::New,
+                Claim::Mismatch => Claimed::Mismatch,
+                Claim::Replay { body, .. } => Claimed::Replay(body),
+            },
+        )
     }
 
     /// Records the answer, in the same transaction as the work.

@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_active_runs_per_token: u32,
     /// Longest silence of a plain-text log follow waiting for pods to start (`None`: no limit).
     pub log_follow_keepalive: Option<Duration>,
+    /// Most runs one batch submission may hold.
+    pub max_batch_runs: usize,
 }
 
 impl Limits {

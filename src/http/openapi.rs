@@ -58,6 +58,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::backfill))
         .routes(routes!(runs::start_task_run))
         .routes(routes!(runs::create_run, runs::list_runs))
+        .routes(routes!(runs::create_runs))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::rerun))

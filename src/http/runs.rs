@@ -1,15 +1,16 @@
 //! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
 
 use super::auth::{Authorized, ForRead, ForRun};
-use super::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
-use super::idempotency::Idempotent;
+use super::extract::{valid_idempotency_key, ApiJson, ApiPath, ApiQuery, IdempotencyKey};
+use super::idempotency::{Claimed, Idempotent};
 use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
 use super::Limits;
 use crate::domain::attempt::PodWithAttempts;
 use crate::domain::{
-    AdHocRun, Origin, Run, RunOverrides, RunPolicy, RunStatus, Submission, Trigger,
+    AdHocRun, Caller, FieldError, Invalid, Origin, Run, RunOverrides, RunPolicy, RunStatus,
+    RunTemplate, Submission, Trigger,
 };
 use crate::error::{Error, Result};
 use crate::store::{self, runs::RunFilter};
@@ -135,6 +136,181 @@ async fn create(
         Json(run),
     )
         .into_response())
+}
+
+/// A batch of ad-hoc runs for `POST /v1/runs/batch`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunBatch {
+    /// The runs, in order: at least one, at most `MAX_BATCH_RUNS` (500 by default).
+    pub runs: Vec<BatchRun>,
+}
+
+/// One run of a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRun {
+    pub template: RunTemplate,
+    /// This run's own key: the same as sending it alone to `POST /v1/runs` with this
+    /// `Idempotency-Key` (the two share their keys), so a run already recorded under the key is
+    /// answered again instead of being queued twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The runs a batch queued (or, for keys seen before, had queued), in the order asked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunBatchCreated {
+    #[schema(value_type = Vec<Run>)]
+    pub runs: Vec<serde_json::Value>,
+}
+
+/// Start many ad-hoc runs at once, all or none: a batch with any item at fault is refused whole
+/// (422, naming each field at fault as `runs[3].template.image`), and so is a batch the caps
+/// cannot take whole (429). One transaction, one statement for the runs.
+#[utoipa::path(
+    post, path = "/v1/runs/batch", tag = "runs",
+    security(("bearer" = ["run"])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "For the whole batch: replays the first answer for the same key and body")),
+    request_body = RunBatch,
+    responses(
+        (status = 201, description = "Every run queued", body = RunBatchCreated),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Some runs are invalid, or too many or none were sent; nothing was queued", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The token would have too many unfinished runs; nothing was queued", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_runs(
+    auth: Authorized<ForRun>,
+    State(db): State<PgPool>,
+    State(limits): State<Arc<Limits>>,
+    State(policy): State<Arc<RunPolicy>>,
+    IdempotencyKey(key): IdempotencyKey,
+    ApiJson(batch): ApiJson<RunBatch>,
+) -> Result<Response> {
+    auth.task(None)?;
+    let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs/batch".into(), &batch);
+    let checked = check_batch(&policy, &limits, &auth.caller, &batch)?;
+
+    let mut tx = db.begin().await?;
+    if let Some(idempotent) = &idempotent {
+        if let Some(replay) = idempotent.claim(&mut tx).await? {
+            return Ok(replay);
+        }
+    }
+    // Runs whose own key was seen before are answered with the run recorded then.
+    let mut answers: Vec<Option<serde_json::Value>> = vec![None; checked.len()];
+    let mut fresh = Vec::with_capacity(checked.len());
+    for (i, (submission, key)) in checked.iter().enumerate() {
+        if let Some(key) = key {
+            match key.claim_answer(&mut tx).await? {
+                Claimed::New => {}
+                Claimed::Replay(run) => {
+                    answers[i] = Some(run);
+                    continue;
+                }
+                Claimed::Mismatch => {
+                    return Err(Error::Invalid(Invalid::one(
+                        format!("runs[{i}].idempotencyKey"),
+                        "this key was already used for a different run",
+                    )))
+                }
+            }
+        }
+        fresh.push((i, submission.clone()));
+    }
+    let submissions: Vec<Submission> = fresh.iter().map(|(_, s)| s.clone()).collect();
+    let runs = store::runs::submit_all(&mut tx, &submissions, limits.caps()).await??;
+    for ((i, _), run) in fresh.iter().zip(&runs) {
+        if let Some(key) = &checked[*i].1 {
+            let location = format!("/v1/runs/{}", run.id);
+            key.record(&mut tx, StatusCode::CREATED, run, Some(&location))
+                .await?;
+        }
+        answers[*i] = Some(serde_json::to_value(run).map_err(anyhow::Error::from)?);
+    }
+    let body = RunBatchCreated {
+        runs: answers.into_iter().flatten().collect(),
+    };
+    if let Some(idempotent) = &idempotent {
+        idempotent
+            .record(&mut tx, StatusCode::CREATED, &body, None)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        runs = runs.len(),
+        replayed = body.runs.len() - runs.len(),
+        "batch of runs queued"
+    );
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Every run of the batch through the front door ([`Submission::check`]), each with its key;
+/// refused: every field at fault of every run, named by its place in the batch.
+fn check_batch(
+    policy: &RunPolicy,
+    limits: &Limits,
+    caller: &Caller,
+    batch: &RunBatch,
+) -> Result<Vec<(Submission, Option<Idempotent>)>> {
+    if batch.runs.is_empty() || batch.runs.len() > limits.max_batch_runs {
+        return Err(Error::Invalid(Invalid::one(
+            "runs",
+            format!(
+                "a batch has 1 to {} runs; this one has {}",
+                limits.max_batch_runs,
+                batch.runs.len()
+            ),
+        )));
+    }
+    let mut errors = Vec::new();
+    let mut checked = Vec::with_capacity(batch.runs.len());
+    for (i, run) in batch.runs.iter().enumerate() {
+        if let Some(key) = &run.idempotency_key {
+            let field = format!("runs[{i}].idempotencyKey");
+            if !valid_idempotency_key(key) {
+                errors.push(FieldError {
+                    field,
+                    message: "must be 1 to 255 visible ASCII characters".into(),
+                });
+            } else if let Some(first) = batch.runs[..i]
+                .iter()
+                .position(|r| r.idempotency_key.as_ref() == Some(key))
+            {
+                errors.push(FieldError {
+                    field,
+                    message: format!("the same key as runs[{first}]"),
+                });
+            }
+        }
+        let origin = Origin::api(None, caller.token_id);
+        match Submission::check(policy, origin, run.template.clone(), None) {
+            Ok(submission) => {
+                // Shares POST /v1/runs's keys: the same run sent alone with the same key.
+                let alone = AdHocRun {
+                    template: run.template.clone(),
+                };
+                let key = Idempotent::new(
+                    run.idempotency_key.clone(),
+                    caller,
+                    "POST /v1/runs".into(),
+                    &alone,
+                );
+                checked.push((submission, key));
+            }
+            Err(invalid) => errors.extend(invalid.0.into_iter().map(|e| FieldError {
+                field: format!("runs[{i}].{}", e.field),
+                ..e
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(checked)
+    } else {
+        Err(Error::Invalid(Invalid(errors)))
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -84,6 +84,7 @@ impl TestApp {
                 max_queued_runs_per_task: options.max_queued_runs_per_task,
                 max_active_runs_per_token: options.max_active_runs_per_token,
                 log_follow_keepalive: Some(Duration::from_secs(15)),
+                max_batch_runs: 500,
             }),
             policy: Arc::new(RunPolicy {
                 namespaces: vec!["default".into(), "batch".into()],

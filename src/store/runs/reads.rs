@@ -27,22 +27,56 @@ pub struct RunFilter {
 
 /// Runs newest first, strictly older than `before` when given (keyset pagination on the
 /// time-ordered id, so every page is an index range scan however deep it is).
+///
+/// With statuses, each status is its own newest-first scan, merged, and each is written as a
+/// literal (they come from [`RunStatus`], a closed set) so that the planner weighs it with the
+/// column's statistics: `status = ANY($1)` in a prepared statement's generic plan walks the
+/// primary key and filters, which reads the whole table when the statuses asked for are rare
+/// (issue 15: 725 ms for an empty page at 1,000,000 runs; 0.2 ms this way).
 pub async fn list(
     db: impl PgExecutor<'_>,
     filter: &RunFilter,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Run>, sqlx::Error> {
-    let mut query = QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM runs WHERE true"));
+    let mut statuses: Vec<&'static str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    let mut query = QueryBuilder::<Postgres>::new("");
+    if statuses.is_empty() {
+        push_page(&mut query, filter, None, before, limit);
+    } else {
+        query.push(format!("SELECT {COLUMNS} FROM ("));
+        for (i, status) in statuses.into_iter().enumerate() {
+            if i > 0 {
+                query.push(" UNION ALL ");
+            }
+            query.push("(");
+            push_page(&mut query, filter, Some(status), before, limit);
+            query.push(")");
+        }
+        query
+            .push(") page ORDER BY id DESC LIMIT ")
+            .push_bind(limit);
+    }
+    let rows: Vec<RunRow> = query.build_query_as().fetch_all(db).await?;
+    Ok(rows.into_iter().map(Run::from).collect())
+}
+
+/// One page of runs matching `filter` (in `status`, when given), newest first.
+fn push_page(
+    query: &mut QueryBuilder<'_, Postgres>,
+    filter: &RunFilter,
+    status: Option<&'static str>,
+    before: Option<Uuid>,
+    limit: i64,
+) {
+    query.push(format!("SELECT {COLUMNS} FROM runs WHERE true"));
     if let Some(task) = &filter.task {
         query.push(" AND task_name = ").push_bind(task.clone());
     }
-    if !filter.statuses.is_empty() {
-        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-        query
-            .push(" AND status = ANY(")
-            .push_bind(statuses)
-            .push(")");
+    if let Some(status) = status {
+        query.push(format!(" AND status = '{status}'"));
     }
     if !filter.labels.is_empty() {
         query
@@ -53,8 +87,6 @@ pub async fn list(
         query.push(" AND id < ").push_bind(before);
     }
     query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-    let rows: Vec<RunRow> = query.build_query_as().fetch_all(db).await?;
-    Ok(rows.into_iter().map(Run::from).collect())
 }
 
 /// Unfinished runs whose Job was created, in `namespace`: what a re-list must account for.

@@ -1,96 +1,171 @@
 //! Submission: the caps, the run's number, the queued row, and the wake-up for launchers.
+//!
+//! A submission is one statement per task sequence (the counter, the rows and the NOTIFY
+//! together), and a batch of any size is that same statement: round trips, not rows, are what
+//! a submission costs (issue 15). The counter row each statement updates is locked until
+//! commit, so the statement comes last and transactions hold it as briefly as they can.
 
 use super::RunRow;
 use super::COLUMNS;
 use crate::domain::{CapReached, Caps, Run, Submission};
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgExecutor};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// The one way a run is recorded: applies the caps, numbers the run in its task's sequence (or
 /// the ad-hoc one), inserts it queued and wakes the launchers at commit. Call it in a
 /// transaction: the token's row (per-token cap) and the task's counter row (queue cap) stay
 /// locked until commit, so concurrent submitters are counted one after the other. A refused
-/// submission leaves nothing behind (its work is undone to a savepoint), so a caller may go on
-/// with its transaction.
+/// submission leaves nothing behind, so a caller may go on with its transaction.
 pub async fn submit(
     conn: &mut PgConnection,
     submission: &Submission,
     caps: Caps,
 ) -> Result<Result<Run, CapReached>, sqlx::Error> {
-    let mut savepoint = conn.begin().await?;
-    let outcome = submit_capped(&mut savepoint, submission, caps).await?;
-    match outcome {
-        Ok(_) => savepoint.commit().await?,
-        Err(_) => savepoint.rollback().await?,
-    }
-    Ok(outcome)
+    let outcome = submit_all(conn, std::slice::from_ref(submission), caps).await?;
+    Ok(outcome.map(|mut runs| runs.remove(0)))
 }
 
-async fn submit_capped(
+/// [`submit`] for many runs at once, all or none: the caps count the whole batch, and the runs
+/// come back in the order given.
+pub async fn submit_all(
     conn: &mut PgConnection,
-    submission: &Submission,
+    submissions: &[Submission],
     caps: Caps,
-) -> Result<Result<Run, CapReached>, sqlx::Error> {
-    let origin = submission.origin();
-    if let Some(token) = origin.token_id {
+) -> Result<Result<Vec<Run>, CapReached>, sqlx::Error> {
+    // The per-token cap is checked before anything is written; only the per-task queue cap,
+    // counted after the insert, may have to undo one (to a savepoint, so that the caller's
+    // transaction goes on; two round trips that submissions without it are spared).
+    if let Err(refused) = check_tokens(&mut *conn, submissions, caps).await? {
+        return Ok(Err(refused));
+    }
+    let queue_capped =
+        caps.max_queued_runs_per_task > 0 && submissions.iter().any(|s| s.origin().task.is_some());
+    if !queue_capped {
+        return Ok(Ok(insert_all(&mut *conn, submissions).await?));
+    }
+    let mut savepoint = conn.begin().await?;
+    let runs = insert_all(&mut savepoint, submissions).await?;
+    let limit = caps.max_queued_runs_per_task;
+    let mut tasks: Vec<&str> = submissions
+        .iter()
+        .filter_map(|s| s.origin().task.as_deref())
+        .collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    for task in tasks {
+        // Counted after the insert, which holds the task's counter row.
+        if queued_count(&mut *savepoint, task).await? > i64::from(limit) {
+            savepoint.rollback().await?;
+            return Ok(Err(CapReached::QueueFull {
+                task: task.to_string(),
+                limit,
+            }));
+        }
+    }
+    savepoint.commit().await?;
+    Ok(Ok(runs))
+}
+
+/// The per-token cap on unfinished runs, for every token among `submissions`. Each token's row
+/// stays locked until commit, so its concurrent submissions are counted one after the other.
+async fn check_tokens(
+    conn: &mut PgConnection,
+    submissions: &[Submission],
+    caps: Caps,
+) -> Result<Result<(), CapReached>, sqlx::Error> {
+    let mut per_token: Vec<(Uuid, i64)> = Vec::new();
+    for token in submissions.iter().filter_map(|s| s.origin().token_id) {
+        match per_token.iter_mut().find(|(t, _)| *t == token) {
+            Some((_, n)) => *n += 1,
+            None => per_token.push((token, 1)),
+        }
+    }
+    for (token, asked) in per_token {
         let own = crate::store::tokens::lock_for_submission(&mut *conn, token).await?;
         let limit = match own.flatten() {
             Some(own) => u32::try_from(own).unwrap_or(0),
             None => caps.max_active_runs_per_token,
         };
-        if limit > 0 && active_count_of_token(&mut *conn, token).await? >= i64::from(limit) {
+        if limit > 0 && active_count_of_token(&mut *conn, token).await? + asked > i64::from(limit) {
             return Ok(Err(CapReached::TooManyActiveRuns { limit }));
         }
     }
-    let run = insert(&mut *conn, submission).await?;
-    let limit = caps.max_queued_runs_per_task;
-    if let (Some(task), true) = (&origin.task, limit > 0) {
-        // Counted after the insert, which holds the task's counter row.
-        if queued_count(&mut *conn, task).await? > i64::from(limit) {
-            return Ok(Err(CapReached::QueueFull {
-                task: task.clone(),
-                limit,
-            }));
-        }
-    }
-    Ok(Ok(run))
+    Ok(Ok(()))
 }
 
-/// Records a queued run with the next number of its task (or of the ad-hoc sequence).
-async fn insert(conn: &mut PgConnection, submission: &Submission) -> Result<Run, sqlx::Error> {
-    let origin = submission.origin();
-    let template = submission.template();
-    let number: i64 = sqlx::query_scalar(
-        "INSERT INTO run_counters (scope, last_number) VALUES ($1, 1)
-         ON CONFLICT (scope) DO UPDATE SET last_number = run_counters.last_number + 1
-         RETURNING last_number",
-    )
-    .bind(origin.task.as_deref().unwrap_or(""))
-    .fetch_one(&mut *conn)
-    .await?;
-    let row: RunRow = sqlx::query_as(&format!(
-        "INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template, labels,
-            scheduled_time, token_id)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(origin.task.as_deref())
-    .bind(number)
-    .bind(origin.trigger)
-    .bind(origin.rerun_of)
-    .bind(Json(template))
-    .bind(Json(&template.labels))
-    .bind(origin.scheduled_time)
-    .bind(origin.token_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    // Wakes launchers on every replica at commit.
-    sqlx::query("SELECT pg_notify($1, '')")
+/// Records queued runs, numbered in their task's sequence (or the ad-hoc one): one statement
+/// per sequence, which also wakes the launchers at commit. Returns them in the order given.
+async fn insert_all(
+    conn: &mut PgConnection,
+    submissions: &[Submission],
+) -> Result<Vec<Run>, sqlx::Error> {
+    let mut scopes: Vec<Option<&str>> = Vec::new();
+    for submission in submissions {
+        let task = submission.origin().task.as_deref();
+        if !scopes.contains(&task) {
+            scopes.push(task);
+        }
+    }
+    let ids: Vec<Uuid> = submissions.iter().map(|_| Uuid::now_v7()).collect();
+    let mut runs: HashMap<Uuid, Run> = HashMap::with_capacity(submissions.len());
+    for scope in scopes {
+        let (ids, group): (Vec<Uuid>, Vec<&Submission>) = ids
+            .iter()
+            .zip(submissions)
+            .filter(|(_, s)| s.origin().task.as_deref() == scope)
+            .unzip();
+        let origins = group.iter().map(|s| s.origin());
+        let rows: Vec<RunRow> = sqlx::query_as(&format!(
+            "WITH counter AS (
+                INSERT INTO run_counters (scope, last_number) VALUES ($1, $2)
+                ON CONFLICT (scope) DO UPDATE SET last_number = run_counters.last_number + $2
+                RETURNING last_number - $2 AS before
+             ), wake AS (SELECT pg_notify($3, ''))
+             INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template,
+                labels, scheduled_time, token_id)
+             SELECT i.id, $4, counter.before + i.n, 'queued', i.trigger, i.rerun_of, i.template,
+                i.labels, i.scheduled_time, i.token_id
+             FROM counter, wake,
+                unnest($5::uuid[], $6::text[], $7::uuid[], $8::jsonb[], $9::jsonb[],
+                       $10::timestamptz[], $11::uuid[])
+                WITH ORDINALITY AS i(id, trigger, rerun_of, template, labels, scheduled_time,
+                                     token_id, n)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(scope.unwrap_or(""))
+        .bind(group.len() as i64)
+        // Wakes launchers on every replica at commit.
         .bind(QUEUED_CHANNEL)
-        .execute(&mut *conn)
+        .bind(scope)
+        .bind(&ids)
+        .bind(origins.clone().map(|o| o.trigger).collect::<Vec<_>>())
+        .bind(origins.clone().map(|o| o.rerun_of).collect::<Vec<_>>())
+        .bind(group.iter().map(|s| Json(s.template())).collect::<Vec<_>>())
+        .bind(
+            group
+                .iter()
+                .map(|s| Json(&s.template().labels))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            origins
+                .clone()
+                .map(|o| o.scheduled_time)
+                .collect::<Vec<_>>(),
+        )
+        .bind(origins.map(|o| o.token_id).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
         .await?;
-    Ok(row.into())
+        runs.extend(rows.into_iter().map(|row| {
+            let run = Run::from(row);
+            (run.id, run)
+        }));
+    }
+    ids.iter()
+        .map(|id| runs.remove(id).ok_or(sqlx::Error::RowNotFound))
+        .collect()
 }
 
 /// The Postgres NOTIFY channel that says "a run was queued".
