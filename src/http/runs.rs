@@ -1,6 +1,6 @@
 //! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
 
-use super::auth::{Authorized, ForRead, ForRun};
+use super::auth::{Authorized, ForRead, ForRun, Needs};
 use super::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 use super::idempotency::Idempotent;
 use super::pagination;
@@ -267,12 +267,20 @@ pub async fn get_run(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
+    let run = run_for(&auth, &db, &id).await?;
+    Ok(Json(run))
+}
+
+/// The run `id` names, if the caller may see it: 400 for a malformed id, 404 for no such run,
+/// 403 for a run of a task the caller's token does not reach. Every `/v1/runs/{id}/...` handler
+/// starts with it.
+pub(super) async fn run_for<N: Needs>(auth: &Authorized<N>, db: &PgPool, id: &str) -> Result<Run> {
+    let id = parse_run_id(id)?;
+    let run = store::runs::get(db, id)
         .await?
         .ok_or_else(|| not_found(id))?;
     auth.task(run.task.as_deref())?;
-    Ok(Json(run))
+    Ok(run)
 }
 
 fn not_found(id: Uuid) -> Error {
@@ -301,11 +309,8 @@ pub async fn cancel_run(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(run.task.as_deref())?;
+    let run = run_for(&auth, &db, &id).await?;
+    let id = run.id;
     match store::runs::cancel(&db, id).await? {
         None => Err(not_found(id)),
         Some(Ok(run)) => {
@@ -341,11 +346,8 @@ pub async fn rerun(
     ApiPath(id): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Response> {
-    let id = parse_run_id(&id)?;
-    let original = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(original.task.as_deref())?;
+    let original = run_for(&auth, &db, &id).await?;
+    let id = original.id;
     // Today's limits, not those of the original's day (and its task's, if it still exists).
     let task_limits = match original.task.as_deref() {
         Some(task) => store::tasks::get(&db, task).await?.and_then(|t| t.limits),
@@ -380,11 +382,8 @@ pub async fn list_pods(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<PodRecord>>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(run.task.as_deref())?;
+    let run = run_for(&auth, &db, &id).await?;
+    let id = run.id;
     Ok(Json(store::pods::list(&db, id).await?))
 }
 
@@ -405,10 +404,7 @@ pub async fn history(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<store::runs::RunEvent>>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(run.task.as_deref())?;
+    let run = run_for(&auth, &db, &id).await?;
+    let id = run.id;
     Ok(Json(store::runs::history(&db, id).await?))
 }
