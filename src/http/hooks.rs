@@ -164,7 +164,8 @@ pub async fn receive(
         rerun_of: None,
         scheduled_time: None,
         token_id: None,
-    };
+    }
+    .by_service();
     let submission = Submission::check(
         &state.policy,
         origin,

@@ -51,7 +51,8 @@ pub async fn start_task_run(
     ApiJson(overrides): ApiJson<RunOverrides>,
 ) -> Result<Response> {
     let name = parse_name(name)?;
-    auth.task(Some(name.as_str()))?;
+    let origin =
+        Origin::api(Some(name.as_str()), auth.caller.token_id).admit(Some(&auth.caller))?;
     overrides.validate()?;
     let task = store::tasks::get(&db, name.as_str())
         .await?
@@ -61,7 +62,7 @@ pub async fn start_task_run(
         })?;
     let submission = Submission::check(
         &policy,
-        Origin::api(Some(name.as_str()), auth.caller.token_id),
+        origin,
         task.template.with_overrides(&overrides),
         task.limits.as_ref(),
     )?;
@@ -96,14 +97,9 @@ pub async fn create_run(
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<AdHocRun>,
 ) -> Result<Response> {
-    auth.task(None)?;
+    let origin = Origin::api(None, auth.caller.token_id).admit(Some(&auth.caller))?;
     let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
-    let submission = Submission::check(
-        &policy,
-        Origin::api(None, auth.caller.token_id),
-        request.template,
-        None,
-    )?;
+    let submission = Submission::check(&policy, origin, request.template, None)?;
     create(&db, &limits, idempotent, &submission).await
 }
 
@@ -359,7 +355,8 @@ pub async fn rerun(
         rerun_of: Some(original.id),
         scheduled_time: None,
         token_id: auth.caller.token_id,
-    };
+    }
+    .admit(Some(&auth.caller))?;
     let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?;
     let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
     create(&db, &limits, idempotent, &submission).await
