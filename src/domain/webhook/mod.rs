@@ -7,12 +7,15 @@
 //!
 //! - [`signature`]: each host's authentication, event name and delivery id headers;
 //! - [`payload`]: a delivery's payload read into a [`GitEvent`], and the run's variables;
-//! - [`filter`]: whether a trigger's events and ref globs let an event start a run.
+//! - [`filter`]: whether a trigger's events and ref globs let an event start a run;
+//! - [`delivery`]: the use case's pure part, what an authenticated delivery asks for.
 
+mod delivery;
 mod filter;
 mod payload;
 mod signature;
 
+pub use delivery::{read, Reading, Unreadable};
 pub use filter::Filter;
 pub use payload::{parse, GitEvent, Parsed};
 pub use signature::{delivery_id, event_name, sign, verify};
