@@ -9,8 +9,9 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
-# sqlx query macros must not try to reach a database at build time; if the
-# crate uses query!/query_as!, the prepared `.sqlx/` data must be committed.
+# The crate uses sqlx's runtime-checked queries, not query!/query_as!, so there
+# is no `.sqlx/` offline data (why: README, Testing). SQLX_OFFLINE is a guard: a
+# query macro added later fails this build instead of reaching for a database.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 
 # 1) Dependency download, keyed only on the manifests and lockfile. Cargo needs

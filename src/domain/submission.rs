@@ -3,8 +3,14 @@
 //! (namespace and service-account allowlists, run limits with the task's overrides, sandbox).
 //! Every way a run is started (the API, task runs, reruns, webhooks, schedules, backfills) builds
 //! one, and `store::runs::submit` is the only code that records a run: it takes a `Submission`
-//! and applies the [`Caps`]. The caller checks the caller's scope first (`http::auth`).
+//! and applies the [`Caps`].
+//!
+//! The door has two steps, so that nothing about a task is looked up for a caller who may not
+//! start its runs: [`Origin::admit`] checks the caller's scope for the run's task (before the
+//! task is loaded), and [`Submission::check`] takes only an [`Admitted`] origin. The launcher's
+//! re-check right before a Job is created is [`Submission::allowed`], the check's second half.
 
+use super::auth::{Caller, Denied, Scope};
 use super::policy::{RunLimits, RunPolicy};
 use super::{Invalid, RunTemplate, Trigger};
 use chrono::{DateTime, Utc};
@@ -47,6 +53,27 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// The front door's first step: `caller` may start runs of this origin's task (or ad-hoc
+    /// runs, when it has none). `None` is the service itself (a schedule, a webhook delivery
+    /// whose signature was checked).
+    pub fn admit(self, caller: Option<&Caller>) -> Result<Admitted, Denied> {
+        if let Some(caller) = caller {
+            caller.require_task(Scope::Run, self.task.as_deref())?;
+        }
+        Ok(Admitted(self))
+    }
+
+    /// [`Origin::admit`] for the service itself, which needs no scope.
+    pub fn by_service(self) -> Admitted {
+        Admitted(self)
+    }
+}
+
+/// An origin whose caller may start its run: what [`Submission::check`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted(Origin);
+
 /// A run that passed validation and today's policy, ready to be recorded.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -59,13 +86,27 @@ impl Submission {
     /// the task's `task_limits`. Refused: every field at fault, named.
     pub fn check(
         policy: &RunPolicy,
-        origin: Origin,
+        origin: Admitted,
         template: RunTemplate,
         task_limits: Option<&RunLimits>,
     ) -> Result<Submission, Invalid> {
+        Submission::allowed(policy, &template, task_limits)?;
+        Ok(Submission {
+            origin: origin.0,
+            template,
+        })
+    }
+
+    /// Whether `template` may run under `policy` as it is now: valid, and within the
+    /// allowlists, limits and sandbox. The second half of [`Submission::check`], and what the
+    /// launcher asks again right before it creates a Job.
+    pub fn allowed(
+        policy: &RunPolicy,
+        template: &RunTemplate,
+        task_limits: Option<&RunLimits>,
+    ) -> Result<(), Invalid> {
         template.validate("template")?;
-        policy.check(&template, task_limits, "template")?;
-        Ok(Submission { origin, template })
+        policy.check(template, task_limits, "template")
     }
 
     /// The same checked run for another scheduled time (a backfill checks its task's template
@@ -122,7 +163,7 @@ mod tests {
     #[test]
     fn a_submission_is_refused_naming_the_field_the_policy_forbids() {
         let t = template(serde_json::json!({"namespace": "batch"}));
-        let origin = Origin::api(None, None);
+        let origin = Origin::api(None, None).by_service();
         assert!(Submission::check(
             &policy(&["default", "batch"]),
             origin.clone(),
@@ -137,8 +178,32 @@ mod tests {
     #[test]
     fn an_invalid_template_is_refused_before_the_policy_is_asked() {
         let t = template(serde_json::json!({"image": ""}));
-        let refused =
-            Submission::check(&policy(&["default"]), Origin::api(None, None), t, None).unwrap_err();
+        let refused = Submission::check(
+            &policy(&["default"]),
+            Origin::api(None, None).by_service(),
+            t,
+            None,
+        )
+        .unwrap_err();
         assert_eq!(refused.0[0].field, "template.image");
+    }
+
+    #[test]
+    fn a_token_limited_to_some_tasks_is_refused_at_the_door_for_others() {
+        let caller = Caller {
+            token_id: None,
+            scope: Scope::Run,
+            tasks: Some(vec!["a".into()]),
+        };
+        assert!(Origin::api(Some("a"), None).admit(Some(&caller)).is_ok());
+        assert!(Origin::api(Some("b"), None).admit(Some(&caller)).is_err());
+        assert!(Origin::api(None, None).admit(Some(&caller)).is_err());
+        let reader = Caller {
+            scope: Scope::Read,
+            tasks: None,
+            ..caller
+        };
+        assert!(Origin::api(Some("a"), None).admit(Some(&reader)).is_err());
+        assert!(Origin::api(Some("b"), None).admit(None).is_ok());
     }
 }

@@ -6,7 +6,7 @@
 use super::extract::ApiPath;
 use super::problem::Problem;
 use super::AppState;
-use crate::domain::webhook::{self, Filter, Parsed};
+use crate::domain::webhook::{self, Reading, Unreadable, WebhookTrigger};
 use crate::domain::{Origin, Run, RunOverrides, Submission, Trigger};
 use crate::error::{Error, Result};
 use crate::store;
@@ -115,74 +115,31 @@ pub async fn receive(
     if let Some(limit) = &state.auth.rate_limit {
         limit.check(trigger_id)?;
     }
-    let event_name = webhook::event_name(trigger.provider, header).ok_or_else(|| {
-        Error::bad_request(
-            "headers",
-            "the delivery names no event (e.g. X-GitHub-Event)",
-        )
-    })?;
-    let delivery = webhook::delivery_id(trigger.provider, header, &body);
-    let event = match webhook::parse(trigger.provider, event_name, &body)
-        .map_err(|message| Error::bad_request("body", message))?
-    {
-        Parsed::Ping => {
-            return Ok(answer(
-                StatusCode::OK,
-                Outcome::Pong,
-                "pong: the trigger is set up",
-                None,
-            ))
-        }
-        Parsed::Ignored(reason) => {
-            tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
-            return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
-        }
-        Parsed::Event(event) => event,
+    let (delivery, event, overrides) =
+        match webhook::read(&trigger, header, &body).map_err(anyhow::Error::msg)? {
+            Err(Unreadable { field, message }) => return Err(Error::bad_request(field, message)),
+            Ok(Reading::Pong) => {
+                return Ok(answer(
+                    StatusCode::OK,
+                    Outcome::Pong,
+                    "pong: the trigger is set up",
+                    None,
+                ))
+            }
+            Ok(Reading::Ignored { delivery, reason }) => {
+                tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
+                return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
+            }
+            Ok(Reading::Start {
+                delivery,
+                event,
+                overrides,
+            }) => (delivery, event, overrides),
+        };
+    let run = match start_run(&state, &trigger, &delivery, &overrides).await? {
+        Started::New(run) => run,
+        Started::Before(run) => return Ok(duplicate(run)),
     };
-    let filter = Filter::new(&trigger.events, &trigger.refs).map_err(anyhow::Error::msg)?;
-    if let Err(reason) = filter.check(&event) {
-        tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
-        return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
-    }
-    if let Some(run) = delivered(&state, trigger_id, &delivery).await? {
-        return Ok(duplicate(run));
-    }
-
-    let task = store::tasks::get(&state.db, &trigger.task)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "task",
-            name: trigger.task.clone(),
-        })?;
-    let overrides = RunOverrides {
-        env: event.env(trigger.provider, &delivery),
-        labels: Default::default(),
-    };
-    let origin = Origin {
-        task: Some(trigger.task.clone()),
-        trigger: Trigger::Webhook,
-        rerun_of: None,
-        scheduled_time: None,
-        token_id: None,
-    };
-    let submission = Submission::check(
-        &state.policy,
-        origin,
-        task.template.with_overrides(&overrides),
-        task.limits.as_ref(),
-    )?;
-
-    let mut tx = state.db.begin().await?;
-    let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;
-    if let Some(first) =
-        store::triggers::claim_delivery(&mut tx, trigger_id, &delivery, run.id).await?
-    {
-        // A concurrent redelivery won; this transaction's run is rolled back.
-        drop(tx);
-        let run = store::runs::get(&state.db, first).await?;
-        return Ok(duplicate(run));
-    }
-    tx.commit().await?;
     tracing::info!(%trigger_id, task = %trigger.task, run_id = %run.id, number = run.number, ?delivery, git_ref = ?event.git_ref, sha = ?event.sha, "run queued by webhook");
     let detail = format!(
         "run {} of task {} queued for {} at {}",
@@ -194,6 +151,59 @@ pub async fn receive(
         detail,
         Some(run),
     ))
+}
+
+/// What recording a delivery's run did.
+enum Started {
+    New(Run),
+    /// The delivery was received before: the run it started (gone if pruned since).
+    Before(Option<Run>),
+}
+
+/// Records the run a matching delivery starts, through the front door, once per delivery: a
+/// redelivery (even a concurrent one) finds the run its first delivery started.
+async fn start_run(
+    state: &AppState,
+    trigger: &WebhookTrigger,
+    delivery: &str,
+    overrides: &RunOverrides,
+) -> Result<Started> {
+    let trigger_id = trigger.id;
+    if let Some(run) = delivered(state, trigger_id, delivery).await? {
+        return Ok(Started::Before(run));
+    }
+    let task = store::tasks::get(&state.db, &trigger.task)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "task",
+            name: trigger.task.clone(),
+        })?;
+    let origin = Origin {
+        task: Some(trigger.task.clone()),
+        trigger: Trigger::Webhook,
+        rerun_of: None,
+        scheduled_time: None,
+        token_id: None,
+    }
+    .by_service();
+    let submission = Submission::check(
+        &state.policy,
+        origin,
+        task.template.with_overrides(overrides),
+        task.limits.as_ref(),
+    )?;
+
+    let mut tx = state.db.begin().await?;
+    let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;
+    if let Some(first) =
+        store::triggers::claim_delivery(&mut tx, trigger_id, delivery, run.id).await?
+    {
+        // A concurrent redelivery won; this transaction's run is rolled back.
+        drop(tx);
+        return Ok(Started::Before(store::runs::get(&state.db, first).await?));
+    }
+    tx.commit().await?;
+    Ok(Started::New(run))
 }
 
 async fn delivered(state: &AppState, trigger: Uuid, delivery: &str) -> Result<Option<Option<Run>>> {

@@ -4,7 +4,7 @@
 use super::auth::{Authorized, ForRead};
 use super::extract::{ApiPath, ApiQuery};
 use super::problem::Problem;
-use super::runs::parse_run_id;
+use super::runs::run_for;
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::logs::{self, LogItem, LogQuery};
@@ -80,14 +80,8 @@ pub async fn run_logs(
     headers: HeaderMap,
     ApiQuery(params): ApiQuery<LogParams>,
 ) -> Result<Response> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&state.db, id)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "run",
-            name: id.to_string(),
-        })?;
-    auth.task(run.task.as_deref())?;
+    let run = run_for(&auth, &state.db, &id).await?;
+    let id = run.id;
     if let Some(pod) = &params.pod {
         crate::domain::names::dns1123_subdomain(pod)
             .map_err(|message| Error::bad_request("pod", message))?;

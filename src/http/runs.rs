@@ -1,6 +1,6 @@
 //! `/v1/runs` and `/v1/tasks/{name}/runs`: submit runs and read the history.
 
-use super::auth::{Authorized, ForRead, ForRun};
+use super::auth::{Authorized, ForRead, ForRun, Needs};
 use super::extract::{valid_idempotency_key, ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 use super::idempotency::{Claimed, Idempotent};
 use super::pagination;
@@ -53,7 +53,8 @@ pub async fn start_task_run(
     ApiJson(overrides): ApiJson<RunOverrides>,
 ) -> Result<Response> {
     let name = parse_name(name)?;
-    auth.task(Some(name.as_str()))?;
+    let origin =
+        Origin::api(Some(name.as_str()), auth.caller.token_id).admit(Some(&auth.caller))?;
     overrides.validate()?;
     let task = store::tasks::get(&db, name.as_str())
         .await?
@@ -63,7 +64,7 @@ pub async fn start_task_run(
         })?;
     let submission = Submission::check(
         &policy,
-        Origin::api(Some(name.as_str()), auth.caller.token_id),
+        origin,
         task.template.with_overrides(&overrides),
         task.limits.as_ref(),
     )?;
@@ -98,14 +99,9 @@ pub async fn create_run(
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<AdHocRun>,
 ) -> Result<Response> {
-    auth.task(None)?;
+    let origin = Origin::api(None, auth.caller.token_id).admit(Some(&auth.caller))?;
     let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
-    let submission = Submission::check(
-        &policy,
-        Origin::api(None, auth.caller.token_id),
-        request.template,
-        None,
-    )?;
+    let submission = Submission::check(&policy, origin, request.template, None)?;
     create(&db, &limits, idempotent, &submission).await
 }
 
@@ -285,7 +281,7 @@ fn check_batch(
                 });
             }
         }
-        let origin = Origin::api(None, caller.token_id);
+        let origin = Origin::api(None, caller.token_id).admit(Some(caller))?;
         match Submission::check(policy, origin, run.template.clone(), None) {
             Ok(submission) => {
                 // Shares POST /v1/runs's keys: the same run sent alone with the same key.
@@ -444,12 +440,20 @@ pub async fn get_run(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
+    let run = run_for(&auth, &db, &id).await?;
+    Ok(Json(run))
+}
+
+/// The run `id` names, if the caller may see it: 400 for a malformed id, 404 for no such run,
+/// 403 for a run of a task the caller's token does not reach. Every `/v1/runs/{id}/...` handler
+/// starts with it.
+pub(super) async fn run_for<N: Needs>(auth: &Authorized<N>, db: &PgPool, id: &str) -> Result<Run> {
+    let id = parse_run_id(id)?;
+    let run = store::runs::get(db, id)
         .await?
         .ok_or_else(|| not_found(id))?;
     auth.task(run.task.as_deref())?;
-    Ok(Json(run))
+    Ok(run)
 }
 
 fn not_found(id: Uuid) -> Error {
@@ -478,11 +482,8 @@ pub async fn cancel_run(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(run.task.as_deref())?;
+    let run = run_for(&auth, &db, &id).await?;
+    let id = run.id;
     match store::runs::cancel(&db, id).await? {
         None => Err(not_found(id)),
         Some(Ok(run)) => {
@@ -518,11 +519,8 @@ pub async fn rerun(
     ApiPath(id): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
 ) -> Result<Response> {
-    let id = parse_run_id(&id)?;
-    let original = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(original.task.as_deref())?;
+    let original = run_for(&auth, &db, &id).await?;
+    let id = original.id;
     // Today's limits, not those of the original's day (and its task's, if it still exists).
     let task_limits = match original.task.as_deref() {
         Some(task) => store::tasks::get(&db, task).await?.and_then(|t| t.limits),
@@ -534,7 +532,8 @@ pub async fn rerun(
         rerun_of: Some(original.id),
         scheduled_time: None,
         token_id: auth.caller.token_id,
-    };
+    }
+    .admit(Some(&auth.caller))?;
     let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?;
     let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
     create(&db, &limits, idempotent, &submission).await
@@ -558,12 +557,8 @@ pub async fn list_pods(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<PodWithAttempts>>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(run.task.as_deref())?;
-    Ok(Json(crate::logs::pods_with_attempts(&db, id).await?))
+    let run = run_for(&auth, &db, &id).await?;
+    Ok(Json(crate::logs::pods_with_attempts(&db, run.id).await?))
 }
 
 /// The run's history: its creation and every status change, oldest first.
@@ -583,10 +578,7 @@ pub async fn history(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Vec<store::runs::RunEvent>>> {
-    let id = parse_run_id(&id)?;
-    let run = store::runs::get(&db, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    auth.task(run.task.as_deref())?;
+    let run = run_for(&auth, &db, &id).await?;
+    let id = run.id;
     Ok(Json(store::runs::history(&db, id).await?))
 }

@@ -159,7 +159,7 @@ pub async fn backfill(
     ApiJson(request): ApiJson<BackfillRequest>,
 ) -> Result<Json<BackfillResult>> {
     let name = parse_name(name)?;
-    auth.task(Some(name.as_str()))?;
+    let origin = Origin::scheduled(name.as_str(), request.from).admit(Some(&auth.caller))?;
     let task = store::tasks::get(&db, name.as_str())
         .await?
         .ok_or_else(|| Error::NotFound {
@@ -170,12 +170,7 @@ pub async fn backfill(
         return Err(Invalid::one("schedule", "the task has no schedule to backfill").into());
     };
     // Before the range: a template today's policy refuses is refused whatever the range.
-    let checked = Submission::check(
-        &policy,
-        Origin::scheduled(name.as_str(), request.from),
-        task.template.clone(),
-        task.limits.as_ref(),
-    )?;
+    let checked = Submission::check(&policy, origin, task.template.clone(), task.limits.as_ref())?;
     if request.to < request.from {
         return Err(Invalid::one("to", "must not be before from").into());
     }

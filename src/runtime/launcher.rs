@@ -23,7 +23,7 @@
 use super::Runtime;
 use crate::cluster::jobs::{CreateError, Created};
 use crate::cluster::render;
-use crate::domain::{JobRef, Run, RunStatus};
+use crate::domain::{JobRef, Run, RunStatus, Submission};
 use crate::store::runs::{self, StatusDetail};
 use crate::telemetry;
 use backon::BackoffBuilder;
@@ -194,10 +194,12 @@ async fn refused_now(runtime: &Runtime, run: &Run) -> Result<Option<String>, sql
             .and_then(|t| t.limits),
         None => None,
     };
-    let checked = runtime
-        .settings
-        .policy
-        .check(&run.template, task_limits.as_ref(), "template");
+    // The front door's own check, with today's policy and the task's limits as they are now.
+    let checked = Submission::allowed(
+        &runtime.settings.policy,
+        &run.template,
+        task_limits.as_ref(),
+    );
     Ok(checked.err().map(|invalid| {
         format!("the run is no longer allowed by this installation's policy, so no Job was created: {invalid}")
     }))

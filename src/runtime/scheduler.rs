@@ -137,7 +137,7 @@ async fn start(
     // Before Replace cancels anything: a run that may not start must not stop another.
     let checked = Submission::check(
         &runtime.settings.policy,
-        Origin::scheduled(task, time),
+        Origin::scheduled(task, time).by_service(),
         spec.template.clone(),
         spec.limits.as_ref(),
     );

@@ -322,8 +322,13 @@ pub async fn queue_run(
         limits: Default::default(),
         sandbox: Default::default(),
     };
-    let submission =
-        Submission::check(&policy, Origin::api(task, None), template.clone(), None).unwrap();
+    let submission = Submission::check(
+        &policy,
+        Origin::api(task, None).by_service(),
+        template.clone(),
+        None,
+    )
+    .unwrap();
     vfi_orchestrator::store::runs::submit(conn, &submission, Caps::default())
         .await
         .unwrap()

@@ -1,124 +1,13 @@
-//! The run template: the batch/v1 Job fields users set, and their validation as the Kubernetes API
-//! server would do it, so a bad template is refused at submission rather than later in the cluster.
+//! A template's validation as the Kubernetes API server would do it, so a bad template is refused
+//! at submission rather than later in the cluster.
 
-use super::names;
-use super::validation::{Errors, Invalid};
-use serde::{Deserialize, Serialize};
+use super::quantity::{is_extended, parse_quantity};
+use super::{
+    CompletionMode, Resources, RunTemplate, Toleration, JOB_CONTROLLER_LABELS, RESERVED_PREFIX,
+};
+use crate::domain::names;
+use crate::domain::validation::{Errors, Invalid};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
-
-/// Label and annotation keys under this prefix belong to the service (they tie Jobs to runs).
-pub const RESERVED_PREFIX: &str = "vfi-orchestrator.io/";
-
-/// Pod-template labels the Job controller owns: with a generated selector the API server requires
-/// them to equal the Job's own name and uid, which a template cannot know, so a real server
-/// answers 422 (`ValidateGeneratedSelector` in kubernetes/kubernetes
-/// pkg/apis/batch/validation/validation.go, labels from pkg/apis/batch/types.go).
-pub const JOB_CONTROLLER_LABELS: [&str; 4] = [
-    "job-name",
-    "controller-uid",
-    "batch.kubernetes.io/job-name",
-    "batch.kubernetes.io/controller-uid",
-];
-
-/// What one run executes: a container and the Job settings around it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"image": "perl:5.34.0", "command": ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"]}))]
-pub struct RunTemplate {
-    /// Container image, e.g. `perl:5.34.0`.
-    pub image: String,
-    /// Entrypoint (the image's ENTRYPOINT when empty).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    /// Arguments to the entrypoint (the image's CMD when empty).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables of the container.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvVar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
-    /// Successful pods needed for the Job to complete (Kubernetes default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completions: Option<i32>,
-    /// Pods running at once at most (Kubernetes default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_mode: Option<CompletionMode>,
-    /// Retries before the Job is failed (Kubernetes default 6).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff_limit: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_deadline_seconds: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_seconds_after_finished: Option<i32>,
-    /// `Never` (default: a failed container means a new pod) or `OnFailure`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_policy: Option<RestartPolicy>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account_name: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_selector: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tolerations: Vec<Toleration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnvVar {
-    pub name: String,
-    #[serde(default)]
-    pub value: String,
-}
-
-/// Compute resources, as Kubernetes quantities (`500m`, `2Gi`, `1` for `nvidia.com/gpu`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Resources {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub requests: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub limits: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub enum CompletionMode {
-    NonIndexed,
-    Indexed,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub enum RestartPolicy {
-    Never,
-    OnFailure,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Toleration {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// `Equal` (default) or `Exists`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub operator: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; empty matches all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub effect: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub toleration_seconds: Option<i64>,
-}
 
 /// Kubernetes caps Indexed Jobs at this many completions.
 const MAX_INDEXED_COMPLETIONS: i32 = 100_000;
@@ -126,31 +15,6 @@ const MAX_INDEXED_COMPLETIONS: i32 = 100_000;
 const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
 impl RunTemplate {
-    /// A template with just an image and a command, everything else defaulted.
-    pub fn new(image: impl Into<String>, command: Vec<String>) -> Self {
-        RunTemplate {
-            image: image.into(),
-            command,
-            args: Vec::new(),
-            env: Vec::new(),
-            working_dir: None,
-            resources: None,
-            completions: None,
-            parallelism: None,
-            completion_mode: None,
-            backoff_limit: None,
-            active_deadline_seconds: None,
-            ttl_seconds_after_finished: None,
-            restart_policy: None,
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
-            namespace: None,
-            service_account_name: None,
-            node_selector: BTreeMap::new(),
-            tolerations: Vec::new(),
-        }
-    }
-
     /// Checks every field; `at` is the JSON path of the template in the request (e.g. `template`).
     pub fn validate(&self, at: &str) -> Result<(), Invalid> {
         let mut errors = Errors::new();
@@ -192,7 +56,7 @@ impl RunTemplate {
             );
         for (path, text) in texts {
             if text.contains('\0') {
-                errors.add(path, super::validation::NUL_MESSAGE);
+                errors.add(path, crate::domain::validation::NUL_MESSAGE);
             }
         }
         if let Some(dir) = &self.working_dir {
@@ -287,31 +151,6 @@ impl RunTemplate {
         for (i, toleration) in self.tolerations.iter().enumerate() {
             validate_toleration(toleration, &format!("{at}.tolerations[{i}]"), errors);
         }
-    }
-
-    /// Characters an Indexed Job's pods add to its name in their hostname (`-<completions-1>`):
-    /// the API server refuses a Job whose name plus this is not a 63-character DNS label
-    /// (`ValidateJob` in kubernetes/kubernetes pkg/apis/batch/validation/validation.go).
-    pub fn index_suffix_len(&self) -> usize {
-        match (self.completion_mode, self.completions) {
-            (Some(CompletionMode::Indexed), Some(c)) if c > 0 => 1 + (c - 1).to_string().len(),
-            _ => 0,
-        }
-    }
-
-    /// Applies per-run overrides: env vars replace those of the same name or are appended;
-    /// labels are merged over the template's.
-    pub fn with_overrides(mut self, overrides: &super::RunOverrides) -> Self {
-        for var in &overrides.env {
-            match self.env.iter_mut().find(|e| e.name == var.name) {
-                Some(existing) => existing.value = var.value.clone(),
-                None => self.env.push(var.clone()),
-            }
-        }
-        for (key, value) in &overrides.labels {
-            self.labels.insert(key.clone(), value.clone());
-        }
-        self
     }
 }
 
@@ -435,11 +274,6 @@ fn validate_resources(resources: &Resources, at: &str, errors: &mut Errors) {
     }
 }
 
-/// Extended resources (like `nvidia.com/gpu`) are whole units that cannot be overcommitted.
-pub(crate) fn is_extended(name: &str) -> bool {
-    name.contains('/') && !name.starts_with("kubernetes.io/")
-}
-
 fn resource_name(name: &str) -> Result<(), String> {
     if matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-") {
         return Ok(());
@@ -452,71 +286,10 @@ fn resource_name(name: &str) -> Result<(), String> {
     ))
 }
 
-/// Parses a Kubernetes quantity (`100m`, `1.5`, `2Gi`, `1e3`) into its value.
-pub fn parse_quantity(text: &str) -> Result<f64, String> {
-    let invalid = || {
-        format!(
-            "{text:?} is not a quantity: expected a number with an optional suffix (m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei, or an exponent like e3)"
-        )
-    };
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let sign_stripped = number.strip_prefix(['+', '-']).unwrap_or(number);
-    if sign_stripped.is_empty()
-        || sign_stripped.contains(['+', '-'])
-        || sign_stripped.matches('.').count() > 1
-        || sign_stripped == "."
-    {
-        return Err(invalid());
-    }
-    let value: f64 = number.parse().map_err(|_| invalid())?;
-    let multiplier = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        exp if exp.starts_with(['e', 'E']) => {
-            let power: i32 = exp[1..].parse().map_err(|_| invalid())?;
-            10f64.powi(power)
-        }
-        _ => return Err(invalid()),
-    };
-    Ok(value * multiplier)
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+mod tests {
+    use crate::domain::template::tests::{fields, template};
     use serde_json::json;
-
-    /// A small valid template with `extra` fields merged in (for other modules' tests too).
-    pub(crate) fn template(extra: serde_json::Value) -> RunTemplate {
-        let mut base = json!({"image": "perl:5.34.0", "command": ["perl", "-e", "1"]});
-        base.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        serde_json::from_value(base).expect("template parses")
-    }
-
-    /// The fields a check named, in order.
-    pub(crate) fn fields(result: Result<(), Invalid>) -> Vec<String> {
-        result
-            .err()
-            .map(|e| e.0.into_iter().map(|f| f.field).collect())
-            .unwrap_or_default()
-    }
 
     #[test]
     fn the_calculatepi_template_is_valid() {
@@ -653,50 +426,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn quantities_parse_with_every_suffix() {
-        assert_eq!(parse_quantity("500m"), Ok(0.5));
-        assert_eq!(parse_quantity("2Ki"), Ok(2048.0));
-        assert_eq!(parse_quantity("1e3"), Ok(1000.0));
-        assert_eq!(parse_quantity("1.5G"), Ok(1.5e9));
-        for bad in ["", "m", "1.2.3", "1x", "--1", "1 Gi"] {
-            assert!(parse_quantity(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn overrides_replace_env_by_name_and_merge_labels() {
-        let t = template(json!({"env": [{"name": "A", "value": "1"}], "labels": {"x": "1"}}));
-        let overrides = crate::domain::RunOverrides {
-            env: vec![
-                EnvVar {
-                    name: "A".into(),
-                    value: "2".into(),
-                },
-                EnvVar {
-                    name: "B".into(),
-                    value: "3".into(),
-                },
-            ],
-            labels: [("y".to_string(), "2".to_string())].into(),
-        };
-        let t = t.with_overrides(&overrides);
-        assert_eq!(
-            t.env,
-            [
-                EnvVar {
-                    name: "A".into(),
-                    value: "2".into()
-                },
-                EnvVar {
-                    name: "B".into(),
-                    value: "3".into()
-                }
-            ]
-        );
-        assert_eq!(t.labels.len(), 2);
-    }
-
-    #[test]
     fn nul_in_free_text_is_refused_naming_the_field() {
         let t = template(json!({
             "command": ["sh", "a\u{0}"], "args": ["\u{0}"],
@@ -713,40 +442,5 @@ pub(crate) mod tests {
                 "template.annotations.note"
             ]
         );
-    }
-
-    #[test]
-    fn unknown_template_fields_are_refused() {
-        let parsed: Result<RunTemplate, _> =
-            serde_json::from_value(json!({"image": "x", "privileged": true}));
-        assert!(parsed
-            .unwrap_err()
-            .to_string()
-            .contains("unknown field `privileged`"));
-    }
-
-    #[test]
-    fn templates_cannot_ask_for_privileges_host_access_or_volumes() {
-        for field in [
-            json!({"privileged": true}),
-            json!({"securityContext": {"privileged": true}}),
-            json!({"hostNetwork": true}),
-            json!({"hostPID": true}),
-            json!({"hostIPC": true}),
-            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
-            json!({"hostPath": "/"}),
-            json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
-            json!({"runAsUser": 0}),
-        ] {
-            let mut body = json!({"image": "x"});
-            body.as_object_mut()
-                .unwrap()
-                .extend(field.as_object().unwrap().clone());
-            let parsed: Result<RunTemplate, _> = serde_json::from_value(body);
-            assert!(
-                parsed.unwrap_err().to_string().contains("unknown field"),
-                "{field} was accepted"
-            );
-        }
     }
 }
