@@ -134,6 +134,8 @@ impl Inner {
 pub struct Store {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// The event recorders' correlation cache (see [`crate::events`]).
+    pub(crate) event_cache: Mutex<crate::events::Correlator>,
 }
 
 fn key_of(meta: &ObjectMeta) -> ObjKey {
@@ -172,6 +174,7 @@ impl Store {
                 workloads: Table::default(),
             }),
             changed,
+            event_cache: Mutex::new(crate::events::Correlator::default()),
         }
     }
 
