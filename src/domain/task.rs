@@ -63,40 +63,9 @@ pub struct TaskSpec {
     pub description: Option<String>,
     /// The Job template every run of the task starts from.
     pub template: RunTemplate,
-    /// A 5-field cron expression (minute hour day-of-month month day-of-week), or @yearly,
-    /// @annually, @monthly, @weekly, @daily, @midnight, @hourly. See docs/schedules.md.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
-    /// The IANA time zone the schedule is read in (default UTC), e.g. `Europe/Berlin`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_zone: Option<String>,
-    /// What a scheduled time does while a run of the task is active (default Allow).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency_policy: Option<ConcurrencyPolicy>,
-    /// A scheduled time reached later than this many seconds does not start a run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
-    pub starting_deadline_seconds: Option<i64>,
-    /// While true, scheduled times are skipped (and recorded as such).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub suspend: Option<bool>,
-    /// Which missed scheduled times still start a run after a downtime (default latest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub catch_up_policy: Option<CatchUpPolicy>,
-    /// With catch-up policy `all`: the most runs one catch-up starts (1 to 100, default 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 100)]
-    pub max_catch_up_runs: Option<u32>,
-    /// Succeeded runs of the task to keep (default 3 for a scheduled task; a task without a
-    /// schedule and without this field keeps all, up to the global limits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
-    pub successful_runs_history_limit: Option<i32>,
-    /// Failed (also cancelled and lost) runs of the task to keep (default 1 for a scheduled
-    /// task; as above otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
-    pub failed_runs_history_limit: Option<i32>,
+    /// When the task runs on its own, and how much of its history is kept.
+    #[serde(flatten)]
+    pub schedule: ScheduleSpec,
     /// Limits on the size of this task's runs that replace the installation's, field by field
     /// (only admins define tasks). See the README's run limits.
     #[serde(
@@ -107,31 +76,14 @@ pub struct TaskSpec {
     pub limits: Option<RunLimits>,
 }
 
-impl TaskSpec {
-    /// The schedule and history fields, as one value.
-    pub fn schedule_spec(&self) -> ScheduleSpec {
-        ScheduleSpec {
-            schedule: self.schedule.clone(),
-            time_zone: self.time_zone.clone(),
-            concurrency_policy: self.concurrency_policy,
-            starting_deadline_seconds: self.starting_deadline_seconds,
-            suspend: self.suspend,
-            catch_up_policy: self.catch_up_policy,
-            max_catch_up_runs: self.max_catch_up_runs,
-            successful_runs_history_limit: self.successful_runs_history_limit,
-            failed_runs_history_limit: self.failed_runs_history_limit,
-        }
-    }
-}
-
 /// When a task runs on its own, and how much of its history is kept (a Kubernetes CronJob's
-/// fields, plus a catch-up policy), as [`TaskSpec`] has them. Every field is optional; absent
+/// fields, plus a catch-up policy), flattened into [`TaskSpec`] and [`Task`]. Every field is optional; absent
 /// fields are not stored, so tasks without a schedule look exactly as before.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleSpec {
     /// A 5-field cron expression (minute hour day-of-month month day-of-week), or @yearly,
-    /// @annually, @monthly, @weekly, @daily, @midnight, @hourly.
+    /// @annually, @monthly, @weekly, @daily, @midnight, @hourly. See docs/schedules.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     /// The IANA time zone the schedule is read in (default UTC), e.g. `Europe/Berlin`.
@@ -247,7 +199,7 @@ impl TaskSpec {
             }
         }
         self.template.collect_errors("template", &mut errors);
-        self.schedule_spec().collect_errors(&mut errors);
+        self.schedule.collect_errors(&mut errors);
         if let Some(limits) = &self.limits {
             limits.collect_errors("limits", &mut errors);
         }
@@ -287,5 +239,25 @@ mod tests {
         assert!(TaskName::parse("a".repeat(50)).is_ok());
         assert!(TaskName::parse("a".repeat(51)).is_err());
         assert!(TaskName::parse("Nightly").is_err());
+    }
+
+    #[test]
+    fn schedule_fields_sit_beside_the_template_and_unknown_fields_are_still_refused() {
+        let body = serde_json::json!({
+            "template": {"image": "x"}, "schedule": "@daily", "timeZone": "Europe/Berlin",
+            "suspend": true
+        });
+        let spec: TaskSpec = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(spec.schedule.schedule.as_deref(), Some("@daily"));
+        assert_eq!(spec.schedule.suspend, Some(true));
+        assert_eq!(
+            serde_json::to_value(&spec).unwrap(),
+            body,
+            "the same JSON back"
+        );
+        let mut unknown = body;
+        unknown["schedul"] = "@hourly".into();
+        let error = serde_json::from_value::<TaskSpec>(unknown).unwrap_err();
+        assert!(error.to_string().contains("schedul"), "{error}");
     }
 }

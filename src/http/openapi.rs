@@ -98,6 +98,7 @@ const STATUS: &str = "(queued|creating|pending|running|succeeded|failed|cancelle
 /// sizes, status lists, the Idempotency-Key). schemathesis (`scripts/schemathesis`) checks the
 /// result against the server.
 fn complete(doc: &mut Document) {
+    refuse_unknown_task_fields(doc);
     for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
@@ -109,6 +110,19 @@ fn complete(doc: &mut Document) {
         for operation in operations.into_iter().flatten() {
             complete_operation(path, operation);
         }
+    }
+}
+
+/// `TaskSpec` flattens `ScheduleSpec` (an `allOf` in the document) and the server refuses
+/// unknown fields of either; JSON Schema 2020-12 says that across an `allOf` with
+/// `unevaluatedProperties: false`, which utoipa cannot derive.
+fn refuse_unknown_task_fields(doc: &mut Document) {
+    use utoipa::openapi::{extensions::Extensions, schema::Schema, RefOr};
+    let schemas = doc.components.as_mut().map(|c| &mut c.schemas);
+    if let Some(RefOr::T(Schema::AllOf(all))) = schemas.and_then(|s| s.get_mut("TaskSpec")) {
+        all.extensions
+            .get_or_insert_with(Default::default)
+            .merge(Extensions::from_iter([("unevaluatedProperties", false)]));
     }
 }
 

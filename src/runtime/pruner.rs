@@ -107,7 +107,7 @@ async fn prune_locked(
     let batch = settings.batch_size.max(1);
 
     for (task, spec) in retention::limited_tasks(&runtime.db).await? {
-        let Some((successful, failed)) = spec.schedule_spec().history_limits() else {
+        let Some((successful, failed)) = spec.schedule.history_limits() else {
             continue;
         };
         for (statuses, keep, rule) in [

@@ -74,7 +74,7 @@ async fn schedule_task(
     spec: &TaskSpec,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let (Some(expression), Some(Ok(schedule))) = (&spec.schedule, spec.schedule_spec().parsed())
+    let (Some(expression), Some(Ok(schedule))) = (&spec.schedule.schedule, spec.schedule.parsed())
     else {
         // Stored specs were validated; one that no longer parses is left alone, loudly.
         tracing::warn!("scheduler: the task's schedule does not parse; skipping it");
@@ -82,7 +82,7 @@ async fn schedule_task(
     };
     let zone = schedule.zone().name();
     let after = schedules::cursor(&runtime.db, task, expression, zone, now).await?;
-    let policy = spec.schedule_spec().fire_policy();
+    let policy = spec.schedule.fire_policy();
     for decision in crate::domain::schedule::plan(&schedule, &policy, after, now) {
         apply(runtime, task, spec, &decision).await?;
     }
@@ -149,7 +149,7 @@ async fn start(
             return skip(tx, task, time, SkipReason::BeyondLimits, &message).await;
         }
     };
-    let policy = spec.concurrency_policy.unwrap_or_default();
+    let policy = spec.schedule.concurrency_policy.unwrap_or_default();
     if policy != ConcurrencyPolicy::Allow {
         let active = schedules::active_runs(&mut *tx, task).await?;
         if !active.is_empty() && policy == ConcurrencyPolicy::Forbid {

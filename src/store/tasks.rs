@@ -23,12 +23,11 @@ struct UpsertRow {
 
 impl From<TaskRow> for Task {
     fn from(row: TaskRow) -> Task {
-        let schedule = row.spec.schedule_spec();
         let TaskSpec {
             description,
             template,
+            schedule,
             limits,
-            ..
         } = row.spec.0;
         Task {
             name: row.name,
