@@ -205,6 +205,15 @@ async fn phase(
         if open == 0 && !held && started.elapsed() > Duration::from_secs(2) {
             break;
         }
+        // A stuck phase still reports what it has (and says so) rather than hanging.
+        let limit = std::env::var("LOG_SURVIVAL_PHASE_LIMIT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1800);
+        if started.elapsed() > Duration::from_secs(limit) {
+            println!("phase stopped after {limit} s with {open} runs or captures still open");
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
