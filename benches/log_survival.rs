@@ -1,15 +1,17 @@
-//! Logs through replica crashes (issue 12's benchmark, scaled): N runs each printing L numbered
-//! 64-byte lines in pieces over a few seconds, kubesim rotating logs at R bytes, two replicas
+//! Logs through replica crashes (issue 12's benchmark): N runs each printing L numbered lines
+//! W bytes wide in 16-KiB pieces every 100 ms, kubesim rotating logs at R bytes, two replicas
 //! of the service as separate processes. First a baseline (no kills), then the same with one
 //! replica killed with SIGKILL every K seconds (and started again). Prints, for each phase:
 //! the share of logs archived byte-exact (and of the others, how many say what is missing),
 //! the longest time a pod held the log finalizer after its container ended, and the peak
 //! resident memory of each replica process.
 //!
-//! `scripts/bench log_survival [runs] [lines] [rotate-bytes] [kill-every-secs]`
-//! (defaults 200 10000 262144 5).
+//! `scripts/bench log_survival [runs] [lines] [rotate-bytes] [kill-every-secs] [line-bytes]`
+//! (defaults: the issue's 1000 10000 1048576 5, and 256-byte lines so that each log is
+//! 2.4 MiB and really rotates twice at 1 MiB).
 
-use kubesim::logs::{generated_bytes, GENERATED_LINE};
+use futures::StreamExt;
+use kubesim::logs::generated_bytes_of_width;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
@@ -76,6 +78,7 @@ async fn phase(
     url: &str,
     runs: usize,
     lines: u64,
+    width: u64,
     rotate: u64,
     kill_every: Option<Duration>,
 ) -> Figures {
@@ -124,9 +127,10 @@ async fn phase(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let bytes = lines * GENERATED_LINE;
+    let bytes = lines * width;
     let template = json!({"image": "busybox", "env": [
         {"name": "KUBESIM_LOG_BYTES", "value": bytes.to_string()},
+        {"name": "KUBESIM_LINE_BYTES", "value": width.to_string()},
         {"name": "KUBESIM_LOG_CHUNK_BYTES", "value": "16384"},
         {"name": "KUBESIM_LOG_INTERVAL_MS", "value": "100"},
     ]});
@@ -201,6 +205,15 @@ async fn phase(
         if open == 0 && !held && started.elapsed() > Duration::from_secs(2) {
             break;
         }
+        // A stuck phase still reports what it has (and says so) rather than hanging.
+        let limit = std::env::var("LOG_SURVIVAL_PHASE_LIMIT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1800);
+        if started.elapsed() > Duration::from_secs(limit) {
+            println!("phase stopped after {limit} s with {open} runs or captures still open");
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
@@ -214,23 +227,27 @@ async fn phase(
     .fetch_one(&db)
     .await
     .unwrap();
-    let expected = String::from_utf8(generated_bytes(0, bytes)).unwrap();
+    let expected = String::from_utf8(generated_bytes_of_width(0, bytes, width)).unwrap();
     let (mut exact, mut marked, mut unmarked) = (0, 0, 0);
-    for id in &ids {
-        let mut text = String::new();
-        for _ in 0..20 {
-            let answer = http
-                .get(format!("{}/v1/runs/{id}/logs", base(&replicas[0])))
-                .send()
-                .await;
-            if let Ok(answer) = answer {
-                if let Ok(t) = answer.text().await {
-                    text = t;
-                    break;
+    // Read back through the service, a few at a time (each log is megabytes).
+    let url_of = |id: &String| format!("{}/v1/runs/{id}/logs", base(&replicas[0]));
+    let mut answers = futures::stream::iter(ids.iter().map(|id| {
+        let (http, url) = (http.clone(), url_of(id));
+        async move {
+            for _ in 0..20 {
+                if let Ok(answer) = http.get(&url).send().await {
+                    if let Ok(t) = answer.text().await {
+                        return t;
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            String::new()
         }
+    }))
+    .buffered(4);
+    for id in &ids {
+        let text = answers.next().await.unwrap_or_default();
         if std::env::var("BENCH_DEBUG").is_ok() && text != expected {
             let first = text.lines().next().unwrap_or_default().to_string();
             let last = text.lines().last().unwrap_or_default().to_string();
@@ -247,6 +264,7 @@ async fn phase(
             unmarked += 1;
         }
     }
+    drop(answers);
     for r in &mut replicas {
         let _ = r.child.kill();
         let _ = r.child.wait();
@@ -295,20 +313,23 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let arg = |i: usize, default: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
-    let runs = arg(0, 200) as usize;
+    let runs = arg(0, 1000) as usize;
     let lines = arg(1, 10_000);
-    let rotate = arg(2, 256 * 1024);
+    let rotate = arg(2, 1024 * 1024);
     let kill_every = Duration::from_secs(arg(3, 5));
+    let width = arg(4, 256).max(kubesim::logs::GENERATED_LINE);
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench sets it)");
     let admin = PgConnectOptions::from_str(&url).unwrap();
+    let each = lines * width;
     println!(
-        "{runs} runs x {lines} lines ({} KiB each), rotation at {} KiB, two replicas",
-        lines * GENERATED_LINE / 1024,
+        "{runs} runs x {lines} lines of {width} bytes ({:.2} MiB each, so kubesim rotates each log {} times), rotation at {} KiB, two replicas",
+        each as f64 / (1024.0 * 1024.0),
+        (each.saturating_sub(1)) / rotate,
         rotate / 1024
     );
-    let baseline = phase(&admin, &url, runs, lines, rotate, None).await;
+    let baseline = phase(&admin, &url, runs, lines, width, rotate, None).await;
     report("baseline (no kills)", runs, &baseline);
-    let killed = phase(&admin, &url, runs, lines, rotate, Some(kill_every)).await;
+    let killed = phase(&admin, &url, runs, lines, width, rotate, Some(kill_every)).await;
     report(
         &format!("kill -9 of one replica every {} s", kill_every.as_secs()),
         runs,

@@ -24,19 +24,21 @@ use tokio::sync::watch;
 pub const LOG_CAP_BYTES: usize = 64 * 1024 * 1024;
 /// The kubelet's default `containerLogMaxSize`.
 pub const ROTATE_BYTES: u64 = 10 * 1024 * 1024;
-/// Every generated line is exactly this long, newline included.
+/// Every generated line is exactly this long, newline included, unless a wider width is asked
+/// for (the scripted runner's `KUBESIM_LINE_BYTES`); it is also the narrowest width.
 pub const GENERATED_LINE: u64 = 64;
 
 #[derive(Debug, Clone)]
 enum Chunk {
     /// One line (ends with `\n` unless it is an unterminated final line).
     Line { ts: DateTime<Utc>, data: Bytes },
-    /// `len` bytes of [`generated_bytes`] text, starting at generated offset `offset` (a
-    /// multiple of [`GENERATED_LINE`]).
+    /// `len` bytes of [`generated_bytes_of_width`] text of lines `width` bytes long, starting
+    /// at generated offset `offset` (a multiple of `width`).
     Generated {
         ts: DateTime<Utc>,
         offset: u64,
         len: u64,
+        width: u64,
     },
 }
 
@@ -49,7 +51,7 @@ impl Chunk {
     fn lines(&self) -> u64 {
         match self {
             Chunk::Line { .. } => 1,
-            Chunk::Generated { len, .. } => len.div_ceil(GENERATED_LINE),
+            Chunk::Generated { len, width, .. } => len.div_ceil(*width),
         }
     }
 }
@@ -96,27 +98,36 @@ impl Inner {
     }
 }
 
-/// Text of generated log line `n` (0-based): 64 bytes including the newline.
-fn generated_line(n: u64) -> [u8; GENERATED_LINE as usize] {
-    let mut line = [b'x'; GENERATED_LINE as usize];
+/// Text of generated log line `n` (0-based): `width` bytes (at least [`GENERATED_LINE`])
+/// including the newline, the number first and `x` padding after it.
+fn generated_line(n: u64, width: u64) -> Vec<u8> {
+    let width = width.max(GENERATED_LINE) as usize;
+    let mut line = vec![b'x'; width];
     let head = format!("kubesim generated log line {n:012} ");
     line[..head.len()].copy_from_slice(head.as_bytes());
-    line[GENERATED_LINE as usize - 1] = b'\n';
+    line[width - 1] = b'\n';
     line
 }
 
-/// Bytes `[offset, offset+len)` of the generated text.
+/// Bytes `[offset, offset+len)` of the generated text (64-byte lines).
 pub fn generated_bytes(offset: u64, len: u64) -> Vec<u8> {
+    generated_bytes_of_width(offset, len, GENERATED_LINE)
+}
+
+/// Bytes `[offset, offset+len)` of the generated text of lines `width` bytes long (widths
+/// under [`GENERATED_LINE`] count as that).
+pub fn generated_bytes_of_width(offset: u64, len: u64, width: u64) -> Vec<u8> {
+    let width = width.max(GENERATED_LINE);
     let mut out = Vec::with_capacity(len as usize);
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
-        let n = pos / GENERATED_LINE;
-        let line = generated_line(n);
-        let from = (pos % GENERATED_LINE) as usize;
-        let to = ((end - n * GENERATED_LINE).min(GENERATED_LINE)) as usize;
+        let n = pos / width;
+        let line = generated_line(n, width);
+        let from = (pos % width) as usize;
+        let to = ((end - n * width).min(width)) as usize;
         out.extend_from_slice(&line[from..to]);
-        pos = n * GENERATED_LINE + to as u64;
+        pos = n * width + to as u64;
     }
     out
 }
@@ -168,20 +179,28 @@ impl LogBuf {
         self.bump();
     }
 
-    /// Appends `len` bytes of generated text without storing them.
+    /// Appends `len` bytes of generated 64-byte lines without storing them.
     pub fn push_generated(&self, len: u64) {
+        self.push_generated_of_width(len, GENERATED_LINE);
+    }
+
+    /// Appends `len` bytes of generated lines `width` bytes long without storing them. A
+    /// container keeps one width (numbering goes on in whole lines of the current width).
+    pub fn push_generated_of_width(&self, len: u64, width: u64) {
         if len == 0 {
             return;
         }
+        let width = width.max(GENERATED_LINE);
         {
             let mut g = self.lock();
             // Generated text goes on from the end of the last generated chunk, whole lines.
-            let offset = g.generated.div_ceil(GENERATED_LINE) * GENERATED_LINE;
+            let offset = g.generated.div_ceil(width) * width;
             g.generated = offset + len;
             g.chunks.push_back(Chunk::Generated {
                 ts: Utc::now(),
                 offset,
                 len,
+                width,
             });
             g.wrote(len, self.rotate);
         }
@@ -205,9 +224,9 @@ impl LogBuf {
         for c in &g.chunks {
             match c {
                 Chunk::Line { data, .. } => out.extend_from_slice(data),
-                Chunk::Generated { offset, len, .. } => {
-                    out.extend_from_slice(&generated_bytes(*offset, *len))
-                }
+                Chunk::Generated {
+                    offset, len, width, ..
+                } => out.extend_from_slice(&generated_bytes_of_width(*offset, *len, *width)),
             }
         }
         out
@@ -282,17 +301,23 @@ impl LogBuf {
                             return;
                         }
                     }
-                    Chunk::Generated { offset, len, .. } => {
+                    Chunk::Generated {
+                        offset, len, width, ..
+                    } => {
                         let total_lines = chunk.lines();
                         while line_in_chunk < total_lines {
                             // ~64 KiB per block.
-                            let n = (total_lines - line_in_chunk).min(1024);
-                            let mut out = Vec::with_capacity((n * (GENERATED_LINE + 40)) as usize);
+                            let n = (total_lines - line_in_chunk).min((65536 / width).max(1));
+                            let mut out = Vec::with_capacity((n * (width + 40)) as usize);
                             for l in line_in_chunk..line_in_chunk + n {
-                                let from = l * GENERATED_LINE;
-                                let to = ((l + 1) * GENERATED_LINE).min(*len);
+                                let from = l * width;
+                                let to = ((l + 1) * width).min(*len);
                                 out.extend_from_slice(prefix.as_bytes());
-                                out.extend_from_slice(&generated_bytes(offset + from, to - from));
+                                out.extend_from_slice(&generated_bytes_of_width(
+                                    offset + from,
+                                    to - from,
+                                    *width,
+                                ));
                             }
                             line_in_chunk += n;
                             if !self
@@ -418,6 +443,13 @@ mod tests {
         let all = generated_bytes(0, 1000);
         assert_eq!(all.len(), 1000);
         assert_eq!(generated_bytes(100, 300), all[100..400].to_vec());
+        let wide = generated_bytes_of_width(0, 1000, 200);
+        assert_eq!(
+            generated_bytes_of_width(150, 500, 200),
+            wide[150..650].to_vec()
+        );
+        assert!(wide[200..].starts_with(b"kubesim generated log line 000000000001 x"));
+        assert_eq!(wide[199], b'\n');
         assert!(all.starts_with(b"kubesim generated log line 000000000000 x"));
         assert_eq!(all[63], b'\n');
     }
@@ -522,5 +554,33 @@ mod tests {
         let out = read(buf, ReadOptions::default()).await;
         assert_eq!(out.len(), 10 * 1024 * 1024 + 5);
         assert_eq!(&out[..], &generated_bytes(0, out.len() as u64)[..]);
+    }
+
+    #[tokio::test]
+    async fn wide_generated_lines_stream_whole_and_rotate_by_their_bytes() {
+        let buf = Arc::new(LogBuf::with_limits(LOG_CAP_BYTES, Some(800)));
+        buf.push_generated_of_width(3 * 300, 300);
+        buf.push_generated_of_width(2 * 300 + 10, 300);
+        buf.close();
+        let all = generated_bytes_of_width(0, 5 * 300 + 10, 300);
+        assert_eq!(buf.snapshot(), all);
+        assert_eq!(
+            read(buf.clone(), ReadOptions::default()).await,
+            all[900..].to_vec(),
+            "the first 900 bytes passed 800 and rotated; the current file holds the rest"
+        );
+        let tail = read(
+            buf,
+            ReadOptions {
+                tail_lines: Some(2),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            tail,
+            all[4 * 300..].to_vec(),
+            "the last two lines, the last unterminated"
+        );
     }
 }
