@@ -686,3 +686,33 @@ pub async fn track_failed_creates(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_queued_many_times_is_reconciled_once_and_a_failure_comes_back_after_backoff() {
+        let mut queue = WorkQueue::new();
+        let job = Key::Job("run-1".into());
+        queue.add(job.clone());
+        queue.add(Key::Resync);
+        queue.add(job.clone());
+        assert_eq!(queue.next().await, job);
+        assert_eq!(queue.next().await, Key::Resync);
+        let nothing = tokio::time::timeout(Duration::from_millis(100), queue.next()).await;
+        assert!(
+            nothing.is_err(),
+            "the second add of a queued key adds nothing"
+        );
+
+        // The error policy: the key comes back by itself after its backoff.
+        queue.failed(job.clone());
+        let started = tokio::time::Instant::now();
+        assert_eq!(queue.next().await, job);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        queue.succeeded(&job);
+        let nothing = tokio::time::timeout(Duration::from_secs(1), queue.next()).await;
+        assert!(nothing.is_err(), "a reconciled key does not come back");
+    }
+}
