@@ -99,7 +99,19 @@ impl Service {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(SERVICE)
+        // BENCH_SERVICE_ARGS: more flags for the service (to see what memory follows).
+        let extra = std::env::var("BENCH_SERVICE_ARGS").unwrap_or_default();
+        // BENCH_SERVICE_WRAPPER: a program to run the service under (e.g. `heaptrack`; the
+        // RSS figures are then the wrapper's, only its profile counts).
+        let mut command = match std::env::var("BENCH_SERVICE_WRAPPER") {
+            Ok(wrapper) if !wrapper.is_empty() => {
+                let mut command = Command::new(wrapper);
+                command.arg(SERVICE);
+                command
+            }
+            _ => Command::new(SERVICE),
+        };
+        let child = command
             .args([
                 "serve",
                 "--listen",
@@ -111,6 +123,7 @@ impl Service {
                 "--launch-concurrency",
                 "32",
             ])
+            .args(extra.split_whitespace())
             .env("DATABASE_URL", &db.url)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
@@ -167,8 +180,18 @@ impl Service {
     }
 
     fn stop(mut self) {
-        // SIGTERM: a graceful stop hands back the log-capture leases.
-        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        // SIGTERM: a graceful stop hands back the log-capture leases. Under a wrapper, the
+        // service is the wrapper's child, and is the one to stop.
+        let pid = self.pid();
+        let mut pids = vec![pid.to_string()];
+        if std::env::var("BENCH_SERVICE_WRAPPER").is_ok_and(|w| !w.is_empty()) {
+            pids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+        }
+        let _ = Command::new("kill").args(&pids).status();
         let _ = self.child.wait();
     }
 }
