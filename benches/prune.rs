@@ -55,9 +55,9 @@ async fn main() -> anyhow::Result<()> {
                            finished_at, scheduled_time)
          SELECT (lpad(to_hex(i), 12, '0') || '70008000000000000000')::uuid, 'bench', i,
                 CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'succeeded' END, 'schedule', $2,
-                now() - make_interval(mins => ($1 - i)::int),
-                now() - make_interval(mins => ($1 - i)::int),
-                now() - make_interval(mins => ($1 - i)::int)
+                now() - make_interval(secs => ($1 - i)::int),
+                now() - make_interval(secs => ($1 - i)::int),
+                now() - make_interval(secs => ($1 - i)::int)
          FROM generate_series(1, $1) AS i",
     )
     .bind(runs)
