@@ -1,9 +1,11 @@
 //! Benchmark: one million finished runs pruned down to a task's history limits while the API
-//! keeps answering. Prints the pruning rate and the API's latency percentiles during it.
+//! keeps answering. Prints the pruning rate and the API's latency percentiles during it, beside
+//! the same clients' latency over the same rows before pruning starts (the task keeps its whole
+//! history until it is given CronJob's limits), and a `ROW|...` line for `scripts/bench table`.
 //!
 //! Needs a PostgreSQL server it may create a database on:
 //! `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench --bench prune`
-//! (`BENCH_RUNS` changes the number of runs seeded).
+//! (`BENCH_RUNS` changes the number of runs seeded, `BENCH_IDLE_SECS` the idle measurement).
 
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -25,6 +27,10 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
+    let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
     let database = format!("vfi_prune_bench_{}", std::process::id());
     let admin = PgConnectOptions::from_str(&url)?;
     let mut conn = admin.connect().await?;
@@ -37,11 +43,10 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     vfi_orchestrator::store::migrate(&db).await?;
 
-    // A scheduled task keeping CronJob's defaults: 3 succeeded and 1 failed run.
+    // A task without a schedule or limits keeps its whole history: nothing is pruned until it
+    // is given limits below.
     let template = RunTemplate::new("busybox", vec!["true".into()]);
-    let spec: TaskSpec = serde_json::from_value(json!({
-        "template": template, "schedule": "@hourly", "successfulRunsHistoryLimit": 3,
-    }))?;
+    let spec: TaskSpec = serde_json::from_value(json!({"template": template}))?;
     vfi_orchestrator::store::tasks::upsert(&db, "bench", &spec).await?;
 
     let seeding = Instant::now();
@@ -50,9 +55,9 @@ async fn main() -> anyhow::Result<()> {
                            finished_at, scheduled_time)
          SELECT (lpad(to_hex(i), 12, '0') || '70008000000000000000')::uuid, 'bench', i,
                 CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'succeeded' END, 'schedule', $2,
-                now() - make_interval(mins => ($1 - i)::int),
-                now() - make_interval(mins => ($1 - i)::int),
-                now() - make_interval(mins => ($1 - i)::int)
+                now() - make_interval(secs => ($1 - i)::int),
+                now() - make_interval(secs => ($1 - i)::int),
+                now() - make_interval(secs => ($1 - i)::int)
          FROM generate_series(1, $1) AS i",
     )
     .bind(runs)
@@ -90,7 +95,6 @@ async fn main() -> anyhow::Result<()> {
     let app = App::new(&args, db.clone(), sim.client()).await?;
     let base = format!("http://{}", app.local_addr()?);
     let shutdown = CancellationToken::new();
-    let started = Instant::now();
     let service = tokio::spawn(app.run(shutdown.clone()));
 
     // Clients reading the task and its newest runs, as a UI would, while pruning goes on.
@@ -126,6 +130,28 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
+    // Idle: the same clients over the same rows, nothing pruned.
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let idle = std::mem::take(&mut *latencies.lock().await);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(left, runs, "nothing is pruned before the task has limits");
+
+    // A scheduled task keeping CronJob's defaults: 3 succeeded and 1 failed run.
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .put(format!("{base}/v1/tasks/bench"))
+        .json(
+            &json!({"template": template, "schedule": "@hourly", "successfulRunsHistoryLimit": 3}),
+        )
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "setting the task's limits: {}",
+        response.status()
+    );
     let remaining = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
@@ -149,6 +175,9 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Arc::try_unwrap(latencies).unwrap().into_inner();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    let mut idle = idle;
+    idle.sort();
+    let idle_pct = |p: f64| idle[((idle.len() - 1) as f64 * p) as usize];
     let pruned = runs - remaining;
     println!(
         "pruned {pruned} runs in {:.1} s: {:.0} runs/s ({remaining} kept)",
@@ -162,6 +191,20 @@ async fn main() -> anyhow::Result<()> {
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "API before pruning (same clients, same {runs} rows): {} requests, p50 {:.1} ms, p99 {:.1} ms",
+        idle.len(),
+        ms(idle_pct(0.5)),
+        ms(idle_pct(0.99)),
+    );
+    let ratio = ms(pct(0.99)) / ms(idle_pct(0.99));
+    println!(
+        "ROW|API p99 while pruning {runs} runs|{:.1} ms|{:.1} ms idle|{ratio:.2}x|<= 2x idle (the issue sets none)|{}",
+        ms(pct(0.99)),
+        ms(idle_pct(0.99)),
+        if ratio <= 2.0 { "yes" } else { "no" }
     );
     db.close().await;
     conn.execute(format!("DROP DATABASE {database} WITH (FORCE)").as_str())

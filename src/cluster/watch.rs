@@ -1,6 +1,9 @@
 //! Watching this installation's Jobs, pods and the Job controller's `FailedCreate` Events:
 //! kube-runtime watchers that re-list after a lost connection or a 410 Gone, restarted with a
-//! short backoff. What the stream says is left to the caller (the tracker).
+//! short backoff. What the stream says is left to the caller (the tracker). Jobs and pods come
+//! trimmed to what the tracker and the archiver read ([`trim_job`], [`trim_pod`]): a Job's pod
+//! template, managed fields and annotations are most of its size, and the tracker keeps one of
+//! each per active run.
 
 use super::jobs::Cluster;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -70,6 +73,7 @@ impl Cluster {
     pub fn watch_jobs(&self, namespace: &str, timeout_secs: u32) -> Watch<Job> {
         let api: Api<Job> = Api::namespaced(self.client.clone(), namespace);
         watcher::watcher(api, self.installation_watch(timeout_secs))
+            .modify(trim_job)
             .backoff(WatchBackoff::new())
             .boxed()
     }
@@ -78,6 +82,7 @@ impl Cluster {
     pub fn watch_pods(&self, namespace: &str, timeout_secs: u32) -> Watch<Pod> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         watcher::watcher(api, self.installation_watch(timeout_secs))
+            .modify(trim_pod)
             .backoff(WatchBackoff::new())
             .boxed()
     }
@@ -94,5 +99,109 @@ impl Cluster {
             .backoff(WatchBackoff::new())
             .applied_objects()
             .boxed()
+    }
+}
+
+/// Keeps of a Job what the tracker reads: its identity, labels, finalizers, deletion, its own
+/// `ttlSecondsAfterFinished` (see [`Cluster::release_job`]) and its status. The pod template,
+/// annotations and managed fields go.
+pub fn trim_job(job: &mut Job) {
+    trim_meta(&mut job.metadata);
+    let ttl = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished);
+    job.spec = Some(k8s_openapi::api::batch::v1::JobSpec {
+        ttl_seconds_after_finished: ttl,
+        ..Default::default()
+    });
+}
+
+/// Keeps of a pod what the tracker's record and the archiver read: identity, labels, the
+/// completion-index annotation, finalizers, deletion, the controlling owner, its node and its
+/// status. The containers' specs, volumes and managed fields go.
+pub fn trim_pod(pod: &mut Pod) {
+    trim_meta(&mut pod.metadata);
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key == COMPLETION_INDEX);
+    }
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        node_name,
+        ..Default::default()
+    });
+}
+
+/// The annotation an Indexed Job's pods carry their index in (also a label since 1.28).
+const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+
+fn trim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.generate_name = None;
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.retain(|o| o.controller == Some(true));
+    }
+    // A Job's annotations are the service's own (the run number) or the user's; none is read.
+    // A pod's are filtered by `trim_pod`.
+    if meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| !a.contains_key(COMPLETION_INDEX))
+    {
+        meta.annotations = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn trimming_keeps_what_the_tracker_reads() {
+        let full: Job = serde_json::from_value(json!({
+            "metadata": {"name": "j", "namespace": "batch", "uid": "u", "resourceVersion": "7",
+                "labels": {"vfi-orchestrator.io/run-id": "r"}, "finalizers": ["f"],
+                "annotations": {"vfi-orchestrator.io/run-number": "3"},
+                "managedFields": [{"manager": "m", "operation": "Update"}]},
+            "spec": {"ttlSecondsAfterFinished": 60, "template": {"spec": {"containers": [
+                {"name": "main", "image": "x", "env": [{"name": "A", "value": "1"}]}]}}},
+            "status": {"active": 1, "ready": 1}
+        }))
+        .unwrap();
+        let mut trimmed = full.clone();
+        trim_job(&mut trimmed);
+        assert_eq!(
+            crate::cluster::observe::observe_job(&trimmed),
+            crate::cluster::observe::observe_job(&full)
+        );
+        assert_eq!(trimmed.metadata.labels, full.metadata.labels);
+        assert_eq!(trimmed.metadata.finalizers, full.metadata.finalizers);
+        assert_eq!(
+            trimmed.spec.as_ref().unwrap().ttl_seconds_after_finished,
+            Some(60)
+        );
+        assert!(trimmed.spec.unwrap().template.spec.is_none());
+        assert!(
+            trimmed.metadata.managed_fields.is_none() && trimmed.metadata.annotations.is_none()
+        );
+
+        let full: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "j-0-x", "namespace": "batch", "uid": "p",
+                "annotations": {COMPLETION_INDEX: "0", "other": "y"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j",
+                    "uid": "u", "controller": true}]},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": "x"}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        let mut trimmed = full.clone();
+        trim_pod(&mut trimmed);
+        assert_eq!(
+            crate::cluster::observe::pod_record(&trimmed, false),
+            crate::cluster::observe::pod_record(&full, false)
+        );
+        assert_eq!(
+            trimmed.metadata.owner_references,
+            full.metadata.owner_references
+        );
+        assert!(trimmed.spec.unwrap().containers.is_empty());
     }
 }

@@ -123,17 +123,20 @@ impl Archiver {
         let this = self.clone();
         let pod = pod.clone();
         let shutdown = shutdown.clone();
+        // The task waits for a capture slot before the capture's state exists, and holds it
+        // boxed: a capture's future is many KB, and with thousands of pods running most of
+        // them wait for a slot (issue 15: memory per active run).
         tokio::spawn(async move {
             if never_ran {
-                this.give_up(
+                Box::pin(this.give_up(
                     &key,
                     &pod,
                     "missing",
                     "the pod was deleted before its container started",
-                )
+                ))
                 .await;
-            } else {
-                this.capture(&key, &pod, &shutdown).await;
+            } else if let Ok(_permit) = this.inner.permits.acquire().await {
+                Box::pin(this.capture(&key, &pod, &shutdown)).await;
             }
             this.inner.active.lock().unwrap().remove(&key);
         });
@@ -142,9 +145,6 @@ impl Archiver {
     #[tracing::instrument(skip_all, fields(run_id = %key.0, pod = %key.1))]
     async fn capture(&self, key: &(Uuid, String), pod: &Pod, shutdown: &CancellationToken) {
         let inner = &self.inner;
-        let Ok(_permit) = inner.permits.acquire().await else {
-            return;
-        };
         let (run_id, name) = key;
         tracing::debug!("capturing the pod's log");
         let claimed = match logs::claim(

@@ -1,6 +1,7 @@
 //! Long-lived loops that act on the cluster: the launcher turns queued runs into Jobs, the
-//! tracker follows Jobs and pods through watch streams and reconciles after every re-list, the
-//! scheduler starts scheduled runs on time, the pruner keeps the history within its limits.
+//! tracker reconciles each Job (and its pods) as their watches report changes and every
+//! unfinished run after each re-list, the scheduler starts scheduled runs on time, the pruner
+//! keeps the history within its limits.
 //! Each loop takes the shared state and a cancellation token, and never dies on one bad item.
 
 pub mod archiver;
@@ -91,8 +92,8 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
     ];
     for namespace in runtime.cluster.settings.namespaces.clone() {
         loops.push(Loop {
-            name: format!("job-tracker/{namespace}"),
-            handle: tokio::spawn(tracker::track_jobs(
+            name: format!("tracker/{namespace}"),
+            handle: tokio::spawn(tracker::track(
                 runtime.clone(),
                 namespace.clone(),
                 shutdown.clone(),
@@ -101,14 +102,6 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
         loops.push(Loop {
             name: format!("failed-create-tracker/{namespace}"),
             handle: tokio::spawn(tracker::track_failed_creates(
-                runtime.clone(),
-                namespace.clone(),
-                shutdown.clone(),
-            )),
-        });
-        loops.push(Loop {
-            name: format!("pod-tracker/{namespace}"),
-            handle: tokio::spawn(tracker::track_pods(
                 runtime.clone(),
                 namespace.clone(),
                 shutdown.clone(),
@@ -144,13 +137,6 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
     loops.push(Loop {
         name: "pending-limit".into(),
         handle: tokio::spawn(pending::run(runtime.clone(), shutdown.clone())),
-    });
-    loops.push(Loop {
-        name: "reconciler".into(),
-        handle: tokio::spawn(tracker::reconcile_periodically(
-            runtime.clone(),
-            shutdown.clone(),
-        )),
     });
     loops
 }

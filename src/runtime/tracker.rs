@@ -1,106 +1,449 @@
-//! The tracker: the cluster's watches of this installation's Jobs and pods (see
-//! [`crate::cluster::watch`]) write what they report into Postgres. A watch's re-list (`Init` ..
-//! `InitDone`) is the truth: after every one, each unfinished run is checked against it, so a
-//! lost connection, a 410 Gone or a missed `Delete` can delay a final state but never lose it.
-//! The Jobs' tracking finalizer is released only once a run's outcome is stored. While a run is
-//! pending, why it cannot start (a pod's waiting reason or unschedulable condition, the Job
-//! controller's `FailedCreate` Events) is recorded on it.
+//! The tracker, in the controller-runtime shape. Per namespace, the watches of this
+//! installation's Jobs and pods (see [`crate::cluster::watch`]) only keep a cache of what they
+//! report and put the Job's name on a work queue; one [`Tracker::reconcile`] per Job reads the
+//! Job and its pods from that cache and the run from Postgres, writes what changed through the
+//! guarded status writer, and acts on final runs: deletes the Job of a run that ended without it
+//! (cancelled, failed while pending), and releases the tracking finalizer once the outcome is
+//! stored. A failed reconcile is logged with its cause chain and requeued with backoff (the error
+//! policy), so a failed write never waits for a next event (a finished Job sends none). A Job
+//! queued several times before its reconcile is reconciled once.
+//!
+//! A watch's re-list (`Init` .. `InitDone`) is the truth: after every one, and after the
+//! periodic listing every `reconcile_interval`, each unfinished run whose Job is not in the cache
+//! is queued to be looked up, and a Job that is really gone makes its run `lost`; so a lost
+//! connection, a 410 Gone or a missed `Delete` can delay a final state but never lose it. While a
+//! run is pending, why it cannot start (a pod's waiting reason or unschedulable condition, the
+//! Job controller's `FailedCreate` Events) is recorded on it. Pods are handed to the log archiver
+//! as their events come.
 
 use super::requeue::Requeue;
 use super::Runtime;
-use crate::cluster::watch::Event;
+use crate::cluster::watch::{self, Event, WatchError};
 use crate::cluster::{keys, observe};
-use crate::domain::{JobRef, RunStatus};
+use crate::domain::{JobRef, PodRecord, RunStatus};
 use crate::store::{self, runs::Observation};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// What the job tracker looks at again after a failure.
-#[derive(Clone)]
-enum Look {
-    Changed(Box<Job>),
-    Gone(Box<Job>),
-    /// The check of unfinished runs against a re-list (the run ids it listed).
-    Reconcile(Arc<HashSet<Uuid>>),
+/// What the work queue holds: a Job (by name; one tracker per namespace) or the check of the
+/// unfinished runs against the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Job(String),
+    Resync,
 }
 
-/// The key of a Job in the requeue: one entry per Job.
-fn requeue_key(job: &Job) -> String {
-    format!(
-        "job/{}/{}",
-        job.namespace().unwrap_or_default(),
-        job.name_any()
-    )
+impl Key {
+    fn id(&self) -> String {
+        match self {
+            Key::Job(name) => format!("job/{name}"),
+            Key::Resync => "resync".into(),
+        }
+    }
 }
 
-const RECONCILE_KEY: &str = "reconcile";
+/// What the work queue does with a Job after a successful reconcile.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    /// Nothing until the next event of the Job or one of its pods.
+    AwaitChange,
+    /// The Job and its pods need nothing more: drop them from the cache (a later event brings
+    /// them back).
+    Forget,
+}
 
-pub async fn track_jobs(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
-    let mut events = runtime
-        .cluster
-        .watch_jobs(&namespace, runtime.settings.watch_timeout_secs);
-    let mut listed = HashSet::new();
-    // A failed write or API call re-queues its Job with backoff (250 ms doubling up to 5 s), so a
-    // database outage delays a final state by at most a few seconds after it ends.
-    let mut requeue = Requeue::new(Duration::from_millis(250), Duration::from_secs(5));
+/// Keys to reconcile: each at most once in the ready queue, plus those waiting for their
+/// backoff after a failure. A key both ready and waiting is reconciled now; its success drops
+/// the wait, its failure lengthens it.
+struct WorkQueue {
+    ready: VecDeque<Key>,
+    queued: HashSet<Key>,
+    retry: Requeue<Key>,
+}
+
+impl WorkQueue {
+    fn new() -> Self {
+        WorkQueue {
+            ready: VecDeque::new(),
+            queued: HashSet::new(),
+            // 250 ms doubling up to 5 s: a database outage delays a final state by at most a
+            // few seconds after it ends.
+            retry: Requeue::new(Duration::from_millis(250), Duration::from_secs(5)),
+        }
+    }
+
+    fn add(&mut self, key: Key) {
+        if self.queued.insert(key.clone()) {
+            self.ready.push_back(key);
+        }
+    }
+
+    /// The next key to reconcile: a ready one, else the first whose backoff is over.
+    async fn next(&mut self) -> Key {
+        if let Some(key) = self.ready.pop_front() {
+            self.queued.remove(&key);
+            return key;
+        }
+        let (_, key) = self.retry.next().await;
+        metrics::counter!("vfi_tracker_requeues_total").increment(1);
+        key
+    }
+
+    fn succeeded(&mut self, key: &Key) {
+        self.retry.succeeded(&key.id());
+    }
+
+    fn failed(&mut self, key: Key) {
+        self.retry.failed(key.id(), key);
+    }
+}
+
+/// What the tracker knows of one Job and its pods.
+#[derive(Default)]
+struct Tracked {
+    /// The Job as its watch last reported it; none before its first event and after it is gone.
+    job: Option<Job>,
+    /// The Job's last state, from its `Delete` event, until its reconcile records it.
+    deleted: Option<Job>,
+    /// The Job changed since its last successful reconcile.
+    job_changed: bool,
+    /// A check found this run unfinished and its Job not in the cache: look the Job up.
+    check: Option<Uuid>,
+    pods: HashMap<String, TrackedPod>,
+}
+
+/// A pod as last reported, and whether that is written.
+struct TrackedPod {
+    run_id: Uuid,
+    record: PodRecord,
+    /// Why it cannot start, if it cannot.
+    waiting: Option<(String, String)>,
+    written: bool,
+}
+
+impl TrackedPod {
+    /// Nothing more will come of it: deleted, or ended with its log stored.
+    fn settled(&self) -> bool {
+        self.record.deleted
+    }
+}
+
+/// One namespace's tracker: the cache, the work queue and the reconcile.
+struct Tracker {
+    runtime: Runtime,
+    namespace: String,
+    cache: HashMap<String, Tracked>,
+    queue: WorkQueue,
+    /// Pods listed by the pod watch's re-list under way.
+    pods_listed: Option<HashSet<String>>,
+    /// Jobs listed by the Job watch's re-list under way.
+    jobs_listed: Option<HashSet<String>>,
+}
+
+/// One step of the loop, chosen by `select!` and carried out after it.
+enum Step {
+    Job(Box<Result<Event<Job>, WatchError>>),
+    Pod(Box<Result<Event<Pod>, WatchError>>),
+    Reconcile(Key),
+    ListAll,
+}
+
+/// Follows `namespace`'s Jobs and pods until `shutdown`.
+pub async fn track(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
+    let timeout = runtime.settings.watch_timeout_secs;
+    let mut jobs = runtime.cluster.watch_jobs(&namespace, timeout);
+    let mut pods = runtime.cluster.watch_pods(&namespace, timeout);
+    let interval = runtime.settings.reconcile_interval;
+    let mut list_all = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    list_all.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tracker = Tracker {
+        runtime,
+        namespace,
+        cache: HashMap::new(),
+        queue: WorkQueue::new(),
+        pods_listed: None,
+        jobs_listed: None,
+    };
     loop {
-        let look = tokio::select! {
+        let step = tokio::select! {
             _ = shutdown.cancelled() => return,
-            (_, look) = requeue.next() => {
-                metrics::counter!("vfi_tracker_requeues_total").increment(1);
-                look
-            }
-            event = events.next() => match event {
+            event = jobs.next() => match event {
+                Some(event) => Step::Job(Box::new(event)),
                 None => return,
-                Some(Err(error)) => {
-                    metrics::counter!("vfi_watch_errors_total", "kind" => "job").increment(1);
-                    tracing::warn!(%namespace, error = %crate::error::chain(&error), "job watch failed; it restarts with backoff");
-                    continue;
-                }
-                Some(Ok(Event::Init)) => {
-                    metrics::counter!("vfi_watch_relists_total", "kind" => "job").increment(1);
-                    listed.clear();
-                    continue;
-                }
-                Some(Ok(Event::InitApply(job))) => {
-                    let Some(id) = observe::run_id(job.metadata.labels.as_ref()) else {
-                        continue;
-                    };
-                    if settled_job(&job) {
-                        // Not listed: should its run be unfinished after all, the check after
-                        // the re-list looks the Job up.
-                        continue;
-                    }
-                    listed.insert(id);
-                    Look::Changed(Box::new(job))
-                }
-                Some(Ok(Event::InitDone)) => Look::Reconcile(Arc::new(std::mem::take(&mut listed))),
-                Some(Ok(Event::Apply(job))) => Look::Changed(Box::new(job)),
-                Some(Ok(Event::Delete(job))) => Look::Gone(Box::new(job)),
             },
+            event = pods.next() => match event {
+                Some(event) => Step::Pod(Box::new(event)),
+                None => return,
+            },
+            key = tracker.queue.next() => Step::Reconcile(key),
+            _ = list_all.tick() => Step::ListAll,
         };
-        let (key, outcome) = match &look {
-            Look::Changed(job) => (requeue_key(job), job_changed(&runtime, job).await),
-            Look::Gone(job) => (requeue_key(job), job_gone(&runtime, job).await),
-            Look::Reconcile(listed) => (
-                RECONCILE_KEY.to_string(),
-                reconcile(&runtime, &namespace, listed).await,
-            ),
-        };
-        match outcome {
-            Ok(()) => requeue.succeeded(&key),
+        match step {
+            Step::Job(event) => tracker.job_event(*event),
+            Step::Pod(event) => tracker.pod_event(*event, &shutdown),
+            Step::Reconcile(key) => tracker.process(key).await,
+            Step::ListAll => tracker.list_all().await,
+        }
+    }
+}
+
+/// The name of the Job controlling `pod`.
+fn owning_job(pod: &Pod) -> Option<String> {
+    pod.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Job")
+        .map(|o| o.name.clone())
+}
+
+impl Tracker {
+    fn job_event(&mut self, event: Result<Event<Job>, WatchError>) {
+        let namespace = &self.namespace;
+        match event {
             Err(error) => {
-                tracing::warn!(%namespace, %key, error = %crate::error::chain(&error), "tracking failed; looking again with backoff");
-                requeue.failed(key, look);
+                metrics::counter!("vfi_watch_errors_total", "kind" => "job").increment(1);
+                tracing::warn!(%namespace, error = %crate::error::chain(&error), "job watch failed; it restarts with backoff");
+            }
+            Ok(Event::Init) => {
+                metrics::counter!("vfi_watch_relists_total", "kind" => "job").increment(1);
+                self.jobs_listed = Some(HashSet::new());
+            }
+            Ok(Event::InitApply(job)) => {
+                if observe::run_id(job.metadata.labels.as_ref()).is_none() || settled_job(&job) {
+                    // Not kept: should its run be unfinished after all, the check after the
+                    // re-list looks the Job up.
+                    return;
+                }
+                let name = job.name_any();
+                if let Some(listed) = self.jobs_listed.as_mut() {
+                    listed.insert(name.clone());
+                }
+                self.job_seen(name, job);
+            }
+            Ok(Event::InitDone) => {
+                // Jobs the re-list did not show are gone (their `Delete` was missed): the check
+                // looks up the unfinished runs' Jobs.
+                let listed = self.jobs_listed.take().unwrap_or_default();
+                for (name, tracked) in &mut self.cache {
+                    if !listed.contains(name) {
+                        tracked.job = None;
+                    }
+                }
+                self.queue.add(Key::Resync);
+            }
+            Ok(Event::Apply(job)) => {
+                if observe::run_id(job.metadata.labels.as_ref()).is_some() {
+                    self.job_seen(job.name_any(), job);
+                }
+            }
+            Ok(Event::Delete(job)) => {
+                if observe::run_id(job.metadata.labels.as_ref()).is_some() {
+                    let name = job.name_any();
+                    let tracked = self.cache.entry(name.clone()).or_default();
+                    tracked.job = None;
+                    tracked.deleted = Some(job);
+                    tracked.job_changed = true;
+                    self.queue.add(Key::Job(name));
+                }
             }
         }
+    }
+
+    fn job_seen(&mut self, name: String, job: Job) {
+        let tracked = self.cache.entry(name.clone()).or_default();
+        let version = |job: &Option<Job>| {
+            job.as_ref()
+                .and_then(|j| j.metadata.resource_version.clone())
+        };
+        let unchanged = job.metadata.resource_version.is_some()
+            && version(&tracked.job) == job.metadata.resource_version
+            && !tracked.job_changed;
+        tracked.job = Some(job);
+        tracked.deleted = None;
+        if !unchanged {
+            tracked.job_changed = true;
+            self.queue.add(Key::Job(name));
+        }
+    }
+
+    fn pod_event(&mut self, event: Result<Event<Pod>, WatchError>, shutdown: &CancellationToken) {
+        let namespace = &self.namespace;
+        match event {
+            Err(error) => {
+                metrics::counter!("vfi_watch_errors_total", "kind" => "pod").increment(1);
+                tracing::warn!(%namespace, error = %crate::error::chain(&error), "pod watch failed; it restarts with backoff");
+            }
+            Ok(Event::Init) => {
+                metrics::counter!("vfi_watch_relists_total", "kind" => "pod").increment(1);
+                self.pods_listed = Some(HashSet::new());
+            }
+            Ok(Event::InitDone) => {
+                // Pods the re-list did not show are gone; nothing more will be written of them.
+                let listed = self.pods_listed.take().unwrap_or_default();
+                for tracked in self.cache.values_mut() {
+                    tracked.pods.retain(|name, _| listed.contains(name));
+                }
+            }
+            // A re-list (after a restart: every retained pod) skips settled pods.
+            Ok(Event::InitApply(pod)) if settled_pod(&pod) => {}
+            Ok(Event::InitApply(pod) | Event::Apply(pod)) => {
+                if let Some(listed) = self.pods_listed.as_mut() {
+                    listed.insert(pod.name_any());
+                }
+                self.runtime.archiver.observe(&pod, shutdown);
+                self.pod_seen(&pod, false);
+            }
+            Ok(Event::Delete(pod)) => self.pod_seen(&pod, true),
+        }
+    }
+
+    /// Keeps what `pod` says to be written, and queues its Job when that changed.
+    fn pod_seen(&mut self, pod: &Pod, deleted: bool) {
+        let (Some(run_id), Some(job)) = (
+            observe::run_id(pod.metadata.labels.as_ref()),
+            owning_job(pod),
+        ) else {
+            return;
+        };
+        let record = observe::pod_record(pod, deleted);
+        let waiting = (!deleted).then(|| observe::pod_waiting(pod)).flatten();
+        let tracked = self.cache.entry(job.clone()).or_default();
+        let name = record.name.clone();
+        let unchanged = tracked
+            .pods
+            .get(&name)
+            .is_some_and(|p| p.record == record && p.waiting == waiting);
+        if !unchanged {
+            tracked.pods.insert(
+                name,
+                TrackedPod {
+                    run_id,
+                    record,
+                    waiting,
+                    written: false,
+                },
+            );
+            self.queue.add(Key::Job(job));
+        }
+    }
+
+    /// Reconciles `key`, and applies the error policy to a failure: log it with its cause
+    /// chain and requeue the key with backoff.
+    async fn process(&mut self, key: Key) {
+        let outcome = match &key {
+            Key::Job(name) => self.reconcile(name).await,
+            Key::Resync => self.resync().await.map(|()| Action::AwaitChange),
+        };
+        match outcome {
+            Ok(action) => {
+                self.queue.succeeded(&key);
+                if let (Action::Forget, Key::Job(name)) = (action, &key) {
+                    self.cache.remove(name);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(namespace = %self.namespace, key = %key.id(), error = %crate::error::chain(&error), "tracking failed; reconciling again with backoff");
+                self.queue.failed(key);
+            }
+        }
+    }
+
+    /// Brings the run of Job `name` in line with what the cache says of the Job and its pods:
+    /// pods' records first (a client that sees the run finished sees its pods), then the Job's
+    /// status, then what a final run needs done to its Job.
+    #[tracing::instrument(skip(self), fields(namespace = %self.namespace))]
+    async fn reconcile(&mut self, name: &str) -> crate::error::Result<Action> {
+        let runtime = &self.runtime;
+        let Some(tracked) = self.cache.get_mut(name) else {
+            return Ok(Action::Forget);
+        };
+        let unwritten: Vec<String> = tracked
+            .pods
+            .iter()
+            .filter(|(_, p)| !p.written)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for pod_name in unwritten {
+            let pod = &tracked.pods[&pod_name];
+            pod_changed(runtime, pod).await?;
+            if pod.settled() {
+                tracked.pods.remove(&pod_name);
+            } else if let Some(pod) = tracked.pods.get_mut(&pod_name) {
+                pod.written = true;
+            }
+        }
+        if tracked.job_changed || tracked.check.is_some() {
+            if let Some(job) = &tracked.job {
+                job_changed(runtime, job).await?;
+            } else if let Some(job) = &tracked.deleted {
+                job_gone(runtime, job).await?;
+            } else if let Some(run_id) = tracked.check {
+                check_missing(runtime, &self.namespace, name, run_id).await?;
+            }
+            tracked.job_changed = false;
+            tracked.check = None;
+            tracked.deleted = None;
+        }
+        // What is left to keep: an unsettled Job, or pods whose next change must be written.
+        let keep_job = tracked.job.as_ref().is_some_and(|job| !settled_job(job));
+        if keep_job || !tracked.pods.is_empty() {
+            if !keep_job {
+                tracked.job = None;
+            }
+            return Ok(Action::AwaitChange);
+        }
+        Ok(Action::Forget)
+    }
+
+    /// Queues the Job of every unfinished run whose Job is not in the cache, to be looked up.
+    async fn resync(&mut self) -> crate::error::Result<()> {
+        let live = store::runs::live_with_jobs(&self.runtime.db, &self.namespace).await?;
+        for run in live {
+            let Some(job) = run.job else { continue };
+            let tracked = self.cache.entry(job.name.clone()).or_default();
+            if tracked.job.is_none() && tracked.deleted.is_none() {
+                tracked.check = Some(run.id);
+                self.queue.add(Key::Job(job.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the namespace's Jobs, as a safety net behind the watches: what changed is queued,
+    /// and then the check of unfinished runs.
+    async fn list_all(&mut self) {
+        let mut continue_token = None;
+        loop {
+            let page = match self
+                .runtime
+                .cluster
+                .list_jobs(&self.namespace, continue_token.as_deref())
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(namespace = %self.namespace, error = %crate::error::chain(&error), "periodic listing of Jobs failed");
+                    return;
+                }
+            };
+            for mut job in page.items {
+                if observe::run_id(job.metadata.labels.as_ref()).is_none() || settled_job(&job) {
+                    continue;
+                }
+                watch::trim_job(&mut job);
+                self.job_seen(job.name_any(), job);
+            }
+            continue_token = page.continue_token;
+            if continue_token.is_none() {
+                break;
+            }
+        }
+        self.queue.add(Key::Resync);
     }
 }
 
@@ -114,7 +457,6 @@ fn job_ref(job: &Job) -> JobRef {
 
 /// Records what a Job says, then acts on runs that are final: deletes the Job of a cancelled
 /// run, and releases the tracking finalizer once the outcome is stored.
-#[tracing::instrument(skip_all, fields(job = %job.name_any()))]
 async fn job_changed(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
     let Some(run_id) = observe::run_id(job.metadata.labels.as_ref()) else {
         return Ok(());
@@ -168,8 +510,8 @@ async fn record(
 ) -> crate::error::Result<()> {
     let job_ref = job_ref(job);
     if seen.status.is_final() {
-        // Pod events may trail the Job's: record the pods first, so a client that sees the run
-        // finished also sees all its pods.
+        // Pod events may trail the Job's: record the pods as the API has them now, so a client
+        // that sees the run finished also sees all its pods.
         if let Some(run) = store::runs::get(&runtime.db, run_id).await? {
             if !run.status.is_final() {
                 sync_pods(runtime, &job_ref.namespace, run_id).await?;
@@ -217,7 +559,7 @@ async fn record(
             .cluster
             .delete_job(&job_ref.namespace, &job_ref.name)
             .await
-            .map_err(anyhow::Error::from)?;
+            .map_err(|error| anyhow::Error::from(error).context("deleting a finished run's Job"))?;
     } else if holds_finalizer {
         release(runtime, job).await?;
     }
@@ -233,45 +575,32 @@ async fn release(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
     Ok(())
 }
 
-/// After a re-list: every unfinished run whose Job was not listed is looked up directly (it may
-/// have been created after the list was taken); a Job that is really gone makes its run `lost`.
-#[tracing::instrument(skip(runtime, listed))]
-async fn reconcile(
+/// An unfinished run whose Job is not in the cache: the Job is looked up (it may have been
+/// created after the list was taken); one that is really gone makes the run `lost`.
+async fn check_missing(
     runtime: &Runtime,
     namespace: &str,
-    listed: &HashSet<Uuid>,
+    name: &str,
+    run_id: Uuid,
 ) -> crate::error::Result<()> {
-    let live = store::runs::live_with_jobs(&runtime.db, namespace).await?;
-    // One run's failure does not stop the others; the first one is returned, for the whole
-    // check to be done again.
-    let mut first_error = None;
-    for run in live.into_iter().filter(|r| !listed.contains(&r.id)) {
-        let Some(job_ref) = run.job.clone() else {
-            continue;
-        };
-        let outcome = match runtime.cluster.get_job(namespace, &job_ref.name).await {
-            Ok(Some(job)) => job_changed(runtime, &job).await,
-            Ok(None) => record_missing(runtime, &run, &job_ref).await,
-            Err(error) => Err(anyhow::Error::from(error)
-                .context("reconcile: looking up a Job")
-                .into()),
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(run_id = %run.id, error = %crate::error::chain(&error), "reconcile: checking a run failed");
-            first_error.get_or_insert(error);
-        }
+    let job = runtime
+        .cluster
+        .get_job(namespace, name)
+        .await
+        .map_err(|error| {
+            anyhow::Error::from(error).context("looking up an unfinished run's Job")
+        })?;
+    if let Some(job) = job {
+        return job_changed(runtime, &job).await;
     }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// A run whose Job is no longer in the cluster is `lost`.
-async fn record_missing(
-    runtime: &Runtime,
-    run: &crate::domain::Run,
-    job_ref: &JobRef,
-) -> crate::error::Result<()> {
+    let Some(run) = store::runs::get(&runtime.db, run_id).await? else {
+        return Ok(());
+    };
+    if run.status.is_final() {
+        return Ok(());
+    }
     metrics::counter!("vfi_reconcile_corrections_total", "kind" => "lost").increment(1);
-    tracing::warn!(run_id = %run.id, job = %job_ref.name, "reconcile: the run's Job is gone; the run is lost");
+    tracing::warn!(%run_id, job = %name, "reconcile: the run's Job is gone; the run is lost");
     let observation = Observation {
         status: RunStatus::Lost,
         reason: Some("JobMissing"),
@@ -285,97 +614,19 @@ async fn record_missing(
     Ok(())
 }
 
-/// Lists every namespace's Jobs now and then and reconciles, as a safety net behind the watches.
-pub async fn reconcile_periodically(runtime: Runtime, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(runtime.settings.reconcile_interval) => {}
-        }
-        for namespace in runtime.cluster.settings.namespaces.clone() {
-            if let Err(error) = reconcile_by_listing(&runtime, &namespace).await {
-                tracing::warn!(%namespace, error = %crate::error::chain(&error), "periodic reconcile failed");
-            }
-        }
-    }
-}
-
-async fn reconcile_by_listing(runtime: &Runtime, namespace: &str) -> Result<(), kube::Error> {
-    let mut listed = HashSet::new();
-    let mut continue_token = None;
-    loop {
-        let page = runtime
-            .cluster
-            .list_jobs(namespace, continue_token.as_deref())
-            .await?;
-        for job in page.items.iter().filter(|job| !settled_job(job)) {
-            if let Some(id) = observe::run_id(job.metadata.labels.as_ref()) {
-                listed.insert(id);
-            }
-            if let Err(error) = job_changed(runtime, job).await {
-                tracing::warn!(job = %job.name_any(), error = %crate::error::chain(&error), "periodic reconcile: recording a Job failed");
-            }
-        }
-        continue_token = page.continue_token;
-        if continue_token.is_none() {
-            break;
-        }
-    }
-    if let Err(error) = reconcile(runtime, namespace, &listed).await {
-        tracing::warn!(%namespace, error = %crate::error::chain(&error), "periodic reconcile incomplete");
-    }
-    Ok(())
-}
-
-pub async fn track_pods(runtime: Runtime, namespace: String, shutdown: CancellationToken) {
-    let mut events = runtime
-        .cluster
-        .watch_pods(&namespace, runtime.settings.watch_timeout_secs);
-    loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            event = events.next() => event,
-        };
-        match event {
-            None => return,
-            Some(Err(error)) => {
-                metrics::counter!("vfi_watch_errors_total", "kind" => "pod").increment(1);
-                tracing::warn!(%namespace, error = %crate::error::chain(&error), "pod watch failed; it restarts with backoff");
-            }
-            Some(Ok(Event::Init)) => {
-                metrics::counter!("vfi_watch_relists_total", "kind" => "pod").increment(1);
-            }
-            Some(Ok(Event::InitDone)) => {}
-            // A re-list (after a restart: every retained pod) skips settled pods.
-            Some(Ok(Event::InitApply(pod))) if settled_pod(&pod) => {}
-            Some(Ok(Event::InitApply(pod) | Event::Apply(pod))) => {
-                log_pod_failure(&pod, pod_changed(&runtime, &pod, false).await);
-                if !settled_pod(&pod) {
-                    runtime.archiver.observe(&pod, &shutdown);
-                }
-            }
-            Some(Ok(Event::Delete(pod))) => {
-                log_pod_failure(&pod, pod_changed(&runtime, &pod, true).await)
-            }
-        }
-    }
-}
-
-/// A pod record that could not be written is written again with its Job's final state (see
-/// [`record`]), or with the pod's next event.
-fn log_pod_failure(pod: &Pod, outcome: crate::error::Result<()>) {
-    if let Err(error) = outcome {
-        tracing::warn!(pod = %pod.name_any(), error = %crate::error::chain(&error), "recording a pod failed");
-    }
-}
-
 /// Lists a run's pods and records each. A failed list is logged (the run's final state is not
 /// held up by it); a failed write is returned.
 async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::error::Result<()> {
     match runtime.cluster.run_pods(namespace, run_id).await {
         Ok(pods) => {
             for pod in &pods {
-                pod_changed(runtime, pod, false).await?;
+                let tracked = TrackedPod {
+                    run_id,
+                    record: observe::pod_record(pod, false),
+                    waiting: observe::pod_waiting(pod),
+                    written: false,
+                };
+                pod_changed(runtime, &tracked).await?;
             }
         }
         Err(error) => {
@@ -385,24 +636,16 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
     Ok(())
 }
 
-async fn pod_changed(runtime: &Runtime, pod: &Pod, deleted: bool) -> crate::error::Result<()> {
-    let Some(run_id) = observe::run_id(pod.metadata.labels.as_ref()) else {
-        return Ok(());
-    };
-    let record = observe::pod_record(pod, deleted);
-    store::pods::upsert(&runtime.db, run_id, &record).await?;
-    if !deleted {
-        if let Some((reason, message)) = observe::pod_waiting(pod) {
-            let waiting = store::runs::Waiting {
-                reason: &reason,
-                message: &message,
-            };
-            store::runs::note_waiting(&runtime.db, run_id, &waiting).await?;
-        }
+/// Writes a pod's record, why it waits, and the run's start when it runs.
+async fn pod_changed(runtime: &Runtime, pod: &TrackedPod) -> crate::error::Result<()> {
+    store::pods::upsert(&runtime.db, pod.run_id, &pod.record).await?;
+    if let Some((reason, message)) = &pod.waiting {
+        let waiting = store::runs::Waiting { reason, message };
+        store::runs::note_waiting(&runtime.db, pod.run_id, &waiting).await?;
     }
     // A running pod is the earliest sign a run is running; the Job's status follows later.
-    if record.phase == "Running" && !deleted {
-        store::runs::advance(&runtime.db, run_id, RunStatus::Running).await?;
+    if pod.record.phase == "Running" && !pod.record.deleted {
+        store::runs::advance(&runtime.db, pod.run_id, RunStatus::Running).await?;
     }
     Ok(())
 }
@@ -441,5 +684,35 @@ pub async fn track_failed_creates(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_queued_many_times_is_reconciled_once_and_a_failure_comes_back_after_backoff() {
+        let mut queue = WorkQueue::new();
+        let job = Key::Job("run-1".into());
+        queue.add(job.clone());
+        queue.add(Key::Resync);
+        queue.add(job.clone());
+        assert_eq!(queue.next().await, job);
+        assert_eq!(queue.next().await, Key::Resync);
+        let nothing = tokio::time::timeout(Duration::from_millis(100), queue.next()).await;
+        assert!(
+            nothing.is_err(),
+            "the second add of a queued key adds nothing"
+        );
+
+        // The error policy: the key comes back by itself after its backoff.
+        queue.failed(job.clone());
+        let started = tokio::time::Instant::now();
+        assert_eq!(queue.next().await, job);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        queue.succeeded(&job);
+        let nothing = tokio::time::timeout(Duration::from_secs(1), queue.next()).await;
+        assert!(nothing.is_err(), "a reconciled key does not come back");
     }
 }
