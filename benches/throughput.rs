@@ -48,19 +48,11 @@ async fn main() {
     }
 }
 
-/// kubesim as the rows use it: without its Event recorder, which lists every Event of the
-/// namespace for each one it records (quadratic in the Jobs created; with a few thousand Jobs a
-/// perf profile of this bench showed it and the copies it makes at over a third of the process's
-/// CPU: memcmp 20 %, Vec::from_iter 10 %, Recorder::record 8 %). That is the simulator's cost,
-/// not an API server's, and would be charged to whichever side runs later.
+/// kubesim as the rows use it: as it comes, Events included (its recorder once listed every
+/// Event of the namespace per record, which a perf profile of this bench showed at a third of
+/// the process's CPU; it now correlates through an LRU like client-go's).
 fn sim() -> kubesim::SimConfig {
-    kubesim::SimConfig {
-        behaviour: kubesim::behaviour::Behaviour {
-            events: kubesim::events::Recorder::disabled(),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    kubesim::SimConfig::default()
 }
 
 /// One row of the table, for `scripts/bench table` (and for people).

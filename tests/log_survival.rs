@@ -923,7 +923,8 @@ async fn attempts_the_kubelet_no_longer_keeps_are_marked_missing_where_they_were
     );
 }
 
-/// `attempt` 0 is a bad request, and one beyond the pod's attempts is refused; both name it.
+/// `attempt` 0 is a bad request naming it; one beyond the pod's attempts does not exist (404,
+/// like a pod that does not: the value is well formed, the attempt is not there).
 async fn assert_attempt_refused(service: &Service, id: &str) {
     let get = |query: &'static str| {
         service
@@ -934,12 +935,11 @@ async fn assert_attempt_refused(service: &Service, id: &str) {
     let bad = get("?attempt=0").await.unwrap();
     common::assert_problem(bad, reqwest::StatusCode::BAD_REQUEST, Some("attempt")).await;
     let beyond = get("?attempt=3").await.unwrap();
-    common::assert_problem(
-        beyond,
-        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
-        Some("attempt"),
-    )
-    .await;
+    let problem = common::assert_problem(beyond, reqwest::StatusCode::NOT_FOUND, None).await;
+    assert_eq!(
+        problem["detail"], "attempt \"3\" does not exist",
+        "{problem}"
+    );
 }
 
 /// The (one) capture of these runs has begun and finished.

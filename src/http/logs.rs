@@ -69,8 +69,7 @@ pub struct LogParams {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`attempt` is beyond every selected pod's attempts", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run, or `attempt` is beyond every selected pod's attempts", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn run_logs(
@@ -110,12 +109,11 @@ pub async fn run_logs(
             // A run without pods yet will have a first attempt.
             .unwrap_or(1);
         if attempt as usize > most {
-            return Err(Error::Invalid(crate::domain::Invalid::one(
-                "attempt",
-                format!(
-                    "no selected pod has an attempt {attempt}: the most any has so far is {most}"
-                ),
-            )));
+            // Like a pod that does not exist: the sub-resource asked for is not there (yet).
+            return Err(Error::NotFound {
+                kind: "attempt",
+                name: attempt.to_string(),
+            });
         }
     }
     let since = params

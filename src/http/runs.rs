@@ -138,7 +138,9 @@ async fn create(
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunBatch {
-    /// The runs, in order: at least one, at most `MAX_BATCH_RUNS` (500 by default).
+    /// The runs, in order: at least one, at most `MAX_BATCH_RUNS` (500 by default, the most
+    /// this document states).
+    #[schema(min_items = 1, max_items = 500)]
     pub runs: Vec<BatchRun>,
 }
 
