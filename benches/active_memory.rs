@@ -12,6 +12,11 @@
 //! Prints `ROW|...` lines for `scripts/bench table`. Run with
 //! `scripts/bench active_memory [active] [history]` (defaults 10000 and 1000000).
 
+#[path = "common.rs"]
+mod common;
+
+use common::rss_kib;
+
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
@@ -23,19 +28,6 @@ use std::time::{Duration, Instant};
 
 /// The release service binary, built by `cargo bench` with this bench.
 const SERVICE: &str = env!("CARGO_BIN_EXE_vfi-orchestrator");
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0

@@ -14,18 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() {
     let megabytes: u64 = std::env::args()
@@ -41,14 +29,14 @@ async fn main() {
         ..Default::default()
     };
     let bench = Bench::start(sim, &[]).await;
-    let baseline = rss_kib();
+    let baseline = common::rss_kib(std::process::id());
 
     let peak = Arc::new(AtomicU64::new(baseline));
     let sampler = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                peak.fetch_max(common::rss_kib(std::process::id()), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -60,7 +48,7 @@ async fn main() {
     let id = bench.submit(template).await;
     bench.wait_archived(&id, Duration::from_secs(900)).await;
     let capture = started.elapsed();
-    let capture_peak = peak.swap(rss_kib(), Ordering::Relaxed);
+    let capture_peak = peak.swap(common::rss_kib(std::process::id()), Ordering::Relaxed);
     let (stored, dropped): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(length(c.data)), 0)::bigint, max(l.dropped_bytes) FROM pod_logs l
          JOIN log_chunks c USING (run_id, pod_name) WHERE l.run_id = $1::uuid",

@@ -10,6 +10,11 @@
 //! (defaults: the 1000 10000 1048576 5, and 256-byte lines so that each log is
 //! 2.4 MiB and really rotates twice at 1 MiB).
 
+#[path = "common.rs"]
+mod common;
+
+use common::rss_kib;
+
 use futures::StreamExt;
 use kubesim::logs::generated_bytes_of_width;
 use serde_json::json;
@@ -49,17 +54,6 @@ fn spawn(db_url: &str, kubeconfig: &std::path::Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("the service binary starts")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 struct Figures {
