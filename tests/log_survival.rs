@@ -207,21 +207,27 @@ async fn captures_of_a_replica_killed_with_sigkill_complete_within_the_lease(db:
     let survivor = Service::start(db.clone(), client.clone(), &["--launch-lease-secs", "5"]).await;
     let up = Instant::now();
     let bound = lease + Duration::from_secs(5);
-    eventually("every capture to complete", bound, || {
-        all_complete(&db, &ids)
-    })
-    .await;
+    assert_handed_over(&db, &client, &survivor, &ids, up, bound).await;
+}
+
+/// Within `bound` of `since`, every capture of `ids` completed and every log finalizer is gone,
+/// and `reader` serves each run's 300 lines exactly.
+async fn assert_handed_over(
+    db: &PgPool,
+    client: &kube::Client,
+    reader: &Service,
+    ids: &[String],
+    since: Instant,
+    bound: Duration,
+) {
+    eventually("every capture to complete", bound, || all_complete(db, ids)).await;
     eventually("every log finalizer to be removed", bound, || {
-        no_log_finalizers(&client, &ids)
+        no_log_finalizers(client, ids)
     })
     .await;
-    assert!(up.elapsed() <= bound, "took {:?}", up.elapsed());
-    for id in &ids {
-        assert_eq!(
-            logs(&survivor, id, "").await,
-            numbered_lines(300),
-            "run {id}"
-        );
+    assert!(since.elapsed() <= bound, "took {:?}", since.elapsed());
+    for id in ids {
+        assert_eq!(logs(reader, id, "").await, numbered_lines(300), "run {id}");
     }
 }
 
@@ -242,18 +248,7 @@ async fn a_gracefully_stopped_replica_hands_its_captures_to_the_other_at_once(db
     stopping.stop().await;
     let stopped = Instant::now();
     let bound = Duration::from_secs(10);
-    eventually("every capture to complete", bound, || {
-        all_complete(&db, &ids)
-    })
-    .await;
-    eventually("every log finalizer to be removed", bound, || {
-        no_log_finalizers(&client, &ids)
-    })
-    .await;
-    assert!(stopped.elapsed() <= bound, "took {:?}", stopped.elapsed());
-    for id in &ids {
-        assert_eq!(logs(&other, id, "").await, numbered_lines(300), "run {id}");
-    }
+    assert_handed_over(&db, &client, &other, &ids, stopped, bound).await;
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
@@ -367,10 +362,7 @@ async fn interruptions_further_apart_than_the_capture_timeout_lose_nothing(db: P
     let (id, ids) = print_and_wait_for_capture(&service, 40, 250).await;
     // Two interruptions of 1.5 s (shorter than the timeout), 3.5 s apart (longer than it).
     for _ in 0..2 {
-        faults.set_outage(true);
-        faults.cut_log_streams();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        faults.set_outage(false);
+        cut_during_outage(&faults, Duration::from_millis(1500), || async {}).await;
         assert!(
             !no_log_finalizers(&client, &ids).await || all_pods_ended(&client, &ids).await,
             "the finalizer stays while the pod runs"
