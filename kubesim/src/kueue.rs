@@ -303,7 +303,10 @@ fn admit_in_place(wl: &mut Workload, cfg: &KueueConfig) {
     let reserved = format!("Quota reserved in ClusterQueue {}", cfg.cluster_queue);
     wl.set_condition("QuotaReserved", true, "QuotaReserved", &reserved);
     wl.set_condition("Admitted", true, "Admitted", "The workload is admitted");
-    // workload.SetQuotaReservation: an earlier eviction is kept as history.
+    // An earlier eviction is kept as history in the message (after workload.SetQuotaReservation).
+    // The "Previously: " wording is unverified: it was not found in the Kueue source we could
+    // read. tests/kueue.rs pins it only so that a change is deliberate; the service must not
+    // parse it.
     if wl.condition_true("Evicted") {
         let previously = wl
             .condition("Evicted")
