@@ -4,7 +4,7 @@
 use crate::clock::SystemClock;
 use crate::cluster::jobs::Cluster;
 use crate::cluster::ClusterSettings;
-use crate::config::{ClusterArgs, RetentionArgs, SecurityArgs, ServeArgs};
+use crate::config::{ClusterArgs, ReportArgs, RetentionArgs, SecurityArgs, ServeArgs};
 use crate::domain::policy::RunLimits;
 use crate::domain::sandbox::{Sandbox, SandboxSettings};
 use crate::domain::{Caps, RunPolicy};
@@ -12,6 +12,7 @@ use crate::http::server::ServerLimits;
 use crate::http::{self, AppState, AuthSettings, EventHub, Limits, RateLimit, Revocations};
 use crate::runtime::archiver::{Archiver, LogSettings};
 use crate::runtime::pruner::RetentionSettings;
+use crate::runtime::reporter::ReporterSettings;
 use crate::runtime::{self, Runtime, RuntimeSettings};
 use crate::store;
 use anyhow::Context;
@@ -301,9 +302,27 @@ fn runtime(
                 .then_some(args.finished_job_ttl_secs),
             max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
             caps,
+            reporter: reporter(&args.report),
         },
         clock: Arc::new(SystemClock),
         notifications,
+    }
+}
+
+fn reporter(args: &ReportArgs) -> ReporterSettings {
+    ReporterSettings {
+        concurrency: args.report_concurrency,
+        poll: Duration::from_millis(args.report_poll_ms.max(10)),
+        timeout: Duration::from_secs(args.report_timeout_secs.max(1)),
+        retry_min: Duration::from_millis(args.report_retry_min_ms.max(1)),
+        retry_max: Duration::from_secs(args.report_retry_max_secs.max(1)),
+        give_up_after: Duration::from_secs(args.report_give_up_hours.saturating_mul(3600).max(60)),
+        public_base_url: args
+            .public_base_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned),
     }
 }
 

@@ -330,6 +330,8 @@ pub struct ClusterArgs {
     pub run_limits: RunLimitsArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Seconds a finished Job stays in the cluster once its outcome is recorded (set as its
     /// `ttlSecondsAfterFinished` when the template gives none); negative: Jobs stay until
     /// someone deletes them. The run, its pod records and logs stay in the database either way.
@@ -368,6 +370,34 @@ impl ClusterArgs {
             .unwrap_or("default");
         vec![own.to_string()]
     }
+}
+
+/// Delivering the outbox: commit statuses to Git hosts and notifications to receivers.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The service's public URL (e.g. `https://ci.example.com`): commit statuses and
+    /// notifications link to the run's dashboard page under it. Unset: no link unless a trigger
+    /// names its own `targetUrl`.
+    #[arg(long, env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+    /// Reports and notifications delivered at once per replica (0: this replica delivers none).
+    #[arg(long, env = "REPORT_CONCURRENCY", default_value_t = 32)]
+    pub report_concurrency: usize,
+    /// Milliseconds between looks for due retries when nothing wakes the reporter.
+    #[arg(long, env = "REPORT_POLL_MS", default_value_t = 1000)]
+    pub report_poll_ms: u64,
+    /// Seconds one delivery may take (connect, send, answer); then it is retried.
+    #[arg(long, env = "REPORT_TIMEOUT_SECS", default_value_t = 10)]
+    pub report_timeout_secs: u64,
+    /// Milliseconds before the first retry of a transient failure; each next one doubles, with
+    /// jitter, up to `REPORT_RETRY_MAX_SECS` (a longer `Retry-After` is honoured).
+    #[arg(long, env = "REPORT_RETRY_MIN_MS", default_value_t = 1000)]
+    pub report_retry_min_ms: u64,
+    #[arg(long, env = "REPORT_RETRY_MAX_SECS", default_value_t = 300)]
+    pub report_retry_max_secs: u64,
+    /// Hours after which an undelivered report or notification is given up.
+    #[arg(long, env = "REPORT_GIVE_UP_HOURS", default_value_t = 24)]
+    pub report_give_up_hours: u64,
 }
 
 /// What run pods' annotations, tolerations and node selectors may say (keys or glob patterns,

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod logs;
+pub mod outbound;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -68,7 +68,7 @@ pub fn metrics() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_histogram, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_histogram!(
         "vfi_http_request_duration_seconds",
         Unit::Seconds,
@@ -107,6 +107,19 @@ fn describe() {
     describe_counter!(
         "vfi_reconcile_corrections_total",
         "Runs corrected by a reconcile against the cluster, by kind"
+    );
+    describe_counter!(
+        "vfi_outbox_deliveries_total",
+        "Attempts to deliver commit status reports and notifications, by provider (github, gitlab, gitea, receiver), kind (status, notification) and result (delivered, retry, failed)"
+    );
+    describe_gauge!(
+        "vfi_outbox_depth",
+        "Reports and notifications not delivered yet (all replicas; refreshed every 5 s)"
+    );
+    describe_gauge!(
+        "vfi_outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest report or notification not delivered yet"
     );
 }
 

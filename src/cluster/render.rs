@@ -221,6 +221,7 @@ mod tests {
             job: None,
             pods: Default::default(),
             scheduled_time: None,
+            report: None,
         }
     }
 

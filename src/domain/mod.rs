@@ -7,6 +7,7 @@ pub mod auth;
 pub mod loglines;
 pub mod names;
 pub mod policy;
+pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod schedule;

@@ -99,6 +99,10 @@ pub struct Run {
     /// The scheduled time this run was started for (trigger `schedule`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where the run's status is reported on its Git host, and how that went (on
+    /// `GET /v1/runs/{id}` of a run started by a reporting webhook trigger).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<super::report::RunReport>,
 }
 
 /// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.

@@ -2,6 +2,7 @@
 
 use super::names;
 use super::policy::RunLimits;
+use super::report::{NotifySpec, NotifyView};
 use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};
@@ -74,6 +75,9 @@ pub struct TaskSpec {
         deserialize_with = "super::policy::limits_object"
     )]
     pub limits: Option<RunLimits>,
+    /// Notifications of the task's finished runs, each POSTed (signed) to its receiver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifySpec>,
 }
 
 /// When a task runs on its own, and how much of its history is kept (a Kubernetes CronJob's
@@ -203,6 +207,7 @@ impl TaskSpec {
         if let Some(limits) = &self.limits {
             limits.collect_errors("limits", &mut errors);
         }
+        super::report::check_notify(&self.notify, &mut errors);
         errors.finish()
     }
 }
@@ -227,6 +232,9 @@ pub struct Task {
     /// The task's own run limits, when an admin set some.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<RunLimits>,
+    /// The task's notifications (their secrets are never shown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyView>,
 }
 
 #[cfg(test)]

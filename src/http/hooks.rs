@@ -1,12 +1,13 @@
 //! `/v1/hooks/{id}`: receives Git hosts' webhook deliveries. The provider's signature (or token)
 //! is checked before anything else, and a refusal is always the same 401 (the reason goes to the
-//! log). A matching event records a run with the event's facts as environment variables; a
-//! redelivery finds the run its first delivery started.
+//! log). A matching event records a run with the event's facts as environment variables, and
+//! the commit it builds (reported on when the trigger has `report`); a redelivery finds the run
+//! its first delivery started.
 
 use super::extract::ApiPath;
 use super::problem::Problem;
 use super::AppState;
-use crate::domain::webhook::{self, Reading, Unreadable, WebhookTrigger};
+use crate::domain::webhook::{self, GitEvent, Reading, Unreadable, WebhookTrigger};
 use crate::domain::{Origin, Run, RunOverrides, Submission, Trigger};
 use crate::error::{Error, Result};
 use crate::store;
@@ -136,7 +137,7 @@ pub async fn receive(
                 overrides,
             }) => (delivery, event, overrides),
         };
-    let run = match start_run(&state, &trigger, &delivery, &overrides).await? {
+    let run = match start_run(&state, &trigger, &delivery, &event, &overrides).await? {
         Started::New(run) => run,
         Started::Before(run) => return Ok(duplicate(run)),
     };
@@ -166,6 +167,7 @@ async fn start_run(
     state: &AppState,
     trigger: &WebhookTrigger,
     delivery: &str,
+    event: &GitEvent,
     overrides: &RunOverrides,
 ) -> Result<Started> {
     let trigger_id = trigger.id;
@@ -202,6 +204,16 @@ async fn start_run(
         drop(tx);
         return Ok(Started::Before(store::runs::get(&state.db, first).await?));
     }
+    // The commit it builds, and (with `report`) its first state in the outbox, with the run.
+    store::outbox::record_source(
+        &mut tx,
+        run.id,
+        trigger_id,
+        &trigger.task,
+        event,
+        trigger.report.as_ref(),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Started::New(run))
 }

@@ -64,6 +64,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::rerun))
         .routes(routes!(runs::list_pods))
         .routes(routes!(runs::history))
+        .routes(routes!(runs::deliveries))
         .routes(routes!(logs::run_logs))
         .routes(routes!(triggers::list_triggers))
         .routes(routes!(

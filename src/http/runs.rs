@@ -442,7 +442,8 @@ pub async fn get_run(
     State(db): State<PgPool>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
-    let run = run_for(&auth, &db, &id).await?;
+    let mut run = run_for(&auth, &db, &id).await?;
+    run.report = store::outbox::run_report(&db, run.id).await?;
     Ok(Json(run))
 }
 
@@ -583,4 +584,26 @@ pub async fn history(
     let run = run_for(&auth, &db, &id).await?;
     let id = run.id;
     Ok(Json(store::runs::history(&db, id).await?))
+}
+
+/// A run's commit status reports and notifications, oldest first, each with every attempt to
+/// deliver it and the answer (never a token or secret).
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/deliveries", tag = "runs",
+    security(("bearer" = ["read"])),
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, body = Vec<store::outbox::Delivery>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn deliveries(
+    auth: Authorized<ForRead>,
+    State(db): State<PgPool>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<store::outbox::Delivery>>> {
+    let run = run_for(&auth, &db, &id).await?;
+    Ok(Json(store::outbox::deliveries(&db, run.id).await?))
 }

@@ -54,8 +54,9 @@ pub async fn put_trigger(
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
     parse_trigger_name(&trigger)?;
-    spec.validate()?;
-    let (stored, created) = store::triggers::upsert(&db, name.as_str(), &trigger, &spec)
+    let report = spec.validate(name.as_str())?;
+    let (stored, created) =
+        store::triggers::upsert(&db, name.as_str(), &trigger, &spec, report.as_ref())
         .await?
         .ok_or_else(|| Error::NotFound {
             kind: "task",

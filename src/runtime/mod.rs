@@ -1,7 +1,8 @@
 //! Long-lived loops that act on the cluster: the launcher turns queued runs into Jobs, the
 //! tracker reconciles each Job (and its pods) as their watches report changes and every
 //! unfinished run after each re-list, the scheduler starts scheduled runs on time, the pruner
-//! keeps the history within its limits.
+//! keeps the history within its limits, the reporter delivers the outbox (commit statuses and
+//! notifications, through src/outbound/).
 //! Each loop takes the shared state and a cancellation token, and never dies on one bad item.
 
 pub mod archiver;
@@ -9,6 +10,7 @@ pub mod canceller;
 pub mod launcher;
 pub mod pending;
 pub mod pruner;
+pub mod reporter;
 pub mod requeue;
 pub mod scheduler;
 pub mod tracker;
@@ -55,6 +57,8 @@ pub struct RuntimeSettings {
     pub max_pending: Duration,
     /// The caps the scheduler's runs are held to, as the API's are.
     pub caps: crate::domain::Caps,
+    /// How the reporter delivers the outbox.
+    pub reporter: reporter::ReporterSettings,
 }
 
 /// What the loops share.
@@ -133,6 +137,10 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
             runtime.clone(),
             shutdown.clone(),
         )),
+    });
+    loops.push(Loop {
+        name: "reporter".into(),
+        handle: tokio::spawn(reporter::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
         name: "pending-limit".into(),

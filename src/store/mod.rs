@@ -7,6 +7,7 @@ pub mod events;
 pub mod idempotency;
 pub mod logs;
 pub mod notify;
+pub mod outbox;
 pub mod pods;
 pub mod retention;
 pub mod runs;

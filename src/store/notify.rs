@@ -9,7 +9,7 @@
 //! the fan-out gets a catch-up too. Subscribers keep their own poll as a safety net while the
 //! database is unreachable.
 
-use super::{events, runs, schedules, tokens};
+use super::{events, outbox, runs, schedules, tokens};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Every channel the hub LISTENs on.
-pub const CHANNELS: [&str; 5] = [
+pub const CHANNELS: [&str; 6] = [
     runs::QUEUED_CHANNEL,
+    outbox::CHANNEL,
     runs::CANCELLED_CHANNEL,
     schedules::TASK_CHANGED_CHANNEL,
     events::CHANNEL,

@@ -3,7 +3,9 @@
 //! ([`RunStatus::can_become`]) must allow to become the target, as one guarded statement
 //! (`WHERE status = ANY($expected)`) on any executor (pool, connection or transaction). The
 //! statement's status change records the run's history entry (the `runs_status_changed` trigger
-//! writes it in the same statement, so history and row never disagree), and [`write`] emits the
+//! writes it in the same statement, so history and row never disagree; the `runs_outbox` trigger
+//! likewise writes the change's commit status report and notifications to the outbox, see
+//! store/outbox.rs), and [`write`] emits the
 //! status-change counter and, for a final status, the run-duration histogram itself, so no caller
 //! can forget them.
 

@@ -1,5 +1,6 @@
 //! SQL for tasks.
 
+use crate::domain::report::NotifyView;
 use crate::domain::{Task, TaskSpec};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -28,6 +29,7 @@ impl From<TaskRow> for Task {
             template,
             schedule,
             limits,
+            notify,
         } = row.spec.0;
         Task {
             name: row.name,
@@ -39,6 +41,7 @@ impl From<TaskRow> for Task {
             created_at: row.created_at,
             updated_at: row.updated_at,
             limits,
+            notify: notify.iter().map(NotifyView::from).collect(),
         }
     }
 }

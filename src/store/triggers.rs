@@ -1,12 +1,16 @@
 //! SQL for webhook triggers and the deliveries that started runs. The secret is read only by
-//! [`for_delivery`], to check a delivery; nothing returned to the API carries it.
+//! [`for_delivery`], to check a delivery, and the report token only by the outbox's sender
+//! (store/outbox.rs); nothing returned to the API carries either.
 
+use crate::domain::report::ReportSettings;
 use crate::domain::webhook::{hook_path, EventKind, Provider, TriggerSpec, WebhookTrigger};
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-const COLUMNS: &str = "id, task_name, name, provider, events, refs, created_at, updated_at";
+const COLUMNS: &str =
+    "id, task_name, name, provider, events, refs, report, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct TriggerRow {
@@ -16,6 +20,7 @@ struct TriggerRow {
     provider: Provider,
     events: Vec<String>,
     refs: Vec<String>,
+    report: Option<Json<ReportSettings>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -33,6 +38,7 @@ impl From<TriggerRow> for WebhookTrigger {
                 .filter_map(|e| EventKind::parse(e))
                 .collect(),
             refs: row.refs,
+            report: row.report.map(|r| r.0),
             hook_path: hook_path(row.id),
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -48,12 +54,14 @@ fn event_names(spec: &TriggerSpec) -> Vec<&'static str> {
 }
 
 /// Creates or replaces a task's trigger; its id (and so its hook URL) stays the same on replace.
+/// `report` is the spec's report with its defaults resolved (its token is taken from `spec`).
 /// Returns `None` when the task does not exist, else the trigger and whether it was created.
 pub async fn upsert(
     db: impl PgExecutor<'_>,
     task: &str,
     name: &str,
     spec: &TriggerSpec,
+    report: Option<&ReportSettings>,
 ) -> Result<Option<(WebhookTrigger, bool)>, sqlx::Error> {
     #[derive(sqlx::FromRow)]
     struct Row {
@@ -62,11 +70,13 @@ pub async fn upsert(
         created: bool,
     }
     let row: Option<Row> = sqlx::query_as(&format!(
-        "INSERT INTO webhook_triggers (id, task_name, name, provider, secret, events, refs)
-         SELECT $1, name, $3, $4, $5, $6, $7 FROM tasks WHERE name = $2
+        "INSERT INTO webhook_triggers
+            (id, task_name, name, provider, secret, events, refs, report, report_token)
+         SELECT $1, name, $3, $4, $5, $6, $7, $8, $9 FROM tasks WHERE name = $2
          ON CONFLICT (task_name, name) DO UPDATE SET
             provider = EXCLUDED.provider, secret = EXCLUDED.secret,
-            events = EXCLUDED.events, refs = EXCLUDED.refs, updated_at = now()
+            events = EXCLUDED.events, refs = EXCLUDED.refs, report = EXCLUDED.report,
+            report_token = EXCLUDED.report_token, updated_at = now()
          RETURNING {COLUMNS}, (xmax = 0) AS created"
     ))
     .bind(Uuid::new_v4())
@@ -76,6 +86,8 @@ pub async fn upsert(
     .bind(&spec.secret)
     .bind(event_names(spec))
     .bind(&spec.refs)
+    .bind(report.map(Json))
+    .bind(spec.report.as_ref().map(|r| r.token.as_str()))
     .fetch_optional(db)
     .await?;
     Ok(row.map(|row| (row.trigger.into(), row.created)))

@@ -83,6 +83,7 @@ mod tests {
             provider: Provider::Github,
             events: vec![EventKind::Push],
             refs: refs.iter().map(|r| r.to_string()).collect(),
+            report: None,
             hook_path: String::new(),
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),

@@ -20,6 +20,7 @@ pub use filter::Filter;
 pub use payload::{parse, GitEvent, Parsed};
 pub use signature::{delivery_id, event_name, sign, verify};
 
+use super::report::{ReportSettings, ReportSpec};
 use super::validation::{Errors, Invalid};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -109,14 +110,23 @@ pub struct TriggerSpec {
     /// requests the target branch is matched. Empty: every ref.
     #[serde(default)]
     pub refs: Vec<String>,
+    /// Report each run's status back to the commit it builds (see the README's state table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportSpec>,
 }
 
 pub const MIN_SECRET: usize = 16;
 pub const MAX_SECRET: usize = 256;
 
 impl TriggerSpec {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    /// Checks the spec of a trigger on `task`; returns its report settings with their defaults
+    /// resolved.
+    pub fn validate(&self, task: &str) -> Result<Option<ReportSettings>, Invalid> {
         let mut errors = Errors::new();
+        let report = self
+            .report
+            .as_ref()
+            .and_then(|report| report.resolve(task, self.provider, &mut errors));
         let length = self.secret.chars().count();
         if !(MIN_SECRET..=MAX_SECRET).contains(&length) {
             errors.add(
@@ -135,7 +145,7 @@ impl TriggerSpec {
                 errors.add(format!("refs[{i}]"), format!("not a glob pattern: {error}"));
             }
         }
-        errors.finish()
+        errors.finish().map(|()| report)
     }
 }
 
@@ -150,6 +160,9 @@ pub struct WebhookTrigger {
     pub provider: Provider,
     pub events: Vec<EventKind>,
     pub refs: Vec<String>,
+    /// Where run statuses are reported (the token is never shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportSettings>,
     /// Where the Git host must send deliveries (append to the service's base URL).
     pub hook_path: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -172,7 +185,7 @@ mod tests {
         .unwrap();
         assert_eq!(spec.events, [EventKind::Push]);
         let fields: Vec<String> = spec
-            .validate()
+            .validate("t")
             .unwrap_err()
             .0
             .into_iter()

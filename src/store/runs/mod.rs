@@ -103,6 +103,7 @@ impl From<RunRow> for Run {
                 failed: row.pods_failed,
             },
             scheduled_time: row.scheduled_time,
+            report: None,
         }
     }
 }
