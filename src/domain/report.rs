@@ -351,7 +351,9 @@ pub fn verdict(
     };
     match status {
         200..=299 => Verdict::Delivered,
-        408 | 429 | 500..=599 => Verdict::Retry(retry_after.and_then(|v| parse_retry_after(v, now))),
+        408 | 429 | 500..=599 => {
+            Verdict::Retry(retry_after.and_then(|v| parse_retry_after(v, now)))
+        }
         _ => Verdict::Final,
     }
 }
@@ -362,7 +364,11 @@ fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
         return Some(Duration::from_secs(secs));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&chrono::Utc) - now).to_std().unwrap_or_default())
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -468,7 +474,10 @@ mod tests {
             .into_iter()
             .map(|e| e.field)
             .collect();
-        assert_eq!(fields, ["notify[0].on", "notify[0].url", "notify[0].secret"]);
+        assert_eq!(
+            fields,
+            ["notify[0].on", "notify[0].url", "notify[0].secret"]
+        );
         assert_eq!(entries[1].format, NotifyFormat::Json);
     }
 
@@ -480,9 +489,6 @@ mod tests {
             "Waiting to start: ImagePullBackOff: no such image"
         );
         let long = "x".repeat(500);
-        assert_eq!(
-            description(Failed, Some(&long), None).chars().count(),
-            140
-        );
+        assert_eq!(description(Failed, Some(&long), None).chars().count(), 140);
     }
 }

@@ -57,11 +57,11 @@ pub async fn put_trigger(
     let report = spec.validate(name.as_str())?;
     let (stored, created) =
         store::triggers::upsert(&db, name.as_str(), &trigger, &spec, report.as_ref())
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "task",
-            name: name.to_string(),
-        })?;
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "task",
+                name: name.to_string(),
+            })?;
     tracing::info!(task = %name, trigger = %trigger, trigger_id = %stored.id, created, "trigger saved");
     let status = if created {
         StatusCode::CREATED

@@ -22,7 +22,10 @@ impl CommitStatusApi for Gitea {
             .repository
             .split_once('/')
             .ok_or_else(|| format!("{:?} is not owner/name", report.repository))?;
-        let url = endpoint(report.api_base, &["repos", owner, name, "statuses", report.sha])?;
+        let url = endpoint(
+            report.api_base,
+            &["repos", owner, name, "statuses", report.sha],
+        )?;
         let mut body = json!({
             "state": self.provider().state(report.status),
             "description": report.description,

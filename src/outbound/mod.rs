@@ -141,13 +141,18 @@ mod tests {
     #[test]
     fn endpoints_encode_each_segment() {
         assert_eq!(
-            endpoint("https://gitlab.example/api/v4", &["projects", "group/sub project", "statuses", "abc"])
-                .unwrap()
-                .as_str(),
+            endpoint(
+                "https://gitlab.example/api/v4",
+                &["projects", "group/sub project", "statuses", "abc"]
+            )
+            .unwrap()
+            .as_str(),
             "https://gitlab.example/api/v4/projects/group%2Fsub%20project/statuses/abc"
         );
         assert_eq!(
-            endpoint("https://api.github.com/", &["repos", "o", "r"]).unwrap().as_str(),
+            endpoint("https://api.github.com/", &["repos", "o", "r"])
+                .unwrap()
+                .as_str(),
             "https://api.github.com/repos/o/r"
         );
     }

@@ -162,6 +162,13 @@ async fn try_deliver(
     let Some(message) = outbox::message(&runtime.db, claim.pending_id).await? else {
         return outbox::drop_missing(&runtime.db, &claim.key, owner, claim.pending_id).await;
     };
+    if let Some(delivered) = claim.delivered_id {
+        if let Some(previous) = outbox::message(&runtime.db, delivered).await? {
+            if repeats(&previous, &message) {
+                return outbox::skip(&runtime.db, &claim.key, owner, message.id).await;
+            }
+        }
+    }
     let (target, request) = request(client, settings, &message);
     let (answer, mut verdict) = match request {
         Ok(request) => {
@@ -239,6 +246,31 @@ async fn try_deliver(
     .await
 }
 
+/// Whether `next` would tell the host nothing `previous` (delivered) did not: the same commit
+/// state and text. GitLab refuses a repeated state outright (a pending commit status cannot
+/// become pending again), so there the state alone decides.
+fn repeats(previous: &Message, next: &Message) -> bool {
+    if previous.kind != "status" || next.kind != "status" {
+        return false;
+    }
+    let (Some(provider), Ok(before), Ok(after)) = (
+        next.provider,
+        previous.status.parse::<RunStatus>(),
+        next.status.parse::<RunStatus>(),
+    ) else {
+        return false;
+    };
+    if provider.state(before) != provider.state(after) {
+        return false;
+    }
+    provider == crate::domain::report::ReportProvider::Gitlab
+        || report::description(
+            before,
+            previous.reason.as_deref(),
+            previous.message.as_deref(),
+        ) == report::description(after, next.reason.as_deref(), next.message.as_deref())
+}
+
 /// The run's dashboard page under the public base URL.
 fn run_page(settings: &ReporterSettings, run: Option<uuid::Uuid>) -> Option<String> {
     let base = settings.public_base_url.as_deref()?;
@@ -254,7 +286,10 @@ fn request(
     let page = run_page(settings, message.run_id);
     if message.kind == "status" {
         let Some(provider) = message.provider else {
-            return ("git host".into(), Err("the run has no report settings".into()));
+            return (
+                "git host".into(),
+                Err("the run has no report settings".into()),
+            );
         };
         let target = provider.as_str().to_owned();
         let Some(token) = message.token.as_deref() else {
@@ -264,10 +299,16 @@ fn request(
             );
         };
         let Ok(status) = message.status.parse::<RunStatus>() else {
-            return (target, Err(format!("unknown run status {:?}", message.status)));
+            return (
+                target,
+                Err(format!("unknown run status {:?}", message.status)),
+            );
         };
-        let description =
-            report::description(status, message.reason.as_deref(), message.message.as_deref());
+        let description = report::description(
+            status,
+            message.reason.as_deref(),
+            message.message.as_deref(),
+        );
         let target_url = message.target_url.clone().or(page);
         let report = StatusReport {
             api_base: message.api_base.as_deref().unwrap_or_default(),
@@ -284,7 +325,10 @@ fn request(
         return (target, request);
     }
     let (Some(target), Some(secret)) = (message.target.as_ref(), message.secret.as_deref()) else {
-        return ("receiver".into(), Err("the notification has no receiver".into()));
+        return (
+            "receiver".into(),
+            Err("the notification has no receiver".into()),
+        );
     };
     let delivery_id = outbox::delivery_id(message.id);
     let body = receiver::body(

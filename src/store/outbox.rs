@@ -56,6 +56,8 @@ pub async fn record_source(
 pub struct Claimed {
     pub key: String,
     pub pending_id: i64,
+    /// The newest message the receiver accepted.
+    pub delivered_id: Option<i64>,
     /// Transient failures in a row so far.
     pub failures: i32,
 }
@@ -78,7 +80,7 @@ pub async fn claim(
          UPDATE outbox_keys k SET lease_owner = $1,
             lease_until = now() + make_interval(secs => $2)
          FROM due WHERE k.key = due.key
-         RETURNING k.key, k.pending_id, k.failures",
+         RETURNING k.key, k.pending_id, k.delivered_id, k.failures",
     )
     .bind(owner)
     .bind(lease.as_secs_f64())
@@ -212,6 +214,27 @@ pub async fn finish(db: &PgPool, attempt: Attempt<'_>) -> Result<(), sqlx::Error
     tx.commit().await
 }
 
+/// Releases a key without sending its message, which is marked superseded: it says nothing the
+/// receiver does not have already.
+pub async fn skip(db: &PgPool, key: &str, owner: &str, id: i64) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE outbox_keys SET lease_owner = NULL, lease_until = NULL,
+            pending_id = CASE WHEN pending_id = $3 THEN NULL ELSE pending_id END
+         WHERE key = $1 AND lease_owner = $2",
+    )
+    .bind(key)
+    .bind(owner)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE outbox SET state = 'superseded', finished_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
 /// Releases a key whose message is gone (its run was pruned): nothing left to send.
 pub async fn drop_missing(
     db: impl PgExecutor<'_>,
@@ -321,7 +344,10 @@ pub async fn deliveries(db: &PgPool, run: Uuid) -> Result<Vec<Delivery>, sqlx::E
     Ok(deliveries)
 }
 
-pub async fn run_report(db: impl PgExecutor<'_>, run: Uuid) -> Result<Option<RunReport>, sqlx::Error> {
+pub async fn run_report(
+    db: impl PgExecutor<'_>,
+    run: Uuid,
+) -> Result<Option<RunReport>, sqlx::Error> {
     sqlx::query_as(
         "SELECT s.report_provider AS provider, s.report_context AS context, s.repository, s.sha,
                 (SELECT o.status FROM outbox o WHERE o.run_id = s.run_id AND o.kind = 'status'

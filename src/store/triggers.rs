@@ -9,8 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-const COLUMNS: &str =
-    "id, task_name, name, provider, events, refs, report, created_at, updated_at";
+const COLUMNS: &str = "id, task_name, name, provider, events, refs, report, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct TriggerRow {

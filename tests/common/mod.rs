@@ -300,6 +300,7 @@ pub async fn assert_problem(response: Response, status: StatusCode, field: Optio
     body
 }
 
+pub mod fake_host;
 pub mod postgres;
 pub mod service;
 
