@@ -1,9 +1,9 @@
 -- Results back where people look (issue 17): commit statuses on the Git host and notifications,
 -- through a durable outbox written in the same statement as the status change it reports.
 
--- A trigger's report settings (provider, context, targetUrl, apiBaseUrl; defaults resolved when
--- saved) and its token. The token is needed in clear to call the host, so it is stored as given;
--- the API never returns it.
+-- A trigger's report settings (provider, context, targetUrl, apiBaseUrl, a GitHub App's ids;
+-- defaults resolved when saved) and its token, or its GitHub App's private key. Needed in clear
+-- to call the host, so stored as given; the API never returns it.
 ALTER TABLE webhook_triggers ADD COLUMN report jsonb;
 ALTER TABLE webhook_triggers ADD COLUMN report_token text;
 
@@ -22,6 +22,11 @@ CREATE TABLE run_sources (
     report_api_base   text,
     report_context    text,
     report_target_url text,
+    -- A GitHub App's ids (check runs instead of commit statuses), and the run's check run once
+    -- the first report created it (later reports update it).
+    report_app_id     bigint,
+    report_installation_id bigint,
+    check_run_id      bigint,
     -- The last final refusal of the host (401, 403, 404, 422...), shown as `report.lastError`.
     report_error      text,
     report_error_at   timestamptz

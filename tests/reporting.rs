@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fake_host::{Answer, FakeHost};
+use common::fake_host::{Answer, FakeHost, Received};
 use common::service::{eventually, kubesim, RunnerKind, Service};
 use common::{assert_problem, TestApp};
 use reqwest::StatusCode;
@@ -346,8 +346,8 @@ async fn gitea_gets_pending_then_success_with_its_token(db: PgPool) {
 async fn a_host_failing_twice_with_502_gets_the_final_state_on_the_third_attempt_once(db: PgPool) {
     let failures = Arc::new(AtomicUsize::new(0));
     let count = failures.clone();
-    let host = FakeHost::with(Arc::new(move |_, body: &Value| {
-        if body["state"] == "success" && count.fetch_add(1, Ordering::SeqCst) < 2 {
+    let host = FakeHost::with(Arc::new(move |_, r: &Received| {
+        if r.json["state"] == "success" && count.fetch_add(1, Ordering::SeqCst) < 2 {
             Answer::status(502)
         } else {
             Answer::status(201)
@@ -407,8 +407,8 @@ async fn a_host_failing_twice_with_502_gets_the_final_state_on_the_third_attempt
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_host_slow_to_answer_pending_gets_success_last_and_no_pending_after_it(db: PgPool) {
-    let host = FakeHost::with(Arc::new(|_, body: &Value| {
-        if body["state"] == "pending" {
+    let host = FakeHost::with(Arc::new(|_, r: &Received| {
+        if r.json["state"] == "pending" {
             Answer {
                 delay: Duration::from_secs(2),
                 ..Answer::status(201)
@@ -488,7 +488,7 @@ async fn a_final_state_undelivered_when_the_service_died_is_delivered_once_after
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_host_answering_403_shows_on_the_run_and_is_not_retried(db: PgPool) {
-    let host = FakeHost::with(Arc::new(|_, _: &Value| Answer::status(403))).await;
+    let host = FakeHost::with(Arc::new(|_, _: &Received| Answer::status(403))).await;
     let (_sim, service) = start(db.clone(), &[]).await;
     let hook = reported_task(
         &service,
@@ -568,7 +568,7 @@ async fn a_failed_run_notifies_once_signed_and_a_failing_receiver_gets_its_fourt
     db: PgPool,
 ) {
     let receiver = FakeHost::start().await;
-    let flaky = FakeHost::with(Arc::new(|n, _: &Value| {
+    let flaky = FakeHost::with(Arc::new(|n, _: &Received| {
         Answer::status(if n < 3 { 500 } else { 200 })
     }))
     .await;
@@ -729,4 +729,146 @@ async fn bad_report_and_notify_settings_are_422_naming_the_field_and_change_noth
     }
     let shown: Value = app.get("/v1/tasks/render").await.json().await.unwrap();
     assert!(shown.get("notify").is_none(), "{shown}");
+}
+
+/// A signed GitHub delivery of `event` with `body`.
+async fn deliver_github(
+    service: &Service,
+    hook: &str,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+) -> reqwest::Response {
+    let body = serde_json::to_vec(body).unwrap();
+    reqwest::Client::new()
+        .post(service.url(hook))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", sign(SECRET, &body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_github_app_creates_one_check_run_updates_it_and_a_rerequest_reruns_the_run(db: PgPool) {
+    let creates = Arc::new(AtomicUsize::new(0));
+    let counter = creates.clone();
+    let host = FakeHost::with(Arc::new(move |_, r: &Received| {
+        if r.path == "/app/installations/42/access_tokens" {
+            Answer {
+                body: json!({"token": "ghs_installation", "expires_at": "2099-01-01T00:00:00Z"}),
+                ..Answer::status(201)
+            }
+        } else if r.method == "POST" && r.path.ends_with("/check-runs") {
+            let id = 4242 + 101 * counter.fetch_add(1, Ordering::SeqCst);
+            Answer {
+                body: json!({"id": id}),
+                ..Answer::status(201)
+            }
+        } else {
+            Answer::status(200)
+        }
+    }))
+    .await;
+    let (_sim, service) = start(db.clone(), &[]).await;
+    let pem = String::from_utf8(fixture("../github-app-key.pem")).unwrap();
+    let hook = reported_task(
+        &service,
+        "render",
+        template(0, 300),
+        "github",
+        json!({"appId": 7, "installationId": 42, "privateKey": pem, "apiBaseUrl": host.url}),
+    )
+    .await;
+    let shown = service.get("/v1/tasks/render/triggers/github").await;
+    assert!(!shown.to_string().contains("PRIVATE KEY"), "{shown}");
+    assert_eq!(shown["report"]["appId"], 7);
+
+    let run = push(&service, &hook, "github").await;
+    service.wait_for(&run, "succeeded", WAIT).await;
+    let runs_path = "/repos/octo-org/render-pipeline/check-runs";
+    let completed = |host: &FakeHost, id: u64| {
+        host.received().iter().any(|r| {
+            r.path == format!("{runs_path}/{id}")
+                && r.json["status"] == "completed"
+                && r.json["conclusion"] == "success"
+        })
+    };
+    eventually("the check run completed", WAIT, || async {
+        completed(&host, 4242)
+    })
+    .await;
+    drained(&db).await;
+
+    let received = host.received();
+    let mints: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.path.ends_with("/access_tokens"))
+        .collect();
+    assert_eq!(mints.len(), 1, "the installation token is cached");
+    let jwt = mints[0]
+        .header("authorization")
+        .strip_prefix("Bearer ")
+        .unwrap();
+    assert_eq!(jwt.split('.').count(), 3, "a JWT: {jwt}");
+    let checks: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.path.starts_with(runs_path))
+        .collect();
+    assert_eq!(
+        checks[0].method, "POST",
+        "the first report creates the check run"
+    );
+    assert_eq!(checks[0].json["head_sha"], GITHUB_SHA);
+    assert_eq!(checks[0].json["name"], "vfi/render");
+    assert_eq!(checks[0].json["external_id"], run);
+    for update in &checks[1..] {
+        assert_eq!(update.method, "PATCH");
+        assert_eq!(
+            update.path,
+            format!("{runs_path}/4242"),
+            "later ones update it"
+        );
+    }
+    assert!(checks
+        .iter()
+        .all(|r| r.header("authorization") == "Bearer ghs_installation"));
+
+    let rerequest = json!({
+        "action": "rerequested",
+        "check_run": {"id": 4242, "external_id": run, "head_sha": GITHUB_SHA},
+        "repository": {"full_name": "octo-org/render-pipeline"},
+        "sender": {"login": "octocat"},
+    });
+    let response = deliver_github(&service, &hook, "check_run", "d-rerun", &rerequest).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let answer: Value = response.json().await.unwrap();
+    let rerun = answer["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(answer["run"]["rerunOf"], run);
+    assert_eq!(answer["run"]["trigger"], "rerun");
+    let again = deliver_github(&service, &hook, "check_run", "d-rerun", &rerequest).await;
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "a redelivery starts nothing"
+    );
+
+    service.wait_for(&rerun, "succeeded", WAIT).await;
+    eventually("the rerun's own check run completed", WAIT, || async {
+        completed(&host, 4343)
+    })
+    .await;
+    let second_create = host
+        .received()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == runs_path)
+        .nth(1)
+        .unwrap();
+    assert_eq!(second_create.json["external_id"], rerun);
 }

@@ -87,9 +87,24 @@ pub struct ReportSpec {
     /// gitlab.com; required for Gitea/Forgejo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
-    /// The token the host's API accepts. Write-only: it is never returned.
+    /// The token the host's API accepts (or a GitHub App below). Write-only: it is never
+    /// returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(write_only, min_length = 1, max_length = 1024)]
-    pub token: String,
+    pub token: Option<String>,
+    /// A GitHub App's id: with `installationId` and `privateKey` instead of `token`, runs are
+    /// reported as check runs (Checks API) under installation tokens the service mints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub app_id: Option<u64>,
+    /// The app's installation on the repository's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub installation_id: Option<u64>,
+    /// The app's private key (PEM, RSA). Write-only: it is never returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(write_only)]
+    pub private_key: Option<String>,
 }
 
 /// A trigger's report settings as stored and shown: defaults resolved, no token.
@@ -101,6 +116,11 @@ pub struct ReportSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_url: Option<String>,
     pub api_base_url: String,
+    /// Set for a GitHub App: runs are reported as check runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation_id: Option<u64>,
 }
 
 /// `Ok` when `text` is an absolute http(s) URL with a host.
@@ -145,12 +165,51 @@ impl ReportSpec {
                 ),
             );
         }
-        let length = self.token.chars().count();
-        if length == 0 || length > 1024 {
-            errors.add("report.token", "must be 1 to 1024 characters");
-        }
-        if self.token.chars().any(|c| c.is_control()) {
-            errors.add("report.token", "must not contain control characters");
+        let app =
+            self.app_id.is_some() || self.installation_id.is_some() || self.private_key.is_some();
+        match (&self.token, app) {
+            (Some(_), true) => errors.add(
+                "report.token",
+                "give either a token or a GitHub App (appId, installationId, privateKey), not both",
+            ),
+            (None, false) => errors.add(
+                "report.token",
+                "is required (or a GitHub App: appId, installationId, privateKey)",
+            ),
+            (Some(token), false) => {
+                let length = token.chars().count();
+                if length == 0 || length > 1024 {
+                    errors.add("report.token", "must be 1 to 1024 characters");
+                } else if token.chars().any(|c| c.is_control()) {
+                    errors.add("report.token", "must not contain control characters");
+                }
+            }
+            (None, true) => {
+                if provider != ReportProvider::Github {
+                    errors.add("report.appId", "GitHub Apps report to GitHub only");
+                }
+                if self.app_id.is_none_or(|id| id == 0) {
+                    errors.add("report.appId", "is required for a GitHub App (1 or more)");
+                }
+                if self.installation_id.is_none_or(|id| id == 0) {
+                    errors.add(
+                        "report.installationId",
+                        "is required for a GitHub App (1 or more)",
+                    );
+                }
+                match &self.private_key {
+                    None => errors.add("report.privateKey", "is required for a GitHub App"),
+                    Some(pem) => {
+                        if let Err(error) = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+                        {
+                            errors.add(
+                                "report.privateKey",
+                                format!("is not an RSA private key in PEM form ({error})"),
+                            );
+                        }
+                    }
+                }
+            }
         }
         (errors.len() == before).then(|| ReportSettings {
             provider,
@@ -166,7 +225,26 @@ impl ReportSpec {
                 .unwrap_or_default()
                 .trim_end_matches('/')
                 .to_owned(),
+            app_id: self.app_id.filter(|_| self.token.is_none()),
+            installation_id: self.installation_id.filter(|_| self.token.is_none()),
         })
+    }
+
+    /// The secret to store: the token, or the app's private key.
+    pub fn secret(&self) -> Option<&str> {
+        self.token.as_deref().or(self.private_key.as_deref())
+    }
+}
+
+/// A check run's `status` and, once completed, `conclusion` for a run in `status` (Checks API).
+pub fn check_state(status: RunStatus) -> (&'static str, Option<&'static str>) {
+    use RunStatus::*;
+    match status {
+        Queued | Creating | Pending => ("queued", None),
+        Running => ("in_progress", None),
+        Succeeded => ("completed", Some("success")),
+        Failed | Lost => ("completed", Some("failure")),
+        Cancelled => ("completed", Some("cancelled")),
     }
 }
 

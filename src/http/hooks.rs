@@ -127,6 +127,10 @@ pub async fn receive(
                     None,
                 ))
             }
+            Ok(Reading::Rerun {
+                delivery,
+                rerequest,
+            }) => return rerun(&state, &trigger, &delivery, &rerequest).await,
             Ok(Reading::Ignored { delivery, reason }) => {
                 tracing::info!(%trigger_id, ?delivery, ?reason, "delivery ignored");
                 return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
@@ -216,6 +220,80 @@ async fn start_run(
     .await?;
     tx.commit().await?;
     Ok(Started::New(run))
+}
+
+/// GitHub's "Re-run" of a check: a rerun (`rerunOf`) of the run the check belongs to, through
+/// the front door as any rerun, once per delivery, reporting to the same commit (a new check
+/// run).
+async fn rerun(
+    state: &AppState,
+    trigger: &WebhookTrigger,
+    delivery: &str,
+    rerequest: &webhook::Rerequest,
+) -> Result<(StatusCode, Json<HookAnswer>)> {
+    if let Some(run) = delivered(state, trigger.id, delivery).await? {
+        return Ok(duplicate(run));
+    }
+    let external = rerequest
+        .external_id
+        .as_deref()
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let original = match store::outbox::rerequested_run(
+        &state.db,
+        trigger.id,
+        external,
+        &rerequest.repository,
+        &rerequest.sha,
+    )
+    .await?
+    {
+        Some(id) => store::runs::get(&state.db, id).await?,
+        None => None,
+    };
+    let Some(original) = original else {
+        let reason = "no run of this trigger built that commit (or it was pruned)";
+        tracing::info!(trigger_id = %trigger.id, ?delivery, sha = ?rerequest.sha, reason, "re-run request ignored");
+        return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
+    };
+    // Today's limits, as for any rerun.
+    let task_limits = match original.task.as_deref() {
+        Some(task) => store::tasks::get(&state.db, task)
+            .await?
+            .and_then(|t| t.limits),
+        None => None,
+    };
+    let origin = Origin {
+        task: original.task.clone(),
+        trigger: Trigger::Rerun,
+        rerun_of: Some(original.id),
+        scheduled_time: None,
+        token_id: None,
+    }
+    .by_service();
+    let submission = Submission::check(
+        &state.policy,
+        origin,
+        original.template.clone(),
+        task_limits.as_ref(),
+    )?;
+    let mut tx = state.db.begin().await?;
+    let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;
+    if let Some(first) =
+        store::triggers::claim_delivery(&mut tx, trigger.id, delivery, run.id).await?
+    {
+        drop(tx);
+        return Ok(duplicate(store::runs::get(&state.db, first).await?));
+    }
+    store::outbox::copy_source(&mut tx, original.id, run.id).await?;
+    tx.commit().await?;
+    tracing::info!(trigger_id = %trigger.id, run_id = %run.id, rerun_of = %original.id, ?delivery, "run queued by a re-run request");
+    let detail = format!("run {} reruns run {}", run.number, original.number);
+    Ok(answer(
+        StatusCode::CREATED,
+        Outcome::Started,
+        detail,
+        Some(run),
+    ))
 }
 
 async fn delivered(state: &AppState, trigger: Uuid, delivery: &str) -> Result<Option<Option<Run>>> {

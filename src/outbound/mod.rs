@@ -10,6 +10,7 @@
 
 mod gitea;
 mod github;
+pub mod github_checks;
 mod gitlab;
 pub mod receiver;
 
@@ -86,7 +87,22 @@ pub struct Answer {
     pub retry_after: Option<String>,
     /// The start of the body, or the error (without the URL).
     pub text: String,
+    /// The body, when it was JSON.
+    pub json: Option<serde_json::Value>,
     pub duration: Duration,
+}
+
+impl Answer {
+    /// An answer that never came: the request could not be made (final) or sent.
+    pub fn none(text: String) -> Answer {
+        Answer {
+            status: None,
+            retry_after: None,
+            text,
+            json: None,
+            duration: Duration::ZERO,
+        }
+    }
 }
 
 /// Most of an answer's body kept with the attempt.
@@ -111,6 +127,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Answer {
                 status: Some(status),
                 retry_after,
                 text: shorten(&body),
+                json: serde_json::from_str(&body).ok(),
                 duration: started.elapsed(),
             }
         }
@@ -118,6 +135,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Answer {
             status: None,
             retry_after: None,
             text: shorten(&crate::error::chain(&error.without_url())),
+            json: None,
             duration: started.elapsed(),
         },
     }

@@ -14,6 +14,7 @@
 use super::Runtime;
 use crate::domain::report::{self, Verdict};
 use crate::domain::RunStatus;
+use crate::outbound::github_checks::{CheckReport, Installations};
 use crate::outbound::{self, receiver, Answer, StatusReport};
 use crate::store::outbox::{self, Attempt, Claimed, Message};
 use backon::BackoffBuilder;
@@ -39,6 +40,13 @@ pub struct ReporterSettings {
     pub give_up_after: Duration,
     /// The service's public URL; reports link to the run's dashboard page under it.
     pub public_base_url: Option<String>,
+}
+
+/// What deliveries share: the HTTP client and the GitHub App installation tokens.
+#[derive(Clone)]
+struct Sender {
+    client: reqwest::Client,
+    installations: Arc<Installations>,
 }
 
 const BATCH: usize = 64;
@@ -68,12 +76,16 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
             return;
         }
     };
+    let sender = Sender {
+        client,
+        installations: Arc::default(),
+    };
     let mut wake = runtime.notifications.subscribe(outbox::CHANNEL);
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let mut sends = JoinSet::new();
     let mut gauges_at = tokio::time::Instant::now();
     loop {
-        if let Err(error) = send_due(&runtime, &client, &slots, &mut sends).await {
+        if let Err(error) = send_due(&runtime, &sender, &slots, &mut sends).await {
             tracing::warn!(error = %crate::error::chain(&error), "reporter: claiming failed; retrying");
         }
         if gauges_at <= tokio::time::Instant::now() {
@@ -108,7 +120,7 @@ fn lease(settings: &ReporterSettings) -> Duration {
 
 async fn send_due(
     runtime: &Runtime,
-    client: &reqwest::Client,
+    sender: &Sender,
     slots: &Arc<Semaphore>,
     sends: &mut JoinSet<()>,
 ) -> Result<(), sqlx::Error> {
@@ -131,7 +143,7 @@ async fn send_due(
                 .clone()
                 .try_acquire_owned()
                 .expect("no more claims than free slots");
-            sends.spawn(deliver(runtime.clone(), client.clone(), claim, permit));
+            sends.spawn(deliver(runtime.clone(), sender.clone(), claim, permit));
         }
         if all {
             return Ok(());
@@ -139,13 +151,8 @@ async fn send_due(
     }
 }
 
-async fn deliver(
-    runtime: Runtime,
-    client: reqwest::Client,
-    claim: Claimed,
-    _permit: OwnedSemaphorePermit,
-) {
-    if let Err(error) = try_deliver(&runtime, &client, &claim).await {
+async fn deliver(runtime: Runtime, sender: Sender, claim: Claimed, _permit: OwnedSemaphorePermit) {
+    if let Err(error) = try_deliver(&runtime, &sender, &claim).await {
         // The lease lapses and the key is taken again.
         tracing::warn!(key = %claim.key, error = %crate::error::chain(&error), "reporter: recording a delivery failed; it is tried again");
     }
@@ -154,7 +161,7 @@ async fn deliver(
 #[tracing::instrument(skip_all, fields(key = %claim.key, message = claim.pending_id))]
 async fn try_deliver(
     runtime: &Runtime,
-    client: &reqwest::Client,
+    sender: &Sender,
     claim: &Claimed,
 ) -> Result<(), sqlx::Error> {
     let settings = &runtime.settings.reporter;
@@ -169,26 +176,39 @@ async fn try_deliver(
             }
         }
     }
-    let (target, request) = request(client, settings, &message);
-    let (answer, mut verdict) = match request {
-        Ok(request) => {
-            let answer = outbound::send(request).await;
-            let verdict = report::verdict(
-                answer.status,
-                answer.retry_after.as_deref(),
-                chrono::Utc::now(),
-            );
-            (answer, verdict)
+    let mut created = None;
+    let (target, answer, mut verdict) = match check_report(settings, &message) {
+        Some(Ok(report)) => {
+            let (answer, unmakeable, check_run) =
+                sender.installations.report(&sender.client, &report).await;
+            created = check_run;
+            let verdict = if unmakeable {
+                Verdict::Final
+            } else {
+                report::verdict(
+                    answer.status,
+                    answer.retry_after.as_deref(),
+                    chrono::Utc::now(),
+                )
+            };
+            ("github".to_owned(), answer, verdict)
         }
-        Err(text) => (
-            Answer {
-                status: None,
-                retry_after: None,
-                text,
-                duration: Duration::ZERO,
-            },
-            Verdict::Final,
-        ),
+        Some(Err(text)) => ("github".to_owned(), Answer::none(text), Verdict::Final),
+        None => {
+            let (target, request) = request(&sender.client, settings, &message);
+            match request {
+                Ok(request) => {
+                    let answer = outbound::send(request).await;
+                    let verdict = report::verdict(
+                        answer.status,
+                        answer.retry_after.as_deref(),
+                        chrono::Utc::now(),
+                    );
+                    (target, answer, verdict)
+                }
+                Err(text) => (target, Answer::none(text), Verdict::Final),
+            }
+        }
     };
     let mut text = match answer.status {
         Some(status) if !(200..300).contains(&status) => {
@@ -241,6 +261,7 @@ async fn try_deliver(
             http_status: answer.status,
             answer: &text,
             duration: answer.duration,
+            check_run: created,
         },
     )
     .await
@@ -260,7 +281,12 @@ fn repeats(previous: &Message, next: &Message) -> bool {
     ) else {
         return false;
     };
-    if provider.state(before) != provider.state(after) {
+    let same_state = if next.app_id.is_some() {
+        report::check_state(before) == report::check_state(after)
+    } else {
+        provider.state(before) == provider.state(after)
+    };
+    if !same_state {
         return false;
     }
     provider == crate::domain::report::ReportProvider::Gitlab
@@ -275,6 +301,49 @@ fn repeats(previous: &Message, next: &Message) -> bool {
 fn run_page(settings: &ReporterSettings, run: Option<uuid::Uuid>) -> Option<String> {
     let base = settings.public_base_url.as_deref()?;
     Some(format!("{}/#/runs/{}", base.trim_end_matches('/'), run?))
+}
+
+/// A GitHub App's check run report of `message`, if it is one (`Err`: it cannot be made).
+fn check_report<'a>(
+    settings: &ReporterSettings,
+    message: &'a Message,
+) -> Option<Result<CheckReport<'a>, String>> {
+    let (Some(app_id), Some(installation_id)) = (message.app_id, message.installation_id) else {
+        return None;
+    };
+    if message.kind != "status" {
+        return None;
+    }
+    let Some(private_key) = message.token.as_deref() else {
+        return Some(Err(
+            "the trigger that reports this run was deleted, and its app's key with it".into(),
+        ));
+    };
+    let Ok(status) = message.status.parse::<RunStatus>() else {
+        return Some(Err(format!("unknown run status {:?}", message.status)));
+    };
+    let run_id = message.run_id?;
+    Some(Ok(CheckReport {
+        api_base: message.api_base.as_deref().unwrap_or_default(),
+        repository: message.repository.as_deref().unwrap_or_default(),
+        sha: message.sha.as_deref().unwrap_or_default(),
+        context: message.context.as_deref().unwrap_or_default(),
+        status,
+        description: report::description(
+            status,
+            message.reason.as_deref(),
+            message.message.as_deref(),
+        ),
+        target_url: message
+            .target_url
+            .clone()
+            .or_else(|| run_page(settings, message.run_id)),
+        run_id,
+        app_id,
+        installation_id,
+        private_key,
+        check_run_id: message.check_run_id,
+    }))
 }
 
 /// Who `message` goes to (for answers and logs: no secrets), and its request.

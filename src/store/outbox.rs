@@ -33,8 +33,9 @@ pub async fn record_source(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO run_sources (run_id, trigger_id, task_name, repository, sha, git_ref,
-            report_provider, report_api_base, report_context, report_target_url)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            report_provider, report_api_base, report_context, report_target_url,
+            report_app_id, report_installation_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(run)
     .bind(trigger)
@@ -46,6 +47,8 @@ pub async fn record_source(
     .bind(report.map(|r| r.api_base_url.as_str()))
     .bind(report.map(|r| r.context.as_str()))
     .bind(report.and_then(|r| r.target_url.as_deref()))
+    .bind(report.and_then(|r| r.app_id).map(|id| id as i64))
+    .bind(report.and_then(|r| r.installation_id).map(|id| id as i64))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -119,7 +122,11 @@ pub struct Message {
     pub git_ref: Option<String>,
     pub context: Option<String>,
     pub target_url: Option<String>,
+    /// The trigger's token, or its GitHub App's private key.
     pub token: Option<String>,
+    pub app_id: Option<i64>,
+    pub installation_id: Option<i64>,
+    pub check_run_id: Option<i64>,
 }
 
 pub async fn message(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Message>, sqlx::Error> {
@@ -128,7 +135,9 @@ pub async fn message(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Message>
                 o.secret, o.created_at, r.number AS run_number, r.task_name AS run_task,
                 s.report_provider AS provider, s.report_api_base AS api_base, s.repository,
                 s.sha, s.git_ref, s.report_context AS context,
-                s.report_target_url AS target_url, t.report_token AS token
+                s.report_target_url AS target_url, t.report_token AS token,
+                s.report_app_id AS app_id, s.report_installation_id AS installation_id,
+                s.check_run_id
          FROM outbox o
          LEFT JOIN runs r ON r.id = o.run_id
          LEFT JOIN run_sources s ON s.run_id = o.run_id AND o.kind = 'status'
@@ -155,6 +164,8 @@ pub struct Attempt<'a> {
     /// The host's answer (or the error, without secrets), shortened.
     pub answer: &'a str,
     pub duration: Duration,
+    /// The check run the attempt created (a GitHub App's first report of the run).
+    pub check_run: Option<i64>,
 }
 
 /// Records an attempt and releases the key: a delivered or finally refused message is done (a
@@ -202,6 +213,13 @@ pub async fn finish(db: &PgPool, attempt: Attempt<'_>) -> Result<(), sqlx::Error
     .bind(attempt.duration.as_millis().min(i32::MAX as u128) as i32)
     .execute(&mut *tx)
     .await?;
+    if let (Some(check_run), Some(run)) = (attempt.check_run, attempt.run) {
+        sqlx::query("UPDATE run_sources SET check_run_id = $2 WHERE run_id = $1")
+            .bind(run)
+            .bind(check_run)
+            .execute(&mut *tx)
+            .await?;
+    }
     if attempt.verdict == Verdict::Final && attempt.kind == "status" {
         sqlx::query(
             "UPDATE run_sources SET report_error = $2, report_error_at = now() WHERE run_id = $1",
@@ -358,4 +376,47 @@ pub async fn run_report(
     .bind(run)
     .fetch_optional(db)
     .await
+}
+
+/// The run a GitHub `check_run` or `check_suite` re-request is about: the run named by the check
+/// run's `external_id` (set to the run's id when it was created), else the newest run of the
+/// trigger for that repository and commit.
+pub async fn rerequested_run(
+    db: impl PgExecutor<'_>,
+    trigger: Uuid,
+    external_id: Option<Uuid>,
+    repository: &str,
+    sha: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT run_id FROM run_sources
+         WHERE trigger_id = $1 AND repository = $3 AND sha = $4
+           AND ($2::uuid IS NULL OR run_id = $2)
+         ORDER BY run_id DESC LIMIT 1",
+    )
+    .bind(trigger)
+    .bind(external_id)
+    .bind(repository)
+    .bind(sha)
+    .fetch_optional(db)
+    .await
+}
+
+/// Gives a rerun its original's source, in the rerun's transaction: it reports to the same
+/// commit (a new check run) from its first state.
+pub async fn copy_source(conn: &mut PgConnection, from: Uuid, to: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO run_sources (run_id, trigger_id, task_name, repository, sha, git_ref,
+            report_provider, report_api_base, report_context, report_target_url,
+            report_app_id, report_installation_id)
+         SELECT $2, trigger_id, task_name, repository, sha, git_ref, report_provider,
+            report_api_base, report_context, report_target_url, report_app_id,
+            report_installation_id
+         FROM run_sources WHERE run_id = $1",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

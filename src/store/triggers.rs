@@ -86,7 +86,7 @@ pub async fn upsert(
     .bind(event_names(spec))
     .bind(&spec.refs)
     .bind(report.map(Json))
-    .bind(spec.report.as_ref().map(|r| r.token.as_str()))
+    .bind(spec.report.as_ref().and_then(|r| r.secret()))
     .fetch_optional(db)
     .await?;
     Ok(row.map(|row| (row.trigger.into(), row.created)))

@@ -29,15 +29,16 @@ impl Received {
     }
 }
 
-/// How the host answers the `n`-th request (from 0) with this body: a status, a pause before the
-/// answer, and a `Retry-After` header if any.
-pub type Behaviour = Arc<dyn Fn(usize, &Value) -> Answer + Send + Sync>;
+/// How the host answers the `n`-th request (from 0): a status, a pause before the answer, a
+/// `Retry-After` header if any, and a JSON body.
+pub type Behaviour = Arc<dyn Fn(usize, &Received) -> Answer + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub delay: Duration,
     pub retry_after: Option<String>,
+    pub body: Value,
 }
 
 impl Answer {
@@ -46,6 +47,7 @@ impl Answer {
             status,
             delay: Duration::ZERO,
             retry_after: None,
+            body: serde_json::json!({"answer": "fake"}),
         }
     }
 }
@@ -74,21 +76,23 @@ impl FakeHost {
                     let (n, answer) = {
                         let mut log = log.lock().unwrap();
                         let n = log.len();
-                        let answer = behaviour(n, &json);
-                        log.push(Received {
+                        let mut received = Received {
                             method,
                             path: uri.path().to_string(),
                             headers,
                             body,
                             json,
-                            answered: answer.status,
-                        });
+                            answered: 0,
+                        };
+                        let answer = behaviour(n, &received);
+                        received.answered = answer.status;
+                        log.push(received);
                         (n, answer)
                     };
                     let _ = n;
                     tokio::time::sleep(answer.delay).await;
                     let status = StatusCode::from_u16(answer.status).unwrap();
-                    let mut response = (status, "{\"answer\":\"fake\"}").into_response();
+                    let mut response = (status, axum::Json(answer.body)).into_response();
                     if let Some(after) = answer.retry_after {
                         response
                             .headers_mut()

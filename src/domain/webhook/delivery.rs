@@ -2,7 +2,7 @@
 //! looked up or recorded. The HTTP handler verifies the signature ([`super::verify`]), applies
 //! the rate limit, asks [`read`], and records a run only for [`Reading::Start`].
 
-use super::{delivery_id, event_name, parse, Filter, GitEvent, Parsed, WebhookTrigger};
+use super::{delivery_id, event_name, parse, Filter, GitEvent, Parsed, Rerequest, WebhookTrigger};
 use crate::domain::run::RunOverrides;
 
 /// What an authenticated delivery asks for.
@@ -12,6 +12,12 @@ pub enum Reading {
     Pong,
     /// Nothing to start, and why (an event the trigger does not handle or filters out).
     Ignored { delivery: String, reason: String },
+    /// GitHub asks to run a check again: rerun the run it names (unless this delivery was
+    /// received before). Only for triggers that report check runs (a GitHub App).
+    Rerun {
+        delivery: String,
+        rerequest: Rerequest,
+    },
     /// A run to start (unless this delivery was received before).
     Start {
         delivery: String,
@@ -52,6 +58,23 @@ pub fn read<'h>(
         }
         Ok(Parsed::Ping) => return Ok(Ok(Reading::Pong)),
         Ok(Parsed::Ignored(reason)) => return Ok(Ok(Reading::Ignored { delivery, reason })),
+        Ok(Parsed::Rerequested(rerequest)) => {
+            let checks = trigger
+                .report
+                .as_ref()
+                .is_some_and(|report| report.app_id.is_some());
+            return Ok(Ok(if checks {
+                Reading::Rerun {
+                    delivery,
+                    rerequest,
+                }
+            } else {
+                Reading::Ignored {
+                    delivery,
+                    reason: "re-run requests are handled for triggers that report check runs (a GitHub App) only".into(),
+                }
+            }));
+        }
         Ok(Parsed::Event(event)) => event,
     };
     let filter = Filter::new(&trigger.events, &trigger.refs)?;

@@ -17,7 +17,7 @@ mod signature;
 
 pub use delivery::{read, Reading, Unreadable};
 pub use filter::Filter;
-pub use payload::{parse, GitEvent, Parsed};
+pub use payload::{parse, GitEvent, Parsed, Rerequest};
 pub use signature::{delivery_id, event_name, sign, verify};
 
 use super::report::{ReportSettings, ReportSpec};

@@ -32,6 +32,18 @@ pub enum Parsed {
     /// A delivery that never starts a run, and why (unknown event, branch deletion, closed pull
     /// request...).
     Ignored(String),
+    /// GitHub's "Re-run" of a check run (`check_run`) or of every check of a commit
+    /// (`check_suite`), action `rerequested`: rerun the run it names.
+    Rerequested(Rerequest),
+}
+
+/// What a GitHub re-request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rerequest {
+    pub repository: String,
+    pub sha: String,
+    /// A check run's `external_id`: the id of the run that created it.
+    pub external_id: Option<String>,
 }
 
 /// Payload values longer than this are refused rather than passed on.
@@ -64,6 +76,23 @@ pub fn parse(provider: Provider, event: &str, body: &[u8]) -> Result<Parsed, Str
 
     let kind = match (provider, event) {
         (Provider::Github, "ping") => return Ok(Parsed::Ping),
+        (Provider::Github, "check_run" | "check_suite") => {
+            if action != "rerequested" {
+                return Ok(Parsed::Ignored(format!(
+                    "{event} action {action:?} does not start runs; rerequested does"
+                )));
+            }
+            let sha = get(&format!("/{event}/head_sha"))?;
+            let external_id = (event == "check_run")
+                .then(|| get("/check_run/external_id").ok())
+                .flatten()
+                .filter(|id| !id.is_empty());
+            return Ok(Parsed::Rerequested(Rerequest {
+                repository: get("/repository/full_name")?,
+                sha,
+                external_id,
+            }));
+        }
         (Provider::Github | Provider::Gitea, "push") | (Provider::Gitlab, "Push Hook") => {
             EventKind::Push
         }
