@@ -58,7 +58,12 @@ async fn main() {
     };
     let bench = Bench::start(
         sim,
-        &["--launch-concurrency", "32", "--max-queued-runs-per-task", "0"],
+        &[
+            "--launch-concurrency",
+            "32",
+            "--max-queued-runs-per-task",
+            "0",
+        ],
     )
     .await;
     let put = |path: String, body: Value| {
@@ -85,7 +90,8 @@ async fn main() {
 
     // One push per commit, 32 deliveries at a time.
     let started = Instant::now();
-    let shas: Vec<String> = (0..runs).map(|i| format!("{i:040x}")).collect();
+    // Not 0: the all-zero SHA is a deleted branch.
+    let shas: Vec<String> = (1..=runs).map(|i| format!("{i:040x}")).collect();
     let http = bench.http.clone();
     futures::stream::iter(shas.iter().enumerate())
         .map(|(i, sha)| {
@@ -103,7 +109,10 @@ async fn main() {
                     .header("content-type", "application/json")
                     .header("x-github-event", "push")
                     .header("x-github-delivery", format!("bench-{i}"))
-                    .header("x-hub-signature-256", format!("sha256={}", sign(SECRET, &body)))
+                    .header(
+                        "x-hub-signature-256",
+                        format!("sha256={}", sign(SECRET, &body)),
+                    )
                     .body(body)
                     .send()
                     .await
@@ -136,7 +145,10 @@ async fn main() {
         if finals >= runs && left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{finals} of {runs} final states delivered");
+        assert!(
+            Instant::now() < deadline,
+            "{finals} of {runs} final states delivered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained = started.elapsed();
@@ -166,7 +178,11 @@ async fn main() {
             .filter(|(s, _)| *s == "pending")
             .count();
         duplicates += states.iter().filter(|(s, _)| *s == "success").count() - 1;
-        latencies.push((states[first_final].1 - *final_at).to_std().unwrap_or_default());
+        latencies.push(
+            (states[first_final].1 - *final_at)
+                .to_std()
+                .unwrap_or_default(),
+        );
     }
     latencies.sort();
     let (p50, p99, max) = (

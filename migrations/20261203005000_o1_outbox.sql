@@ -126,8 +126,8 @@ END $$;
 CREATE TRIGGER run_sources_reported AFTER INSERT ON run_sources
     FOR EACH ROW EXECUTE FUNCTION outbox_on_source();
 
--- Every status change of a reported run writes its report; a final status of a task with
--- `notify` entries writes their notifications. In the status change's own statement, so the
+-- Every status change (or waiting reason) of a reported run writes its report; a final status of
+-- a task with `notify` entries writes their notifications. In the status change's own statement, so the
 -- outbox and the run never disagree.
 CREATE FUNCTION outbox_on_status() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -186,6 +186,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER runs_outbox AFTER UPDATE OF status ON runs
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+-- Also a new waiting reason of a run that has not started (queued, creating, pending): the
+-- host's description says why it waits.
+CREATE TRIGGER runs_outbox AFTER UPDATE OF status, status_reason, status_message ON runs
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+        OR (NEW.status IN ('queued', 'creating', 'pending')
+            AND (OLD.status_reason IS DISTINCT FROM NEW.status_reason
+                 OR OLD.status_message IS DISTINCT FROM NEW.status_message)))
     EXECUTE FUNCTION outbox_on_status();

@@ -872,3 +872,44 @@ async fn a_github_app_creates_one_check_run_updates_it_and_a_rerequest_reruns_th
         .unwrap();
     assert_eq!(second_create.json["external_id"], rerun);
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_waiting_reason_shows_while_pending_and_the_failure_reason_at_the_end(db: PgPool) {
+    let host = FakeHost::start().await;
+    let (_sim, service) = start(db.clone(), &["--max-pending-secs", "2"]).await;
+    let gpu = json!({"image": "busybox", "command": ["true"], "backoffLimit": 0,
+        "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}});
+    let hook = reported_task(
+        &service,
+        "render",
+        gpu,
+        "github",
+        json!({"token": TOKEN, "apiBaseUrl": host.url}),
+    )
+    .await;
+
+    let run = push(&service, &hook, "github").await;
+    service.wait_for(&run, "failed", WAIT).await;
+    wait_final_state(&host, GITHUB_PATH, "context", "vfi/render", "failure").await;
+    drained(&db).await;
+
+    let received = host.received();
+    let descriptions: Vec<(&str, &str)> = received
+        .iter()
+        .map(|r| {
+            (
+                r.json["state"].as_str().unwrap(),
+                r.json["description"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        descriptions
+            .iter()
+            .any(|(state, text)| *state == "pending" && text.contains("Unschedulable")),
+        "the scheduler's reason while it waits: {descriptions:?}"
+    );
+    let (_, last) = descriptions.last().unwrap();
+    assert!(last.starts_with("Failed: "), "{last}");
+    assert!(last.chars().count() <= 140, "{last}");
+}
