@@ -913,3 +913,35 @@ async fn the_waiting_reason_shows_while_pending_and_the_failure_reason_at_the_en
     assert!(last.starts_with("Failed: "), "{last}");
     assert!(last.chars().count() <= 140, "{last}");
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_rerun_of_a_webhook_run_through_the_api_reports_on_the_same_commit(db: PgPool) {
+    let host = FakeHost::start().await;
+    let (_sim, service) = start(db.clone(), &[]).await;
+    let hook = reported_task(
+        &service,
+        "render",
+        template(0, 200),
+        "github",
+        json!({"token": TOKEN, "apiBaseUrl": host.url}),
+    )
+    .await;
+    let run = push(&service, &hook, "github").await;
+    service.wait_for(&run, "succeeded", WAIT).await;
+
+    let response = service
+        .post(&format!("/v1/runs/{run}/rerun"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let rerun: Value = response.json().await.unwrap();
+    let rerun = rerun["id"].as_str().unwrap().to_string();
+    service.wait_for(&rerun, "succeeded", WAIT).await;
+    let page = format!("https://ci.example.com/#/runs/{rerun}");
+    eventually("the rerun's final state on the commit", WAIT, || async {
+        host.received()
+            .iter()
+            .any(|r| r.json["state"] == "success" && r.json["target_url"] == page.as_str())
+    })
+    .await;
+    assert_eq!(service.run(&rerun).await["report"]["sha"], GITHUB_SHA);
+}

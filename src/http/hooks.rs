@@ -284,7 +284,7 @@ async fn rerun(
         drop(tx);
         return Ok(duplicate(store::runs::get(&state.db, first).await?));
     }
-    store::outbox::copy_source(&mut tx, original.id, run.id).await?;
+    // The submission gave the rerun its original's source: it reports as a new check run.
     tx.commit().await?;
     tracing::info!(trigger_id = %trigger.id, run_id = %run.id, rerun_of = %original.id, ?delivery, "run queued by a re-run request");
     let detail = format!("run {} reruns run {}", run.number, original.number);

@@ -24,7 +24,16 @@ pub async fn submit(
     caps: Caps,
 ) -> Result<Result<Run, CapReached>, sqlx::Error> {
     let outcome = submit_all(conn, std::slice::from_ref(submission), caps).await?;
-    Ok(outcome.map(|mut runs| runs.remove(0)))
+    let run = match outcome {
+        Ok(mut runs) => runs.remove(0),
+        Err(refused) => return Ok(Err(refused)),
+    };
+    // A rerun of a webhook run builds the same commit and reports to it like the original
+    // (every rerun, from the API or the Git host's Re-run button, comes through here).
+    if let Some(original) = submission.origin().rerun_of {
+        crate::store::outbox::copy_source(&mut *conn, original, run.id).await?;
+    }
+    Ok(Ok(run))
 }
 
 /// [`submit`] for many runs at once, all or none: the caps count the whole batch, and the runs
