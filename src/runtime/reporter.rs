@@ -113,9 +113,10 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
     .await;
 }
 
-/// The lease on a key: longer than a delivery may take, so a live reporter never loses it.
+/// The lease on a key: longer than a delivery may take (a GitHub App's may be two requests: an
+/// installation token, then the check run), so a live reporter never loses it.
 fn lease(settings: &ReporterSettings) -> Duration {
-    settings.timeout + Duration::from_secs(10)
+    settings.timeout * 2 + Duration::from_secs(10)
 }
 
 async fn send_due(
