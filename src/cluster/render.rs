@@ -221,6 +221,11 @@ mod tests {
             job: None,
             pods: Default::default(),
             scheduled_time: None,
+            priority: 0,
+            queue_key: None,
+            queue_limit: None,
+            queue: None,
+            superseded_by: None,
         }
     }
 

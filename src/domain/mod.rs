@@ -7,6 +7,7 @@ pub mod auth;
 pub mod loglines;
 pub mod names;
 pub mod policy;
+pub mod queue;
 pub mod run;
 pub mod sandbox;
 pub mod schedule;
@@ -19,6 +20,7 @@ pub mod webhook;
 
 pub use auth::{Caller, Denied, Scope};
 pub use policy::RunPolicy;
+pub use queue::{Concurrency, QueuePolicy, QueueState};
 pub use run::{AdHocRun, JobRef, LaunchInfo, PodCounts, PodRecord, Run, RunOverrides, Trigger};
 pub use status::RunStatus;
 pub use submission::{CapReached, Caps, Origin, Submission};

@@ -2,6 +2,7 @@
 
 use super::names;
 use super::policy::RunLimits;
+use super::queue::Concurrency;
 use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};
@@ -74,6 +75,15 @@ pub struct TaskSpec {
         deserialize_with = "super::policy::limits_object"
     )]
     pub limits: Option<RunLimits>,
+    /// How many runs of the task's key may be active at once, and what newer runs do (see the
+    /// README's queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// The default priority of the task's runs (-1000 to 1000, default 0): higher runs are
+    /// admitted first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
 }
 
 /// When a task runs on its own, and how much of its history is kept (a Kubernetes CronJob's
@@ -203,6 +213,10 @@ impl TaskSpec {
         if let Some(limits) = &self.limits {
             limits.collect_errors("limits", &mut errors);
         }
+        if let Some(concurrency) = &self.concurrency {
+            concurrency.collect_errors("concurrency", &mut errors);
+        }
+        super::queue::collect_priority_errors(self.priority, "priority", &mut errors);
         errors.finish()
     }
 }
@@ -227,6 +241,11 @@ pub struct Task {
     /// The task's own run limits, when an admin set some.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<RunLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// The default priority of the task's runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 #[cfg(test)]

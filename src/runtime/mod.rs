@@ -55,6 +55,8 @@ pub struct RuntimeSettings {
     pub max_pending: Duration,
     /// The caps the scheduler's runs are held to, as the API's are.
     pub caps: crate::domain::Caps,
+    /// The installation's limits on active runs and the priority aging step.
+    pub admission: crate::domain::queue::Admission,
 }
 
 /// What the loops share.

@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod logs;
 pub mod notify;
 pub mod pods;
+pub mod queue;
 pub mod retention;
 pub mod runs;
 pub mod schedules;

@@ -28,6 +28,8 @@ impl From<TaskRow> for Task {
             template,
             schedule,
             limits,
+            concurrency,
+            priority,
         } = row.spec.0;
         Task {
             name: row.name,
@@ -39,6 +41,8 @@ impl From<TaskRow> for Task {
             created_at: row.created_at,
             updated_at: row.updated_at,
             limits,
+            concurrency,
+            priority,
         }
     }
 }

@@ -61,6 +61,7 @@ pub fn read<'h>(
     let overrides = RunOverrides {
         env: event.env(trigger.provider, &delivery),
         labels: Default::default(),
+        priority: None,
     };
     Ok(Ok(Reading::Start {
         delivery,
