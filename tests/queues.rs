@@ -33,8 +33,13 @@ struct JobWatch {
 impl JobWatch {
     /// Watches the Jobs of `task`; returns once the first list is in.
     async fn start(client: kube::Client, task: &str) -> JobWatch {
+        JobWatch::start_selected(client, &format!("vfi-orchestrator.io/task={task}")).await
+    }
+
+    /// Watches the Jobs `selector` selects; returns once the first list is in.
+    async fn start_selected(client: kube::Client, selector: &str) -> JobWatch {
         let api: Api<Job> = Api::all(client);
-        let config = watcher::Config::default().labels(&format!("vfi-orchestrator.io/task={task}"));
+        let config = watcher::Config::default().labels(selector);
         let max_unfinished = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(HashSet::new()));
         let ready = Arc::new(AtomicBool::new(false));
@@ -598,4 +603,42 @@ async fn a_replica_killed_mid_queue_leaves_two_replicas_that_keep_the_limit(db: 
     for id in &ids {
         assert_eq!(jobs_of(&sim.client(), id).await.len(), 1, "run {id}");
     }
+}
+
+/// Installation limits: with `MAX_ACTIVE_RUNS` 2, runs without a key wait for a slot too, say
+/// so, and never have more than 2 Jobs unfinished.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_installation_limit_holds_runs_without_a_key_and_says_why(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "2"]).await;
+    let watch =
+        JobWatch::start_selected(sim.client(), "vfi-orchestrator.io/installation=default").await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(service.submit(template(400)).await);
+    }
+    let mut reasons = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        for id in &ids {
+            let run = service.run(id).await;
+            if run["status"] == "queued" {
+                waiting += 1;
+                reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
+            }
+        }
+        if waiting == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+    assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
+    assert!(reasons.contains("InstallationLimit"), "{reasons:?}");
 }

@@ -69,6 +69,7 @@ pub async fn claim_admitted(
             aging_secs: admission.aging_secs,
         };
         let moved = status::write(db, which, claim()).await?;
+        record_admissions(&moved);
         claimed.extend(moved.into_iter().map(|moved| moved.run));
     }
     let left = limit - claimed.len() as i64;
@@ -88,6 +89,16 @@ pub async fn claim_admitted(
         }
     }
     Ok(claimed)
+}
+
+/// The admission latency of runs just claimed from `queued` (submission to admission).
+fn record_admissions(moved: &[status::Moved]) {
+    for moved in moved {
+        let waited = (Utc::now() - moved.run.created_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::histogram!("vfi_queue_admission_seconds").record(waited.as_secs_f64());
+    }
 }
 
 /// Whether any run with a concurrency key waits (so the admission pass has work).
