@@ -3,8 +3,9 @@
 
 //!
 //! - [`reads`]: lookups for the API and the loops;
-//! - [`submit`]: recording a submission (caps, number, queued row);
-//! - [`launch`]: the launch queue (claim, Job created, retry later, overdue `pending`);
+//! - [`submit`]: recording a submission (caps, concurrency key policies, number, queued row);
+//! - [`launch`]: the launch queue (admission and claim, Job created, retry later, overdue
+//!   `pending`);
 //! - [`transitions`]: status changes observed in the cluster, and guarded moves;
 //! - [`cancel`]: cancellation and the Jobs it leaves to delete.
 

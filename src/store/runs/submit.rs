@@ -1,4 +1,5 @@
-//! Submission: the caps, the run's number, the queued row, and the wake-up for launchers.
+//! Submission: the caps, the concurrency key's policies (under the key's advisory lock, see
+//! `store::queue`), the run's number, the queued row, and the wake-up for launchers.
 //!
 //! A submission is one statement per task sequence (the counter, the rows and the NOTIFY
 //! together), and a batch of any size is that same statement: round trips, not rows, are what
