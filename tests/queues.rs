@@ -372,7 +372,22 @@ async fn bad_concurrency_and_priority_input_is_422_naming_the_field(db: PgPool) 
         .await
         .unwrap();
     assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    let response = runner
+        .post(app.url("/v1/runs"))
+        .json(&json!({"template": {"image": "x"}, "priority": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
     assert_eq!(app.count("runs").await, 0, "no run stored");
+    let adhoc = app
+        .post_json(
+            "/v1/runs",
+            &json!({"template": {"image": "x"}, "priority": 7}),
+        )
+        .await;
+    assert_eq!(adhoc.status(), StatusCode::CREATED);
+    assert_eq!(adhoc.json::<Value>().await.unwrap()["priority"], 7);
     let run = app
         .start_task_run(
             "q",

@@ -56,6 +56,11 @@ impl RunOverrides {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdHocRun {
     pub template: RunTemplate,
+    /// The run's priority (-1000 to 1000, default 0): a token below `admin` may ask for at most
+    /// 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
 }
 
 impl AdHocRun {

@@ -108,7 +108,12 @@ pub async fn create_run(
 ) -> Result<Response> {
     let origin = Origin::api(None, auth.caller.token_id).admit(Some(&auth.caller))?;
     let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
-    let submission = Submission::check(&policy, origin, request.template, None)?;
+    let submission = Submission::check(&policy, origin, request.template, None)?.queued(
+        None,
+        None,
+        request.priority,
+        Some(auth.caller.scope),
+    )?;
     create(&db, &limits, idempotent, &submission).await
 }
 
@@ -296,6 +301,7 @@ fn check_batch(
                 // Shares POST /v1/runs's keys: the same run sent alone with the same key.
                 let alone = AdHocRun {
                     template: run.template.clone(),
+                    priority: None,
                 };
                 let key = Idempotent::new(
                     run.idempotency_key.clone(),
