@@ -98,6 +98,7 @@ impl App {
                     .filter(|secs| *secs > 0)
                     .map(Duration::from_secs),
                 max_batch_runs: args.cluster.run_limits.max_batch_runs,
+                admission: runtime.settings.admission.clone(),
             }),
             policy,
             cluster: runtime.cluster.clone(),
@@ -281,6 +282,11 @@ fn runtime(
         },
         instance.clone(),
     );
+    let default_namespace = policy
+        .namespaces
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "default".into());
     Runtime {
         db,
         cluster,
@@ -303,6 +309,12 @@ fn runtime(
             max_pending: Duration::from_secs(args.max_pending_secs.max(1)),
             caps,
             reporter: reporter(&args.report),
+            admission: crate::domain::queue::Admission {
+                max_active: args.max_active_runs,
+                max_active_per_namespace: args.max_active_runs_per_namespace,
+                default_namespace,
+                aging_secs: args.priority_aging_secs,
+            },
         },
         clock: Arc::new(SystemClock),
         notifications,

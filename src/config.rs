@@ -266,6 +266,17 @@ pub struct ClusterArgs {
     /// Seconds a run may wait for its Job to be created before it fails (LaunchTimeout).
     #[arg(long, env = "MAX_QUEUE_WAIT_SECS", default_value_t = 3600)]
     pub max_queue_wait_secs: u64,
+    /// Runs active at once in the whole installation (their Jobs not finished); more wait in
+    /// the queue (0: no limit).
+    #[arg(long, env = "MAX_ACTIVE_RUNS", default_value_t = 0)]
+    pub max_active_runs: u32,
+    /// Runs active at once per namespace; more wait in the queue (0: no limit).
+    #[arg(long, env = "MAX_ACTIVE_RUNS_PER_NAMESPACE", default_value_t = 0)]
+    pub max_active_runs_per_namespace: u32,
+    /// A waiting run gains one priority level per this many seconds waited, so low priorities
+    /// cannot starve (0: no aging).
+    #[arg(long, env = "PRIORITY_AGING_SECS", default_value_t = 60)]
+    pub priority_aging_secs: u64,
     /// Milliseconds between launcher polls for due retries (new runs wake it at once).
     #[arg(long, env = "LAUNCHER_POLL_MS", default_value_t = 1000)]
     pub launcher_poll_ms: u64,

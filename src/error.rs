@@ -48,6 +48,16 @@ pub enum Error {
     /// The caller's token already has as many unfinished runs as allowed (429).
     #[error("the token has {limit} unfinished runs already")]
     TooManyActiveRuns { limit: u32 },
+    /// `maxWaiting` of a concurrency key: `depth` runs already wait on it (429).
+    #[error("{depth} runs wait on concurrency key {key:?} already")]
+    TooManyWaiting {
+        key: String,
+        depth: i64,
+        max_waiting: i32,
+    },
+    /// Concurrency policy `Forbid` while the key is busy (409).
+    #[error("concurrency key {key:?} is busy and its policy is Forbid")]
+    QueueForbidden { key: String, active: i64 },
     /// A webhook delivery whose signature or token does not check out (401). The reason is for
     /// the logs only; the answer is always the same.
     #[error("webhook delivery refused: {0}")]
@@ -112,6 +122,16 @@ impl From<CapReached> for Error {
         match reached {
             CapReached::QueueFull { task, limit } => Error::QueueFull { task, limit },
             CapReached::TooManyActiveRuns { limit } => Error::TooManyActiveRuns { limit },
+            CapReached::TooManyWaiting {
+                key,
+                depth,
+                max_waiting,
+            } => Error::TooManyWaiting {
+                key,
+                depth,
+                max_waiting,
+            },
+            CapReached::Forbidden { key, active } => Error::QueueForbidden { key, active },
         }
     }
 }

@@ -60,10 +60,10 @@ async fn unknown_fields_are_refused_by_name(db: PgPool) {
     let response = app
         .post_json(
             "/v1/runs",
-            &json!({"template": calculatepi(), "priority": 1}),
+            &json!({"template": calculatepi(), "urgency": 1}),
         )
         .await;
-    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("urgency")).await;
     assert_nothing_stored(&app).await;
 }
 

@@ -222,6 +222,11 @@ mod tests {
             pods: Default::default(),
             scheduled_time: None,
             report: None,
+            priority: 0,
+            queue_key: None,
+            queue_limit: None,
+            queue: None,
+            superseded_by: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod loglines;
 pub mod names;
 pub mod policy;
 pub mod report;
+pub mod queue;
 pub mod run;
 pub mod sandbox;
 pub mod schedule;
@@ -20,6 +21,7 @@ pub mod webhook;
 
 pub use auth::{Caller, Denied, Scope};
 pub use policy::RunPolicy;
+pub use queue::{Concurrency, QueuePolicy, QueueState};
 pub use run::{AdHocRun, JobRef, LaunchInfo, PodCounts, PodRecord, Run, RunOverrides, Trigger};
 pub use status::RunStatus;
 pub use submission::{CapReached, Caps, Origin, Submission};

@@ -32,6 +32,11 @@ pub struct RunOverrides {
     /// Labels merged over the task's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// This run's priority instead of the task's default (-1000 to 1000): a token below
+    /// `admin` may ask for at most the task's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
 }
 
 impl RunOverrides {
@@ -41,6 +46,7 @@ impl RunOverrides {
             errors.check(format!("env[{i}].name"), names::env_var_name(&var.name));
         }
         validate_labels(&self.labels, "labels", &mut errors);
+        super::queue::collect_priority_errors(self.priority, "priority", &mut errors);
         errors.finish()
     }
 }
@@ -50,6 +56,11 @@ impl RunOverrides {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdHocRun {
     pub template: RunTemplate,
+    /// The run's priority (-1000 to 1000, default 0): a token below `admin` may ask for at most
+    /// 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
 }
 
 impl AdHocRun {
@@ -103,6 +114,20 @@ pub struct Run {
     /// `GET /v1/runs/{id}` of a run started by a reporting webhook trigger).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<super::report::RunReport>,
+    /// Higher runs are admitted first (equal ones in submission order, with aging).
+    pub priority: i32,
+    /// The concurrency key the run counts against (its task's `concurrency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_key: Option<String>,
+    /// The limit of its key when it was submitted (the admission reads it; not shown).
+    #[serde(skip)]
+    pub queue_limit: Option<i32>,
+    /// Why a `queued` run waits and where it stands (on `GET /v1/runs/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<super::queue::QueueState>,
+    /// The newer run of its key that cancelled this one (reason `Superseded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<uuid::Uuid>,
 }
 
 /// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.
@@ -117,6 +142,10 @@ pub struct LaunchInfo {
     /// When the launcher will try again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the queue let the run through to the launcher (its key and the installation had a
+    /// free slot). `MAX_QUEUE_WAIT_SECS` counts from then for a run held by a limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Where the run's Job is.

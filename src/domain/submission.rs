@@ -12,6 +12,7 @@
 
 use super::auth::{Caller, Denied, Scope};
 use super::policy::{RunLimits, RunPolicy};
+use super::queue::{self, Concurrency, Keyed};
 use super::{Invalid, RunTemplate, Trigger};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -79,6 +80,10 @@ pub struct Admitted(Origin);
 pub struct Submission {
     origin: Origin,
     template: RunTemplate,
+    /// The run's priority (0 unless [`Submission::queued`] says otherwise).
+    priority: i32,
+    /// The keyed queue it joins, for a run of a task with `concurrency`.
+    keyed: Option<Keyed>,
 }
 
 impl Submission {
@@ -94,7 +99,35 @@ impl Submission {
         Ok(Submission {
             origin: origin.0,
             template,
+            priority: 0,
+            keyed: None,
         })
+    }
+
+    /// The queueing half of the front door, for every run of a task: the run's key under the
+    /// task's `concurrency` (refused, naming `concurrency.key`, when it renders empty or names
+    /// what the run lacks) and its priority (`asked` per run, checked against what `scope` may
+    /// set; `None` is the service itself, which takes the task's default).
+    pub fn queued(
+        mut self,
+        concurrency: Option<&Concurrency>,
+        task_priority: Option<i32>,
+        asked: Option<i32>,
+        scope: Option<Scope>,
+    ) -> Result<Submission, Invalid> {
+        self.priority = queue::priority_for(task_priority, asked, scope)?;
+        if let (Some(concurrency), Some(task)) = (concurrency, self.origin.task.as_deref()) {
+            self.keyed = Some(Keyed::of(concurrency, task, &self.template)?);
+        }
+        Ok(self)
+    }
+
+    pub fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    pub fn keyed(&self) -> Option<&Keyed> {
+        self.keyed.as_ref()
     }
 
     /// Whether `template` may run under `policy` as it is now: valid, and within the
@@ -143,6 +176,16 @@ pub enum CapReached {
     QueueFull { task: String, limit: u32 },
     #[error("the token already has {limit} unfinished runs")]
     TooManyActiveRuns { limit: u32 },
+    /// `maxWaiting` of the key: `depth` runs already wait on it.
+    #[error("{depth} runs already wait on concurrency key {key:?} (maxWaiting {max_waiting})")]
+    TooManyWaiting {
+        key: String,
+        depth: i64,
+        max_waiting: i32,
+    },
+    /// Policy `Forbid`: the key has `active` unfinished runs, its limit.
+    #[error("concurrency key {key:?} has {active} unfinished runs and its policy is Forbid")]
+    Forbidden { key: String, active: i64 },
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use super::names;
 use super::policy::RunLimits;
 use super::report::{NotifySpec, NotifyView};
+use super::queue::Concurrency;
 use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};
@@ -78,6 +79,15 @@ pub struct TaskSpec {
     /// Notifications of the task's finished runs, each POSTed (signed) to its receiver.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifySpec>,
+    /// How many runs of the task's key may be active at once, and what newer runs do (see the
+    /// README's queues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// The default priority of the task's runs (-1000 to 1000, default 0): higher runs are
+    /// admitted first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1000, maximum = 1000)]
+    pub priority: Option<i32>,
 }
 
 /// When a task runs on its own, and how much of its history is kept (a Kubernetes CronJob's
@@ -208,6 +218,10 @@ impl TaskSpec {
             limits.collect_errors("limits", &mut errors);
         }
         super::report::check_notify(&self.notify, &mut errors);
+        if let Some(concurrency) = &self.concurrency {
+            concurrency.collect_errors("concurrency", &mut errors);
+        }
+        super::queue::collect_priority_errors(self.priority, "priority", &mut errors);
         errors.finish()
     }
 }
@@ -235,6 +249,11 @@ pub struct Task {
     /// The task's notifications (their secrets are never shown).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifyView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// The default priority of the task's runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 #[cfg(test)]

@@ -76,7 +76,8 @@ fn answer(
         (status = 401, description = "Missing or wrong signature, or no such trigger", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The run would break this installation's policy", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many deliveries, or too many queued runs", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task's concurrency policy is Forbid and its key is busy", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries, too many queued runs, or too many runs waiting on the concurrency key", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn receive(
@@ -197,7 +198,8 @@ async fn start_run(
         origin,
         task.template.with_overrides(overrides),
         task.limits.as_ref(),
-    )?;
+    )?
+    .queued(task.concurrency.as_ref(), task.priority, None, None)?;
 
     let mut tx = state.db.begin().await?;
     let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;

@@ -1,6 +1,8 @@
 //! `GET /metrics`: the process's counters and histograms in the Prometheus text format, plus
 //! `vfi_runs`, a gauge of runs by task and status read from the database at scrape time (so
-//! every replica reports the same truth, and a restart loses nothing). Not in the OpenAPI
+//! every replica reports the same truth, and a restart loses nothing), and
+//! `vfi_queue_waiting_runs`, queued runs per concurrency key and reason, read the same way. Not
+//! in the OpenAPI
 //! document: it is for Prometheus, not for API clients.
 
 use crate::domain::{Caller, Denied, RunStatus, Scope};
@@ -44,6 +46,10 @@ async fn render(db: &PgPool) -> Response {
         // The process's own metrics are still worth having when the database is down.
         Err(error) => tracing::warn!(error = %error, "metrics: counting runs failed"),
     }
+    match store::queue::waiting_by_key(db).await {
+        Ok(waiting) => render_waiting(&mut body, &waiting),
+        Err(error) => tracing::warn!(error = %error, "metrics: counting waiting runs failed"),
+    }
     (
         StatusCode::OK,
         [(
@@ -80,6 +86,21 @@ fn render_runs(out: &mut String, counts: &[(Option<String>, RunStatus, i64)]) {
                 status.as_str()
             );
         }
+    }
+}
+
+/// Appends the `vfi_queue_waiting_runs` gauge: queued runs per concurrency key and reason.
+fn render_waiting(out: &mut String, waiting: &[(String, &'static str, i64)]) {
+    out.push_str(
+        "# HELP vfi_queue_waiting_runs Queued runs per concurrency key and why they wait\n",
+    );
+    out.push_str("# TYPE vfi_queue_waiting_runs gauge\n");
+    for (key, reason, count) in waiting {
+        let _ = writeln!(
+            out,
+            "vfi_queue_waiting_runs{{key=\"{}\",reason=\"{reason}\"}} {count}",
+            escape(key)
+        );
     }
 }
 

@@ -24,6 +24,14 @@ pub struct Problem {
     /// The fields at fault, for validation problems.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// The concurrency key, for problems of a run's queue (`too-many-waiting`,
+    /// `concurrency-forbidden`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// How many runs wait on the key (`too-many-waiting`), or are unfinished
+    /// (`concurrency-forbidden`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<i64>,
 }
 
 impl Problem {
@@ -34,7 +42,15 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
+            key: None,
+            depth: None,
         }
+    }
+
+    fn with_queue(mut self, key: &str, depth: i64) -> Self {
+        self.key = Some(key.to_string());
+        self.depth = Some(depth);
+        self
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
@@ -170,6 +186,32 @@ impl From<&Error> for Problem {
                 field: "maxActiveRuns".into(),
                 message: format!("at most {limit} unfinished runs per token"),
             }]),
+            Error::TooManyWaiting {
+                key,
+                depth,
+                max_waiting,
+            } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-waiting",
+                "Too many runs waiting on the concurrency key",
+                format!(
+                    "{depth} runs already wait on concurrency key {key:?}, its maxWaiting ({max_waiting}); nothing was queued"
+                ),
+            )
+            .with_queue(key, *depth)
+            .with_errors(vec![FieldError {
+                field: "concurrency.maxWaiting".into(),
+                message: format!("at most {max_waiting} runs may wait on key {key:?}"),
+            }]),
+            Error::QueueForbidden { key, active } => Problem::new(
+                StatusCode::CONFLICT,
+                "concurrency-forbidden",
+                "The concurrency key is busy",
+                format!(
+                    "concurrency key {key:?} has {active} unfinished runs, its limit, and its policy is Forbid; nothing was queued"
+                ),
+            )
+            .with_queue(key, *active),
             Error::WebhookRejected(_) => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "webhook-unauthenticated",

@@ -40,7 +40,8 @@ use uuid::Uuid;
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The task has too many queued runs, or the token too many unfinished runs", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task's concurrency policy is Forbid and its key is busy", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The task has too many queued runs, its concurrency key too many waiting runs (maxWaiting; the problem names the key and its depth), or the token too many unfinished runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn start_task_run(
@@ -67,6 +68,12 @@ pub async fn start_task_run(
         origin,
         task.template.with_overrides(&overrides),
         task.limits.as_ref(),
+    )?
+    .queued(
+        task.concurrency.as_ref(),
+        task.priority,
+        overrides.priority,
+        Some(auth.caller.scope),
     )?;
     let idempotent = Idempotent::new(
         key,
@@ -101,7 +108,12 @@ pub async fn create_run(
 ) -> Result<Response> {
     let origin = Origin::api(None, auth.caller.token_id).admit(Some(&auth.caller))?;
     let idempotent = Idempotent::new(key, &auth.caller, "POST /v1/runs".into(), &request);
-    let submission = Submission::check(&policy, origin, request.template, None)?;
+    let submission = Submission::check(&policy, origin, request.template, None)?.queued(
+        None,
+        None,
+        request.priority,
+        Some(auth.caller.scope),
+    )?;
     create(&db, &limits, idempotent, &submission).await
 }
 
@@ -289,6 +301,7 @@ fn check_batch(
                 // Shares POST /v1/runs's keys: the same run sent alone with the same key.
                 let alone = AdHocRun {
                     template: run.template.clone(),
+                    priority: None,
                 };
                 let key = Idempotent::new(
                     run.idempotency_key.clone(),
@@ -440,10 +453,15 @@ pub(super) fn parse_run_id(id: &str) -> Result<Uuid> {
 pub async fn get_run(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
+    State(limits): State<Arc<Limits>>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Run>> {
     let mut run = run_for(&auth, &db, &id).await?;
     run.report = store::outbox::run_report(&db, run.id).await?;
+    if run.status == RunStatus::Queued {
+        let mut conn = db.acquire().await?;
+        run.queue = store::queue::state(&mut conn, &run, &limits.admission).await?;
+    }
     Ok(Json(run))
 }
 
@@ -524,11 +542,13 @@ pub async fn rerun(
 ) -> Result<Response> {
     let original = run_for(&auth, &db, &id).await?;
     let id = original.id;
-    // Today's limits, not those of the original's day (and its task's, if it still exists).
-    let task_limits = match original.task.as_deref() {
-        Some(task) => store::tasks::get(&db, task).await?.and_then(|t| t.limits),
+    // Today's limits and queue, not those of the original's day (and its task's, if it still
+    // exists).
+    let task = match original.task.as_deref() {
+        Some(task) => store::tasks::get(&db, task).await?,
         None => None,
     };
+    let task_limits = task.as_ref().and_then(|t| t.limits.clone());
     let origin = Origin {
         task: original.task.clone(),
         trigger: Trigger::Rerun,
@@ -537,7 +557,13 @@ pub async fn rerun(
         token_id: auth.caller.token_id,
     }
     .admit(Some(&auth.caller))?;
-    let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?;
+    let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?
+        .queued(
+        task.as_ref().and_then(|t| t.concurrency.as_ref()),
+        task.as_ref().and_then(|t| t.priority),
+        None,
+        Some(auth.caller.scope),
+    )?;
     let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
     create(&db, &limits, idempotent, &submission).await
 }

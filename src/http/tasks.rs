@@ -170,7 +170,8 @@ pub async fn backfill(
         return Err(Invalid::one("schedule", "the task has no schedule to backfill").into());
     };
     // Before the range: a template today's policy refuses is refused whatever the range.
-    let checked = Submission::check(&policy, origin, task.template.clone(), task.limits.as_ref())?;
+    let checked = Submission::check(&policy, origin, task.template.clone(), task.limits.as_ref())?
+        .queued(task.concurrency.as_ref(), task.priority, None, None)?;
     if request.to < request.from {
         return Err(Invalid::one("to", "must not be before from").into());
     }

@@ -12,7 +12,11 @@
 //! was allowed when it was queued but is refused now (a narrowed allowlist, lowered limits)
 //! fails with reason `PolicyRefused` and never reaches the cluster.
 //!
-//! Exactly once, with a deadline (`MAX_QUEUE_WAIT_SECS` after the run was submitted): a create
+//! Runs with a concurrency key, and every run under installation limits, are claimed only when
+//! the admission pass in the claim's transaction lets them through (`store::queue`).
+//!
+//! Exactly once, with a deadline (`MAX_QUEUE_WAIT_SECS` after the run was submitted, or, for a
+//! run a limit may hold, after it was admitted): a create
 //! still unanswered at the deadline is abandoned and the run fails `LaunchTimeout` at once
 //! (guarded by its `creating` status, so a cancellation or another replica's outcome wins). The
 //! abandoned request may still be carried out by the API server later. It cannot make a second
@@ -74,11 +78,12 @@ async fn launch_due(
         if free == 0 {
             return Ok(());
         }
-        let batch = runs::claim_launchable(
+        let batch = runs::claim_admitted(
             &runtime.db,
             &runtime.settings.instance,
             runtime.settings.launch_lease,
             free as i64,
+            &runtime.settings.admission,
         )
         .await?;
         if batch.is_empty() {
@@ -100,12 +105,31 @@ async fn launch_due(
     }
 }
 
+/// When `MAX_QUEUE_WAIT_SECS` starts counting for the run: its submission, or, for a run a
+/// limit may hold (a concurrency key, installation limits), its admission, since the time a
+/// limit held it is not time the service could have launched it.
+fn waiting_since(runtime: &Runtime, run: &Run) -> chrono::DateTime<chrono::Utc> {
+    let held = run.queue_key.is_some() || runtime.settings.admission.limited();
+    match run.launch.admitted_at {
+        Some(admitted) if held => admitted,
+        _ => run.created_at,
+    }
+}
+
+/// How long the run has waited, as `MAX_QUEUE_WAIT_SECS` counts.
+fn waited(runtime: &Runtime, run: &Run) -> Duration {
+    (chrono::Utc::now() - waiting_since(runtime, run))
+        .to_std()
+        .unwrap_or_default()
+}
+
 /// When the run must have its Job by.
 fn deadline(runtime: &Runtime, run: &Run) -> tokio::time::Instant {
-    let waited = (chrono::Utc::now() - run.created_at)
-        .to_std()
-        .unwrap_or_default();
-    tokio::time::Instant::now() + runtime.settings.max_queue_wait.saturating_sub(waited)
+    tokio::time::Instant::now()
+        + runtime
+            .settings
+            .max_queue_wait
+            .saturating_sub(waited(runtime, run))
 }
 
 #[tracing::instrument(skip_all, fields(run_id = %run.id, task = run.task.as_deref(), number = run.number))]
@@ -149,8 +173,7 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
         }
         Err(CreateError::Transient(message)) => {
             metrics::counter!("vfi_launcher_errors_total", "kind" => "transient").increment(1);
-            let waited = chrono::Utc::now() - run.created_at;
-            if waited.to_std().unwrap_or_default() > runtime.settings.max_queue_wait {
+            if waited(runtime, run) > runtime.settings.max_queue_wait {
                 tracing::warn!(error = %message, "launch timed out");
                 let message = format!(
                     "the Job could not be created within {} s; last error: {message}",

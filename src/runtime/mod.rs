@@ -59,6 +59,8 @@ pub struct RuntimeSettings {
     pub caps: crate::domain::Caps,
     /// How the reporter delivers the outbox.
     pub reporter: reporter::ReporterSettings,
+    /// The installation's limits on active runs and the priority aging step.
+    pub admission: crate::domain::queue::Admission,
 }
 
 /// What the loops share.

@@ -7,7 +7,7 @@
 
 use super::Runtime;
 use crate::domain::schedule::{ConcurrencyPolicy, Decision, SkipReason};
-use crate::domain::{Origin, RunStatus, Submission, TaskSpec};
+use crate::domain::{CapReached, Origin, RunStatus, Submission, TaskSpec};
 use crate::store::runs::{self, StatusDetail};
 use crate::store::schedules;
 use chrono::{DateTime, Duration, Utc};
@@ -140,7 +140,8 @@ async fn start(
         Origin::scheduled(task, time).by_service(),
         spec.template.clone(),
         spec.limits.as_ref(),
-    );
+    )
+    .and_then(|checked| checked.queued(spec.concurrency.as_ref(), spec.priority, None, None));
     let submission = match checked {
         Ok(submission) => submission,
         Err(invalid) => {
@@ -182,7 +183,11 @@ async fn start(
         Ok(run) => run,
         Err(reached) => {
             claim.rollback().await?;
-            return skip(tx, task, time, SkipReason::QueueFull, &reached.to_string()).await;
+            let reason = match reached {
+                CapReached::Forbidden { .. } => SkipReason::Forbid,
+                _ => SkipReason::QueueFull,
+            };
+            return skip(tx, task, time, reason, &reached.to_string()).await;
         }
     };
     schedules::attach_run(&mut claim, task, time, run.id).await?;

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod notify;
 pub mod outbox;
 pub mod pods;
+pub mod queue;
 pub mod retention;
 pub mod runs;
 pub mod schedules;

@@ -22,9 +22,14 @@ pub enum Which<'a> {
     Run(Uuid),
     /// One run, only while the launcher `owner` holds its lease.
     Leased { id: Uuid, owner: &'a str },
-    /// Up to `limit` runs whose launch is due, oldest first, skipping rows another launcher has
-    /// locked (each run goes to one launcher).
-    Due { limit: i64 },
+    /// Up to `limit` runs without a concurrency key whose launch is due, by priority (aged one
+    /// level per `aging_secs` waited; 0: no aging), then oldest first, skipping rows another
+    /// launcher has locked (each run goes to one launcher).
+    Due { limit: i64, aging_secs: u64 },
+    /// These runs (the admission pass chose them), skipping rows locked elsewhere.
+    Ids(&'a [Uuid]),
+    /// Every run of concurrency key `key` but `except` (the newer run superseding them).
+    OfKey { key: &'a str, except: Uuid },
     /// Runs whose last move into their current status is older than `limit`.
     StuckFor(std::time::Duration),
 }
@@ -60,6 +65,8 @@ pub enum Also<'a> {
         error: &'a str,
         not_before: DateTime<Utc>,
     },
+    /// A newer run of its concurrency key replaced it.
+    Superseded(Uuid),
     /// What the cluster says: pod counts, and the Job when known.
     Observed {
         counts: PodCounts,
@@ -192,14 +199,33 @@ pub async fn write(
                 .push_bind(owner.to_owned())
                 .push(" FOR UPDATE");
         }
-        Which::Due { limit } => {
+        Which::Due { limit, aging_secs } => {
             query
                 .push(
-                    " AND (t.launch_not_before IS NULL OR t.launch_not_before <= now())
-                     ORDER BY t.id LIMIT ",
+                    " AND t.queue_key IS NULL
+                     AND (t.launch_not_before IS NULL OR t.launch_not_before <= now())
+                     ORDER BY t.priority + CASE WHEN ",
                 )
+                .push_bind(aging_secs as f64)
+                .push(" > 0 THEN floor(extract(epoch FROM now() - t.created_at) / ")
+                .push_bind(aging_secs.max(1) as f64)
+                .push(")::int ELSE 0 END DESC, t.id LIMIT ")
                 .push_bind(limit)
                 .push(" FOR UPDATE SKIP LOCKED");
+        }
+        Which::Ids(ids) => {
+            query
+                .push(" AND t.id = ANY(")
+                .push_bind(ids.to_vec())
+                .push(") FOR UPDATE SKIP LOCKED");
+        }
+        Which::OfKey { key, except } => {
+            query
+                .push(" AND t.queue_key = ")
+                .push_bind(key.to_owned())
+                .push(" AND t.id <> ")
+                .push_bind(except)
+                .push(" FOR UPDATE");
         }
         Which::StuckFor(limit) => {
             query
@@ -239,7 +265,8 @@ pub async fn write(
                 .push_bind(owner.to_owned())
                 .push(", lease_until = now() + make_interval(secs => ")
                 .push_bind(lease.as_secs_f64())
-                .push("), launch_attempts = r.launch_attempts + 1");
+                .push("), launch_attempts = r.launch_attempts + 1")
+                .push(", admitted_at = coalesce(r.admitted_at, now())");
         }
         other => {
             query.push(", lease_owner = NULL, lease_until = NULL");
@@ -281,6 +308,9 @@ pub async fn write(
                             .push_bind(job.uid.clone())
                             .push(")");
                     }
+                }
+                Also::Superseded(newer) => {
+                    query.push(", superseded_by = ").push_bind(newer);
                 }
                 Also::Nothing | Also::Claim { .. } => {}
             }

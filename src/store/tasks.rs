@@ -30,6 +30,8 @@ impl From<TaskRow> for Task {
             schedule,
             limits,
             notify,
+            concurrency,
+            priority,
         } = row.spec.0;
         Task {
             name: row.name,
@@ -42,6 +44,8 @@ impl From<TaskRow> for Task {
             updated_at: row.updated_at,
             limits,
             notify: notify.iter().map(NotifyView::from).collect(),
+            concurrency,
+            priority,
         }
     }
 }

@@ -220,6 +220,7 @@ pub(crate) mod tests {
                 },
             ],
             labels: [("y".to_string(), "2".to_string())].into(),
+            priority: None,
         };
         let t = t.with_overrides(&overrides);
         assert_eq!(

@@ -84,6 +84,7 @@ pub fn read<'h>(
     let overrides = RunOverrides {
         env: event.env(trigger.provider, &delivery),
         labels: Default::default(),
+        priority: None,
     };
     Ok(Ok(Reading::Start {
         delivery,

@@ -274,6 +274,10 @@ async function showRun(id) {
       <dt>Duration</dt><dd>${esc(duration(run))}</dd>
       <dt>Job</dt><dd>${run.job ? esc(`${run.job.namespace}/${run.job.name}`) : '<span class="muted">not created yet</span>'}</dd>
       <dt>Launch</dt><dd>${esc(run.launch.attempts)} attempt(s) ${esc(run.launch.lastError || "")}</dd>
+      <dt>Priority</dt><dd>${esc(run.priority)}</dd>
+      ${run.queueKey ? `<dt>Queue key</dt><dd>${esc(run.queueKey)}</dd>` : ""}
+      ${run.queue ? `<dt>Waiting</dt><dd id="queue">position ${esc(run.queue.position)}: ${esc(run.queue.reason)}${run.queue.blockedBy.length ? `, behind ${run.queue.blockedBy.map((b) => `<a href="#/runs/${esc(b)}">${esc(b.slice(0, 8))}</a>`).join(", ")}` : ""}</dd>` : ""}
+      ${run.supersededBy ? `<dt>Superseded by</dt><dd><a href="#/runs/${esc(run.supersededBy)}">${esc(run.supersededBy)}</a></dd>` : ""}
     </dl></div>
     <h2>Pods</h2>
     <table id="pods"><thead><tr><th>Pod</th><th>Node</th><th>Phase</th><th>Exit code</th><th>Reason</th><th>Restarts</th><th>Started</th><th>Finished</th></tr></thead>
@@ -284,7 +288,7 @@ async function showRun(id) {
     <pre id="log" class="muted">Loading…</pre>
     <h2>History</h2>
     <table><thead><tr><th>At</th><th>Change</th><th>Reason</th></tr></thead><tbody>
-    ${history.map((e) => `<tr><td>${esc(when(e.at))}</td><td>${e.previous ? `${badge(e.previous)} → ` : "created "}${badge(e.status)}</td>
+    ${history.map((e) => `<tr><td>${esc(when(e.at))}</td><td>${e.kind === "queue" ? "waits in the queue " : e.previous ? `${badge(e.previous)} → ` : "created "}${badge(e.status)}</td>
       <td>${esc(e.reason || "")} ${esc(e.message || "")}</td></tr>`).join("")}</tbody></table>
     <h2>Template</h2><pre class="json">${esc(JSON.stringify(run.template, null, 2))}</pre>`;
   $("#rerun").addEventListener("click", async () => {

@@ -3,20 +3,43 @@
 
 use super::reads::get;
 use super::{RunRow, COLUMNS};
+use crate::domain::queue::Admission;
 use crate::domain::{JobRef, Run, RunStatus};
+use crate::store::queue;
 use crate::store::status::{self, Also, Change, Text, Which};
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-/// Claims up to `limit` runs for launching: `creating` runs whose launcher's lease lapsed (it
-/// crashed mid-launch), then queued runs whose retry time has come (`queued` → `creating`).
-/// Several launchers can claim at once; `SKIP LOCKED` hands each run to one.
+/// Claims up to `limit` runs for launching, with no installation limits and the default aging
+/// step: see [`claim_admitted`].
 pub async fn claim_launchable(
     db: &sqlx::PgPool,
     owner: &str,
     lease: std::time::Duration,
     limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let admission = Admission {
+        default_namespace: "default".into(),
+        aging_secs: 60,
+        ..Admission::default()
+    };
+    claim_admitted(db, owner, lease, limit, &admission).await
+}
+
+/// Claims up to `limit` runs for launching: `creating` runs whose launcher's lease lapsed (it
+/// crashed mid-launch; they still hold their slot), then queued runs whose retry time has come
+/// (`queued` → `creating`), by priority and submission. Runs without a concurrency key are
+/// claimed with `SKIP LOCKED` when the installation has no limits (several launchers claim at
+/// once, each run goes to one); runs with a key, and every run under installation limits, go
+/// through the admission pass ([`queue::admissible`]) in one transaction with their claim, so
+/// the count that let them through and their move to `creating` commit together.
+pub async fn claim_admitted(
+    db: &sqlx::PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+    limit: i64,
+    admission: &Admission,
 ) -> Result<Vec<Run>, sqlx::Error> {
     // Taking over a lapsed lease is no status change (the run stays `creating`).
     let lapsed: Vec<RunRow> = sqlx::query_as(&format!(
@@ -35,16 +58,56 @@ pub async fn claim_launchable(
     .fetch_all(db)
     .await?;
     let mut claimed: Vec<Run> = lapsed.into_iter().map(Run::from).collect();
+    let claim = || Change {
+        also: Also::Claim { owner, lease },
+        ..Change::to(RunStatus::Creating, &[RunStatus::Queued])
+    };
     let left = limit - claimed.len() as i64;
-    if left > 0 {
-        let change = Change {
-            also: Also::Claim { owner, lease },
-            ..Change::to(RunStatus::Creating, &[RunStatus::Queued])
+    if left > 0 && !admission.limited() {
+        let which = Which::Due {
+            limit: left,
+            aging_secs: admission.aging_secs,
         };
-        let moved = status::write(db, Which::Due { limit: left }, change).await?;
+        let moved = status::write(db, which, claim()).await?;
+        record_admissions(&moved);
         claimed.extend(moved.into_iter().map(|moved| moved.run));
     }
+    let left = limit - claimed.len() as i64;
+    if left > 0 && (admission.limited() || keyed_waiting(db).await?) {
+        let mut tx = db.begin().await?;
+        let ids = queue::admissible(&mut tx, admission, left).await?;
+        if !ids.is_empty() {
+            let moved = status::write(&mut *tx, Which::Ids(&ids), claim()).await?;
+            tx.commit().await?;
+            for moved in &moved {
+                let waited = (Utc::now() - moved.run.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                metrics::histogram!("vfi_queue_admission_seconds").record(waited.as_secs_f64());
+            }
+            claimed.extend(moved.into_iter().map(|moved| moved.run));
+        }
+    }
     Ok(claimed)
+}
+
+/// The admission latency of runs just claimed from `queued` (submission to admission).
+fn record_admissions(moved: &[status::Moved]) {
+    for moved in moved {
+        let waited = (Utc::now() - moved.run.created_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::histogram!("vfi_queue_admission_seconds").record(waited.as_secs_f64());
+    }
+}
+
+/// Whether any run with a concurrency key waits (so the admission pass has work).
+async fn keyed_waiting(db: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'queued' AND queue_key IS NOT NULL)",
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// Records that the run's Job exists: a run still `creating` becomes `pending`. A run that the

@@ -3,8 +3,9 @@
 
 //!
 //! - [`reads`]: lookups for the API and the loops;
-//! - [`submit`]: recording a submission (caps, number, queued row);
-//! - [`launch`]: the launch queue (claim, Job created, retry later, overdue `pending`);
+//! - [`submit`]: recording a submission (caps, concurrency key policies, number, queued row);
+//! - [`launch`]: the launch queue (admission and claim, Job created, retry later, overdue
+//!   `pending`);
 //! - [`transitions`]: status changes observed in the cluster, and guarded moves;
 //! - [`cancel`]: cancellation and the Jobs it leaves to delete.
 
@@ -15,7 +16,9 @@ mod submit;
 mod transitions;
 
 pub use cancel::{cancel, cancel_with, job_deleted, jobs_to_delete, CANCELLED_CHANNEL};
-pub use launch::{claim_launchable, fail_overdue_pending, mark_created, retry_launch_later};
+pub use launch::{
+    claim_admitted, claim_launchable, fail_overdue_pending, mark_created, retry_launch_later,
+};
 pub use reads::{get, history, list, live_with_jobs, RunEvent, RunFilter};
 pub use submit::{submit, submit_all, QUEUED_CHANNEL};
 pub use transitions::{
@@ -33,7 +36,8 @@ pub(super) const COLUMNS: &str =
     "id, task_name, number, status, status_reason, status_message, trigger, \
      rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
      job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
-     pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time";
+     pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time, \
+     priority, queue_key, queue_limit, admitted_at, superseded_by";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -62,6 +66,11 @@ pub(super) struct RunRow {
     pods_succeeded: i32,
     pods_failed: i32,
     scheduled_time: Option<DateTime<Utc>>,
+    priority: i32,
+    queue_key: Option<String>,
+    queue_limit: Option<i32>,
+    admitted_at: Option<DateTime<Utc>>,
+    superseded_by: Option<Uuid>,
 }
 
 impl From<RunRow> for Run {
@@ -87,6 +96,7 @@ impl From<RunRow> for Run {
                 next_attempt_at: row
                     .launch_not_before
                     .filter(|_| row.status == RunStatus::Queued),
+                admitted_at: row.admitted_at,
             },
             job: match (row.job_namespace, row.job_name) {
                 (Some(namespace), Some(name)) => Some(JobRef {
@@ -104,6 +114,11 @@ impl From<RunRow> for Run {
             },
             scheduled_time: row.scheduled_time,
             report: None,
+            priority: row.priority,
+            queue_key: row.queue_key,
+            queue_limit: row.queue_limit,
+            queue: None,
+            superseded_by: row.superseded_by,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Submission: the caps, the run's number, the queued row, and the wake-up for launchers.
+//! Submission: the caps, the concurrency key's policies (under the key's advisory lock, see
+//! `store::queue`), the run's number, the queued row, and the wake-up for launchers.
 //!
 //! A submission is one statement per task sequence (the counter, the rows and the NOTIFY
 //! together), and a batch of any size is that same statement: round trips, not rows, are what
@@ -7,7 +8,10 @@
 
 use super::RunRow;
 use super::COLUMNS;
-use crate::domain::{CapReached, Caps, Run, Submission};
+use crate::domain::queue::{Keyed, QueuePolicy, WaitReason};
+use crate::domain::{CapReached, Caps, Run, RunStatus, Submission};
+use crate::store::queue::{self, KeyCounts};
+use crate::store::status::{self, Also, Change, Text, Which};
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgExecutor};
 use std::collections::HashMap;
@@ -49,10 +53,16 @@ pub async fn submit_all(
     if let Err(refused) = check_tokens(&mut *conn, submissions, caps).await? {
         return Ok(Err(refused));
     }
+    let keys = match check_keys(&mut *conn, submissions).await? {
+        Ok(keys) => keys,
+        Err(refused) => return Ok(Err(refused)),
+    };
     let queue_capped =
         caps.max_queued_runs_per_task > 0 && submissions.iter().any(|s| s.origin().task.is_some());
     if !queue_capped {
-        return Ok(Ok(insert_all(&mut *conn, submissions).await?));
+        let runs = insert_all(&mut *conn, submissions).await?;
+        after_insert(&mut *conn, &keys, &runs).await?;
+        return Ok(Ok(runs));
     }
     let mut savepoint = conn.begin().await?;
     let runs = insert_all(&mut savepoint, submissions).await?;
@@ -73,8 +83,156 @@ pub async fn submit_all(
             }));
         }
     }
+    after_insert(&mut savepoint, &keys, &runs).await?;
     savepoint.commit().await?;
     Ok(Ok(runs))
+}
+
+/// A key among the submissions, with what its runs found when its lock was taken.
+struct KeyAtSubmission {
+    keyed: Keyed,
+    counts: KeyCounts,
+}
+
+/// Locks the keys among `submissions` (until commit) and applies their policies' refusals:
+/// `Forbid` while the key has `limit` unfinished runs (409), and `maxWaiting` for runs that
+/// would wait (429). Nothing is written.
+async fn check_keys(
+    conn: &mut PgConnection,
+    submissions: &[Submission],
+) -> Result<Result<Vec<KeyAtSubmission>, CapReached>, sqlx::Error> {
+    let mut keys: Vec<(&Keyed, i64)> = Vec::new();
+    for keyed in submissions.iter().filter_map(|s| s.keyed()) {
+        match keys.iter_mut().find(|(k, _)| k.key == keyed.key) {
+            Some((_, n)) => *n += 1,
+            None => keys.push((keyed, 1)),
+        }
+    }
+    if keys.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.key.as_str()).collect();
+    queue::lock_keys(&mut *conn, &names).await?;
+    let mut checked = Vec::with_capacity(keys.len());
+    for (keyed, asked) in keys {
+        let counts = queue::key_counts(&mut *conn, &keyed.key).await?;
+        let unfinished = counts.active + counts.waiting;
+        let limit = i64::from(keyed.limit);
+        match keyed.policy {
+            QueuePolicy::Forbid if unfinished + asked > limit => {
+                return Ok(Err(CapReached::Forbidden {
+                    key: keyed.key.clone(),
+                    active: unfinished,
+                }));
+            }
+            QueuePolicy::Queue | QueuePolicy::Forbid => {
+                // Runs beyond the key's free slots wait; maxWaiting caps them.
+                let waiting_now = (unfinished - limit).max(0);
+                let waiting_after = (unfinished + asked - limit).max(0);
+                if let Some(max) = keyed.max_waiting {
+                    if waiting_after > waiting_now && waiting_after > i64::from(max) {
+                        return Ok(Err(CapReached::TooManyWaiting {
+                            key: keyed.key.clone(),
+                            depth: waiting_now,
+                            max_waiting: max,
+                        }));
+                    }
+                }
+            }
+            QueuePolicy::CancelInProgress | QueuePolicy::CancelPending => {}
+        }
+        checked.push(KeyAtSubmission {
+            keyed: keyed.clone(),
+            counts,
+        });
+    }
+    Ok(Ok(checked))
+}
+
+/// After the runs are recorded: the newest run of a `CancelInProgress` key cancels the key's
+/// other unfinished runs, of a `CancelPending` key its other waiting ones (reason
+/// `Superseded`, `supersededBy` the newest; the canceller deletes their Jobs, whose slots stay
+/// taken until then); a run that must wait says why in a `queue` event.
+async fn after_insert(
+    conn: &mut PgConnection,
+    keys: &[KeyAtSubmission],
+    runs: &[Run],
+) -> Result<(), sqlx::Error> {
+    for at in keys {
+        let key = at.keyed.key.as_str();
+        let of_key: Vec<&Run> = runs
+            .iter()
+            .filter(|r| r.queue_key.as_deref() == Some(key))
+            .collect();
+        let Some(newest) = of_key.last() else {
+            continue;
+        };
+        let from: &[RunStatus] = match at.keyed.policy {
+            QueuePolicy::CancelInProgress => &[
+                RunStatus::Queued,
+                RunStatus::Creating,
+                RunStatus::Pending,
+                RunStatus::Running,
+            ],
+            QueuePolicy::CancelPending => &[RunStatus::Queued],
+            QueuePolicy::Queue | QueuePolicy::Forbid => &[],
+        };
+        let mut active = at.counts.active;
+        if !from.is_empty() {
+            let message = format!("superseded by run {} (/v1/runs/{})", newest.id, newest.id);
+            let change = Change {
+                reason: Text::Set(Some("Superseded")),
+                message: Text::Set(Some(&message)),
+                also: Also::Superseded(newest.id),
+                ..Change::to(RunStatus::Cancelled, from)
+            };
+            let which = Which::OfKey {
+                key,
+                except: newest.id,
+            };
+            let cancelled = status::write(&mut *conn, which, change).await?;
+            for moved in &cancelled {
+                metrics::counter!("vfi_queue_superseded_total").increment(1);
+                tracing::info!(run_id = %moved.run.id, newer = %newest.id, key, "run superseded");
+            }
+            // Cancelled runs keep their slot until their Jobs are deleted.
+            active += cancelled
+                .iter()
+                .filter(|m| m.previous != RunStatus::Queued)
+                .count() as i64;
+            let waiting = if at.keyed.policy == QueuePolicy::CancelInProgress {
+                0
+            } else {
+                0.max(at.counts.waiting - cancelled.len() as i64)
+            };
+            note_if_waiting(&mut *conn, at, newest, active, waiting).await?;
+            continue;
+        }
+        for (i, run) in of_key.iter().enumerate() {
+            note_if_waiting(&mut *conn, at, run, active, at.counts.waiting + i as i64).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A `queue` event for `run` when the key's slots are taken (`active` holding one, `waiting`
+/// ahead of it).
+async fn note_if_waiting(
+    conn: &mut PgConnection,
+    at: &KeyAtSubmission,
+    run: &Run,
+    active: i64,
+    waiting: i64,
+) -> Result<(), sqlx::Error> {
+    let limit = i64::from(at.keyed.limit);
+    if active + waiting < limit {
+        return Ok(());
+    }
+    let message = format!(
+        "waits on concurrency key {:?}: {active} of {limit} slots taken, {waiting} run(s) queued before it",
+        at.keyed.key
+    );
+    queue::note_queued(&mut *conn, run, WaitReason::ConcurrencyLimit, &message).await
 }
 
 /// The per-token cap on unfinished runs, for every token among `submissions`. Each token's row
@@ -133,14 +291,14 @@ async fn insert_all(
                 RETURNING last_number - $2 AS before
              ), wake AS (SELECT pg_notify($3, ''))
              INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template,
-                labels, scheduled_time, token_id)
+                labels, scheduled_time, token_id, priority, queue_key, queue_limit)
              SELECT i.id, $4, counter.before + i.n, 'queued', i.trigger, i.rerun_of, i.template,
-                i.labels, i.scheduled_time, i.token_id
+                i.labels, i.scheduled_time, i.token_id, i.priority, i.queue_key, i.queue_limit
              FROM counter, wake,
                 unnest($5::uuid[], $6::text[], $7::uuid[], $8::jsonb[], $9::jsonb[],
-                       $10::timestamptz[], $11::uuid[])
+                       $10::timestamptz[], $11::uuid[], $12::int[], $13::text[], $14::int[])
                 WITH ORDINALITY AS i(id, trigger, rerun_of, template, labels, scheduled_time,
-                                     token_id, n)
+                                     token_id, priority, queue_key, queue_limit, n)
              RETURNING {COLUMNS}"
         ))
         .bind(scope.unwrap_or(""))
@@ -165,6 +323,19 @@ async fn insert_all(
                 .collect::<Vec<_>>(),
         )
         .bind(origins.map(|o| o.token_id).collect::<Vec<_>>())
+        .bind(group.iter().map(|s| s.priority()).collect::<Vec<_>>())
+        .bind(
+            group
+                .iter()
+                .map(|s| s.keyed().map(|k| k.key.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            group
+                .iter()
+                .map(|s| s.keyed().map(|k| k.limit))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
         runs.extend(rows.into_iter().map(|row| {

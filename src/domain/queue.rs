@@ -1,0 +1,393 @@
+//! Queues (issue 16), as pure rules: a task's `concurrency` (limit, key template, policy,
+//! maxWaiting), run priorities and who may set them, and what a waiting run shows about its
+//! place. No I/O: `store::runs::submit` applies the policies and `store::queue` admits runs and
+//! reads positions, both from the database only.
+
+use super::auth::Scope;
+use super::template::RunTemplate;
+use super::validation::{Errors, Invalid};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The lowest and highest priority a run or task may have.
+pub const MIN_PRIORITY: i32 = -1000;
+pub const MAX_PRIORITY: i32 = 1000;
+/// The longest rendered key.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// How many runs of one key may be active at once, and what a newer run does to older ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Concurrency {
+    /// At most this many runs of the key are active (have a Job that has not finished) at once.
+    #[schema(minimum = 1)]
+    pub limit: i64,
+    /// The key, a template over the run's values: `{{task}}`, `{{env.NAME}}` (the run's
+    /// environment, overrides included), `{{labels.KEY}}`; e.g. `deploy-{{env.TARGET}}`.
+    /// Default: the task's name. Tasks with the same key share its limit (a named lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// What a newer run of the key does (default `Queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<QueuePolicy>,
+    /// More runs waiting on the key than this are refused with 429 (default: no cap besides
+    /// `MAX_QUEUED_RUNS_PER_TASK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub max_waiting: Option<i64>,
+}
+
+/// What a newer run of a key does when the key is busy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum QueuePolicy {
+    /// Wait its turn.
+    #[default]
+    Queue,
+    /// Cancel the key's older unfinished runs (reason `Superseded`, `supersededBy` the newer
+    /// run; their Jobs are deleted), like GitHub Actions' `cancel-in-progress`.
+    CancelInProgress,
+    /// Cancel the key's older waiting runs (reason `Superseded`); active ones finish.
+    CancelPending,
+    /// Refuse the newer run (409) while the key has `limit` unfinished runs.
+    Forbid,
+}
+
+/// One piece of a key template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Task,
+    Env(String),
+    Label(String),
+}
+
+/// Parses a key template; the message says what is wrong.
+fn parse_key(template: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_string()));
+        }
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("{{{{ at byte {start} is never closed with }}}}"))?;
+        let field = after[..end].trim();
+        let piece = if field == "task" {
+            Piece::Task
+        } else if let Some(name) = field.strip_prefix("env.") {
+            super::names::env_var_name(name).map_err(|m| format!("{{{{{field}}}}}: {m}"))?;
+            Piece::Env(name.to_string())
+        } else if let Some(key) = field.strip_prefix("labels.") {
+            super::names::qualified_name(key).map_err(|m| format!("{{{{{field}}}}}: {m}"))?;
+            Piece::Label(key.to_string())
+        } else {
+            return Err(format!(
+                "{{{{{field}}}}} is not a field a key may name: use {{{{task}}}}, {{{{env.NAME}}}} or {{{{labels.KEY}}}}"
+            ));
+        };
+        pieces.push(piece);
+        rest = &after[end + 2..];
+    }
+    if rest.contains("}}") {
+        return Err("}} without a matching {{".into());
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+impl Concurrency {
+    /// Adds what is wrong with this definition under `field` (`concurrency`).
+    pub fn collect_errors(&self, field: &str, errors: &mut Errors) {
+        if self.limit < 1 || self.limit > i64::from(i32::MAX) {
+            errors.add(format!("{field}.limit"), "must be 1 or more");
+        }
+        if let Some(max) = self.max_waiting {
+            if !(0..=i64::from(i32::MAX)).contains(&max) {
+                errors.add(format!("{field}.maxWaiting"), "must be 0 or more");
+            }
+        }
+        if let Some(key) = &self.key {
+            match parse_key(key) {
+                Err(message) => errors.add(format!("{field}.key"), message),
+                Ok(pieces) if pieces.is_empty() => {
+                    errors.add(format!("{field}.key"), "must not be empty")
+                }
+                Ok(_) if key.len() > MAX_KEY_BYTES * 4 => errors.add(
+                    format!("{field}.key"),
+                    format!("must be at most {} bytes", MAX_KEY_BYTES * 4),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The key of a run of `task` with `template` (the run's final template): refused, naming
+    /// `concurrency.key`, when it names an env var or label the run does not have or renders
+    /// empty or too long. Only call on a validated definition.
+    pub fn render_key(&self, task: &str, template: &RunTemplate) -> Result<String, Invalid> {
+        let field = "concurrency.key";
+        let Some(key) = &self.key else {
+            return Ok(task.to_string());
+        };
+        let pieces = parse_key(key).map_err(|m| Invalid::one(field, m))?;
+        let mut out = String::new();
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(&text),
+                Piece::Task => out.push_str(task),
+                Piece::Env(name) => {
+                    let var = template.env.iter().rev().find(|v| v.name == name);
+                    match var {
+                        Some(var) => out.push_str(&var.value),
+                        None => {
+                            return Err(Invalid::one(
+                                field,
+                                format!("the key names env {name}, which this run does not set"),
+                            ))
+                        }
+                    }
+                }
+                Piece::Label(name) => match template.labels.get(&name) {
+                    Some(value) => out.push_str(value),
+                    None => {
+                        return Err(Invalid::one(
+                            field,
+                            format!("the key names label {name}, which this run does not have"),
+                        ))
+                    }
+                },
+            }
+        }
+        if out.trim().is_empty() {
+            return Err(Invalid::one(
+                field,
+                format!("the key {key:?} renders empty for this run"),
+            ));
+        }
+        if out.len() > MAX_KEY_BYTES {
+            return Err(Invalid::one(
+                field,
+                format!(
+                    "the key renders to {} bytes; at most {MAX_KEY_BYTES}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a priority's range under `field`.
+pub fn collect_priority_errors(priority: Option<i32>, field: &str, errors: &mut Errors) {
+    if priority.is_some_and(|p| !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p)) {
+        errors.add(field, format!("must be {MIN_PRIORITY} to {MAX_PRIORITY}"));
+    }
+}
+
+/// The priority a run gets: `asked` (per run) or the task's default (0 without one). A caller
+/// below `admin` may ask for at most the task's default (lower its own run, never raise it
+/// above others); an admin for anything in range; the service itself (schedules, webhooks)
+/// uses the task's default.
+pub fn priority_for(
+    task_default: Option<i32>,
+    asked: Option<i32>,
+    scope: Option<Scope>,
+) -> Result<i32, Invalid> {
+    let default = task_default.unwrap_or(0);
+    let Some(asked) = asked else {
+        return Ok(default);
+    };
+    let mut errors = Errors::new();
+    collect_priority_errors(Some(asked), "priority", &mut errors);
+    errors.finish()?;
+    let allowance = match scope {
+        Some(Scope::Admin) | None => MAX_PRIORITY,
+        Some(_) => default,
+    };
+    if asked > allowance {
+        return Err(Invalid::one(
+            "priority",
+            format!(
+                "this token may ask for a priority of at most {allowance} (the task's default); an admin token may set more"
+            ),
+        ));
+    }
+    Ok(asked)
+}
+
+/// Where a run of a keyed queue is to be recorded: its key and what the key's definition says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    pub key: String,
+    pub limit: i32,
+    pub policy: QueuePolicy,
+    pub max_waiting: Option<i32>,
+}
+
+impl Keyed {
+    /// The keyed queue of a run of `task` with `template` under `concurrency`.
+    pub fn of(
+        concurrency: &Concurrency,
+        task: &str,
+        template: &RunTemplate,
+    ) -> Result<Keyed, Invalid> {
+        Ok(Keyed {
+            key: concurrency.render_key(task, template)?,
+            limit: i32::try_from(concurrency.limit.max(1)).unwrap_or(i32::MAX),
+            policy: concurrency.policy.unwrap_or_default(),
+            max_waiting: concurrency
+                .max_waiting
+                .map(|m| i32::try_from(m.max(0)).unwrap_or(i32::MAX)),
+        })
+    }
+}
+
+/// Why a queued run waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum WaitReason {
+    /// Its key has `limit` active runs (`blockedBy` lists them).
+    ConcurrencyLimit,
+    /// Its key has a free slot, but runs ahead of it (higher priority, or older) take it first
+    /// (`blockedBy` lists them).
+    Priority,
+    /// The namespace has `MAX_ACTIVE_RUNS_PER_NAMESPACE` active runs.
+    NamespaceLimit,
+    /// The installation has `MAX_ACTIVE_RUNS` active runs.
+    InstallationLimit,
+    /// Nothing holds it: the launcher takes it at its next pass.
+    Admitting,
+}
+
+impl WaitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::ConcurrencyLimit => "ConcurrencyLimit",
+            WaitReason::Priority => "Priority",
+            WaitReason::NamespaceLimit => "NamespaceLimit",
+            WaitReason::InstallationLimit => "InstallationLimit",
+            WaitReason::Admitting => "Admitting",
+        }
+    }
+}
+
+/// Why a waiting (`queued`) run waits and where it stands, on `GET /v1/runs/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueState {
+    /// The run's concurrency key (absent for a run only installation limits hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// 1 for the next run of the key to be admitted.
+    pub position: i64,
+    pub reason: WaitReason,
+    /// The runs it waits for: the key's active runs (`ConcurrencyLimit`), or those ahead of it
+    /// (`Priority`); at most 100.
+    pub blocked_by: Vec<uuid::Uuid>,
+}
+
+/// The installation's limits on active runs (0: none), and the aging step of priorities.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Admission {
+    /// `MAX_ACTIVE_RUNS`: active runs of the whole installation.
+    pub max_active: u32,
+    /// `MAX_ACTIVE_RUNS_PER_NAMESPACE`.
+    pub max_active_per_namespace: u32,
+    /// The namespace of a run whose template names none.
+    pub default_namespace: String,
+    /// `PRIORITY_AGING_SECS`: a waiting run gains one priority level per this many seconds
+    /// waited (0: no aging).
+    pub aging_secs: u64,
+}
+
+impl Admission {
+    pub fn limited(&self) -> bool {
+        self.max_active > 0 || self.max_active_per_namespace > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::template::tests::template;
+
+    fn concurrency(key: &str) -> Concurrency {
+        Concurrency {
+            limit: 1,
+            key: Some(key.into()),
+            policy: None,
+            max_waiting: None,
+        }
+    }
+
+    #[test]
+    fn a_key_renders_env_labels_and_the_task() {
+        let t = template(serde_json::json!({
+            "env": [{"name": "TARGET", "value": "prod"}], "labels": {"team": "a"}
+        }));
+        let key = concurrency("deploy-{{env.TARGET}}-{{ labels.team }}-{{task}}")
+            .render_key("ship", &t)
+            .unwrap();
+        assert_eq!(key, "deploy-prod-a-ship");
+        let default = Concurrency {
+            key: None,
+            ..concurrency("")
+        };
+        assert_eq!(default.render_key("ship", &t).unwrap(), "ship");
+    }
+
+    #[test]
+    fn unknown_fields_unclosed_braces_and_empty_renders_are_refused_naming_the_key() {
+        let mut errors = Errors::new();
+        concurrency("{{branch}}").collect_errors("concurrency", &mut errors);
+        concurrency("{{env.X").collect_errors("concurrency", &mut errors);
+        let invalid = errors.finish().unwrap_err();
+        assert!(invalid.0.iter().all(|e| e.field == "concurrency.key"));
+        assert_eq!(invalid.0.len(), 2);
+
+        let t = template(serde_json::json!({"env": [{"name": "REF", "value": " "}]}));
+        let refused = concurrency("{{env.REF}}").render_key("t", &t).unwrap_err();
+        assert_eq!(refused.0[0].field, "concurrency.key");
+        let missing = concurrency("{{env.NOPE}}").render_key("t", &t).unwrap_err();
+        assert!(missing.0[0].message.contains("NOPE"));
+    }
+
+    #[test]
+    fn negative_limits_and_waiting_caps_are_refused_naming_the_field() {
+        let mut errors = Errors::new();
+        Concurrency {
+            limit: -1,
+            key: None,
+            policy: None,
+            max_waiting: Some(-2),
+        }
+        .collect_errors("concurrency", &mut errors);
+        let fields: Vec<String> = errors
+            .finish()
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["concurrency.limit", "concurrency.maxWaiting"]);
+    }
+
+    #[test]
+    fn only_admins_may_raise_a_runs_priority_above_the_tasks_default() {
+        assert_eq!(priority_for(Some(5), None, Some(Scope::Run)).unwrap(), 5);
+        assert_eq!(
+            priority_for(Some(5), Some(-3), Some(Scope::Run)).unwrap(),
+            -3
+        );
+        let refused = priority_for(Some(5), Some(6), Some(Scope::Run)).unwrap_err();
+        assert_eq!(refused.0[0].field, "priority");
+        assert_eq!(
+            priority_for(None, Some(10), Some(Scope::Admin)).unwrap(),
+            10
+        );
+        assert!(priority_for(None, Some(5000), Some(Scope::Admin)).is_err());
+    }
+}

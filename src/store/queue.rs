@@ -1,0 +1,295 @@
+//! Queues (issue 16), from the database only: the locks that serialize a key's submissions and
+//! every replica's admissions, the admission pass the launcher runs inside its claim
+//! transaction, and what a waiting run shows about its place.
+//!
+//! No counter lives in memory or in a row of its own: a key's active runs are counted from
+//! `runs` each time, under a lock held until the transaction that changes them commits. So a
+//! restart, a crash between admission and Job creation (the run stays `creating`, holding its
+//! slot, until another launcher takes over its lapsed lease and adopts or creates the Job), or
+//! several replicas never break a limit. Locks are taken in one order (the admission lock, then
+//! nothing; a submission takes its keys' locks in key order and never the admission lock), so
+//! they never deadlock.
+
+use crate::domain::queue::{Admission, QueueState, WaitReason};
+use crate::domain::Run;
+use sqlx::{PgConnection, PgExecutor};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// The admission lock (one admission pass at a time across replicas): a 64-bit advisory key.
+pub const ADMISSION_LOCK: i64 = 0x7666_695f_6164_6d69; // "vfi_admi"
+/// The first half of a key's two-part advisory lock (the 64-bit and the two-part key spaces do
+/// not overlap, so no key collides with the admission or pruner lock).
+const KEY_LOCK_SPACE: i32 = 0x7166; // "qf"
+
+/// SQL: the run `r` holds a slot of its key and of the installation (its Job has not finished,
+/// or is a cancelled run's Job the canceller has not deleted yet).
+pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'pending', 'running')
+    OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested))";
+
+/// SQL: the run `r`'s priority with aging (`$aging` seconds a level; 0: none).
+fn effective(alias: &str, aging: &str) -> String {
+    format!(
+        "({alias}.priority + CASE WHEN {aging} > 0
+            THEN floor(extract(epoch FROM now() - {alias}.created_at) / {aging})::int ELSE 0 END)"
+    )
+}
+
+/// Takes the advisory locks of `keys` (sorted and deduplicated here) until the transaction
+/// ends: a key's submissions count its runs one after the other.
+pub async fn lock_keys(conn: &mut PgConnection, keys: &[&str]) -> Result<(), sqlx::Error> {
+    let mut keys: Vec<&str> = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(KEY_LOCK_SPACE)
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A key's runs: how many hold a slot and how many wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub active: i64,
+    pub waiting: i64,
+}
+
+pub async fn key_counts(db: impl PgExecutor<'_>, key: &str) -> Result<KeyCounts, sqlx::Error> {
+    let (active, waiting): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*) FILTER (WHERE {HOLDS_SLOT}), count(*) FILTER (WHERE r.status = 'queued')
+         FROM runs r WHERE r.queue_key = $1
+           AND (r.status IN ('queued', 'creating', 'pending', 'running')
+                OR (r.status = 'cancelled' AND r.job_name IS NOT NULL
+                    AND NOT r.job_delete_requested))"
+    ))
+    .bind(key)
+    .fetch_one(db)
+    .await?;
+    Ok(KeyCounts { active, waiting })
+}
+
+/// Records a `queue` event for a run that must wait when it is queued (the event stream shows
+/// it; its status events show when it leaves the queue).
+pub async fn note_queued(
+    db: impl PgExecutor<'_>,
+    run: &Run,
+    reason: WaitReason,
+    message: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH e AS (
+            INSERT INTO run_events (run_id, task_name, kind, status, reason, message)
+            VALUES ($1, $2, 'queue', 'queued', $3, $4) RETURNING id)
+         SELECT pg_notify('vfi_run_events', id::text) FROM e",
+    )
+    .bind(run.id)
+    .bind(&run.task)
+    .bind(reason.as_str())
+    .bind(message)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The most waiting runs one pass looks at beyond the free slots (runs in a full namespace are
+/// passed over for later ones in another).
+const LOOK_AHEAD: i64 = 1000;
+
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    id: Uuid,
+    namespace: String,
+}
+
+/// The admission pass: under the admission lock (held until `conn`'s transaction ends), the
+/// ids of up to `free` due queued runs that may start now, in admission order (effective
+/// priority, then submission). A run of a key is admissible when fewer than its limit of the
+/// key's runs hold a slot, counting those admitted before it in the same pass; with
+/// installation limits, every run also needs a free slot of its namespace and of the
+/// installation. Without installation limits only keyed runs are considered (the others need
+/// no admission). The caller moves the ids to `creating` in the same transaction.
+pub async fn admissible(
+    conn: &mut PgConnection,
+    admission: &Admission,
+    free: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ADMISSION_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let aging = admission.aging_secs as f64;
+    let eff = effective("r", "$1");
+    let candidates: Vec<Candidate> = sqlx::query_as(&format!(
+        "WITH active AS (
+            SELECT r.queue_key, count(*) AS n FROM runs r
+            WHERE r.queue_key IS NOT NULL AND {HOLDS_SLOT} GROUP BY r.queue_key
+         ), waiting AS (
+            SELECT r.id, r.queue_key, r.queue_limit,
+                   coalesce(r.template->>'namespace', $2) AS namespace, {eff} AS eff,
+                   row_number() OVER (PARTITION BY r.queue_key ORDER BY {eff} DESC, r.id) AS place
+            FROM runs r
+            WHERE r.status = 'queued'
+              AND (r.launch_not_before IS NULL OR r.launch_not_before <= now())
+              AND ($3 OR r.queue_key IS NOT NULL)
+         )
+         SELECT w.id, w.namespace FROM waiting w LEFT JOIN active a USING (queue_key)
+         WHERE w.queue_key IS NULL OR w.place <= w.queue_limit - coalesce(a.n, 0)
+         ORDER BY w.eff DESC, w.id LIMIT $4"
+    ))
+    .bind(aging)
+    .bind(&admission.default_namespace)
+    .bind(admission.limited())
+    .bind(free + if admission.limited() { LOOK_AHEAD } else { 0 })
+    .fetch_all(&mut *conn)
+    .await?;
+    if !admission.limited() {
+        return Ok(candidates
+            .into_iter()
+            .map(|c| c.id)
+            .take(free as usize)
+            .collect());
+    }
+    let (mut total, mut per_namespace) =
+        active_by_namespace(&mut *conn, &admission.default_namespace).await?;
+    let mut admitted = Vec::new();
+    for candidate in candidates {
+        if admitted.len() as i64 >= free {
+            break;
+        }
+        if admission.max_active > 0 && total >= i64::from(admission.max_active) {
+            break;
+        }
+        let in_namespace = per_namespace.entry(candidate.namespace).or_insert(0);
+        if admission.max_active_per_namespace > 0
+            && *in_namespace >= i64::from(admission.max_active_per_namespace)
+        {
+            continue;
+        }
+        *in_namespace += 1;
+        total += 1;
+        admitted.push(candidate.id);
+    }
+    Ok(admitted)
+}
+
+/// Runs holding a slot: in all, and per namespace.
+async fn active_by_namespace(
+    db: impl PgExecutor<'_>,
+    default_namespace: &str,
+) -> Result<(i64, HashMap<String, i64>), sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT coalesce(r.template->>'namespace', $1), count(*) FROM runs r
+         WHERE {HOLDS_SLOT} GROUP BY 1"
+    ))
+    .bind(default_namespace)
+    .fetch_all(db)
+    .await?;
+    let total = rows.iter().map(|(_, n)| n).sum();
+    Ok((total, rows.into_iter().collect()))
+}
+
+/// At most this many ids in `blockedBy`.
+const BLOCKED_BY: i64 = 100;
+
+/// Why the queued `run` waits and where it stands; `None` for a run that waits for nothing (no
+/// key, no installation limits).
+pub async fn state(
+    conn: &mut PgConnection,
+    run: &Run,
+    admission: &Admission,
+) -> Result<Option<QueueState>, sqlx::Error> {
+    if run.status != crate::domain::RunStatus::Queued
+        || (run.queue_key.is_none() && !admission.limited())
+    {
+        return Ok(None);
+    }
+    let aging = admission.aging_secs as f64;
+    let mut position = 1;
+    let mut reason = WaitReason::Admitting;
+    let mut blocked_by = Vec::new();
+    if let Some(key) = &run.queue_key {
+        let (eff_o, eff_r) = (effective("o", "$3"), effective("r", "$3"));
+        let ahead: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT o.id FROM runs o, runs r WHERE r.id = $2 AND o.queue_key = $1
+               AND o.status = 'queued' AND o.id <> r.id
+               AND ({eff_o} > {eff_r} OR ({eff_o} = {eff_r} AND o.id < r.id))
+             ORDER BY {eff_o} DESC, o.id"
+        ))
+        .bind(key)
+        .bind(run.id)
+        .bind(aging)
+        .fetch_all(&mut *conn)
+        .await?;
+        position = ahead.len() as i64 + 1;
+        let active: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT r.id FROM runs r WHERE r.queue_key = $1 AND {HOLDS_SLOT} ORDER BY r.id LIMIT $2"
+        ))
+        .bind(key)
+        .bind(BLOCKED_BY)
+        .fetch_all(&mut *conn)
+        .await?;
+        let limit = i64::from(run.queue_limit.unwrap_or(1));
+        if active.len() as i64 >= limit {
+            reason = WaitReason::ConcurrencyLimit;
+            blocked_by = active;
+        } else if position > limit - active.len() as i64 {
+            reason = WaitReason::Priority;
+            blocked_by = ahead.into_iter().take(BLOCKED_BY as usize).collect();
+        }
+    }
+    if reason == WaitReason::Admitting && admission.limited() {
+        let (total, per_namespace) =
+            active_by_namespace(&mut *conn, &admission.default_namespace).await?;
+        let namespace = run
+            .template
+            .namespace
+            .clone()
+            .unwrap_or_else(|| admission.default_namespace.clone());
+        if admission.max_active > 0 && total >= i64::from(admission.max_active) {
+            reason = WaitReason::InstallationLimit;
+        } else if admission.max_active_per_namespace > 0
+            && per_namespace.get(&namespace).copied().unwrap_or(0)
+                >= i64::from(admission.max_active_per_namespace)
+        {
+            reason = WaitReason::NamespaceLimit;
+        }
+    }
+    Ok(Some(QueueState {
+        key: run.queue_key.clone(),
+        position,
+        reason,
+        blocked_by,
+    }))
+}
+
+/// Waiting runs per key and reason: those the key's free slots will take are `Admitting`, the
+/// rest `ConcurrencyLimit`; for the metrics.
+pub async fn waiting_by_key(
+    db: impl PgExecutor<'_>,
+) -> Result<Vec<(String, &'static str, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i32)> = sqlx::query_as(&format!(
+        "SELECT w.queue_key, w.n, coalesce(a.n, 0), w.lim FROM
+            (SELECT queue_key, count(*) AS n, min(queue_limit) AS lim FROM runs
+             WHERE status = 'queued' AND queue_key IS NOT NULL GROUP BY queue_key) w
+         LEFT JOIN (SELECT r.queue_key, count(*) AS n FROM runs r
+                    WHERE r.queue_key IS NOT NULL AND {HOLDS_SLOT} GROUP BY r.queue_key) a
+         USING (queue_key) ORDER BY 1"
+    ))
+    .fetch_all(db)
+    .await?;
+    let mut out = Vec::new();
+    for (key, waiting, active, limit) in rows {
+        let admitting = waiting.min((i64::from(limit) - active).max(0));
+        out.push((key.clone(), WaitReason::Admitting.as_str(), admitting));
+        out.push((
+            key,
+            WaitReason::ConcurrencyLimit.as_str(),
+            waiting - admitting,
+        ));
+    }
+    Ok(out)
+}

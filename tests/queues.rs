@@ -1,0 +1,659 @@
+//! Queues (issue 16): concurrency limits and keys, policies, priorities and why a run waits,
+//! against kubesim and Postgres. Limits are checked the way a user would see a breach: a watch
+//! on kubesim's Jobs counts the unfinished Jobs of the task after every event.
+
+mod common;
+
+use common::service::{eventually, jobs_of, kubesim, RunnerKind, Service};
+use common::{assert_problem, client_for, new_token, TestApp};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::watcher::{self, Event};
+use kube::Api;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vfi_orchestrator::cluster::jobs::Cluster;
+use vfi_orchestrator::cluster::{render, ClusterSettings};
+use vfi_orchestrator::domain::webhook::sign;
+use vfi_orchestrator::domain::Scope;
+use vfi_orchestrator::store;
+
+/// The most unfinished Jobs of a task kubesim's watch ever showed at once, and every Job seen.
+struct JobWatch {
+    max_unfinished: Arc<AtomicUsize>,
+    seen: Arc<Mutex<HashSet<String>>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl JobWatch {
+    /// Watches the Jobs of `task`; returns once the first list is in.
+    async fn start(client: kube::Client, task: &str) -> JobWatch {
+        JobWatch::start_selected(client, &format!("vfi-orchestrator.io/task={task}")).await
+    }
+
+    /// Watches the Jobs `selector` selects; returns once the first list is in.
+    async fn start_selected(client: kube::Client, selector: &str) -> JobWatch {
+        let api: Api<Job> = Api::all(client);
+        let config = watcher::Config::default().labels(selector);
+        let max_unfinished = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let ready = Arc::new(AtomicBool::new(false));
+        let handle = tokio::spawn({
+            let (max_unfinished, seen, ready) =
+                (max_unfinished.clone(), seen.clone(), ready.clone());
+            async move {
+                let mut live: HashMap<String, bool> = HashMap::new();
+                let mut relist: HashMap<String, bool> = HashMap::new();
+                let mut stream = watcher::watcher(api, config).boxed();
+                while let Ok(Some(event)) = stream.try_next().await {
+                    match event {
+                        Event::Init => relist.clear(),
+                        Event::InitApply(job) => {
+                            relist.insert(name(&job), unfinished(&job));
+                        }
+                        Event::InitDone => {
+                            live = std::mem::take(&mut relist);
+                            ready.store(true, Ordering::SeqCst);
+                        }
+                        Event::Apply(job) => {
+                            seen.lock().unwrap().insert(name(&job));
+                            live.insert(name(&job), unfinished(&job));
+                        }
+                        Event::Delete(job) => {
+                            live.remove(&name(&job));
+                        }
+                    }
+                    let now = live.values().filter(|u| **u).count();
+                    max_unfinished.fetch_max(now, Ordering::SeqCst);
+                }
+            }
+        });
+        eventually("the Job watch to list", Duration::from_secs(10), || {
+            let ready = ready.clone();
+            async move { ready.load(Ordering::SeqCst) }
+        })
+        .await;
+        JobWatch {
+            max_unfinished,
+            seen,
+            handle,
+        }
+    }
+
+    fn max(&self) -> usize {
+        self.max_unfinished.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for JobWatch {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+fn name(job: &Job) -> String {
+    job.metadata.name.clone().unwrap_or_default()
+}
+
+/// A Job that has not completed or failed (one being deleted still counts: its pods may run).
+fn unfinished(job: &Job) -> bool {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    !conditions
+        .iter()
+        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+}
+
+fn template(duration_ms: u64) -> Value {
+    json!({"image": "busybox", "env": [
+        {"name": "KUBESIM_DURATION_MS", "value": duration_ms.to_string()}
+    ]})
+}
+
+async fn put_task(service: &Service, name: &str, spec: Value) {
+    let response = service
+        .http
+        .put(service.url(&format!("/v1/tasks/{name}")))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+async fn start(service: &Service, task: &str, body: Value) -> Value {
+    let response = service.post(&format!("/v1/tasks/{task}/runs"), &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().unwrap().to_string()
+}
+
+/// Acceptance 1: limit 2, 10 runs at once: never more than 2 unfinished Jobs, all succeed,
+/// admitted in submission order, and each waiting run's position only goes down.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn ten_runs_under_limit_two_never_have_more_than_two_jobs_and_start_in_order(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "limited",
+        json!({"template": template(300), "concurrency": {"limit": 2}}),
+    )
+    .await;
+    let watch = JobWatch::start(sim.client(), "limited").await;
+
+    let runs: Vec<Value> =
+        futures::future::join_all((0..10).map(|_| start(&service, "limited", json!({})))).await;
+    let ids: Vec<String> = runs.iter().map(id).collect();
+
+    // Follow every waiting run's place until none waits.
+    let mut positions: HashMap<String, Vec<i64>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        for id in &ids {
+            let run = service.run(id).await;
+            if run["status"] == "queued" {
+                waiting += 1;
+                let queue = &run["queue"];
+                assert_eq!(queue["key"], "limited", "{run:#}");
+                positions
+                    .entry(id.clone())
+                    .or_default()
+                    .push(queue["position"].as_i64().unwrap());
+            }
+        }
+        if waiting == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+
+    assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
+    assert_eq!(watch.max(), 2, "the limit was used");
+    for (id, seen) in &positions {
+        assert!(
+            seen.windows(2).all(|w| w[1] <= w[0]),
+            "run {id}'s position went up: {seen:?}"
+        );
+    }
+    assert!(
+        positions.values().any(|p| p.first() >= Some(&3)),
+        "some run waited behind others: {positions:?}"
+    );
+    // Admitted in submission (number) order.
+    let mut admitted: Vec<(i64, String)> = Vec::new();
+    for id in &ids {
+        let run = service.run(id).await;
+        admitted.push((
+            run["number"].as_i64().unwrap(),
+            run["launch"]["admittedAt"].as_str().unwrap().to_string(),
+        ));
+    }
+    admitted.sort();
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        admitted.iter().map(|(_, t)| t.parse().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "admitted out of order: {admitted:?}"
+    );
+}
+
+/// Acceptance 6: maxWaiting 3: the 4th waiting run is refused with 429 naming the key and its
+/// depth, and nothing is stored; waiting runs say what holds them.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_waiting_run_beyond_max_waiting_is_429_naming_the_key_and_nothing_is_stored(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "capped",
+        json!({"template": template(600_000),
+               "concurrency": {"limit": 1, "key": "deploy-{{env.TARGET}}", "maxWaiting": 3}}),
+    )
+    .await;
+    let prod = json!({"env": [{"name": "TARGET", "value": "prod"}]});
+    let first = id(&start(&service, "capped", prod.clone()).await);
+    service
+        .wait_for(&first, "running", Duration::from_secs(30))
+        .await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(id(&start(&service, "capped", prod.clone()).await));
+    }
+    let runs_before = count(&db, "runs").await;
+    let events_before = count(&db, "run_events").await;
+
+    let refused = service.post("/v1/tasks/capped/runs", &prod).await;
+
+    let body = assert_problem(
+        refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        Some("concurrency.maxWaiting"),
+    )
+    .await;
+    assert_eq!(body["key"], "deploy-prod");
+    assert_eq!(body["depth"], 3);
+    assert_eq!(count(&db, "runs").await, runs_before, "no run stored");
+    assert_eq!(
+        count(&db, "run_events").await,
+        events_before,
+        "no event stored"
+    );
+    // Another key of the same task is not held by this one.
+    let staging = json!({"env": [{"name": "TARGET", "value": "staging"}]});
+    let other = id(&start(&service, "capped", staging).await);
+    service
+        .wait_for(&other, "running", Duration::from_secs(30))
+        .await;
+    // Why the waiting ones wait.
+    for (i, id) in waiting.iter().enumerate() {
+        let run = service.run(id).await;
+        assert_eq!(run["status"], "queued");
+        let queue = &run["queue"];
+        assert_eq!(queue["key"], "deploy-prod");
+        assert_eq!(queue["position"], i as i64 + 1);
+        assert_eq!(queue["reason"], "ConcurrencyLimit");
+        assert_eq!(queue["blockedBy"], json!([first]));
+    }
+    // The event stream's history says why the waiting ones were held.
+    let history = service
+        .get(&format!("/v1/runs/{}/events", waiting[0]))
+        .await;
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "queue" && e["reason"] == "ConcurrencyLimit"),
+        "{history:#}"
+    );
+}
+
+async fn count(db: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Acceptance 7: bad queue input is 422 naming the field, and a refused request changes nothing.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn bad_concurrency_and_priority_input_is_422_naming_the_field(db: PgPool) {
+    let app = TestApp::spawn(db.clone()).await;
+    let base = |concurrency: Value| json!({"template": {"image": "x"}, "concurrency": concurrency});
+    for (concurrency, field) in [
+        (
+            json!({"limit": 1, "policy": "Sometimes"}),
+            "concurrency.policy",
+        ),
+        (json!({"limit": -1}), "concurrency.limit"),
+        (json!({"limit": 0}), "concurrency.limit"),
+        (
+            json!({"limit": 1, "maxWaiting": -1}),
+            "concurrency.maxWaiting",
+        ),
+        (json!({"limit": 1, "key": "{{branch}}"}), "concurrency.key"),
+        (json!({"limit": 1, "key": "{{env.REF"}), "concurrency.key"),
+        (json!({"limit": 1, "key": ""}), "concurrency.key"),
+    ] {
+        let response = app
+            .put_json("/v1/tasks/q", &base(concurrency.clone()))
+            .await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(field)).await;
+    }
+    let response = app
+        .put_json(
+            "/v1/tasks/q",
+            &json!({"template": {"image": "x"}, "priority": 5000}),
+        )
+        .await;
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    assert_eq!(app.count("tasks").await, 0, "no task stored");
+
+    // A key that renders empty, or names an env var the run lacks, is refused at submission.
+    app.put_task(
+        "q",
+        &json!({"template": {"image": "x", "env": [{"name": "REF", "value": ""}]},
+                "concurrency": {"limit": 1, "key": "{{env.REF}}"}}),
+    )
+    .await;
+    let response = app.post_json("/v1/tasks/q/runs", &json!({})).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("concurrency.key"),
+    )
+    .await;
+    app.put_task(
+        "q",
+        &json!({"template": {"image": "x"}, "concurrency": {"limit": 1, "key": "{{env.TARGET}}"}}),
+    )
+    .await;
+    let response = app.post_json("/v1/tasks/q/runs", &json!({})).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("concurrency.key"),
+    )
+    .await;
+
+    // A run token may not raise a run's priority above the task's default; an admin may.
+    let runner = client_for(&new_token(&db, Scope::Run, None).await);
+    let response = runner
+        .post(app.url("/v1/tasks/q/runs"))
+        .json(&json!({"env": [{"name": "TARGET", "value": "a"}], "priority": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    let response = runner
+        .post(app.url("/v1/tasks/q/runs"))
+        .json(&json!({"env": [{"name": "TARGET", "value": "a"}], "priority": 2000}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    let response = runner
+        .post(app.url("/v1/runs"))
+        .json(&json!({"template": {"image": "x"}, "priority": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some("priority")).await;
+    assert_eq!(app.count("runs").await, 0, "no run stored");
+    let adhoc = app
+        .post_json(
+            "/v1/runs",
+            &json!({"template": {"image": "x"}, "priority": 7}),
+        )
+        .await;
+    assert_eq!(adhoc.status(), StatusCode::CREATED);
+    assert_eq!(adhoc.json::<Value>().await.unwrap()["priority"], 7);
+    let run = app
+        .start_task_run(
+            "q",
+            &json!({"env": [{"name": "TARGET", "value": "a"}], "priority": 5}),
+        )
+        .await;
+    assert_eq!(run["priority"], 5);
+    assert_eq!(run["queueKey"], "a");
+}
+
+/// Acceptance 4: limit 1, five priority-0 runs waiting; a priority-10 run submitted last
+/// starts next.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_higher_priority_run_submitted_last_starts_next(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "ranked",
+        json!({"template": template(600_000), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let holder = id(&start(&service, "ranked", json!({})).await);
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut low = Vec::new();
+    for _ in 0..5 {
+        low.push(id(&start(&service, "ranked", json!({})).await));
+    }
+    let high = id(&start(&service, "ranked", json!({"priority": 10})).await);
+    let queue = service.run(&high).await["queue"].clone();
+    assert_eq!(queue["position"], 1, "{queue}");
+    assert_eq!(service.run(&low[0]).await["queue"]["position"], 2);
+
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    service
+        .wait_for(&high, "running", Duration::from_secs(30))
+        .await;
+    for id in &low {
+        assert_eq!(service.run(id).await["status"], "queued", "{id} started");
+    }
+}
+
+const SECRET: &str = "queue-test-secret";
+
+/// Acceptance 2: key `{{env.VFI_GIT_REF}}`, CancelInProgress: three signed pushes to one branch
+/// within a second and one to another: the two older ones on the first branch end
+/// cancelled/Superseded with their Jobs deleted; the newest on each branch succeeds.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn pushes_to_one_branch_supersede_each_other_and_the_newest_per_branch_succeeds(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "deploy",
+        json!({"template": template(3000),
+               "concurrency": {"limit": 1, "key": "{{env.VFI_GIT_REF}}", "policy": "CancelInProgress"}}),
+    )
+    .await;
+    let response = service
+        .http
+        .put(service.url("/v1/tasks/deploy/triggers/github"))
+        .json(&json!({"provider": "github", "secret": SECRET, "events": ["push"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let hook = response.json::<Value>().await.unwrap()["hookPath"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(format!(
+            "{}/tests/fixtures/webhooks/github-push.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let push = |git_ref: &str, delivery: &str| {
+        let mut body = fixture.clone();
+        body["ref"] = git_ref.into();
+        let body = serde_json::to_vec(&body).unwrap();
+        let request = reqwest::Client::new()
+            .post(service.url(&hook))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery)
+            .header(
+                "x-hub-signature-256",
+                format!("sha256={}", sign(SECRET, &body)),
+            )
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED);
+            id(&response.json::<Value>().await.unwrap()["run"])
+        }
+    };
+
+    let started = std::time::Instant::now();
+    let mut main = Vec::new();
+    for i in 0..3 {
+        main.push(push("refs/heads/main", &format!("main-{i}")).await);
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let other = push("refs/heads/feature", "feature-0").await;
+
+    service
+        .wait_for(&main[2], "succeeded", Duration::from_secs(60))
+        .await;
+    service
+        .wait_for(&other, "succeeded", Duration::from_secs(60))
+        .await;
+    for (older, newer) in [(&main[0], &main[1]), (&main[1], &main[2])] {
+        let run = service.run(older).await;
+        assert_eq!(run["status"], "cancelled", "{run:#}");
+        assert_eq!(run["statusReason"], "Superseded");
+        assert_eq!(&run["supersededBy"], newer.as_str());
+        assert!(run["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains(newer.as_str()));
+    }
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runs WHERE status_reason = 'Superseded'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(cancelled, 2);
+    eventually(
+        "the superseded runs' Jobs to be deleted",
+        Duration::from_secs(30),
+        || {
+            let client = sim.client();
+            let ids = [main[0].clone(), main[1].clone()];
+            async move {
+                for id in ids {
+                    if !jobs_of(&client, &id).await.is_empty() {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+}
+
+/// Acceptance 3: 2 runs admitted and 8 waiting under limit 2 when the replica dies (kill -9:
+/// one run's Job created and recorded, the other's created but not recorded, both leases
+/// left to lapse); two new replicas take over: the limit holds at every instant of kubesim's
+/// watch, no run is lost and no Job is made twice.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_replica_killed_mid_queue_leaves_two_replicas_that_keep_the_limit(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let api_only = TestApp::spawn(db.clone()).await;
+    api_only
+        .put_task(
+            "crashy",
+            &json!({"template": template(500), "concurrency": {"limit": 2}}),
+        )
+        .await;
+    let watch = JobWatch::start(sim.client(), "crashy").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(id(&api_only.start_task_run("crashy", &json!({})).await));
+    }
+
+    // The replica that dies: admits what the limit lets through, creates both Jobs, records
+    // one, and is killed.
+    let admission = vfi_orchestrator::domain::queue::Admission {
+        default_namespace: "default".into(),
+        aging_secs: 60,
+        ..Default::default()
+    };
+    let lease = Duration::from_secs(1);
+    let claimed = store::runs::claim_admitted(&db, "killed", lease, 16, &admission)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2, "the limit let two through");
+    let again = store::runs::claim_admitted(&db, "killed", lease, 16, &admission)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "and no more while they hold their slots");
+    let cluster = Cluster::new(
+        sim.client(),
+        ClusterSettings {
+            installation: "default".into(),
+            namespaces: vec!["default".into()],
+            job_name_prefix: String::new(),
+            run_as_non_root: false,
+        },
+    );
+    for run in &claimed {
+        cluster
+            .create_job(run.id, &render::render(&cluster.settings, run))
+            .await
+            .unwrap();
+    }
+    let job = vfi_orchestrator::domain::JobRef {
+        namespace: "default".into(),
+        name: render::job_name(&cluster.settings, &claimed[0]),
+        uid: None,
+    };
+    store::runs::mark_created(&db, claimed[0].id, &job)
+        .await
+        .unwrap();
+
+    // Two replicas start.
+    let flags = ["--launch-lease-secs", "1"];
+    let a = Service::start(db.clone(), sim.client(), &flags).await;
+    let b = Service::start(db.clone(), sim.client(), &flags).await;
+    for (i, id) in ids.iter().enumerate() {
+        let service = if i % 2 == 0 { &a } else { &b };
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(90))
+            .await;
+    }
+
+    assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
+    assert_eq!(watch.seen.lock().unwrap().len(), 10, "one Job per run");
+    for id in &ids {
+        assert_eq!(jobs_of(&sim.client(), id).await.len(), 1, "run {id}");
+    }
+}
+
+/// Installation limits: with `MAX_ACTIVE_RUNS` 2, runs without a key wait for a slot too, say
+/// so, and never have more than 2 Jobs unfinished.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_installation_limit_holds_runs_without_a_key_and_says_why(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "2"]).await;
+    let watch =
+        JobWatch::start_selected(sim.client(), "vfi-orchestrator.io/installation=default").await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(service.submit(template(400)).await);
+    }
+    let mut reasons = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        for id in &ids {
+            let run = service.run(id).await;
+            if run["status"] == "queued" {
+                waiting += 1;
+                reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
+            }
+        }
+        if waiting == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+    assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
+    assert!(reasons.contains("InstallationLimit"), "{reasons:?}");
+}
