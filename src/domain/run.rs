@@ -32,6 +32,12 @@ pub struct RunOverrides {
     /// Labels merged over the task's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A Kueue LocalQueue for this run, replacing the task's `queueName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_name: Option<String>,
+    /// A Kueue WorkloadPriorityClass for this run, replacing the task's `priorityClass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class: Option<String>,
 }
 
 impl RunOverrides {
@@ -41,6 +47,12 @@ impl RunOverrides {
             errors.check(format!("env[{i}].name"), names::env_var_name(&var.name));
         }
         validate_labels(&self.labels, "labels", &mut errors);
+        if let Some(queue) = &self.queue_name {
+            errors.check("queueName", names::kueue_name(queue));
+        }
+        if let Some(class) = &self.priority_class {
+            errors.check("priorityClass", names::kueue_name(class));
+        }
         errors.finish()
     }
 }

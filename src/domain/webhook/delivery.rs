@@ -16,8 +16,9 @@ pub enum Reading {
     Start {
         delivery: String,
         event: GitEvent,
-        /// The event's facts, as the run's environment variables.
-        overrides: RunOverrides,
+        /// The event's facts, as the run's environment variables (boxed: the largest variant
+        /// by far since overrides may name a Kueue queue).
+        overrides: Box<RunOverrides>,
     },
 }
 
@@ -58,10 +59,10 @@ pub fn read<'h>(
     if let Err(reason) = filter.check(&event) {
         return Ok(Ok(Reading::Ignored { delivery, reason }));
     }
-    let overrides = RunOverrides {
+    let overrides = Box::new(RunOverrides {
         env: event.env(trigger.provider, &delivery),
-        labels: Default::default(),
-    };
+        ..Default::default()
+    });
     Ok(Ok(Reading::Start {
         delivery,
         event,
