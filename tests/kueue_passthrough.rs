@@ -193,8 +193,16 @@ async fn an_evicted_run_waits_admitting_again_and_succeeds_once_readmitted(db: P
 
     // Preempted while running: Kueue suspends the Job, the Job controller removes its pod.
     kueue(&sim, "evict", &workload).await;
-    let run = service.wait_for(&id, "admitting", WAIT).await;
-    assert_eq!(run["statusReason"], "Preempted");
+    service.wait_for(&id, "admitting", WAIT).await;
+    // The Job's suspension and the Workload's eviction come by two watches, in either order.
+    eventually("the eviction's reason on the run", WAIT, || {
+        let service = &service;
+        let id = id.clone();
+        async move { service.run(&id).await["statusReason"] == "Preempted" }
+    })
+    .await;
+    let run = service.run(&id).await;
+    assert_eq!(run["status"], "admitting");
     assert!(
         run["statusMessage"]
             .as_str()
@@ -214,6 +222,19 @@ async fn an_evicted_run_waits_admitting_again_and_succeeds_once_readmitted(db: P
     kueue(&sim, "admit", &workload).await;
     let run = service.wait_for(&id, "succeeded", WAIT).await;
     assert_eq!(run["pods"]["failed"], 0, "{run:#}");
+    // The evicted pod's record says it was removed by the suspension, not that it failed.
+    let pods = service.get(&format!("/v1/runs/{id}/pods")).await;
+    let pods = pods.as_array().unwrap();
+    assert_eq!(pods.len(), 2, "{pods:#?}");
+    let evicted = pods.iter().find(|p| p["phase"] != "Succeeded").unwrap();
+    assert_eq!(evicted["reason"], "JobSuspended", "{evicted:#}");
+    assert!(
+        evicted["message"]
+            .as_str()
+            .unwrap()
+            .contains("not counted as a failure"),
+        "{evicted:#}"
+    );
     assert_eq!(run["pods"]["succeeded"], 1, "{run:#}");
     let seen = statuses(&service, &id).await;
     let evicted_at = seen

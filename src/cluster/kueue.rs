@@ -166,6 +166,21 @@ pub fn held(job: &Job) -> bool {
     queue_name(job).is_some() && job.spec.as_ref().and_then(|s| s.suspend) == Some(true)
 }
 
+/// The reason a pod record carries when the pod was removed because Kueue suspended its Job
+/// (the Job's own `Suspended` condition has this reason).
+pub const REMOVED_BY_SUSPENSION: &str = "JobSuspended";
+
+/// Marks the record of a pod the Job controller removed because Kueue suspended the Job
+/// (eviction, preemption): whatever its container's exit, it is no failure of the run (the Job
+/// controller does not count it either), and the record says so.
+pub fn removed_by_suspension(record: &mut crate::domain::PodRecord) {
+    record.reason = Some(REMOVED_BY_SUSPENSION.to_string());
+    record.message = Some(
+        "removed by the Job controller when Kueue suspended the Job (evicted); not counted as a failure"
+            .to_string(),
+    );
+}
+
 impl Cluster {
     /// Watches every Workload in `namespace` (Kueue does not copy the installation's labels to
     /// them; the tracker keeps those owned by its Jobs).

@@ -131,6 +131,8 @@ struct TrackedPod {
     record: PodRecord,
     /// Why it cannot start, if it cannot.
     waiting: Option<(String, String)>,
+    /// Being deleted (it has a deletionTimestamp).
+    terminating: bool,
     written: bool,
 }
 
@@ -421,6 +423,7 @@ impl Tracker {
                     run_id,
                     record,
                     waiting,
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
                     written: false,
                 },
             );
@@ -730,6 +733,7 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
                     run_id,
                     record: observe::pod_record(pod, false),
                     waiting: observe::pod_waiting(pod),
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
                     written: false,
                 };
                 pod_changed(runtime, &tracked, false).await?;
@@ -745,6 +749,14 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
 /// Writes a pod's record, why it waits, and the run's start when it runs (not while Kueue
 /// `held` its Job: a pod of an evicted Job can still report `Running`).
 async fn pod_changed(runtime: &Runtime, pod: &TrackedPod, held: bool) -> crate::error::Result<()> {
+    if held && (pod.terminating || pod.record.deleted) {
+        // Removed because Kueue suspended the Job: the Job controller does not count it as
+        // failed, and neither does its record.
+        let mut record = pod.record.clone();
+        kueue::removed_by_suspension(&mut record);
+        store::pods::upsert(&runtime.db, pod.run_id, &record).await?;
+        return Ok(());
+    }
     store::pods::upsert(&runtime.db, pod.run_id, &pod.record).await?;
     if let Some((reason, message)) = &pod.waiting {
         let waiting = store::runs::Waiting { reason, message };
