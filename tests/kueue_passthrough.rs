@@ -259,6 +259,26 @@ async fn cancelling_a_held_run_deletes_its_job_and_the_workload_goes_with_it(db:
         .await;
     service.wait_for(&id, "admitting", WAIT).await;
     let workload = workload_of(&sim, &id).await;
+    eventually("the Workload's message on the run", WAIT, || {
+        let service = &service;
+        let id = id.clone();
+        async move { service.run(&id).await["statusMessage"] == DEFAULT_PENDING_MESSAGE }
+    })
+    .await;
+    // The metrics count it as admitting.
+    let metrics = service
+        .http
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vfi_runs{task=\"\",status=\"admitting\"} 1\n"),
+        "{metrics}"
+    );
 
     let cancelled = service
         .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
@@ -281,6 +301,63 @@ async fn cancelling_a_held_run_deletes_its_job_and_the_workload_goes_with_it(db:
         statuses(&service, &id).await,
         ["queued", "creating", "admitting", "cancelled"]
     );
+    // /v1/events told it all: admitting, Kueue's message, the end.
+    let events = events_until_finished(&service, &id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "run.status" && e["status"] == "admitting"),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "run.waiting"
+            && e["status"] == "admitting"
+            && e["reason"] == "Pending"
+            && e["message"] == DEFAULT_PENDING_MESSAGE),
+        "{events:#?}"
+    );
+}
+
+/// `/v1/events` from the first event on, until run `id` finished: each event's data.
+async fn events_until_finished(service: &Service, id: &str) -> Vec<Value> {
+    use futures::StreamExt;
+    let response = service
+        .http
+        .get(service.url("/v1/events"))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                let event: Value = serde_json::from_str(&data).unwrap();
+                let done = event["type"] == "run.finished" && event["runId"] == id;
+                seen.push(event);
+                if done {
+                    return;
+                }
+            }
+            let chunk = stream.next().await.expect("stream open").unwrap();
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .expect("the run's events within the timeout");
+    seen
 }
 
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]

@@ -34,7 +34,8 @@ pub struct ChangeEvent {
     pub id: i64,
     pub at: DateTime<Utc>,
     /// `run.created`, `run.status`, `run.finished` (a status change to a final status),
-    /// `run.waiting` (why a pending run cannot start), `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
+    /// `run.waiting` (why a pending run cannot start, or Kueue's message for an `admitting` run),
+    /// `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
