@@ -458,20 +458,6 @@ pub fn sync_job(store: &Store, cfg: &KueueConfig, events: &Recorder, ns: &str, n
     }
 }
 
-/// The Workload of a deleted Job goes with it (its owner reference, as the garbage collector
-/// does).
-pub fn job_deleted(store: &Store, job: &Job) {
-    if queue_name(job).is_none() {
-        return;
-    }
-    let ns = job.metadata.namespace.clone().unwrap_or_default();
-    let name = workload_name(
-        job.metadata.name.as_deref().unwrap_or(""),
-        job.metadata.uid.as_deref().unwrap_or(""),
-    );
-    let _ = store.delete::<Workload>(&ns, &name, 0, &[], None);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 pub mod jobs;
+pub mod kueue;
 pub mod observe;
 pub mod permissions;
 pub mod pods;

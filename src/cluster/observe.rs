@@ -79,6 +79,31 @@ pub fn observe_job(job: &Job) -> JobObservation {
     }
 }
 
+/// What a Job says about its run, with Kueue's part: a Job Kueue holds suspended (in a
+/// LocalQueue, not finished, not being deleted) makes the run `admitting`, with the reason and
+/// message of its Workload (`hold`, when the tracker has seen the Workload of this very Job).
+pub fn observe_job_in_queue(job: &Job, hold: Option<&super::kueue::Hold>) -> JobObservation {
+    let mut seen = observe_job(job);
+    if seen.status.is_final() || seen.deleting || !super::kueue::held(job) {
+        return seen;
+    }
+    let hold = hold.filter(|h| job.metadata.uid.as_deref() == Some(h.job_uid.as_str()));
+    let (reason, message) = match hold {
+        Some(hold) => (hold.reason.clone(), hold.message.clone()),
+        None => (
+            super::kueue::NO_WORKLOAD.to_string(),
+            format!(
+                "waiting for Kueue to create the Workload of this Job (LocalQueue {:?})",
+                super::kueue::queue_name(job).unwrap_or_default()
+            ),
+        ),
+    };
+    seen.status = RunStatus::Admitting;
+    seen.reason = Some(reason);
+    seen.message = Some(message);
+    seen
+}
+
 /// Container waiting reasons that mean the pod cannot start without a change (as opposed to
 /// `ContainerCreating` or `PodInitializing`, which pass by themselves).
 const STUCK_WAITING: [&str; 7] = [
@@ -251,6 +276,60 @@ mod tests {
             target_only.status,
             RunStatus::Running,
             "final only with Complete"
+        );
+    }
+
+    #[test]
+    fn a_job_kueue_holds_is_admitting_with_its_workloads_message() {
+        let held = |suspend: bool, status: serde_json::Value| -> Job {
+            serde_json::from_value(json!({
+                "metadata": {"name": "j", "uid": "u1",
+                    "labels": {"kueue.x-k8s.io/queue-name": "team-a"}},
+                "spec": {"suspend": suspend, "template": {}},
+                "status": status
+            }))
+            .unwrap()
+        };
+        let hold = crate::cluster::kueue::Hold {
+            job_uid: "u1".into(),
+            reason: "Pending".into(),
+            message: "couldn't assign flavors".into(),
+        };
+        let seen = observe_job_in_queue(&held(true, json!({})), Some(&hold));
+        assert_eq!(seen.status, RunStatus::Admitting);
+        assert_eq!(seen.reason.as_deref(), Some("Pending"));
+        assert_eq!(seen.message.as_deref(), Some("couldn't assign flavors"));
+
+        // Another Job's Workload (same name, earlier uid) is not this one's.
+        let other = crate::cluster::kueue::Hold {
+            job_uid: "u0".into(),
+            ..hold.clone()
+        };
+        let seen = observe_job_in_queue(&held(true, json!({})), Some(&other));
+        assert_eq!(seen.reason.as_deref(), Some("WorkloadNotCreated"));
+        assert!(seen.message.unwrap().contains("\"team-a\""));
+
+        // Evicted while running: pods still terminating, still held.
+        let evicted = held(true, json!({"active": 1, "ready": 1}));
+        assert_eq!(
+            observe_job_in_queue(&evicted, Some(&hold)).status,
+            RunStatus::Admitting
+        );
+        // Admitted: the Job runs as any other.
+        let admitted = held(false, json!({"active": 1, "ready": 1}));
+        assert_eq!(
+            observe_job_in_queue(&admitted, Some(&hold)).status,
+            RunStatus::Running
+        );
+        // A finished Job is final whatever Kueue says.
+        let done = held(
+            true,
+            json!({"succeeded": 1, "conditions": [
+            {"type": "Complete", "status": "True"}]}),
+        );
+        assert_eq!(
+            observe_job_in_queue(&done, Some(&hold)).status,
+            RunStatus::Succeeded
         );
     }
 

@@ -49,6 +49,12 @@ pub const REQUIRED: &[Permission] = &[
         resource: "events",
         subresource: None,
         verbs: &["get", "list", "watch"],
+    }, // Read Kueue's Workloads: why a run given to a Kueue queue is held (never written).
+    Permission {
+        group: "kueue.x-k8s.io",
+        resource: "workloads",
+        subresource: None,
+        verbs: &["list", "watch"],
     },
 ];
 

@@ -2,7 +2,9 @@
 //! what makes creation idempotent (a retry finds the same name and adopts it).
 
 use super::{keys, ClusterSettings};
-use crate::domain::template::{CompletionMode, RestartPolicy};
+use crate::domain::template::{
+    CompletionMode, RestartPolicy, KUEUE_PRIORITY_CLASS_LABEL, KUEUE_QUEUE_LABEL,
+};
 use crate::domain::Run;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -52,6 +54,19 @@ pub fn ownership_labels(settings: &ClusterSettings, run: &Run) -> BTreeMap<Strin
     ]);
     if let Some(task) = &run.task {
         labels.insert(keys::TASK.to_string(), task.clone());
+    }
+    labels
+}
+
+/// The Kueue labels of a run's Job: its LocalQueue and WorkloadPriorityClass, when it names them.
+pub fn kueue_labels(run: &Run) -> BTreeMap<String, String> {
+    let t = &run.template;
+    let mut labels = BTreeMap::new();
+    if let Some(queue) = &t.queue_name {
+        labels.insert(KUEUE_QUEUE_LABEL.to_string(), queue.clone());
+        if let Some(class) = &t.priority_class {
+            labels.insert(KUEUE_PRIORITY_CLASS_LABEL.to_string(), class.clone());
+        }
     }
     labels
 }
@@ -148,11 +163,14 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
         }),
         ..Default::default()
     };
+    // Kueue's labels go on the Job only: Kueue manages the Job, and its pods follow from it.
+    let mut job_labels = labels.clone();
+    job_labels.extend(kueue_labels(run));
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(settings, run)),
             namespace: Some(namespace(settings, run).to_string()),
-            labels: Some(labels.clone()),
+            labels: Some(job_labels),
             annotations: Some(annotations.clone()),
             finalizers: Some(vec![keys::TRACKING_FINALIZER.to_string()]),
             ..Default::default()
@@ -168,6 +186,10 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 .to_string()
             }),
             backoff_limit: t.backoff_limit,
+            // Created suspended, as Kueue's job webhook would make it (and as its docs ask of a
+            // Job given to a LocalQueue): Kueue unsuspends it once the Workload is admitted. The
+            // service never changes `suspend` afterwards.
+            suspend: t.queue_name.is_some().then_some(true),
             active_deadline_seconds: t.active_deadline_seconds,
             ttl_seconds_after_finished: t.ttl_seconds_after_finished,
             template: PodTemplateSpec {
@@ -337,6 +359,28 @@ mod tests {
             "1"
         );
         assert_eq!(pod["containers"][0]["env"][0]["value"], "1");
+    }
+
+    #[test]
+    fn a_run_naming_a_kueue_queue_gets_a_suspended_job_with_kueues_labels() {
+        let queued = run(
+            Some("render"),
+            json!({"image": "x", "queueName": "team-a", "priorityClass": "high"}),
+        );
+        let value = serde_json::to_value(render(&settings(), &queued)).unwrap();
+        assert_eq!(value["spec"]["suspend"], true);
+        let labels = &value["metadata"]["labels"];
+        assert_eq!(labels["kueue.x-k8s.io/queue-name"], "team-a");
+        assert_eq!(labels["kueue.x-k8s.io/priority-class"], "high");
+        let pod_labels = &value["spec"]["template"]["metadata"]["labels"];
+        assert!(pod_labels.get("kueue.x-k8s.io/queue-name").is_none());
+
+        let plain =
+            serde_json::to_value(render(&settings(), &run(None, json!({"image": "x"})))).unwrap();
+        assert!(plain["spec"].get("suspend").is_none(), "not suspended");
+        assert!(plain["metadata"]["labels"]
+            .get("kueue.x-k8s.io/queue-name")
+            .is_none());
     }
 
     #[test]

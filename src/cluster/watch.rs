@@ -60,6 +60,11 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
+/// The backoff every watch of the service restarts with.
+pub(super) fn backoff() -> impl kube::runtime::utils::Backoff {
+    WatchBackoff::new()
+}
+
 impl Cluster {
     /// This installation's objects, each watch asking the API server to end it after
     /// `timeout_secs` (the watcher then resumes from its last resourceVersion).
@@ -103,13 +108,16 @@ impl Cluster {
 }
 
 /// Keeps of a Job what the tracker reads: its identity, labels, finalizers, deletion, its own
-/// `ttlSecondsAfterFinished` (see [`Cluster::release_job`]) and its status. The pod template,
-/// annotations and managed fields go.
+/// `ttlSecondsAfterFinished` (see [`Cluster::release_job`]), `suspend` (Kueue holds a suspended
+/// Job) and its status. The pod template, annotations and managed fields go.
 pub fn trim_job(job: &mut Job) {
     trim_meta(&mut job.metadata);
-    let ttl = job.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished);
+    let spec = job.spec.as_ref();
+    let ttl = spec.and_then(|s| s.ttl_seconds_after_finished);
+    let suspend = spec.and_then(|s| s.suspend);
     job.spec = Some(k8s_openapi::api::batch::v1::JobSpec {
         ttl_seconds_after_finished: ttl,
+        suspend,
         ..Default::default()
     });
 }
@@ -161,7 +169,7 @@ mod tests {
                 "labels": {"vfi-orchestrator.io/run-id": "r"}, "finalizers": ["f"],
                 "annotations": {"vfi-orchestrator.io/run-number": "3"},
                 "managedFields": [{"manager": "m", "operation": "Update"}]},
-            "spec": {"ttlSecondsAfterFinished": 60, "template": {"spec": {"containers": [
+            "spec": {"ttlSecondsAfterFinished": 60, "suspend": true, "template": {"spec": {"containers": [
                 {"name": "main", "image": "x", "env": [{"name": "A", "value": "1"}]}]}}},
             "status": {"active": 1, "ready": 1}
         }))
@@ -177,6 +185,11 @@ mod tests {
         assert_eq!(
             trimmed.spec.as_ref().unwrap().ttl_seconds_after_finished,
             Some(60)
+        );
+        assert_eq!(
+            trimmed.spec.as_ref().unwrap().suspend,
+            Some(true),
+            "Kueue's hold"
         );
         assert!(trimmed.spec.unwrap().template.spec.is_none());
         assert!(

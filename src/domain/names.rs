@@ -85,6 +85,21 @@ pub fn qualified_name(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The name of a Kueue object carried in a Job label (a LocalQueue, a WorkloadPriorityClass):
+/// Kueue's job webhook checks the label as a DNS-1123 subdomain (`ValidateLabelAsCRDName` in
+/// kubernetes-sigs/kueue pkg/controller/jobframework/validation.go), and as a label value it can
+/// be at most 63 characters.
+pub fn kueue_name(value: &str) -> Result<(), String> {
+    dns1123_subdomain(value)?;
+    if value.len() > 63 {
+        return Err(format!(
+            "must be no more than 63 characters, as it becomes a label value (is {})",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
 /// A label value: empty, or a valid name part.
 pub fn label_value(value: &str) -> Result<(), String> {
     if value.is_empty() || is_label_name(value) {

@@ -258,8 +258,9 @@ pub enum WaitReason {
     NamespaceLimit,
     /// The installation has `MAX_ACTIVE_RUNS` active runs.
     InstallationLimit,
-    /// Nothing holds it: the launcher takes it at its next pass.
-    Admitting,
+    /// Nothing holds it: the launcher takes it at its next pass. (Not the `admitting` status,
+    /// which is a Job Kueue holds.)
+    Ready,
 }
 
 impl WaitReason {
@@ -269,7 +270,7 @@ impl WaitReason {
             WaitReason::Priority => "Priority",
             WaitReason::NamespaceLimit => "NamespaceLimit",
             WaitReason::InstallationLimit => "InstallationLimit",
-            WaitReason::Admitting => "Admitting",
+            WaitReason::Ready => "Ready",
         }
     }
 }

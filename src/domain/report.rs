@@ -46,7 +46,7 @@ impl ReportProvider {
         use RunStatus::*;
         match (self, status) {
             (ReportProvider::Gitlab, Running) => "running",
-            (_, Queued | Creating | Pending | Running) => "pending",
+            (_, Queued | Creating | Admitting | Pending | Running) => "pending",
             (ReportProvider::Gitlab, Succeeded) => "success",
             (ReportProvider::Gitlab, Failed | Lost) => "failed",
             (ReportProvider::Gitlab, Cancelled) => "canceled",
@@ -240,7 +240,7 @@ impl ReportSpec {
 pub fn check_state(status: RunStatus) -> (&'static str, Option<&'static str>) {
     use RunStatus::*;
     match status {
-        Queued | Creating | Pending => ("queued", None),
+        Queued | Creating | Admitting | Pending => ("queued", None),
         Running => ("in_progress", None),
         Succeeded => ("completed", Some("success")),
         Failed | Lost => ("completed", Some("failure")),
@@ -368,6 +368,7 @@ pub fn check_report(
 pub fn description(status: RunStatus, reason: Option<&str>, message: Option<&str>) -> String {
     let base = match status {
         RunStatus::Queued | RunStatus::Creating => "Queued",
+        RunStatus::Admitting => "Waiting for Kueue admission",
         RunStatus::Pending => "Waiting to start",
         RunStatus::Running => "Running",
         RunStatus::Succeeded => "Succeeded",

@@ -37,6 +37,12 @@ pub struct RunOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i32>,
+    /// A Kueue LocalQueue for this run, replacing the task's `queueName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_name: Option<String>,
+    /// A Kueue WorkloadPriorityClass for this run, replacing the task's `priorityClass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class: Option<String>,
 }
 
 impl RunOverrides {
@@ -47,6 +53,12 @@ impl RunOverrides {
         }
         validate_labels(&self.labels, "labels", &mut errors);
         super::queue::collect_priority_errors(self.priority, "priority", &mut errors);
+        if let Some(queue) = &self.queue_name {
+            errors.check("queueName", names::kueue_name(queue));
+        }
+        if let Some(class) = &self.priority_class {
+            errors.check("priorityClass", names::kueue_name(class));
+        }
         errors.finish()
     }
 }

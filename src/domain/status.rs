@@ -1,5 +1,6 @@
 //! The run status state machine. Every allowed transition is listed in [`RunStatus::can_become`];
-//! the store refuses any other, so no code path can move a run backwards or out of a final state.
+//! the store refuses any other, so no code path can move a run out of a final state, and the only
+//! way back from `pending` or `running` is to `admitting`: Kueue suspending the Job again.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -15,6 +16,10 @@ pub enum RunStatus {
     Queued,
     /// The launcher has claimed it and is creating its Job.
     Creating,
+    /// The Job exists but Kueue holds it suspended until its Workload is admitted (the run names
+    /// a `queueName`); also after Kueue evicts a running Job. Never timed out, never `lost` while
+    /// its Job exists.
+    Admitting,
     /// The Job exists; no pod of it runs yet.
     Pending,
     /// At least one pod of the Job is running.
@@ -30,9 +35,10 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 8] = [
+    pub const ALL: [RunStatus; 9] = [
         RunStatus::Queued,
         RunStatus::Creating,
+        RunStatus::Admitting,
         RunStatus::Pending,
         RunStatus::Running,
         RunStatus::Succeeded,
@@ -45,6 +51,7 @@ impl RunStatus {
         match self {
             RunStatus::Queued => "queued",
             RunStatus::Creating => "creating",
+            RunStatus::Admitting => "admitting",
             RunStatus::Pending => "pending",
             RunStatus::Running => "running",
             RunStatus::Succeeded => "succeeded",
@@ -70,9 +77,11 @@ impl RunStatus {
     /// The one table of allowed transitions.
     ///
     /// Tracking may skip observations (a watch can miss `running` entirely), so a live status may
-    /// jump forward to any later live or final status; nothing ever moves back, and a final
-    /// status is final. `queued` cannot become `pending`/`running` without passing `creating`,
-    /// because only the launcher creates Jobs.
+    /// jump forward to any later live or final status, and a final status is final. `queued`
+    /// cannot become `admitting`/`pending`/`running` without passing `creating`, because only the
+    /// launcher creates Jobs. The one move back: `pending` or `running` to `admitting`, when
+    /// Kueue suspends the Job again (eviction, preemption); the Job controller then removes its
+    /// pods without counting them as failed, and the run waits for admission once more.
     pub fn can_become(self, next: RunStatus) -> bool {
         use RunStatus::*;
         matches!(
@@ -80,10 +89,17 @@ impl RunStatus {
             (Queued, Creating | Failed | Cancelled)
                 | (
                     Creating,
-                    Queued | Pending | Running | Succeeded | Failed | Cancelled | Lost
+                    Queued | Admitting | Pending | Running | Succeeded | Failed | Cancelled | Lost
                 )
-                | (Pending, Running | Succeeded | Failed | Cancelled | Lost)
-                | (Running, Succeeded | Failed | Cancelled | Lost)
+                | (
+                    Admitting,
+                    Pending | Running | Succeeded | Failed | Cancelled | Lost
+                )
+                | (
+                    Pending,
+                    Admitting | Running | Succeeded | Failed | Cancelled | Lost
+                )
+                | (Running, Admitting | Succeeded | Failed | Cancelled | Lost)
         )
     }
 
@@ -132,14 +148,23 @@ mod tests {
 
     #[test]
     fn the_transition_table_is_exactly_this() {
-        let expected: [(RunStatus, &[RunStatus]); 8] = [
+        let expected: [(RunStatus, &[RunStatus]); 9] = [
             (Queued, &[Creating, Failed, Cancelled]),
             (
                 Creating,
-                &[Queued, Pending, Running, Succeeded, Failed, Cancelled, Lost],
+                &[
+                    Queued, Admitting, Pending, Running, Succeeded, Failed, Cancelled, Lost,
+                ],
             ),
-            (Pending, &[Running, Succeeded, Failed, Cancelled, Lost]),
-            (Running, &[Succeeded, Failed, Cancelled, Lost]),
+            (
+                Admitting,
+                &[Pending, Running, Succeeded, Failed, Cancelled, Lost],
+            ),
+            (
+                Pending,
+                &[Admitting, Running, Succeeded, Failed, Cancelled, Lost],
+            ),
+            (Running, &[Admitting, Succeeded, Failed, Cancelled, Lost]),
             (Succeeded, &[]),
             (Failed, &[]),
             (Cancelled, &[]),
@@ -172,8 +197,9 @@ mod tests {
                 );
             }
         }
-        assert_eq!(Pending.predecessors(), [Creating]);
+        assert_eq!(Pending.predecessors(), [Creating, Admitting]);
         assert_eq!(Queued.predecessors(), [Creating]);
+        assert_eq!(Admitting.predecessors(), [Creating, Pending, Running]);
     }
 
     #[test]
@@ -185,6 +211,7 @@ mod tests {
 
     #[test]
     fn only_the_launcher_path_leaves_queued_for_the_cluster() {
+        assert!(!Queued.can_become(Admitting));
         assert!(!Queued.can_become(Pending));
         assert!(!Queued.can_become(Running));
         assert!(!Queued.can_become(Succeeded));

@@ -34,8 +34,9 @@ pub struct ChangeEvent {
     pub id: i64,
     pub at: DateTime<Utc>,
     /// `run.created`, `run.status`, `run.finished` (a status change to a final status),
-    /// `run.waiting` (why a pending run cannot start), `run.queue` (a queued run must wait on
-    /// its concurrency key: `reason` and `message` say for what), `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
+    /// `run.waiting` (why a pending run cannot start, or Kueue's message for an `admitting` run),
+    /// `run.queue` (a queued run must wait on its concurrency key: `reason` and `message` say for
+    /// what), `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -90,7 +90,7 @@ pub(super) fn split() -> (Router<AppState>, Document) {
 const DNS1123_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 const DNS1123_SUBDOMAIN: &str =
     "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
-const STATUS: &str = "(queued|creating|pending|running|succeeded|failed|cancelled|lost)";
+const STATUS: &str = "(queued|creating|admitting|pending|running|succeeded|failed|cancelled|lost)";
 
 /// States in the document what the server enforces for every operation alike, which the
 /// handlers' annotations do not repeat one by one: the refusals any operation may answer (400

@@ -168,7 +168,14 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
             metrics::counter!("vfi_jobs_created_total", "adopted" => adopted.to_string())
                 .increment(1);
             tracing::info!(job = %job_ref.name, adopted, "job created");
-            runs::mark_created(&runtime.db, run.id, &JobRef { uid, ..job_ref }).await?;
+            // A Job given to a Kueue queue was created suspended: Kueue holds it until its
+            // Workload is admitted.
+            let status = if run.template.queue_name.is_some() {
+                RunStatus::Admitting
+            } else {
+                RunStatus::Pending
+            };
+            runs::mark_created_as(&runtime.db, run.id, &JobRef { uid, ..job_ref }, status).await?;
             telemetry::run_launched(run.task.as_deref(), run.created_at);
         }
         Err(CreateError::Transient(message)) => {

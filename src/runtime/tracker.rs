@@ -15,10 +15,17 @@
 //! run is pending, why it cannot start (a pod's waiting reason or unschedulable condition, the
 //! Job controller's `FailedCreate` Events) is recorded on it. Pods are handed to the log archiver
 //! as their events come.
+//!
+//! Kueue: once a Job of the namespace is in a LocalQueue, the namespace's Workloads are watched
+//! too, and each one's hold (Kueue's reason and message) is kept by the name of the Job that
+//! owns it; a change queues that Job. While Kueue holds a Job suspended its run is `admitting`
+//! with that message, and a pod seen running does not move it on (a pod of an evicted Job may
+//! report `Running` while it is being removed): only the Job unsuspended does.
 
 use super::requeue::Requeue;
 use super::Runtime;
-use crate::cluster::watch::{self, Event, WatchError};
+use crate::cluster::kueue::{self, Hold, Workload};
+use crate::cluster::watch::{self, Event, Watch, WatchError};
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, PodRecord, RunStatus};
 use crate::store::{self, runs::Observation};
@@ -124,6 +131,8 @@ struct TrackedPod {
     record: PodRecord,
     /// Why it cannot start, if it cannot.
     waiting: Option<(String, String)>,
+    /// Being deleted (it has a deletionTimestamp).
+    terminating: bool,
     written: bool,
 }
 
@@ -144,12 +153,19 @@ struct Tracker {
     pods_listed: Option<HashSet<String>>,
     /// Jobs listed by the Job watch's re-list under way.
     jobs_listed: Option<HashSet<String>>,
+    /// Kueue's hold on each Job that has a Workload, by Job name.
+    holds: HashMap<String, Hold>,
+    /// A Job in a Kueue queue was seen: the Workloads are to be watched.
+    wants_workloads: bool,
+    /// Jobs whose Workload the Workload watch's re-list under way showed.
+    holds_listed: Option<HashSet<String>>,
 }
 
 /// One step of the loop, chosen by `select!` and carried out after it.
 enum Step {
     Job(Box<Result<Event<Job>, WatchError>>),
     Pod(Box<Result<Event<Pod>, WatchError>>),
+    Workload(Box<Result<Event<Workload>, WatchError>>),
     Reconcile(Key),
     ListAll,
 }
@@ -169,8 +185,27 @@ pub async fn track(runtime: Runtime, namespace: String, shutdown: CancellationTo
         queue: WorkQueue::new(),
         pods_listed: None,
         jobs_listed: None,
+        holds: HashMap::new(),
+        wants_workloads: false,
+        holds_listed: None,
     };
+    // Started once a Job in a Kueue queue is seen, then kept.
+    let mut workloads: Option<Watch<Workload>> = None;
     loop {
+        if workloads.is_none() && tracker.wants_workloads {
+            workloads = Some(
+                tracker
+                    .runtime
+                    .cluster
+                    .watch_workloads(&tracker.namespace, timeout),
+            );
+        }
+        let next_workload = async {
+            match workloads.as_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let step = tokio::select! {
             _ = shutdown.cancelled() => return,
             event = jobs.next() => match event {
@@ -181,12 +216,17 @@ pub async fn track(runtime: Runtime, namespace: String, shutdown: CancellationTo
                 Some(event) => Step::Pod(Box::new(event)),
                 None => return,
             },
+            event = next_workload => match event {
+                Some(event) => Step::Workload(Box::new(event)),
+                None => return,
+            },
             key = tracker.queue.next() => Step::Reconcile(key),
             _ = list_all.tick() => Step::ListAll,
         };
         match step {
             Step::Job(event) => tracker.job_event(*event),
             Step::Pod(event) => tracker.pod_event(*event, &shutdown),
+            Step::Workload(event) => tracker.workload_event(*event),
             Step::Reconcile(key) => tracker.process(key).await,
             Step::ListAll => tracker.list_all().await,
         }
@@ -255,6 +295,9 @@ impl Tracker {
     }
 
     fn job_seen(&mut self, name: String, job: Job) {
+        if kueue::queue_name(&job).is_some() {
+            self.wants_workloads = true;
+        }
         let tracked = self.cache.entry(name.clone()).or_default();
         let version = |job: &Option<Job>| {
             job.as_ref()
@@ -268,6 +311,61 @@ impl Tracker {
         if !unchanged {
             tracked.job_changed = true;
             self.queue.add(Key::Job(name));
+        }
+    }
+
+    fn workload_event(&mut self, event: Result<Event<Workload>, WatchError>) {
+        let namespace = &self.namespace;
+        match event {
+            Err(error) => {
+                metrics::counter!("vfi_watch_errors_total", "kind" => "workload").increment(1);
+                tracing::warn!(%namespace, error = %crate::error::chain(&error), "Kueue Workload watch failed (is Kueue installed?); it restarts with backoff");
+            }
+            Ok(Event::Init) => {
+                metrics::counter!("vfi_watch_relists_total", "kind" => "workload").increment(1);
+                self.holds_listed = Some(HashSet::new());
+            }
+            Ok(Event::InitApply(workload) | Event::Apply(workload)) => {
+                if let Some((job, hold)) = workload.hold() {
+                    if let Some(listed) = self.holds_listed.as_mut() {
+                        listed.insert(job.clone());
+                    }
+                    if self.holds.get(&job) != Some(&hold) {
+                        self.holds.insert(job.clone(), hold);
+                        self.hold_changed(job);
+                    }
+                }
+            }
+            Ok(Event::InitDone) => {
+                let listed = self.holds_listed.take().unwrap_or_default();
+                let gone: Vec<String> = (self.holds.keys())
+                    .filter(|job| !listed.contains(*job))
+                    .cloned()
+                    .collect();
+                for job in gone {
+                    self.holds.remove(&job);
+                    self.hold_changed(job);
+                }
+            }
+            Ok(Event::Delete(workload)) => {
+                if let Some((job, hold)) = workload.hold() {
+                    // Only this Workload's entry: a re-created Job's may already be there.
+                    if self.holds.get(&job).map(|h| &h.job_uid) == Some(&hold.job_uid) {
+                        self.holds.remove(&job);
+                        self.hold_changed(job);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A Job's Workload changed: its run is looked at again, if the Job is tracked.
+    fn hold_changed(&mut self, job: String) {
+        if let Some(tracked) = self.cache.get_mut(&job) {
+            if tracked.job.is_some() {
+                tracked.job_changed = true;
+                self.queue.add(Key::Job(job));
+            }
         }
     }
 
@@ -325,6 +423,7 @@ impl Tracker {
                     run_id,
                     record,
                     waiting,
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
                     written: false,
                 },
             );
@@ -359,9 +458,12 @@ impl Tracker {
     #[tracing::instrument(skip(self), fields(namespace = %self.namespace))]
     async fn reconcile(&mut self, name: &str) -> crate::error::Result<Action> {
         let runtime = &self.runtime;
+        let hold = self.holds.get(name);
         let Some(tracked) = self.cache.get_mut(name) else {
             return Ok(Action::Forget);
         };
+        // While Kueue holds the Job, only the Job unsuspended moves its run on.
+        let held = tracked.job.as_ref().is_some_and(kueue::held);
         let unwritten: Vec<String> = tracked
             .pods
             .iter()
@@ -370,7 +472,7 @@ impl Tracker {
             .collect();
         for pod_name in unwritten {
             let pod = &tracked.pods[&pod_name];
-            pod_changed(runtime, pod).await?;
+            pod_changed(runtime, pod, held).await?;
             if pod.settled() {
                 tracked.pods.remove(&pod_name);
             } else if let Some(pod) = tracked.pods.get_mut(&pod_name) {
@@ -379,11 +481,11 @@ impl Tracker {
         }
         if tracked.job_changed || tracked.check.is_some() {
             if let Some(job) = &tracked.job {
-                job_changed(runtime, job).await?;
+                job_changed(runtime, job, hold).await?;
             } else if let Some(job) = &tracked.deleted {
                 job_gone(runtime, job).await?;
             } else if let Some(run_id) = tracked.check {
-                check_missing(runtime, &self.namespace, name, run_id).await?;
+                check_missing(runtime, &self.namespace, name, run_id, hold).await?;
             }
             tracked.job_changed = false;
             tracked.check = None;
@@ -455,13 +557,18 @@ fn job_ref(job: &Job) -> JobRef {
     }
 }
 
-/// Records what a Job says, then acts on runs that are final: deletes the Job of a cancelled
-/// run, and releases the tracking finalizer once the outcome is stored.
-async fn job_changed(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
+/// Records what a Job says (with Kueue's `hold` on it, if its Workload was seen), then acts on
+/// runs that are final: deletes the Job of a cancelled run, and releases the tracking finalizer
+/// once the outcome is stored.
+async fn job_changed(
+    runtime: &Runtime,
+    job: &Job,
+    hold: Option<&Hold>,
+) -> crate::error::Result<()> {
     let Some(run_id) = observe::run_id(job.metadata.labels.as_ref()) else {
         return Ok(());
     };
-    let seen = observe::observe_job(job);
+    let seen = observe::observe_job_in_queue(job, hold);
     record(runtime, run_id, job, &seen).await
 }
 
@@ -552,7 +659,8 @@ async fn record(
     // the Job came (e.g. LaunchTimeout while the create hung, and the API server carried the
     // create out later). The Job must not run on unrecorded: delete it.
     let leftover = observed.current == RunStatus::Cancelled
-        || (observed.current == RunStatus::Failed && seen.status == RunStatus::Pending)
+        || (observed.current == RunStatus::Failed
+            && matches!(seen.status, RunStatus::Pending | RunStatus::Admitting))
         || (!seen.status.is_final() && !observed.job_recorded);
     if leftover && !seen.deleting {
         runtime
@@ -582,6 +690,7 @@ async fn check_missing(
     namespace: &str,
     name: &str,
     run_id: Uuid,
+    hold: Option<&Hold>,
 ) -> crate::error::Result<()> {
     let job = runtime
         .cluster
@@ -591,7 +700,7 @@ async fn check_missing(
             anyhow::Error::from(error).context("looking up an unfinished run's Job")
         })?;
     if let Some(job) = job {
-        return job_changed(runtime, &job).await;
+        return job_changed(runtime, &job, hold).await;
     }
     let Some(run) = store::runs::get(&runtime.db, run_id).await? else {
         return Ok(());
@@ -624,9 +733,10 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
                     run_id,
                     record: observe::pod_record(pod, false),
                     waiting: observe::pod_waiting(pod),
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
                     written: false,
                 };
-                pod_changed(runtime, &tracked).await?;
+                pod_changed(runtime, &tracked, false).await?;
             }
         }
         Err(error) => {
@@ -636,15 +746,24 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
     Ok(())
 }
 
-/// Writes a pod's record, why it waits, and the run's start when it runs.
-async fn pod_changed(runtime: &Runtime, pod: &TrackedPod) -> crate::error::Result<()> {
+/// Writes a pod's record, why it waits, and the run's start when it runs (not while Kueue
+/// `held` its Job: a pod of an evicted Job can still report `Running`).
+async fn pod_changed(runtime: &Runtime, pod: &TrackedPod, held: bool) -> crate::error::Result<()> {
+    if held && (pod.terminating || pod.record.deleted) {
+        // Removed because Kueue suspended the Job: the Job controller does not count it as
+        // failed, and neither does its record.
+        let mut record = pod.record.clone();
+        kueue::removed_by_suspension(&mut record);
+        store::pods::upsert(&runtime.db, pod.run_id, &record).await?;
+        return Ok(());
+    }
     store::pods::upsert(&runtime.db, pod.run_id, &pod.record).await?;
     if let Some((reason, message)) = &pod.waiting {
         let waiting = store::runs::Waiting { reason, message };
         store::runs::note_waiting(&runtime.db, pod.run_id, &waiting).await?;
     }
     // A running pod is the earliest sign a run is running; the Job's status follows later.
-    if pod.record.phase == "Running" && !pod.record.deleted {
+    if pod.record.phase == "Running" && !pod.record.deleted && !held {
         store::runs::advance(&runtime.db, pod.run_id, RunStatus::Running).await?;
     }
     Ok(())

@@ -24,7 +24,7 @@ const KEY_LOCK_SPACE: i32 = 0x7166; // "qf"
 
 /// SQL: the run `r` holds a slot of its key and of the installation (its Job has not finished,
 /// or is a cancelled run's Job the canceller has not deleted yet).
-pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'pending', 'running')
+pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'admitting', 'pending', 'running')
     OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested))";
 
 /// SQL: the run `r`'s priority with aging (`$aging` seconds a level; 0: none).
@@ -62,7 +62,7 @@ pub async fn key_counts(db: impl PgExecutor<'_>, key: &str) -> Result<KeyCounts,
     let (active, waiting): (i64, i64) = sqlx::query_as(&format!(
         "SELECT count(*) FILTER (WHERE {HOLDS_SLOT}), count(*) FILTER (WHERE r.status = 'queued')
          FROM runs r WHERE r.queue_key = $1
-           AND (r.status IN ('queued', 'creating', 'pending', 'running')
+           AND (r.status IN ('queued', 'creating', 'admitting', 'pending', 'running')
                 OR (r.status = 'cancelled' AND r.job_name IS NOT NULL
                     AND NOT r.job_delete_requested))"
     ))
@@ -209,7 +209,7 @@ pub async fn state(
     }
     let aging = admission.aging_secs as f64;
     let mut position = 1;
-    let mut reason = WaitReason::Admitting;
+    let mut reason = WaitReason::Ready;
     let mut blocked_by = Vec::new();
     if let Some(key) = &run.queue_key {
         let (eff_o, eff_r) = (effective("o", "$3"), effective("r", "$3"));
@@ -241,7 +241,7 @@ pub async fn state(
             blocked_by = ahead.into_iter().take(BLOCKED_BY as usize).collect();
         }
     }
-    if reason == WaitReason::Admitting && admission.limited() {
+    if reason == WaitReason::Ready && admission.limited() {
         let (total, per_namespace) =
             active_by_namespace(&mut *conn, &admission.default_namespace).await?;
         let namespace = run
@@ -266,7 +266,7 @@ pub async fn state(
     }))
 }
 
-/// Waiting runs per key and reason: those the key's free slots will take are `Admitting`, the
+/// Waiting runs per key and reason: those the key's free slots will take are `Ready`, the
 /// rest `ConcurrencyLimit`; for the metrics.
 pub async fn waiting_by_key(
     db: impl PgExecutor<'_>,
@@ -284,7 +284,7 @@ pub async fn waiting_by_key(
     let mut out = Vec::new();
     for (key, waiting, active, limit) in rows {
         let admitting = waiting.min((i64::from(limit) - active).max(0));
-        out.push((key.clone(), WaitReason::Admitting.as_str(), admitting));
+        out.push((key.clone(), WaitReason::Ready.as_str(), admitting));
         out.push((
             key,
             WaitReason::ConcurrencyLimit.as_str(),

@@ -164,7 +164,7 @@ pub async fn record_skip(
 pub async fn active_runs(db: impl PgExecutor<'_>, task: &str) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM runs
-         WHERE task_name = $1 AND status IN ('queued', 'creating', 'pending', 'running')
+         WHERE task_name = $1 AND status IN ('queued', 'creating', 'admitting', 'pending', 'running')
          ORDER BY id",
     )
     .bind(task)

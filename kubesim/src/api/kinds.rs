@@ -312,8 +312,12 @@ impl ApiKind for Event {
         Ok(())
     }
 
-    fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
-        DeletePlan::IMMEDIATE
+    fn delete_plan(_obj: &Self, opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: 0,
+            finalizers: gc_finalizers(opts, "Background"),
+            warning: None,
+        }
     }
 }
 
@@ -345,8 +349,14 @@ impl ApiKind for crate::kueue::Workload {
         Ok(())
     }
 
-    fn delete_plan(_obj: &Self, _opts: &DeleteOpts) -> DeletePlan {
-        DeletePlan::IMMEDIATE
+    /// A custom resource's default propagation is Background; Foreground and Orphan are
+    /// honoured by the garbage collector as for any kind.
+    fn delete_plan(_obj: &Self, opts: &DeleteOpts) -> DeletePlan {
+        DeletePlan {
+            grace: 0,
+            finalizers: gc_finalizers(opts, "Background"),
+            warning: None,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `kueue.x-k8s.io/v1beta1` API when the Kueue switch is on (the Workload CRD: get, list,
-//! watch, patch, delete; status written by the simulated Kueue), its discovery documents, and
+//! The `kueue.x-k8s.io/v1beta1` API when the Kueue switch is on (the Workload CRD: create, get,
+//! list, watch, patch, delete, as for any custom resource; status written by the simulated
+//! Kueue), its discovery documents, and
 //! kubesim's admission endpoints, served outside the Kubernetes API paths like the fault admin:
 //!
 //! - `POST /kubesim/kueue/admit/{ns}/{workload}`: admit the Workload, as Kueue's scheduler does
@@ -54,7 +55,7 @@ async fn v1beta1() -> Response {
             "groupVersion": kueue::API_VERSION,
             "resources": [
                 {"name": "workloads", "singularName": "workload", "namespaced": true, "kind": "Workload",
-                 "verbs": ["delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
                  "shortNames": ["wl"], "categories": ["kueue"]},
                 {"name": "workloads/status", "singularName": "", "namespaced": true, "kind": "Workload", "verbs": ["get", "patch"]}
             ]
@@ -73,7 +74,9 @@ pub fn api_routes(router: Router<AppState>) -> Router<AppState> {
         )
         .route(
             "/apis/kueue.x-k8s.io/v1beta1/namespaces/{ns}/workloads",
-            get(list::list_ns::<Workload>).delete(delete::delete_collection::<Workload>),
+            get(list::list_ns::<Workload>)
+                .post(r::create::<Workload>)
+                .delete(delete::delete_collection::<Workload>),
         )
         .route(
             "/apis/kueue.x-k8s.io/v1beta1/namespaces/{ns}/workloads/{name}",

@@ -78,13 +78,17 @@ impl Loop {
                 j.metadata.name.clone().unwrap_or_default(),
             );
             self.dirty_jobs.insert(key);
-            self.gc.job_changed(j);
+            self.gc.object_changed(&self.store, j.as_ref());
         }
         let (pods, _) = self.store.list::<Pod>(None);
         for p in &pods {
             self.kubelet.reconcile(p, &mut self.timers);
-            self.gc.pod_seen(&self.store, p);
+            self.gc.object_changed(&self.store, p.as_ref());
             job::release_orphan(&self.store, p);
+        }
+        let (workloads, _) = self.store.list::<crate::kueue::Workload>(None);
+        for w in &workloads {
+            self.gc.object_changed(&self.store, w.as_ref());
         }
     }
 
@@ -104,14 +108,9 @@ impl Loop {
                         j.metadata.name.clone().unwrap_or_default(),
                     );
                     match ev.kind {
-                        EventType::Deleted => {
-                            self.gc.job_deleted(&self.store, j);
-                            if self.behaviour.kueue.is_some() {
-                                crate::kueue::job_deleted(&self.store, j);
-                            }
-                        }
+                        EventType::Deleted => self.gc.object_deleted(j.as_ref()),
                         _ => {
-                            self.gc.job_changed(j);
+                            self.gc.object_changed(&self.store, j.as_ref());
                             self.dirty_jobs.insert(key);
                         }
                     }
@@ -130,11 +129,11 @@ impl Loop {
                     match ev.kind {
                         EventType::Deleted => {
                             self.kubelet.forget(p, &mut self.timers);
-                            self.gc.pod_deleted(p);
+                            self.gc.object_deleted(p.as_ref());
                         }
                         _ => {
                             self.kubelet.reconcile(p, &mut self.timers);
-                            self.gc.pod_seen(&self.store, p);
+                            self.gc.object_changed(&self.store, p.as_ref());
                             job::release_orphan(&self.store, p);
                         }
                     }
@@ -147,7 +146,7 @@ impl Loop {
             }
         }
         // Kueue's job reconciler watches its Workloads: a change (admission, eviction) is a
-        // change of the owning Job.
+        // change of the owning Job. The garbage collector follows them as any kind.
         match self
             .store
             .events_since::<crate::kueue::Workload>(self.workload_cursor)
@@ -155,6 +154,10 @@ impl Loop {
             Ok((evs, _)) => {
                 for ev in evs {
                     self.workload_cursor = ev.rv;
+                    match ev.kind {
+                        EventType::Deleted => self.gc.object_deleted(ev.obj.as_ref()),
+                        _ => self.gc.object_changed(&self.store, ev.obj.as_ref()),
+                    }
                     if let Some(o) = controller_ref(&ev.obj.metadata) {
                         if o.kind == "Job" {
                             let ns = ev.obj.metadata.namespace.clone().unwrap_or_default();

@@ -31,6 +31,11 @@ pub const JOB_CONTROLLER_LABELS: [&str; 4] = [
     "batch.kubernetes.io/controller-uid",
 ];
 
+/// The label that puts a Job in a Kueue LocalQueue; set from `queueName`, never by hand.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+/// The label naming a Job's Kueue WorkloadPriorityClass; set from `priorityClass`.
+pub const KUEUE_PRIORITY_CLASS_LABEL: &str = "kueue.x-k8s.io/priority-class";
+
 /// What one run executes: a container and the Job settings around it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -81,6 +86,15 @@ pub struct RunTemplate {
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// A Kueue LocalQueue in the run's namespace: the Job gets the `kueue.x-k8s.io/queue-name`
+    /// label and is created suspended; Kueue starts it once its Workload is admitted (the run
+    /// is `admitting` until then). A DNS-1123 subdomain of at most 63 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_name: Option<String>,
+    /// A Kueue WorkloadPriorityClass for the run's Workload (the `kueue.x-k8s.io/priority-class`
+    /// label); needs `queueName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -153,6 +167,8 @@ impl RunTemplate {
             service_account_name: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            queue_name: None,
+            priority_class: None,
         }
     }
 
@@ -167,8 +183,15 @@ impl RunTemplate {
     }
 
     /// Applies per-run overrides: env vars replace those of the same name or are appended;
-    /// labels are merged over the template's.
+    /// labels are merged over the template's; a Kueue queue or priority class given replaces
+    /// the template's.
     pub fn with_overrides(mut self, overrides: &crate::domain::RunOverrides) -> Self {
+        if let Some(queue) = &overrides.queue_name {
+            self.queue_name = Some(queue.clone());
+        }
+        if let Some(class) = &overrides.priority_class {
+            self.priority_class = Some(class.clone());
+        }
         for var in &overrides.env {
             match self.env.iter_mut().find(|e| e.name == var.name) {
                 Some(existing) => existing.value = var.value.clone(),
@@ -220,7 +243,7 @@ pub(crate) mod tests {
                 },
             ],
             labels: [("y".to_string(), "2".to_string())].into(),
-            priority: None,
+            ..Default::default()
         };
         let t = t.with_overrides(&overrides);
         assert_eq!(

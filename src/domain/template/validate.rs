@@ -3,7 +3,8 @@
 
 use super::quantity::{is_extended, parse_quantity};
 use super::{
-    CompletionMode, Resources, RunTemplate, Toleration, JOB_CONTROLLER_LABELS, RESERVED_PREFIX,
+    CompletionMode, Resources, RunTemplate, Toleration, JOB_CONTROLLER_LABELS,
+    KUEUE_PRIORITY_CLASS_LABEL, KUEUE_QUEUE_LABEL, RESERVED_PREFIX,
 };
 use crate::domain::names;
 use crate::domain::validation::{Errors, Invalid};
@@ -151,6 +152,19 @@ impl RunTemplate {
         for (i, toleration) in self.tolerations.iter().enumerate() {
             validate_toleration(toleration, &format!("{at}.tolerations[{i}]"), errors);
         }
+        if let Some(queue) = &self.queue_name {
+            errors.check(field("queueName"), names::kueue_name(queue));
+        }
+        if let Some(class) = &self.priority_class {
+            errors.check(field("priorityClass"), names::kueue_name(class));
+            if self.queue_name.is_none() {
+                // Without a queue Kueue does not manage the Job, so the class would do nothing.
+                errors.add(
+                    field("priorityClass"),
+                    "needs queueName: only a Job in a Kueue LocalQueue has a Workload to prioritize",
+                );
+            }
+        }
     }
 }
 
@@ -179,6 +193,13 @@ pub(crate) fn validate_labels(labels: &BTreeMap<String, String>, at: &str, error
             errors.add(
                 path,
                 "is set by the Kubernetes Job controller; the API server refuses it in a Job's pod template",
+            );
+        } else if key == KUEUE_QUEUE_LABEL {
+            errors.add(path, "is set from queueName; give queueName instead");
+        } else if key == KUEUE_PRIORITY_CLASS_LABEL {
+            errors.add(
+                path,
+                "is set from priorityClass; give priorityClass instead",
             );
         }
     }

@@ -22,8 +22,9 @@ pub enum Reading {
     Start {
         delivery: String,
         event: GitEvent,
-        /// The event's facts, as the run's environment variables.
-        overrides: RunOverrides,
+        /// The event's facts, as the run's environment variables (boxed: the largest variant
+        /// by far since overrides may name a Kueue queue).
+        overrides: Box<RunOverrides>,
     },
 }
 
@@ -81,11 +82,10 @@ pub fn read<'h>(
     if let Err(reason) = filter.check(&event) {
         return Ok(Ok(Reading::Ignored { delivery, reason }));
     }
-    let overrides = RunOverrides {
+    let overrides = Box::new(RunOverrides {
         env: event.env(trigger.provider, &delivery),
-        labels: Default::default(),
-        priority: None,
-    };
+        ..Default::default()
+    });
     Ok(Ok(Reading::Start {
         delivery,
         event,

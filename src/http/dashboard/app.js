@@ -10,7 +10,7 @@ const CALCULATEPI = {
   command: ["perl", "-Mbignum=bpi", "-wle", "print bpi(2000)"],
 };
 const FINAL = ["succeeded", "failed", "cancelled", "lost"];
-const STATUSES = ["queued", "creating", "pending", "running", ...FINAL];
+const STATUSES = ["queued", "creating", "admitting", "pending", "running", ...FINAL];
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const view = $("#view");
@@ -145,7 +145,7 @@ function runRow(run) {
   return `<tr data-run-id="${esc(run.id)}" data-status="${esc(run.status)}">
     <td><a href="#/runs/${esc(run.id)}">${runName(run)}</a></td>
     <td>${run.task ? `<a href="#/tasks/${esc(run.task)}">${esc(run.task)}</a>` : '<span class="muted">ad hoc</span>'}</td>
-    <td class="status">${badge(run.status)}</td>
+    <td class="status" title="${esc(run.statusMessage || "")}">${badge(run.status)}</td>
     <td>${esc(run.trigger)}</td>
     <td>${esc(when(run.startedAt || run.createdAt))}</td>
     <td class="num" data-duration>${esc(duration(run))}</td>

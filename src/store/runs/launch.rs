@@ -118,9 +118,20 @@ pub async fn mark_created(
     id: Uuid,
     job: &JobRef,
 ) -> Result<Option<Run>, sqlx::Error> {
+    mark_created_as(db, id, job, RunStatus::Pending).await
+}
+
+/// [`mark_created`] into `status`: `admitting` for a Job created suspended for Kueue, else
+/// `pending`.
+pub async fn mark_created_as(
+    db: &sqlx::PgPool,
+    id: Uuid,
+    job: &JobRef,
+    status: RunStatus,
+) -> Result<Option<Run>, sqlx::Error> {
     let change = Change {
         also: Also::Created(job),
-        ..Change::to(RunStatus::Pending, &[RunStatus::Creating])
+        ..Change::to(status, &[RunStatus::Creating])
     };
     if let Some(moved) = status::write(db, Which::Run(id), change).await?.pop() {
         return Ok(Some(moved.run));
@@ -130,7 +141,7 @@ pub async fn mark_created(
         "UPDATE runs SET job_namespace = coalesce(job_namespace, $2),
             job_name = coalesce(job_name, $3), job_uid = coalesce(job_uid, $4),
             launch_error = NULL, launch_not_before = NULL, updated_at = now()
-         WHERE id = $1 AND status IN ('pending', 'running') RETURNING {COLUMNS}"
+         WHERE id = $1 AND status IN ('admitting', 'pending', 'running') RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(&job.namespace)

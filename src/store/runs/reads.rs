@@ -96,7 +96,7 @@ pub async fn live_with_jobs(
 ) -> Result<Vec<Run>, sqlx::Error> {
     let rows: Vec<RunRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM runs
-         WHERE status IN ('pending', 'running') AND job_namespace = $1"
+         WHERE status IN ('admitting', 'pending', 'running') AND job_namespace = $1"
     ))
     .bind(namespace)
     .fetch_all(db)

@@ -171,6 +171,7 @@ async fn after_insert(
             QueuePolicy::CancelInProgress => &[
                 RunStatus::Queued,
                 RunStatus::Creating,
+                RunStatus::Admitting,
                 RunStatus::Pending,
                 RunStatus::Running,
             ],
@@ -363,7 +364,7 @@ async fn queued_count(db: impl PgExecutor<'_>, task: &str) -> Result<i64, sqlx::
 async fn active_count_of_token(db: impl PgExecutor<'_>, token: Uuid) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM runs WHERE token_id = $1
-            AND status IN ('queued', 'creating', 'pending', 'running')",
+            AND status IN ('queued', 'creating', 'admitting', 'pending', 'running')",
     )
     .bind(token)
     .fetch_one(db)

@@ -57,9 +57,9 @@ pub async fn observe(
         return Ok(None);
     };
     let stepped = step_through_pending(&mut tx, id, seen.status).await?;
-    // Entering pending keeps a reason noted while creating.
-    let text = |value| match seen.status {
-        RunStatus::Pending => Text::Prefer(value),
+    // Entering pending keeps a reason noted while creating (not Kueue's, once it admitted).
+    let text = |value| match (locked, seen.status) {
+        (RunStatus::Creating, RunStatus::Pending) => Text::Prefer(value),
         _ => Text::Set(value),
     };
     let from = seen.status.predecessors();
@@ -76,6 +76,20 @@ pub async fn observe(
         },
     };
     let moved = status::write(&mut *tx, Which::Run(id), change).await?;
+    if moved.is_empty() && seen.status == RunStatus::Admitting {
+        // Still held by Kueue: the Workload's message may have changed (recorded as a
+        // `waiting` entry of the history when it did).
+        sqlx::query(
+            "UPDATE runs SET status_reason = $2, status_message = $3, updated_at = now()
+             WHERE id = $1 AND status = 'admitting'
+               AND (status_reason IS DISTINCT FROM $2 OR status_message IS DISTINCT FROM $3)",
+        )
+        .bind(id)
+        .bind(seen.reason)
+        .bind(seen.message)
+        .execute(&mut *tx)
+        .await?;
+    }
     if moved.is_empty() {
         // No status change: counts and Job follow the cluster (no write unless something
         // changes; a re-list repeats what is stored); a final run is never touched.
@@ -124,7 +138,8 @@ async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<(RunStatus, bo
 
 /// A run seen in the cluster has a Job. A `creating` run that an event moves further first
 /// passes `pending`, so every history shows the Job's creation whichever event arrives first
-/// (a pod can be seen running before the launcher has recorded the Job it created).
+/// (a pod can be seen running before the launcher has recorded the Job it created). A Job held
+/// by Kueue goes straight to `admitting`, which shows the creation as well.
 async fn step_through_pending(
     conn: &mut PgConnection,
     id: Uuid,
@@ -132,7 +147,7 @@ async fn step_through_pending(
 ) -> Result<bool, sqlx::Error> {
     if matches!(
         to,
-        RunStatus::Queued | RunStatus::Creating | RunStatus::Pending
+        RunStatus::Queued | RunStatus::Creating | RunStatus::Admitting | RunStatus::Pending
     ) {
         return Ok(false);
     }
