@@ -18,6 +18,22 @@ pub async fn claim_launchable(
     lease: std::time::Duration,
     limit: i64,
 ) -> Result<Vec<Run>, sqlx::Error> {
+    claim(db, owner, lease, limit, true).await
+}
+
+/// [`claim_launchable`], looking for lapsed leases only when `lapsed` is true: leases lapse
+/// on a scale of seconds, so the launcher looks for them on its poll, not on every wake-up
+/// for a new run (one statement per wake-up instead of two).
+pub async fn claim(
+    db: &sqlx::PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+    limit: i64,
+    lapsed: bool,
+) -> Result<Vec<Run>, sqlx::Error> {
+    if !lapsed {
+        return claim_queued(db, owner, lease, limit).await;
+    }
     // Taking over a lapsed lease is no status change (the run stays `creating`).
     let lapsed: Vec<RunRow> = sqlx::query_as(&format!(
         "UPDATE runs SET lease_owner = $1,
@@ -37,14 +53,24 @@ pub async fn claim_launchable(
     let mut claimed: Vec<Run> = lapsed.into_iter().map(Run::from).collect();
     let left = limit - claimed.len() as i64;
     if left > 0 {
-        let change = Change {
-            also: Also::Claim { owner, lease },
-            ..Change::to(RunStatus::Creating, &[RunStatus::Queued])
-        };
-        let moved = status::write(db, Which::Due { limit: left }, change).await?;
-        claimed.extend(moved.into_iter().map(|moved| moved.run));
+        claimed.extend(claim_queued(db, owner, lease, left).await?);
     }
     Ok(claimed)
+}
+
+/// Up to `limit` queued runs whose retry time has come, moved to `creating` for `owner`.
+async fn claim_queued(
+    db: &sqlx::PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let change = Change {
+        also: Also::Claim { owner, lease },
+        ..Change::to(RunStatus::Creating, &[RunStatus::Queued])
+    };
+    let moved = status::write(db, Which::Due { limit }, change).await?;
+    Ok(moved.into_iter().map(|moved| moved.run).collect())
 }
 
 /// Records that the run's Job exists: a run still `creating` becomes `pending`. A run that the

@@ -15,7 +15,7 @@ mod submit;
 mod transitions;
 
 pub use cancel::{cancel, cancel_with, job_deleted, jobs_to_delete, CANCELLED_CHANNEL};
-pub use launch::{claim_launchable, fail_overdue_pending, mark_created, retry_launch_later};
+pub use launch::{claim, claim_launchable, fail_overdue_pending, mark_created, retry_launch_later};
 pub use reads::{get, history, list, live_with_jobs, RunEvent, RunFilter};
 pub use submit::{submit, submit_all, QUEUED_CHANNEL};
 pub use transitions::{
