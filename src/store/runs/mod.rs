@@ -6,15 +6,18 @@
 //! - [`submit`]: recording a submission (caps, number, queued row);
 //! - [`launch`]: the launch queue (claim, Job created, retry later, overdue `pending`);
 //! - [`transitions`]: status changes observed in the cluster, and guarded moves;
-//! - [`cancel`]: cancellation and the Jobs it leaves to delete.
+//! - [`cancel`]: cancellation and the Jobs it leaves to delete;
+//! - [`finals`]: a cache of final runs for reads by id.
 
 mod cancel;
+mod finals;
 mod launch;
 mod reads;
 mod submit;
 mod transitions;
 
 pub use cancel::{cancel, cancel_with, job_deleted, jobs_to_delete, CANCELLED_CHANNEL};
+pub use finals::{FinalRun, FinalRuns};
 pub use launch::{claim, claim_launchable, fail_overdue_pending, mark_created, retry_launch_later};
 pub use reads::{get, history, list, live_with_jobs, RunEvent, RunFilter};
 pub use submit::{submit, submit_all, QUEUED_CHANNEL};
