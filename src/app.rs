@@ -105,6 +105,7 @@ impl App {
             auth: Arc::new(auth(&args.security)?),
             events: EventHub::new(db.clone(), notifications.clone()),
             revocations: Revocations::new(db.clone(), notifications),
+            final_runs: runtime.final_runs.clone(),
         };
         Ok(App {
             state,
@@ -318,6 +319,7 @@ fn runtime(
         },
         clock: Arc::new(SystemClock),
         notifications,
+        final_runs: Default::default(),
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::{main_instance, Instance, LogRead};
 use crate::domain::attempt::{self, Archived, PodWithAttempts};
-use crate::domain::loglines::{split_timestamp, LineSplitter};
+use crate::domain::loglines::{lines, split_timestamp, LineSplitter};
 use crate::domain::{PodRecord, Run};
 use crate::store;
 use bytes::Bytes;
@@ -37,6 +37,9 @@ pub struct LogQuery {
     /// Following: the longest silence while waiting for pods to start, after which a note says
     /// what is awaited (so read timeouts of clients and proxies do not cut a follow).
     pub keepalive: Option<Duration>,
+    /// The reader wants the lines' text alone (plain text without timestamps): archived lines
+    /// may come as [`LogItem::Lines`], a block per stored chunk, instead of one item each.
+    pub text_only: bool,
 }
 
 /// Says when a follower waiting for something has been silent for the keep-alive time.
@@ -83,6 +86,10 @@ pub enum LogItem {
         time: Option<DateTime<Utc>>,
         text: Bytes,
     },
+    /// Consecutive whole lines of a pod, their text alone (timestamps removed), for a reader
+    /// that asked for [`LogQuery::text_only`]: an archived log is served without per-line work
+    /// beyond finding each line's timestamp (issue 15).
+    Lines { pod: String, text: Bytes },
     /// A remark of the service's: a truncation, a log that could not be captured.
     Note { pod: String, text: String },
 }
@@ -475,6 +482,16 @@ fn pod_log<'a>(
                 if chunk.first_line + chunk.line_count as i64 <= start {
                     continue;
                 }
+                if query.text_only && query.since.is_none() {
+                    let (text, past_end) = chunk_text(&chunk.data, chunk.first_line, start, end);
+                    if !text.is_empty() {
+                        yield LogItem::Lines { pod: pod.name.clone(), text };
+                    }
+                    if past_end {
+                        break 'chunks;
+                    }
+                    continue;
+                }
                 let mut splitter = LineSplitter::default();
                 let mut lines = splitter.push(&chunk.data);
                 lines.extend(splitter.finish());
@@ -531,6 +548,24 @@ fn pod_started(pod: &PodRecord) -> bool {
 /// The pod will print nothing more.
 fn pod_ended(pod: &PodRecord) -> bool {
     pod.deleted || matches!(pod.phase.as_str(), "Succeeded" | "Failed")
+}
+
+/// The text (timestamps removed) of a stored chunk's lines numbered in `[start, end)`, the
+/// chunk's first line being `first_line`, as one buffer; and whether the chunk reaches `end`.
+/// The same lines and text as [`LineSplitter`] and [`split_timestamp`] make of the chunk.
+fn chunk_text(data: &[u8], first_line: i64, start: i64, end: i64) -> (Bytes, bool) {
+    let mut text = Vec::with_capacity(data.len());
+    for (i, raw) in lines(data).enumerate() {
+        let number = first_line + i as i64;
+        if number < start {
+            continue;
+        }
+        if number >= end {
+            return (Bytes::from(text), true);
+        }
+        text.extend_from_slice(split_timestamp(raw).1);
+    }
+    (Bytes::from(text), false)
 }
 
 fn line_item(pod: &str, number: Option<i64>, raw: &[u8], query: &LogQuery) -> Option<LogItem> {

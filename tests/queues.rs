@@ -570,11 +570,11 @@ async fn a_replica_killed_mid_queue_leaves_two_replicas_that_keep_the_limit(db: 
         ..Default::default()
     };
     let lease = Duration::from_secs(1);
-    let claimed = store::runs::claim_admitted(&db, "killed", lease, 16, &admission)
+    let claimed = store::runs::claim_admitted(&db, "killed", lease, 16, &admission, true)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2, "the limit let two through");
-    let again = store::runs::claim_admitted(&db, "killed", lease, 16, &admission)
+    let again = store::runs::claim_admitted(&db, "killed", lease, 16, &admission, true)
         .await
         .unwrap();
     assert!(again.is_empty(), "and no more while they hold their slots");

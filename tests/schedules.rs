@@ -660,3 +660,43 @@ async fn a_scheduled_time_beyond_limits_tightened_after_the_task_was_saved_is_sk
         [(utc("2026-01-05T10:01:00Z"), "BeyondLimits".to_string())]
     );
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_finished_run_read_before_it_is_pruned_is_not_found_once_pruned(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(
+        db.clone(),
+        sim.client(),
+        &["--run-max-age-hours", "1", "--prune-interval-ms", "50"],
+    )
+    .await;
+    let id = service.submit(scripted(5, json!({}))).await;
+    let finished = service
+        .wait_for(&id, "succeeded", std::time::Duration::from_secs(60))
+        .await;
+    // Read while final (final runs are answered from a cache), then aged past the limit.
+    assert_eq!(service.run(&id).await, finished);
+    sqlx::query("UPDATE runs SET finished_at = now() - interval '3 hours' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let run_id = Uuid::parse_str(&id).unwrap();
+    eventually("the old run to be pruned", WAIT, || async {
+        common_count(&db, run_id).await == 0
+    })
+    .await;
+
+    let response = service
+        .http
+        .get(service.url(&format!("/v1/runs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "a pruned run is gone"
+    );
+    service.stop().await;
+}

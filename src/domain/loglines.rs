@@ -44,6 +44,24 @@ impl LineSplitter {
     }
 }
 
+/// The lines of a whole buffer, borrowed: what a fresh [`LineSplitter`] makes of it (`push`,
+/// then `finish`), without copying each line.
+pub fn lines(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let window = &bytes[..bytes.len().min(MAX_LINE)];
+        let len = match window.iter().position(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None => window.len(),
+        };
+        let (line, rest) = bytes.split_at(len);
+        bytes = rest;
+        Some(line)
+    })
+}
+
 /// Splits `<time> <text>` into the time and the text. A line without a parsable time is all text.
 pub fn split_timestamp(line: &[u8]) -> (Option<DateTime<Utc>>, &[u8]) {
     let Some(space) = line.iter().take(40).position(|b| *b == b' ') else {
@@ -142,6 +160,29 @@ impl Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_lines_are_what_a_fresh_splitter_makes() {
+        let long = vec![b'x'; 2 * MAX_LINE + 10];
+        let mut with_long = b"a\n".to_vec();
+        with_long.extend_from_slice(&long);
+        with_long.extend_from_slice(b"\nb\n\nc");
+        let exact = [vec![b'y'; MAX_LINE], b"\n".to_vec()].concat();
+        for data in [
+            b"".to_vec(),
+            b"\n".to_vec(),
+            b"one\ntwo\n".to_vec(),
+            b"no newline".to_vec(),
+            with_long,
+            exact,
+        ] {
+            let mut splitter = LineSplitter::default();
+            let mut expected = splitter.push(&data);
+            expected.extend(splitter.finish());
+            let got: Vec<Vec<u8>> = lines(&data).map(<[u8]>::to_vec).collect();
+            assert_eq!(got, expected);
+        }
+    }
 
     fn line(second: u32, text: &str) -> Vec<u8> {
         format!("2026-12-03T08:00:{second:02}.000000000Z {text}\n").into_bytes()

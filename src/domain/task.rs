@@ -2,8 +2,8 @@
 
 use super::names;
 use super::policy::RunLimits;
-use super::report::{NotifySpec, NotifyView};
 use super::queue::Concurrency;
+use super::report::{NotifySpec, NotifyView};
 use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};

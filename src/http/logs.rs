@@ -147,6 +147,7 @@ pub async fn run_logs(
         attempt: params.attempt,
         // Server-Sent Events have their own keep-alive comments, which show in no text.
         keepalive: state.limits.log_follow_keepalive.filter(|_| !sse),
+        text_only: !sse && !params.timestamps.unwrap_or(false),
     };
     let cluster = state.cluster.clone();
     let items = logs::run_log(state.db.clone(), cluster, run, query);
@@ -221,6 +222,7 @@ fn text_response(
             }
             _ => text,
         },
+        Ok(LogItem::Lines { text, .. }) => text,
         Ok(LogItem::Note { text, .. }) => note_line(&text),
         Err(error) => {
             tracing::warn!(error = %error, "reading a log failed mid-stream");
@@ -290,6 +292,14 @@ fn sse_response(
                         Some(n) => event.id(format!("{pod}:{n}")),
                         None => event,
                     })
+                }
+                // Only text-only readers get blocks, and event streams are not text-only; if
+                // one came, its lines go out without numbers rather than not at all.
+                Ok(LogItem::Lines { pod, text }) => {
+                    *sent += text.len() as u64;
+                    let text = String::from_utf8_lossy(&text);
+                    let data = serde_json::json!({"pod": pod, "index": index, "text": text});
+                    Some(Event::default().event("log").data(data.to_string()))
                 }
                 Ok(LogItem::Note { pod, text }) => Some(
                     Event::default()

@@ -78,6 +78,9 @@ pub struct AppState {
     pub events: EventHub,
     /// Ends the streams of revoked tokens.
     pub revocations: Revocations,
+    /// Final runs as `GET /v1/runs/{id}` answers them (shared with the pruner, which forgets
+    /// what it deletes).
+    pub final_runs: crate::store::runs::FinalRuns,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document and docs page, metrics, the

@@ -18,6 +18,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -454,15 +455,36 @@ pub async fn get_run(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
     State(limits): State<Arc<Limits>>,
+    State(finals): State<store::runs::FinalRuns>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Run>> {
+) -> Result<Response> {
+    // A final run never changes (its report may, so an entry is kept for seconds): it is
+    // answered from the cache when it is there.
+    if let Some(run) = finals.get(parse_run_id(&id)?) {
+        auth.task(run.task.as_deref())?;
+        return Ok(json_body(run.json.clone()));
+    }
     let mut run = run_for(&auth, &db, &id).await?;
     run.report = store::outbox::run_report(&db, run.id).await?;
     if run.status == RunStatus::Queued {
         let mut conn = db.acquire().await?;
         run.queue = store::queue::state(&mut conn, &run, &limits.admission).await?;
     }
-    Ok(Json(run))
+    let json = Bytes::from(serde_json::to_vec(&run).map_err(anyhow::Error::from)?);
+    finals.keep(&run, json.clone());
+    Ok(json_body(json))
+}
+
+/// A JSON body already serialized, as `Json` would answer it.
+fn json_body(json: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
 }
 
 /// The run `id` names, if the caller may see it: 400 for a malformed id, 404 for no such run,

@@ -28,6 +28,7 @@ use super::Runtime;
 use crate::cluster::jobs::{CreateError, Created};
 use crate::cluster::render;
 use crate::domain::{JobRef, Run, RunStatus, Submission};
+use crate::store::notify::Signal;
 use crate::store::runs::{self, StatusDetail};
 use crate::telemetry;
 use backon::BackoffBuilder;
@@ -39,6 +40,10 @@ use tokio_util::sync::CancellationToken;
 
 const BATCH: usize = 64;
 
+/// Longest time between two looks for runs whose launcher's lease lapsed, while wake-ups for
+/// new runs keep the launcher from its poll.
+const LAPSED_CHECK: Duration = Duration::from_secs(1);
+
 /// How long shutdown waits for launches in flight (an interrupted one is taken over by the next
 /// launcher once its lease lapses, and adopted).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -48,18 +53,31 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
     let mut wake = runtime.notifications.subscribe(runs::QUEUED_CHANNEL);
     let slots = Arc::new(Semaphore::new(runtime.settings.launch_concurrency));
     let mut launches = JoinSet::new();
+    // Lapsed leases are looked for on start, on every poll and catch-up, and at most every
+    // LAPSED_CHECK otherwise; a wake-up for a new run only claims queued runs.
+    let mut lapsed_checked: Option<tokio::time::Instant> = None;
+    let mut look_for_lapsed = true;
     loop {
-        if let Err(error) = launch_due(&runtime, &slots, &mut launches).await {
+        let lapsed =
+            look_for_lapsed || lapsed_checked.is_none_or(|at| at.elapsed() >= LAPSED_CHECK);
+        if lapsed {
+            lapsed_checked = Some(tokio::time::Instant::now());
+        }
+        if let Err(error) = launch_due(&runtime, &slots, &mut launches, lapsed).await {
             tracing::warn!(error = %crate::error::chain(&error), "launcher: claiming runs failed; retrying");
             metrics::counter!("vfi_launcher_errors_total", "kind" => "database").increment(1);
         }
-        tokio::select! {
+        look_for_lapsed = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = wake.recv() => {}
-            _ = tokio::time::sleep(runtime.settings.launcher_poll) => {}
+            signal = wake.recv() => {
+                // Every run queued meanwhile is claimed by the one pass that follows.
+                let drained = wake.drain();
+                signal == Signal::CatchUp || drained
+            }
+            _ = tokio::time::sleep(runtime.settings.launcher_poll) => true,
             // A slot freed: claim again at once.
-            Some(_) = launches.join_next() => {}
-        }
+            Some(_) = launches.join_next() => false,
+        };
     }
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while launches.join_next().await.is_some() {}
@@ -72,6 +90,7 @@ async fn launch_due(
     runtime: &Runtime,
     slots: &Arc<Semaphore>,
     launches: &mut JoinSet<()>,
+    mut lapsed: bool,
 ) -> Result<(), sqlx::Error> {
     loop {
         let free = slots.available_permits().min(BATCH);
@@ -84,6 +103,7 @@ async fn launch_due(
             runtime.settings.launch_lease,
             free as i64,
             &runtime.settings.admission,
+            std::mem::take(&mut lapsed),
         )
         .await?;
         if batch.is_empty() {

@@ -76,6 +76,8 @@ pub struct Runtime {
     /// The process's one notification hub: the launcher, canceller and scheduler wake on it
     /// (and so do the event stream and token revocations under http/).
     pub notifications: Notifications,
+    /// The API's cache of final runs: the pruner forgets the runs it deletes.
+    pub final_runs: crate::store::runs::FinalRuns,
 }
 
 /// A running loop, named for the logs.

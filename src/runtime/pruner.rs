@@ -207,6 +207,7 @@ async fn delete_batch(
     let ids: Vec<uuid::Uuid> = outcomes.iter().filter(|o| o.1).map(|o| o.0).collect();
     let jobs = outcomes.iter().filter(|o| o.2).count() as u64;
     let deleted = retention::delete(&runtime.db, &ids).await?;
+    runtime.final_runs.forget(&ids);
     metrics::counter!("vfi_runs_pruned_total", "rule" => rule).increment(deleted);
     metrics::counter!("vfi_pruned_jobs_deleted_total").increment(jobs);
     *report.runs.entry(rule).or_default() += deleted;

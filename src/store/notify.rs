@@ -104,6 +104,22 @@ impl Subscription {
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
+
+    /// Takes every signal already waiting, for a subscriber that acts on all of them at once
+    /// (a launcher that claims whatever is queued needs one wake-up, not one per run queued
+    /// meanwhile). True when one of them was a [`Signal::CatchUp`].
+    pub fn drain(&mut self) -> bool {
+        let mut catch_up = false;
+        loop {
+            match self.receiver.try_recv() {
+                Ok(Signal::CatchUp) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    catch_up = true
+                }
+                Ok(Signal::Notified(_)) => {}
+                Err(_) => return catch_up,
+            }
+        }
+    }
 }
 
 impl Inner {

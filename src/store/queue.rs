@@ -84,7 +84,7 @@ pub async fn note_queued(
         "WITH e AS (
             INSERT INTO run_events (run_id, task_name, kind, status, reason, message)
             VALUES ($1, $2, 'queue', 'queued', $3, $4) RETURNING id)
-         SELECT pg_notify('vfi_run_events', id::text) FROM e",
+         SELECT pg_notify('vfi_run_events', '') FROM e",
     )
     .bind(run.id)
     .bind(&run.task)

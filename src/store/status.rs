@@ -182,11 +182,23 @@ pub async fn write(
             to: change.to,
         });
     }
-    let expected: Vec<&str> = change.from.iter().map(|s| s.as_str()).collect();
-    let mut query = QueryBuilder::<Postgres>::new(
-        "WITH target AS (SELECT t.id, t.status AS previous FROM runs t WHERE t.status = ANY(",
-    );
-    query.push_bind(expected.clone()).push(")");
+    if change.from.is_empty() {
+        // No status expected: nothing to move (and `IN ()` is not SQL).
+        return Ok(Vec::new());
+    }
+    // The expected statuses as literals (a closed set, from [`RunStatus::as_str`]), not a bound
+    // array: `status = ANY($1)` leaves the planner walking the primary key through the whole
+    // history to find the few queued runs (190 ms at 300,000 runs in EXPLAIN ANALYZE), while
+    // `status IN ('queued')` is a range of `runs_status_id` (0.04 ms).
+    let expected = change
+        .from
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut query = QueryBuilder::<Postgres>::new(format!(
+        "WITH target AS (SELECT t.id, t.status AS previous FROM runs t WHERE t.status IN ({expected})"
+    ));
     match which {
         Which::Run(id) => {
             query.push(" AND t.id = ").push_bind(id).push(" FOR UPDATE");
@@ -317,9 +329,9 @@ pub async fn write(
         }
     }
     query
-        .push(" FROM target WHERE r.id = target.id AND r.status = ANY(")
-        .push_bind(expected)
-        .push(") RETURNING target.previous, ");
+        .push(format_args!(
+            " FROM target WHERE r.id = target.id AND r.status IN ({expected}) RETURNING target.previous, "
+        ));
     let columns: Vec<String> = COLUMNS
         .split(",")
         .map(|c| format!("r.{}", c.trim()))

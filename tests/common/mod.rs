@@ -126,6 +126,7 @@ impl TestApp {
             }),
             events: EventHub::new(db.clone(), notifications.clone()),
             revocations: Revocations::new(db.clone(), notifications),
+            final_runs: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

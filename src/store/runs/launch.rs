@@ -24,7 +24,7 @@ pub async fn claim_launchable(
         aging_secs: 60,
         ..Admission::default()
     };
-    claim_admitted(db, owner, lease, limit, &admission).await
+    claim_admitted(db, owner, lease, limit, &admission, true).await
 }
 
 /// Claims up to `limit` runs for launching: `creating` runs whose launcher's lease lapsed (it
@@ -34,30 +34,23 @@ pub async fn claim_launchable(
 /// once, each run goes to one); runs with a key, and every run under installation limits, go
 /// through the admission pass ([`queue::admissible`]) in one transaction with their claim, so
 /// the count that let them through and their move to `creating` commit together.
+///
+/// Lapsed leases are looked for only when `lapsed` is true: leases lapse on a scale of seconds,
+/// so the launcher looks for them on its poll, not on every wake-up for a new run (one
+/// statement per wake-up instead of two).
 pub async fn claim_admitted(
     db: &sqlx::PgPool,
     owner: &str,
     lease: std::time::Duration,
     limit: i64,
     admission: &Admission,
+    lapsed: bool,
 ) -> Result<Vec<Run>, sqlx::Error> {
-    // Taking over a lapsed lease is no status change (the run stays `creating`).
-    let lapsed: Vec<RunRow> = sqlx::query_as(&format!(
-        "UPDATE runs SET lease_owner = $1,
-            lease_until = now() + make_interval(secs => $2), launch_attempts = launch_attempts + 1,
-            updated_at = now()
-         WHERE id IN (
-            SELECT id FROM runs WHERE status = 'creating' AND lease_until < now()
-            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-           AND status = 'creating'
-         RETURNING {COLUMNS}"
-    ))
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
-    let mut claimed: Vec<Run> = lapsed.into_iter().map(Run::from).collect();
+    let mut claimed = if lapsed {
+        take_over_lapsed(db, owner, lease, limit).await?
+    } else {
+        Vec::new()
+    };
     let claim = || Change {
         also: Also::Claim { owner, lease },
         ..Change::to(RunStatus::Creating, &[RunStatus::Queued])
@@ -89,6 +82,32 @@ pub async fn claim_admitted(
         }
     }
     Ok(claimed)
+}
+
+/// `creating` runs whose launcher's lease lapsed (it crashed mid-launch), taken over by
+/// `owner`. Taking over a lapsed lease is no status change (the run stays `creating`).
+async fn take_over_lapsed(
+    db: &sqlx::PgPool,
+    owner: &str,
+    lease: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<Run>, sqlx::Error> {
+    let lapsed: Vec<RunRow> = sqlx::query_as(&format!(
+        "UPDATE runs SET lease_owner = $1,
+            lease_until = now() + make_interval(secs => $2), launch_attempts = launch_attempts + 1,
+            updated_at = now()
+         WHERE id IN (
+            SELECT id FROM runs WHERE status = 'creating' AND lease_until < now()
+            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+           AND status = 'creating'
+         RETURNING {COLUMNS}"
+    ))
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(lapsed.into_iter().map(Run::from).collect())
 }
 
 /// The admission latency of runs just claimed from `queued` (submission to admission).

@@ -7,15 +7,18 @@
 //! - [`launch`]: the launch queue (admission and claim, Job created, retry later, overdue
 //!   `pending`);
 //! - [`transitions`]: status changes observed in the cluster, and guarded moves;
-//! - [`cancel`]: cancellation and the Jobs it leaves to delete.
+//! - [`cancel`]: cancellation and the Jobs it leaves to delete;
+//! - [`finals`]: a cache of final runs for reads by id.
 
 mod cancel;
+mod finals;
 mod launch;
 mod reads;
 mod submit;
 mod transitions;
 
 pub use cancel::{cancel, cancel_with, job_deleted, jobs_to_delete, CANCELLED_CHANNEL};
+pub use finals::{FinalRun, FinalRuns};
 pub use launch::{
     claim_admitted, claim_launchable, fail_overdue_pending, mark_created, mark_created_as,
     retry_launch_later,
