@@ -58,9 +58,15 @@ impl FinalRuns {
         }
     }
 
-    /// Keeps `run` with its JSON if it is final (a live run is left out).
+    /// Keeps `run` with its JSON if it is final and nothing in it changes any more: a live run
+    /// is left out, and so is a final run whose commit status report has not reached the host
+    /// yet (its `report` changes when the reporter delivers the final state).
     pub fn keep(&self, run: &Run, json: Bytes) {
-        if run.status.is_final() {
+        let report_settled = run
+            .report
+            .as_ref()
+            .is_none_or(|report| report.last_delivered.as_deref() == Some(run.status.as_str()));
+        if run.status.is_final() && report_settled {
             let entry = FinalRun {
                 task: run.task.clone(),
                 json,
