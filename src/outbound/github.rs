@@ -1,9 +1,8 @@
 //! GitHub commit statuses: `POST {api}/repos/{owner}/{repo}/statuses/{sha}` with a token
 //! (docs.github.com/en/rest/commits/statuses). States: pending, success, failure, error.
 
-use super::{endpoint, secret_header, CommitStatusApi, StatusReport};
+use super::{repository_status, secret_header, CommitStatusApi, StatusReport};
 use crate::domain::report::ReportProvider;
-use serde_json::json;
 
 pub struct Github;
 
@@ -17,30 +16,14 @@ impl CommitStatusApi for Github {
         client: &reqwest::Client,
         report: &StatusReport<'_>,
     ) -> Result<reqwest::RequestBuilder, String> {
-        let (owner, name) = report
-            .repository
-            .split_once('/')
-            .ok_or_else(|| format!("{:?} is not owner/name", report.repository))?;
-        let url = endpoint(
-            report.api_base,
-            &["repos", owner, name, "statuses", report.sha],
-        )?;
-        let mut body = json!({
-            "state": self.provider().state(report.status),
-            "description": report.description,
-            "context": report.context,
-        });
-        if let Some(target) = report.target_url {
-            body["target_url"] = target.into();
-        }
-        Ok(client
-            .post(url)
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .header(
-                "authorization",
-                secret_header(format!("Bearer {}", report.token))?,
-            )
-            .json(&body))
+        Ok(
+            repository_status(client, report, self.provider().state(report.status))?
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28")
+                .header(
+                    "authorization",
+                    secret_header(format!("Bearer {}", report.token))?,
+                ),
+        )
     }
 }

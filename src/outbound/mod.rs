@@ -58,6 +58,33 @@ pub fn api(provider: ReportProvider) -> &'static dyn CommitStatusApi {
 
 /// `base` with `segments` appended, each percent-encoded as one path segment (a `/` inside one
 /// becomes `%2F`, as GitLab's project paths need).
+/// A commit status in the shape GitHub defined and Gitea/Forgejo copied: `POST
+/// {api}/repos/{owner}/{repo}/statuses/{sha}` with `state`, `description`, `context` and
+/// `target_url`. The caller adds its authorization and any headers of its own.
+pub(crate) fn repository_status(
+    client: &reqwest::Client,
+    report: &StatusReport<'_>,
+    state: &str,
+) -> Result<reqwest::RequestBuilder, String> {
+    let (owner, name) = report
+        .repository
+        .split_once('/')
+        .ok_or_else(|| format!("{:?} is not owner/name", report.repository))?;
+    let url = endpoint(
+        report.api_base,
+        &["repos", owner, name, "statuses", report.sha],
+    )?;
+    let mut body = serde_json::json!({
+        "state": state,
+        "description": report.description,
+        "context": report.context,
+    });
+    if let Some(target) = report.target_url {
+        body["target_url"] = target.into();
+    }
+    Ok(client.post(url).json(&body))
+}
+
 pub(crate) fn endpoint(base: &str, segments: &[&str]) -> Result<url::Url, String> {
     let mut url =
         url::Url::parse(base).map_err(|e| format!("the API base URL is not a URL: {e}"))?;
