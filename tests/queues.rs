@@ -38,7 +38,15 @@ impl JobWatch {
 
     /// Watches the Jobs `selector` selects; returns once the first list is in.
     async fn start_selected(client: kube::Client, selector: &str) -> JobWatch {
-        let api: Api<Job> = Api::all(client);
+        JobWatch::start_on(Api::all(client), selector).await
+    }
+
+    /// Watches the Jobs of one namespace that `selector` selects.
+    async fn start_in(client: kube::Client, namespace: &str, selector: &str) -> JobWatch {
+        JobWatch::start_on(Api::namespaced(client, namespace), selector).await
+    }
+
+    async fn start_on(api: Api<Job>, selector: &str) -> JobWatch {
         let config = watcher::Config::default().labels(selector);
         let max_unfinished = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -656,4 +664,79 @@ async fn the_installation_limit_holds_runs_without_a_key_and_says_why(db: PgPool
     }
     assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
     assert!(reasons.contains("InstallationLimit"), "{reasons:?}");
+}
+
+/// Namespace limits: with `MAX_ACTIVE_RUNS_PER_NAMESPACE` 1, each namespace has at most one
+/// unfinished Job, a full namespace does not hold runs of another (they pass it), and a waiting
+/// run says `NamespaceLimit`.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_namespace_limit_holds_each_namespace_apart_and_says_why(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(
+        db.clone(),
+        sim.client(),
+        &[
+            "--max-active-runs-per-namespace",
+            "1",
+            "--namespaces",
+            "default,kube-public",
+        ],
+    )
+    .await;
+    let selector = "vfi-orchestrator.io/installation=default";
+    let in_default = JobWatch::start_in(sim.client(), "default", selector).await;
+    let in_public = JobWatch::start_in(sim.client(), "kube-public", selector).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut spec = template(400);
+        if i % 2 == 1 {
+            spec["namespace"] = "kube-public".into();
+        }
+        ids.push(service.submit(spec).await);
+    }
+    let mut reasons = HashSet::new();
+    let mut both_running = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        let mut active_namespaces = HashSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let run = service.run(id).await;
+            match run["status"].as_str().unwrap() {
+                "queued" => {
+                    waiting += 1;
+                    reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
+                }
+                "creating" | "pending" | "running" => {
+                    active_namespaces.insert(i % 2);
+                }
+                _ => {}
+            }
+        }
+        both_running |= active_namespaces.len() == 2;
+        if waiting == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+    assert!(
+        in_default.max() <= 1,
+        "{} Jobs unfinished in default",
+        in_default.max()
+    );
+    assert!(
+        in_public.max() <= 1,
+        "{} Jobs unfinished in kube-public",
+        in_public.max()
+    );
+    assert_eq!(in_default.seen.lock().unwrap().len(), 3);
+    assert_eq!(in_public.seen.lock().unwrap().len(), 3);
+    assert!(both_running, "one namespace's limit held the other's runs");
+    assert!(reasons.contains("NamespaceLimit"), "{reasons:?}");
 }
