@@ -127,6 +127,36 @@ fn template(duration_ms: u64) -> Value {
     ]})
 }
 
+/// Reads every run of `ids` every 20 ms, handing each reading to `look`, until none is `queued`
+/// (at most 60 s); then waits for all of them to succeed.
+async fn follow_until_admitted(
+    service: &Service,
+    ids: &[String],
+    mut look: impl FnMut(usize, &Value),
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        for (i, id) in ids.iter().enumerate() {
+            let run = service.run(id).await;
+            if run["status"] == "queued" {
+                waiting += 1;
+            }
+            look(i, &run);
+        }
+        if waiting == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+}
+
 async fn put_task(service: &Service, name: &str, spec: Value) {
     let response = service
         .http
@@ -168,32 +198,17 @@ async fn ten_runs_under_limit_two_never_have_more_than_two_jobs_and_start_in_ord
 
     // Follow every waiting run's place until none waits.
     let mut positions: HashMap<String, Vec<i64>> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut waiting = 0;
-        for id in &ids {
-            let run = service.run(id).await;
-            if run["status"] == "queued" {
-                waiting += 1;
-                let queue = &run["queue"];
-                assert_eq!(queue["key"], "limited", "{run:#}");
-                positions
-                    .entry(id.clone())
-                    .or_default()
-                    .push(queue["position"].as_i64().unwrap());
-            }
+    follow_until_admitted(&service, &ids, |i, run| {
+        if run["status"] == "queued" {
+            let queue = &run["queue"];
+            assert_eq!(queue["key"], "limited", "{run:#}");
+            positions
+                .entry(ids[i].clone())
+                .or_default()
+                .push(queue["position"].as_i64().unwrap());
         }
-        if waiting == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for id in &ids {
-        service
-            .wait_for(id, "succeeded", Duration::from_secs(60))
-            .await;
-    }
+    })
+    .await;
 
     assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
     assert_eq!(watch.max(), 2, "the limit was used");
@@ -641,27 +656,12 @@ async fn the_installation_limit_holds_runs_without_a_key_and_says_why(db: PgPool
         ids.push(service.submit(template(400)).await);
     }
     let mut reasons = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut waiting = 0;
-        for id in &ids {
-            let run = service.run(id).await;
-            if run["status"] == "queued" {
-                waiting += 1;
-                reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
-            }
+    follow_until_admitted(&service, &ids, |_, run| {
+        if run["status"] == "queued" {
+            reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
         }
-        if waiting == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for id in &ids {
-        service
-            .wait_for(id, "succeeded", Duration::from_secs(60))
-            .await;
-    }
+    })
+    .await;
     assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
     assert!(reasons.contains("InstallationLimit"), "{reasons:?}");
 }
@@ -696,35 +696,27 @@ async fn the_namespace_limit_holds_each_namespace_apart_and_says_why(db: PgPool)
     }
     let mut reasons = HashSet::new();
     let mut both_running = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut waiting = 0;
-        let mut active_namespaces = HashSet::new();
-        for (i, id) in ids.iter().enumerate() {
-            let run = service.run(id).await;
-            match run["status"].as_str().unwrap() {
-                "queued" => {
-                    waiting += 1;
-                    reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
-                }
-                "creating" | "pending" | "running" => {
-                    active_namespaces.insert(i % 2);
-                }
-                _ => {}
+    // The namespaces with an active run in one round of readings.
+    let mut active = HashSet::new();
+    let last = ids.len() - 1;
+    follow_until_admitted(&service, &ids, |i, run| {
+        if i == 0 {
+            active.clear();
+        }
+        match run["status"].as_str().unwrap() {
+            "queued" => {
+                reasons.insert(run["queue"]["reason"].as_str().unwrap().to_string());
             }
+            "creating" | "pending" | "running" => {
+                active.insert(i % 2);
+            }
+            _ => {}
         }
-        both_running |= active_namespaces.len() == 2;
-        if waiting == 0 {
-            break;
+        if i == last {
+            both_running |= active.len() == 2;
         }
-        assert!(tokio::time::Instant::now() < deadline, "runs still waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for id in &ids {
-        service
-            .wait_for(id, "succeeded", Duration::from_secs(60))
-            .await;
-    }
+    })
+    .await;
     assert!(
         in_default.max() <= 1,
         "{} Jobs unfinished in default",
