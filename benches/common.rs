@@ -36,22 +36,7 @@ impl Bench {
             .await
             .unwrap();
         let sim = kubesim::KubeSim::start(sim).await.unwrap();
-        let mut argv = vec![
-            "vfi-orchestrator",
-            "serve",
-            "--database-url",
-            "postgres://unused",
-            "--listen",
-            "127.0.0.1:0",
-            // The probes measure the service, not authentication.
-            "--auth-disabled",
-            "--rate-limit-per-second",
-            "0",
-        ];
-        argv.extend_from_slice(flags);
-        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-            unreachable!()
-        };
+        let args = serve_args(flags);
         let app = App::new(&args, db.clone(), sim.client()).await.unwrap();
         let base = format!("http://{}", app.local_addr().unwrap());
         let shutdown = CancellationToken::new();
@@ -113,6 +98,28 @@ impl Bench {
 }
 
 /// The value below which `q` of the sorted samples fall.
+/// The service's `serve` settings for a bench: on a free port, authentication and rate limits
+/// off (the probes measure the service, not them), then `flags`. The database and cluster are
+/// handed to `App::new` apart.
+pub fn serve_args(flags: &[&str]) -> vfi_orchestrator::config::ServeArgs {
+    let mut argv = vec![
+        "vfi-orchestrator",
+        "serve",
+        "--database-url",
+        "postgres://unused",
+        "--listen",
+        "127.0.0.1:0",
+        "--auth-disabled",
+        "--rate-limit-per-second",
+        "0",
+    ];
+    argv.extend_from_slice(flags);
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!()
+    };
+    args
+}
+
 pub fn percentile(sorted: &[std::time::Duration], q: f64) -> std::time::Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }

@@ -18,7 +18,6 @@
 #[path = "common.rs"]
 mod common;
 
-use clap::Parser;
 use common::{percentile, Bench};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
@@ -31,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use vfi_orchestrator::app::App;
-use vfi_orchestrator::config::{Cli, Command};
 
 const CLIENTS: usize = 16;
 const OTHER_KEYS: usize = 100;
@@ -48,23 +46,9 @@ fn flags() -> Vec<&'static str> {
 
 /// A second replica on the bench's database and kubesim; returns its base URL.
 async fn replica(bench: &Bench, shutdown: &CancellationToken) -> String {
-    let mut argv = vec![
-        "vfi-orchestrator",
-        "serve",
-        "--database-url",
-        "postgres://unused",
-        "--listen",
-        "127.0.0.1:0",
-        "--auth-disabled",
-        "--rate-limit-per-second",
-        "0",
-        "--migrate-on-start",
-        "false",
-    ];
-    argv.extend(flags());
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!()
-    };
+    let mut flags = flags();
+    flags.extend(["--migrate-on-start", "false"]);
+    let args = common::serve_args(&flags);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
         .connect_with((*bench.db.connect_options()).clone())
