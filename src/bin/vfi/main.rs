@@ -185,7 +185,8 @@ async fn start(api: &Api, args: RunArgs, output: Output) -> anyhow::Result<u8> {
         }
         let run = wait(api, &id).await?;
         let status = run["status"].as_str().unwrap_or_default();
-        if output == Output::Json {
+        // With --follow, stdout is the log alone.
+        if output == Output::Json && !args.follow {
             show::json(&run);
         }
         let reason = run["statusReason"]
