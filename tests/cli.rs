@@ -628,3 +628,138 @@ async fn ls_get_and_cancel_show_runs_as_tables_and_json(db: PgPool) {
     assert!(completion.status.success());
     assert!(String::from_utf8_lossy(&completion.stdout).contains("complete -F _vfi"));
 }
+
+// `logs` prints what `GET /v1/runs/{id}/logs` serves as text, pod headers included, for one
+// index, with timestamps, and only the failed pods with `--failed`.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn logs_match_the_plain_text_log_by_index_with_timestamps_and_failed_pods_only(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let token = admin_token(&service).await;
+    let indexed = service
+        .submit(scripted(
+            &[("KUBESIM_LOG_LINES", "3"), ("KUBESIM_LOG_INTERVAL_MS", "1")],
+            json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"}),
+        ))
+        .await;
+    // The first container fails, the second (a new pod) succeeds.
+    let retried = service
+        .submit(scripted(
+            &[("KUBESIM_FAIL_ATTEMPTS", "1")],
+            json!({"backoffLimit": 1}),
+        ))
+        .await;
+    service.wait_for(&indexed, "succeeded", WAIT).await;
+    service.wait_for(&retried, "succeeded", WAIT).await;
+
+    let all = finish(vfi(&service.base, &token).args(["logs", &indexed])).await;
+    let one = finish(vfi(&service.base, &token).args(["logs", &indexed, "--index", "2"])).await;
+    let stamped =
+        finish(vfi(&service.base, &token).args(["logs", &indexed, "--index", "1", "--timestamps"]))
+            .await;
+    let failed = finish(vfi(&service.base, &token).args(["logs", &retried, "--failed"])).await;
+    let both = finish(vfi(&service.base, &token).args(["logs", &retried])).await;
+
+    assert!(all.status.success(), "{}", stderr(&all));
+    let text = logs(&service, &indexed, "").await;
+    assert!(
+        text.contains("==> pod ") && text.contains("(index 2) <=="),
+        "{text}"
+    );
+    assert_eq!(String::from_utf8_lossy(&all.stdout), text);
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout),
+        logs(&service, &indexed, "?index=2").await
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&stamped.stdout),
+        logs(&service, &indexed, "?index=1&timestamps=true").await
+    );
+    let pods = service.get(&format!("/v1/runs/{retried}/pods")).await;
+    let pods = pods.as_array().unwrap();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let failed_pod = pods.iter().find(|p| p["phase"] == "Failed").unwrap()["name"]
+        .as_str()
+        .unwrap();
+    let expected = logs(&service, &retried, &format!("?pod={failed_pod}")).await;
+    assert_eq!(
+        String::from_utf8_lossy(&failed.stdout),
+        expected,
+        "{}",
+        stderr(&failed)
+    );
+    let text = logs(&service, &retried, "").await;
+    assert!(
+        text.starts_with("==> pod "),
+        "two pods, two headers: {text}"
+    );
+    assert_eq!(String::from_utf8_lossy(&both.stdout), text);
+}
+
+// `get` of a waiting run shows its place in the queue and why; `rerun` links a new run;
+// `tokens` creates, lists and revokes.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn get_shows_queue_position_rerun_links_and_tokens_are_managed(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let token = admin_token(&service).await;
+    let template = scripted(&[("KUBESIM_DURATION_MS", "600000")], json!({}));
+    service
+        .http
+        .put(service.url("/v1/tasks/one-at-a-time"))
+        .json(&json!({ "template": template, "concurrency": {"limit": 1} }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let first =
+        finish(vfi(&service.base, &token).args(["-o", "json", "run", "one-at-a-time"])).await;
+    let first: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let first = first["id"].as_str().unwrap().to_string();
+    service.wait_for(&first, "running", WAIT).await;
+    let second =
+        finish(vfi(&service.base, &token).args(["-o", "json", "run", "one-at-a-time"])).await;
+    let second: Value = serde_json::from_slice(&second.stdout).unwrap();
+    let second = second["id"].as_str().unwrap().to_string();
+
+    let got = finish(vfi(&service.base, &token).args(["get", &second])).await;
+    let rerun = finish(vfi(&service.base, &token).args(["-o", "json", "rerun", &first])).await;
+    let created = finish(
+        vfi(&service.base, &token).args(["tokens", "create", "--name", "ci", "--scope", "run"]),
+    )
+    .await;
+    let listed = finish(vfi(&service.base, &token).args(["-o", "json", "tokens", "ls"])).await;
+
+    let got = String::from_utf8_lossy(&got.stdout);
+    assert!(got.contains("queued"), "{got}");
+    assert!(
+        got.contains("position 1 on key one-at-a-time (ConcurrencyLimit)"),
+        "{got}"
+    );
+    assert!(got.contains(&first), "blocked by the running run: {got}");
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let rerun: Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    assert_eq!(rerun["rerunOf"], first.as_str());
+    assert!(created.status.success(), "{}", stderr(&created));
+    let new_token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(
+        !new_token.is_empty() && !new_token.contains(' '),
+        "the token alone: {new_token}"
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ci = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .expect("listed");
+    assert_eq!(ci["scope"], "run");
+    let revoked =
+        finish(vfi(&service.base, &token).args(["tokens", "revoke", ci["id"].as_str().unwrap()]))
+            .await;
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let refused = finish(vfi(&service.base, &new_token).args(["ls"])).await;
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+}

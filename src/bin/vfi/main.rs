@@ -248,7 +248,16 @@ async fn print_logs(
     timestamps: bool,
 ) -> anyhow::Result<u8> {
     let run = api.get(&format!("/v1/runs/{id}"), &[]).await?;
-    let several = run["template"]["completions"].as_i64().unwrap_or(1) > 1;
+    // As the plain-text log: a header before every pod's lines when the run has several and
+    // no filter picks one; with a filter, from the second pod on.
+    let several = index.is_none()
+        && !failed
+        && (run["template"]["completions"].as_i64().unwrap_or(1) > 1
+            || api
+                .get(&format!("/v1/runs/{id}/pods"), &[])
+                .await?
+                .as_array()
+                .is_some_and(|pods| pods.len() > 1));
     let mut stdout = std::io::stdout().lock();
     let mut printer = logs::Printer::default();
     let pods: Vec<Option<String>> = if failed {
