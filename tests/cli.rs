@@ -253,10 +253,12 @@ async fn ctrl_c_while_following_stops_the_client_and_the_run_goes_on(db: PgPool)
         .contains(&"cancelled".to_string()));
 }
 
-/// A TCP proxy in front of the service that cuts each of the first `cuts` Server-Sent Events
-/// connections after `after_bytes` bytes of answer (mid-event, wherever that falls).
+/// A TCP proxy in front of the service that cuts each of the first `cuts` connections whose
+/// request contains `needle` after `after_bytes` bytes of the answer (mid-event, wherever that
+/// falls; with 0, once the service has begun to answer, none of which is passed on).
 async fn cutting_proxy(
     target: String,
+    needle: &'static str,
     cuts: usize,
     after_bytes: usize,
 ) -> (String, Arc<AtomicUsize>) {
@@ -273,25 +275,28 @@ async fn cutting_proxy(
                 // The request first: is it an event stream?
                 let mut request = vec![0u8; 64 * 1024];
                 let n = client.read(&mut request).await.unwrap_or(0);
-                let sse = String::from_utf8_lossy(&request[..n]).contains("text/event-stream");
+                let matches = String::from_utf8_lossy(&request[..n]).contains(needle);
                 server.write_all(&request[..n]).await.unwrap();
-                let cut_this = sse && done.fetch_add(1, Ordering::SeqCst) < cuts;
+                let cut_this = matches && done.fetch_add(1, Ordering::SeqCst) < cuts;
                 if !cut_this {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     return;
                 }
                 let mut sent = 0;
                 let mut buffer = vec![0u8; 4096];
-                while sent < after_bytes {
+                loop {
                     let n = server.read(&mut buffer).await.unwrap_or(0);
                     if n == 0 {
                         break;
                     }
                     let n = n.min(after_bytes - sent);
-                    if client.write_all(&buffer[..n]).await.is_err() {
+                    if n > 0 && client.write_all(&buffer[..n]).await.is_err() {
                         break;
                     }
                     sent += n;
+                    if sent >= after_bytes {
+                        break;
+                    }
                 }
                 // Dropping both ends cuts the connection.
             });
@@ -312,6 +317,7 @@ async fn logs_follow_across_three_cut_connections_is_byte_identical_to_the_archi
     let token = admin_token(&service).await;
     let (proxy, cuts) = cutting_proxy(
         service.base.trim_start_matches("http://").to_string(),
+        "text/event-stream",
         3,
         3000,
     )
@@ -400,6 +406,18 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Fake {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The query strings of `POST /v1/runs/{id}/rerun`.
+    reruns: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+/// A fake `POST /v1/runs/{id}/rerun?only=failed-indexes`: 201 with the runs it started.
+async fn fake_rerun(State(fake): State<Fake>, uri: axum::http::Uri) -> impl IntoResponse {
+    fake.reruns
+        .lock()
+        .unwrap()
+        .push(uri.query().map(str::to_string));
+    let run = |n: u32| json!({"id": format!("0190f7d2-0000-7000-8000-00000000001{n}"), "number": n, "status": "queued"});
+    (StatusCode::CREATED, Json(json!({"runs": [run(3), run(7)]})))
 }
 
 /// A fake `POST /v1/tasks/{name}/runs`: 429 with `Retry-After: 1` the first time, then 201.
@@ -442,6 +460,7 @@ async fn fake_service() -> (String, Fake) {
     let fake = Fake::default();
     let app = axum::Router::new()
         .route("/v1/tasks/{name}/runs", axum::routing::post(fake_start))
+        .route("/v1/runs/{id}/rerun", axum::routing::post(fake_rerun))
         .with_state(fake.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -762,4 +781,68 @@ async fn get_shows_queue_position_rerun_links_and_tokens_are_managed(db: PgPool)
     let refused = finish(vfi(&service.base, &new_token).args(["ls"])).await;
     assert_eq!(refused.status.code(), Some(3));
     assert!(stderr(&refused).contains("401"), "{}", stderr(&refused));
+}
+
+// A submission whose answer is lost (the connection drops after the service recorded the run)
+// is retried under the same Idempotency-Key: the service answers the first run again, and
+// exactly one run exists.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_whose_answer_was_lost_is_retried_and_recorded_once(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let token = admin_token(&service).await;
+    service
+        .http
+        .put(service.url("/v1/tasks/once"))
+        .json(&json!({ "template": scripted(&[], json!({})) }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let (proxy, cuts) = cutting_proxy(
+        service.base.trim_start_matches("http://").to_string(),
+        "POST /v1/tasks/once/runs",
+        1,
+        0,
+    )
+    .await;
+
+    let output = finish(vfi(&proxy, &token).args(["-o", "json", "run", "once"])).await;
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        cuts.load(Ordering::SeqCst),
+        2,
+        "the lost answer and the retry"
+    );
+    assert!(stderr(&output).contains("retrying"), "{}", stderr(&output));
+    let run: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let runs = service.get("/v1/runs?task=once").await;
+    let runs = runs["items"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "one run recorded: {runs:?}");
+    assert_eq!(
+        runs[0]["id"], run["id"],
+        "the retry was answered with the first run"
+    );
+}
+
+// `rerun --failed-indexes` asks for `?only=failed-indexes` and lists the runs it started.
+#[tokio::test]
+async fn rerun_failed_indexes_asks_for_them_and_lists_the_runs() {
+    let (url, fake) = fake_service().await;
+
+    let output = finish(vfi(&url, "t").args(["rerun", "some-run", "--failed-indexes"])).await;
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        *fake.reruns.lock().unwrap(),
+        [Some("only=failed-indexes".to_string())]
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("0190f7d2-0000-7000-8000-000000000013")
+            && table.contains("0190f7d2-0000-7000-8000-000000000017"),
+        "{table}"
+    );
 }
