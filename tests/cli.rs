@@ -216,7 +216,7 @@ async fn ctrl_c_while_following_stops_the_client_and_the_run_goes_on(db: PgPool)
     let sim = kubesim(RunnerKind::Scripted).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
-    let template = scripted(&[("KUBESIM_DURATION_MS", "4000")], json!({}));
+    let template = scripted(&[("KUBESIM_DURATION_MS", "8000")], json!({}));
     service
         .http
         .put(service.url("/v1/tasks/slow"))

@@ -147,3 +147,75 @@ pub async fn print(
         tokio::time::sleep(delay).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(pod: &str, index: Option<i32>, text: &str) -> LogLine {
+        LogLine {
+            pod: pod.into(),
+            index,
+            time: None,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn one_pod_prints_its_lines_as_they_are() {
+        let mut out = Vec::new();
+        let mut printer = Printer::default();
+        for text in ["a", "", "b"] {
+            printer
+                .line(&mut out, &line("p", None, text), false)
+                .unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "a\n\nb\n");
+    }
+
+    #[test]
+    fn several_pods_get_headers_as_the_plain_text_log_has_them() {
+        let mut out = Vec::new();
+        let mut printer = Printer::default();
+        printer
+            .line(&mut out, &line("p-0", Some(0), "x"), true)
+            .unwrap();
+        printer
+            .line(&mut out, &line("p-0", Some(0), "y"), true)
+            .unwrap();
+        printer
+            .line(&mut out, &line("p-1", Some(1), "z"), true)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "==> pod p-0 (index 0) <==\nx\ny\n==> pod p-1 (index 1) <==\nz\n"
+        );
+    }
+
+    #[test]
+    fn a_second_pod_of_a_one_pod_run_gets_a_header_from_the_second_on() {
+        let mut out = Vec::new();
+        let mut printer = Printer::default();
+        printer
+            .line(&mut out, &line("first", None, "1"), false)
+            .unwrap();
+        printer
+            .line(&mut out, &line("retry", None, "2"), false)
+            .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "1\n==> pod retry <==\n2\n");
+    }
+
+    #[test]
+    fn timestamps_are_printed_with_nanoseconds_as_the_service_prints_them() {
+        let mut out = Vec::new();
+        let mut with_time = line("p", None, "t");
+        with_time.time = Some("2026-12-03T17:00:00.5Z".parse().unwrap());
+        Printer::default()
+            .line(&mut out, &with_time, false)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-12-03T17:00:00.500000000Z t\n"
+        );
+    }
+}

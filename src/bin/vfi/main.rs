@@ -365,3 +365,36 @@ async fn tokens(api: &Api, command: args::TokensCommand, output: Output) -> anyh
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_runs_outcome() {
+        assert_eq!(exit_code("succeeded"), Some(0));
+        assert_eq!(exit_code("failed"), Some(1));
+        assert_eq!(exit_code("cancelled"), Some(2));
+        assert_eq!(exit_code("lost"), Some(2));
+        assert_eq!(exit_code("running"), None, "not finished");
+    }
+
+    #[test]
+    fn parameters_split_at_the_first_equals_sign() {
+        let cli = Cli::try_parse_from(["vfi", "run", "t", "-p", "a=b=c", "-p", "empty="]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("a run")
+        };
+        assert_eq!(
+            args.params,
+            [("a".into(), "b=c".into()), ("empty".into(), String::new())]
+        );
+        assert!(Cli::try_parse_from(["vfi", "run", "t", "-p", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["vfi", "run", "t", "-p", "=x"]).is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
