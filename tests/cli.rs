@@ -623,6 +623,7 @@ async fn ls_get_and_cancel_show_runs_as_tables_and_json(db: PgPool) {
     let listed =
         finish(vfi(&service.base, &token).args(["-o", "json", "ls", "--limit", "5"])).await;
     let got = finish(vfi(&service.base, &token).args(["get", &id])).await;
+    let got_json = finish(vfi(&service.base, &token).args(["-o", "json", "get", &id])).await;
     let cancelled = finish(vfi(&service.base, &token).args(["cancel", &id])).await;
     let again = finish(vfi(&service.base, &token).args(["cancel", &id])).await;
     let completion = finish(vfi("", "").args(["completion", "bash"])).await;
@@ -637,6 +638,9 @@ async fn ls_get_and_cancel_show_runs_as_tables_and_json(db: PgPool) {
     assert_eq!(listed["items"][0]["id"], id.as_str());
     let got = String::from_utf8_lossy(&got.stdout);
     assert!(got.contains("running") && got.contains("1 active"), "{got}");
+    let got_json: Value = serde_json::from_slice(&got_json.stdout).unwrap();
+    assert_eq!(got_json["id"], id.as_str());
+    assert_eq!(got_json["status"], "running");
     assert!(cancelled.status.success(), "{}", stderr(&cancelled));
     assert_eq!(
         again.status.code(),

@@ -63,9 +63,8 @@ pub fn run_line(output: Output, run: &Value) {
 /// One run in full: status, reason, queue position while waiting, and its pods.
 pub fn run(output: Output, run: &Value, pods: &Value) {
     if output == Output::Json {
-        let mut run = run.clone();
-        run["podRecords"] = pods.clone();
-        return json(&run);
+        // The API's answer as is (its pod records are `GET /v1/runs/{id}/pods`).
+        return json(run);
     }
     let mut fields = table(&["FIELD", "VALUE"]);
     let counts = &run["pods"];
