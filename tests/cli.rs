@@ -230,8 +230,9 @@ async fn ctrl_c_while_following_stops_the_client_and_the_run_goes_on(db: PgPool)
     let (child, id) =
         spawn_and_read_run_id(vfi(&service.base, &token).args(["run", "slow", "--follow"])).await;
     service.wait_for(&id, "running", WAIT).await;
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &child.id().unwrap().to_string()])
+    // The shell's own `kill`: no procps needed.
+    let interrupted = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", child.id().unwrap())])
         .status()
         .unwrap();
     assert!(interrupted.success());
