@@ -19,8 +19,9 @@ ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 #    empty stubs (they are never compiled; step 2 overwrites them).
 COPY Cargo.toml Cargo.lock ./
 COPY kubesim/Cargo.toml kubesim/Cargo.toml
-RUN mkdir -p src kubesim/src \
+RUN mkdir -p src/bin/vfi kubesim/src \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > src/bin/vfi/main.rs \
  && touch kubesim/src/lib.rs
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
@@ -32,8 +33,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p vfi-orchestrator \
- && install -D -m 0755 target/release/vfi-orchestrator /out/vfi-orchestrator
+    cargo build --release --locked -p vfi-orchestrator --bins \
+ && install -D -m 0755 target/release/vfi-orchestrator /out/vfi-orchestrator \
+ && install -D -m 0755 target/release/vfi /out/vfi
 
 # Runtime: glibc + libgcc + CA certs only, no shell, uid/gid 65532.
 FROM ${RUNTIME_IMAGE}
@@ -41,6 +43,9 @@ LABEL org.opencontainers.image.title="vfi-orchestrator" \
       org.opencontainers.image.description="Runs batch tasks as Kubernetes Jobs from a REST API, with history in PostgreSQL" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/vfi-orchestrator /usr/local/bin/vfi-orchestrator
+# The command-line client too (README "CLI"): `kubectl exec ... -- vfi ls` or `docker run
+# --entrypoint vfi ...`.
+COPY --from=builder /out/vfi /usr/local/bin/vfi
 USER 65532:65532
 ENV LISTEN_ADDR=0.0.0.0:8080
 EXPOSE 8080

@@ -263,6 +263,8 @@ async fn server_sent_events_resume_exactly_after_the_last_event_id(db: PgPool) {
         all.iter().filter(|e| e.1 == "log").collect();
     assert_eq!(lines.len(), 10);
     assert_eq!(all.last().unwrap().1, "end");
+    // With data: an EventSource (the HTML standard) drops an event whose data is empty.
+    assert_eq!(all.last().unwrap().2, json!({}));
     let fourth = lines[3].0.clone().expect("log events carry ids");
 
     let resumed = sse_events(&service, &id, Some(&fourth)).await;

@@ -318,8 +318,10 @@ fn sse_response(
             futures::future::ready(Some(event))
         })
         .filter_map(|event| futures::future::ready(event.map(Ok)))
+        // With data: the HTML standard's EventSource (and every client that follows it) drops
+        // an event whose data buffer is empty, so an `end` without data never reached them.
         .chain(futures::stream::once(async {
-            Ok(Event::default().event("end").data(""))
+            Ok(Event::default().event("end").data("{}"))
         }));
     SseEvents(events)
 }
