@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod auth;
 pub mod loglines;
 pub mod names;
+pub mod params;
 pub mod policy;
 pub mod queue;
 pub mod report;
