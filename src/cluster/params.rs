@@ -45,13 +45,24 @@ pub fn env(run_id: Uuid, params: &RunParams) -> Vec<EnvVar> {
         .collect()
 }
 
-/// `env` with the run's parameter env vars added; a template var of the same name is replaced
-/// (the parameter wins, as its value was checked against its definition).
+/// The env var a scheduled run (or a backfill's) finds its scheduled time in (RFC 3339, UTC).
+pub const SCHEDULED_TIME_ENV: &str = "VFI_SCHEDULED_TIME";
+
+/// `env` with the run's parameter env vars (and a scheduled run's `VFI_SCHEDULED_TIME`) added;
+/// a template var of the same name is replaced (the parameter wins, as its value was checked
+/// against its definition).
 pub fn with_param_env(env: Option<Vec<EnvVar>>, run: &Run) -> Option<Vec<EnvVar>> {
-    if run.params.is_empty() {
+    if run.params.is_empty() && run.scheduled_time.is_none() {
         return env;
     }
-    let params = self::env(run.id, &run.params);
+    let mut params = self::env(run.id, &run.params);
+    if let Some(time) = run.scheduled_time {
+        params.push(EnvVar {
+            name: SCHEDULED_TIME_ENV.into(),
+            value: Some(time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            value_from: None,
+        });
+    }
     let mut env: Vec<EnvVar> = env
         .unwrap_or_default()
         .into_iter()
