@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod loglines;
+pub mod masking;
 pub mod names;
 pub mod params;
 pub mod policy;
