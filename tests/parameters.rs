@@ -1,0 +1,315 @@
+//! Typed task parameters (issue 18): what a client relies on. Bad definitions and bad values are
+//! refused naming the field, and a refusal stores nothing; defaults apply; the run records the
+//! values it ran with; the values reach the container as `VFI_PARAM_<NAME>` (seen by a real
+//! process under kubesim's host runner), from the API, from webhook deliveries and from the
+//! schedule; secret values never reach Postgres, API answers or logs.
+
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::service::{eventually, kubesim, logs, pods_of, ManualClock, RunnerKind, Service};
+use common::{assert_problem, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::Duration;
+use vfi_orchestrator::domain::webhook::sign;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A task whose container prints its parameters' env vars (host runner: a real `sh`).
+fn printing(script: &str, parameters: Value) -> Value {
+    json!({
+        "template": {"image": "busybox", "command": ["sh", "-c", script]},
+        "parameters": parameters,
+    })
+}
+
+async fn put(service: &Service, name: &str, spec: &Value) -> reqwest::Response {
+    service
+        .http
+        .put(service.url(&format!("/v1/tasks/{name}")))
+        .json(spec)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn runs_stored(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn bad_parameter_definitions_are_422_naming_the_field_and_store_nothing(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let cases = [
+        (json!([{"name": "1target"}]), "parameters[0].name"),
+        (json!([{"name": "tar-get"}]), "parameters[0].name"),
+        (
+            json!([{"name": "target"}, {"name": "target"}]),
+            "parameters[1].name",
+        ),
+        (
+            json!([{"name": "n", "type": "integer", "default": "many"}]),
+            "parameters[0].default",
+        ),
+        (
+            json!([{"name": "t", "type": "enum", "enum": ["dev"], "default": "prod"}]),
+            "parameters[0].default",
+        ),
+        (
+            json!([{"name": "t", "type": "enum", "enum": []}]),
+            "parameters[0].enum",
+        ),
+        (
+            json!([{"name": "t", "pattern": "(unclosed"}]),
+            "parameters[0].pattern",
+        ),
+        (
+            json!([{"name": "token", "type": "secret", "default": "x"}]),
+            "parameters[0].default",
+        ),
+    ];
+    for (parameters, field) in cases {
+        let spec = json!({"template": {"image": "busybox"}, "parameters": parameters});
+        let response = app.put_json("/v1/tasks/t", &spec).await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(field)).await;
+    }
+    let unknown_type =
+        json!({"template": {"image": "busybox"}, "parameters": [{"name": "a", "type": "float"}]});
+    let response = app.put_json("/v1/tasks/t", &unknown_type).await;
+    assert!(response.status().is_client_error(), "{}", response.status());
+    assert_eq!(app.count("tasks").await, 0, "nothing stored");
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn an_enum_parameter_refuses_other_values_applies_its_default_and_reaches_the_pod(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let spec = printing(
+        "echo target=$VFI_PARAM_TARGET ref=$VFI_PARAM_REF count=$VFI_PARAM_COUNT",
+        json!([
+            {"name": "target", "type": "enum", "enum": ["dev", "staging"], "default": "staging",
+             "description": "where to deploy"},
+            {"name": "ref", "required": true, "pattern": "[a-z0-9/._-]+"},
+            {"name": "count", "type": "integer", "minimum": 1, "maximum": 5, "default": 2}
+        ]),
+    );
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+
+    let start = |params: Value| {
+        let service = &service;
+        async move {
+            service
+                .post("/v1/tasks/deploy/runs", &json!({"params": params}))
+                .await
+        }
+    };
+    let refused = start(json!({"target": "prod", "ref": "main"})).await;
+    let body = assert_problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("params.target"),
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "params.target");
+    let missing = start(json!({})).await;
+    assert_problem(
+        missing,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("params.ref"),
+    )
+    .await;
+    for (params, field) in [
+        (json!({"ref": "main", "count": 9}), "params.count"),
+        (json!({"ref": "main", "count": 1.5}), "params.count"),
+        (json!({"ref": "Main Branch"}), "params.ref"),
+        (json!({"ref": "main", "colour": "red"}), "params.colour"),
+    ] {
+        let response = start(params).await;
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, Some(field)).await;
+    }
+    assert_eq!(
+        runs_stored(&db).await,
+        0,
+        "a refused request stores nothing"
+    );
+
+    let response = start(json!({"ref": "main"})).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let run: Value = response.json().await.unwrap();
+    assert_eq!(
+        run["params"],
+        json!({"target": "staging", "ref": "main", "count": 2}),
+        "the run records the values it runs with, defaults applied"
+    );
+    let id = run["id"].as_str().unwrap();
+    service.wait_for(id, "succeeded", WAIT).await;
+    assert_eq!(
+        logs(&service, id, "").await,
+        "target=staging ref=main count=2\n"
+    );
+    let pod = pods_of(&sim.client(), id).await.remove(0);
+    let env = pod.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "VFI_PARAM_TARGET" && e.value.as_deref() == Some("staging")),
+        "{env:?}"
+    );
+    assert_eq!(service.run(id).await["params"], run["params"]);
+    let listed = service.get("/v1/runs?task=deploy").await;
+    assert_eq!(listed["items"][0]["params"], run["params"]);
+
+    // A rerun reuses the values; one given replaces its own.
+    let rerun: Value = service
+        .post(
+            &format!("/v1/runs/{id}/rerun"),
+            &json!({"params": {"target": "dev"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        rerun["params"],
+        json!({"target": "dev", "ref": "main", "count": 2})
+    );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_webhook_push_maps_ref_and_sha_into_parameters_the_pod_sees(db: PgPool) {
+    const SECRET: &str = "It's a Secret to Everybody";
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let spec = printing(
+        "echo ref=$VFI_PARAM_GIT_REF sha=$VFI_PARAM_SHA pr=$VFI_PARAM_PR",
+        json!([
+            {"name": "git_ref", "required": true},
+            {"name": "sha", "required": true, "pattern": "[0-9a-f]{40}"},
+            {"name": "pr", "default": "none"}
+        ]),
+    );
+    assert_eq!(
+        put(&service, "build", &spec).await.status(),
+        StatusCode::CREATED
+    );
+    let bad = service
+        .http
+        .put(service.url("/v1/tasks/build/triggers/github"))
+        .json(&json!({"provider": "github", "secret": SECRET,
+                      "params": {"git_ref": "{{head_commit.message}}"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(
+        bad,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("params.git_ref"),
+    )
+    .await;
+    let trigger: Value = service
+        .http
+        .put(service.url("/v1/tasks/build/triggers/github"))
+        .json(&json!({"provider": "github", "secret": SECRET, "params": {
+            "git_ref": "{{ref}}", "sha": "{{sha}}", "pr": "{{pull_request.number}}"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trigger["params"]["sha"], "{{sha}}");
+    let body = std::fs::read(format!(
+        "{}/tests/fixtures/webhooks/github-push.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let answer: Value = reqwest::Client::new()
+        .post(service.url(trigger["hookPath"].as_str().unwrap()))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-params")
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", sign(SECRET, &body)),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["outcome"], "started", "{answer}");
+    let id = answer["run"]["id"].as_str().unwrap();
+    service.wait_for(id, "succeeded", WAIT).await;
+    assert_eq!(
+        logs(&service, id, "").await,
+        "ref=refs/heads/main sha=0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c pr=none\n",
+        "a push has no pull request number: the default applies"
+    );
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_schedules_parameter_values_and_its_time_reach_its_runs(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let clock = ManualClock::new(utc("2026-01-05T10:00:30Z"));
+    let service =
+        Service::start_with_clock(db.clone(), sim.client(), &[], Some(clock.clone())).await;
+    let mut spec = printing(
+        "echo target=$VFI_PARAM_TARGET at=$VFI_SCHEDULED_TIME",
+        json!([{"name": "target", "type": "enum", "enum": ["dev", "nightly"], "required": true}]),
+    );
+    spec["schedule"] = json!("* * * * *");
+    spec["scheduleParams"] = json!({"target": "prod"});
+    let refused = put(&service, "nightly", &spec).await;
+    assert_problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("scheduleParams.target"),
+    )
+    .await;
+    spec["scheduleParams"] = json!({"target": "nightly"});
+    assert_eq!(
+        put(&service, "nightly", &spec).await.status(),
+        StatusCode::CREATED
+    );
+
+    clock.set(utc("2026-01-05T10:01:10Z"));
+    let query = "SELECT id FROM runs WHERE task_name = 'nightly' AND trigger = 'schedule'";
+    eventually("the scheduled run", WAIT, || {
+        let db = db.clone();
+        async move {
+            let found: Option<uuid::Uuid> =
+                sqlx::query_scalar(query).fetch_optional(&db).await.unwrap();
+            found.is_some()
+        }
+    })
+    .await;
+    let id: uuid::Uuid = sqlx::query_scalar(query).fetch_one(&db).await.unwrap();
+    let id = id.to_string();
+    service.wait_for(&id, "succeeded", WAIT).await;
+    assert_eq!(
+        logs(&service, &id, "").await,
+        "target=nightly at=2026-01-05T10:01:00Z\n"
+    );
+    assert_eq!(
+        service.run(&id).await["params"],
+        json!({"target": "nightly"})
+    );
+}
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
