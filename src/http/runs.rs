@@ -6,7 +6,7 @@ use super::idempotency::{Claimed, Idempotent};
 use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
-use super::Limits;
+use super::{AppState, Limits};
 use crate::cluster::jobs::Cluster;
 use crate::domain::attempt::PodWithAttempts;
 use crate::domain::params;
@@ -49,10 +49,7 @@ use uuid::Uuid;
 )]
 pub async fn start_task_run(
     auth: Authorized<ForRun>,
-    State(db): State<PgPool>,
-    State(limits): State<Arc<Limits>>,
-    State(policy): State<Arc<RunPolicy>>,
-    State(cluster): State<Cluster>,
+    State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(overrides): ApiJson<RunOverrides>,
@@ -61,14 +58,14 @@ pub async fn start_task_run(
     let origin =
         Origin::api(Some(name.as_str()), auth.caller.token_id).admit(Some(&auth.caller))?;
     overrides.validate()?;
-    let task = store::tasks::get(&db, name.as_str())
+    let task = store::tasks::get(&state.db, name.as_str())
         .await?
         .ok_or_else(|| Error::NotFound {
             kind: "task",
             name: name.to_string(),
         })?;
     let submission = Submission::check(
-        &policy,
+        &state.policy,
         origin,
         task.template.with_overrides(&overrides),
         task.limits.as_ref(),
@@ -86,7 +83,14 @@ pub async fn start_task_run(
         format!("POST /v1/tasks/{name}/runs"),
         &overrides,
     );
-    create(&db, &cluster, &limits, idempotent, &submission).await
+    create(
+        &state.db,
+        &state.cluster,
+        &state.limits,
+        idempotent,
+        &submission,
+    )
+    .await
 }
 
 /// Start an ad-hoc run from an inline template, like `kubectl create job`.
@@ -625,20 +629,17 @@ pub struct RerunRequest {
 )]
 pub async fn rerun(
     auth: Authorized<ForRun>,
-    State(db): State<PgPool>,
-    State(limits): State<Arc<Limits>>,
-    State(policy): State<Arc<RunPolicy>>,
-    State(cluster): State<Cluster>,
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<RerunRequest>,
 ) -> Result<Response> {
-    let original = run_for(&auth, &db, &id).await?;
+    let original = run_for(&auth, &state.db, &id).await?;
     let id = original.id;
     // Today's limits and queue, not those of the original's day (and its task's, if it still
     // exists).
     let task = match original.task.as_deref() {
-        Some(task) => store::tasks::get(&db, task).await?,
+        Some(task) => store::tasks::get(&state.db, task).await?,
         None => None,
     };
     let task_limits = task.as_ref().and_then(|t| t.limits.clone());
@@ -657,21 +658,33 @@ pub async fn rerun(
         .as_ref()
         .map(|t| t.parameters.as_slice())
         .unwrap_or_default();
-    let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?
-        .with_params(specs, &values)?
-        .queued(
-            task.as_ref().and_then(|t| t.concurrency.as_ref()),
-            task.as_ref().and_then(|t| t.priority),
-            None,
-            Some(auth.caller.scope),
-        )?;
+    let submission = Submission::check(
+        &state.policy,
+        origin,
+        original.template,
+        task_limits.as_ref(),
+    )?
+    .with_params(specs, &values)?
+    .queued(
+        task.as_ref().and_then(|t| t.concurrency.as_ref()),
+        task.as_ref().and_then(|t| t.priority),
+        None,
+        Some(auth.caller.scope),
+    )?;
     let idempotent = Idempotent::new(
         key,
         &auth.caller,
         format!("POST /v1/runs/{id}/rerun"),
         &request,
     );
-    create(&db, &cluster, &limits, idempotent, &submission).await
+    create(
+        &state.db,
+        &state.cluster,
+        &state.limits,
+        idempotent,
+        &submission,
+    )
+    .await
 }
 
 /// The run's pods, in completion-index order, then creation order, each with its container's
