@@ -313,3 +313,198 @@ async fn a_schedules_parameter_values_and_its_time_reach_its_runs(db: PgPool) {
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
+
+/// Lines of `x`s ending in the secret, at lengths chosen so that whatever the length of the
+/// kubelet's timestamp (RFC 3339 with trimmed nanoseconds, 21 to 36 bytes with its space), one
+/// of them has the secret straddling the 64 KiB cut of a long line.
+const STRADDLING: &str = r#"sleep 1; echo "token=$VFI_PARAM_TOKEN"; for n in 65488 65491 65494 65497 65500 65503 65506 65509 65512 65515; do head -c $n /dev/zero | tr '\0' x; echo "$VFI_PARAM_TOKEN end"; done; sleep 1"#;
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_secret_parameter_never_reaches_postgres_the_api_or_the_logs_and_goes_with_its_job(
+    db: PgPool,
+) {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams};
+
+    const VALUE: &str = "hunter2-xyz";
+    let sim = kubesim(RunnerKind::Host).await;
+    let client = sim.client();
+    let service = Service::start(db.clone(), client.clone(), &[]).await;
+    let spec = printing(
+        STRADDLING,
+        json!([{"name": "token", "type": "secret", "required": true}]),
+    );
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+
+    let response = service
+        .post(
+            "/v1/tasks/deploy/runs",
+            &json!({"params": {"token": VALUE}}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let run: Value = response.json().await.unwrap();
+    assert_eq!(run["params"], json!({"token": "***"}));
+    let id = run["id"].as_str().unwrap().to_string();
+
+    // The live stream, as Server-Sent Events, while the pod runs.
+    service.wait_for(&id, "running", WAIT).await;
+    let live = service
+        .http
+        .get(service.url(&format!("/v1/runs/{id}/logs?follow=true")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let live = tokio::time::timeout(WAIT, live.text())
+        .await
+        .unwrap()
+        .unwrap();
+    service.wait_for(&id, "succeeded", WAIT).await;
+    let head = &live[..300.min(live.len())];
+    assert!(
+        live.contains("token=***"),
+        "the live log masks the value: {head}"
+    );
+    assert!(
+        !live.contains("hunter2"),
+        "no part of the value in the live log"
+    );
+    assert_eq!(
+        live.matches("*** end").count(),
+        10,
+        "every straddling occurrence masked"
+    );
+
+    let archived = logs(&service, &id, "").await;
+    assert!(
+        archived.starts_with("token=***\n"),
+        "{}",
+        &archived[..40.min(archived.len())]
+    );
+    assert!(
+        !archived.contains("hunter2"),
+        "no part of the value in the archive"
+    );
+    assert_eq!(archived.matches("*** end\n").count(), 10);
+
+    assert_eq!(service.run(&id).await["params"], json!({"token": "***"}));
+    let rerun = service
+        .post(&format!("/v1/runs/{id}/rerun"), &json!({}))
+        .await;
+    assert_problem(
+        rerun,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("params.token"),
+    )
+    .await;
+
+    // Nothing of the value in the service's database.
+    let options = db.connect_options();
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap()
+    );
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", "--dbname", &url])
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains(&id), "the dump holds the run");
+    assert!(!dump.contains(VALUE), "the dump holds no secret value");
+
+    // The run's Secret is owned by its Job: deleting the Job deletes it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let name = format!("vfi-params-{id}");
+    let secret = secrets.get(&name).await.expect("the run's Secret");
+    let owners = secret.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "Job");
+    let job = service.run(&id).await["job"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.delete(&job, &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("the Secret to go with its Job", WAIT, || {
+        let secrets = secrets.clone();
+        let name = name.clone();
+        async move { secrets.get_opt(&name).await.unwrap().is_none() }
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_secret_of_a_run_cancelled_before_its_job_is_deleted(db: PgPool) {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::Api;
+
+    let sim = kubesim(RunnerKind::Host).await;
+    let client = sim.client();
+    let service = Service::start(db.clone(), client.clone(), &[]).await;
+    // The second run waits in `queued` behind the first on a concurrency key of one slot, so
+    // it is cancelled before any Job of it exists.
+    let mut spec = printing(
+        "sleep 30",
+        json!([{"name": "token", "type": "secret", "required": true}]),
+    );
+    spec["concurrency"] = json!({"key": "one", "limit": 1});
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+    let start = || async {
+        let run: Value = service
+            .post(
+                "/v1/tasks/deploy/runs",
+                &json!({"params": {"token": "first-secret"}}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        run["id"].as_str().unwrap().to_string()
+    };
+    let first = start().await;
+    let second = start().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    assert!(secrets
+        .get_opt(&format!("vfi-params-{second}"))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(service.run(&second).await["status"], "queued");
+    let cancelled = service
+        .post(&format!("/v1/runs/{second}/cancel"), &json!({}))
+        .await;
+    assert!(cancelled.status().is_success());
+    eventually("the cancelled run's Secret to be deleted", WAIT, || {
+        let secrets = secrets.clone();
+        let name = format!("vfi-params-{second}");
+        async move { secrets.get_opt(&name).await.unwrap().is_none() }
+    })
+    .await;
+    assert!(
+        secrets
+            .get_opt(&format!("vfi-params-{first}"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the running run keeps its Secret"
+    );
+}
