@@ -513,3 +513,40 @@ async fn the_secret_of_a_run_cancelled_before_its_job_is_deleted(db: PgPool) {
         "the running run keeps its Secret"
     );
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn after_a_restart_the_service_masks_secret_values_read_back_from_the_runs_secret(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let spec = printing(
+        r#"for i in 1 2 3 4 5 6; do echo "$i $VFI_PARAM_TOKEN"; sleep 0.5; done"#,
+        json!([{"name": "token", "type": "secret", "required": true}]),
+    );
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+    let run: Value = service
+        .post(
+            "/v1/tasks/deploy/runs",
+            &json!({"params": {"token": "s3cr3t-value"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    service.wait_for(&id, "running", WAIT).await;
+    service.stop().await;
+
+    // A new process knows nothing but what Postgres and the cluster hold.
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    service.wait_for(&id, "succeeded", WAIT).await;
+    let archived = logs(&service, &id, "").await;
+    assert!(!archived.contains("s3cr3t"), "{archived}");
+    for i in 1..=6 {
+        assert!(archived.contains(&format!("{i} ***\n")), "{archived}");
+    }
+}
