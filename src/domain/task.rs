@@ -251,6 +251,15 @@ impl TaskSpec {
                     format!("scheduleParams.{}", spec.name),
                     "a secret parameter cannot be set by the schedule (it would be stored with the task)",
                 );
+            } else if spec.kind == ParamType::Secret
+                && spec.required
+                && self.schedule.schedule.is_some()
+            {
+                // Every scheduled time would be refused: say so now.
+                errors.add(
+                    format!("scheduleParams.{}", spec.name),
+                    "the schedule cannot give a required secret parameter: make it optional or remove the schedule",
+                );
             }
         }
         let public: Vec<ParamSpec> = self
@@ -324,6 +333,46 @@ mod tests {
         assert!(TaskName::parse("a".repeat(50)).is_ok());
         assert!(TaskName::parse("a".repeat(51)).is_err());
         assert!(TaskName::parse("Nightly").is_err());
+    }
+
+    #[test]
+    fn schedule_params_are_checked_against_the_parameters_and_never_give_a_secret() {
+        let spec = |extra: serde_json::Value| {
+            let mut body = serde_json::json!({
+                "template": {"image": "x"}, "schedule": "@daily",
+                "parameters": [
+                    {"name": "target", "type": "enum", "enum": ["dev", "nightly"], "required": true},
+                    {"name": "token", "type": "secret"}
+                ]
+            });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<TaskSpec>(body).unwrap()
+        };
+        let fields = |spec: TaskSpec| -> Vec<String> {
+            spec.validate()
+                .err()
+                .map(|e| e.0.into_iter().map(|f| f.field).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            fields(spec(serde_json::json!({}))),
+            ["scheduleParams.target"]
+        );
+        assert!(fields(spec(
+            serde_json::json!({"scheduleParams": {"target": "nightly"}})
+        ))
+        .is_empty());
+        assert_eq!(
+            fields(spec(
+                serde_json::json!({"scheduleParams": {"target": "nightly", "token": "x"}})
+            )),
+            ["scheduleParams.token"]
+        );
+        let mut required_secret = spec(serde_json::json!({"scheduleParams": {"target": "dev"}}));
+        required_secret.parameters[1].required = true;
+        assert_eq!(fields(required_secret), ["scheduleParams.token"]);
     }
 
     #[test]
