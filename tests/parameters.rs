@@ -550,3 +550,44 @@ async fn after_a_restart_the_service_masks_secret_values_read_back_from_the_runs
         assert!(archived.contains(&format!("{i} ***\n")), "{archived}");
     }
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn args_name_parameters_with_kubernetes_own_expansion(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let spec = json!({
+        "template": {"image": "busybox", "command": ["echo"],
+                     "args": ["deploying", "$(VFI_PARAM_TARGET)", "with", "$(VFI_PARAM_TOKEN)"]},
+        "parameters": [
+            {"name": "target", "type": "enum", "enum": ["dev", "staging"], "default": "dev"},
+            {"name": "token", "type": "secret", "required": true}
+        ]
+    });
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+    let run: Value = service
+        .post(
+            "/v1/tasks/deploy/runs",
+            &json!({"params": {"token": "tok-123456"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    service.wait_for(&id, "succeeded", WAIT).await;
+    // The kubelet substitutes; the service rendered only the names.
+    assert_eq!(logs(&service, &id, "").await, "deploying dev with ***\n");
+    let pod = pods_of(&sim.client(), &id).await.remove(0);
+    assert_eq!(
+        pod.spec.unwrap().containers[0].args.clone().unwrap(),
+        [
+            "deploying",
+            "$(VFI_PARAM_TARGET)",
+            "with",
+            "$(VFI_PARAM_TOKEN)"
+        ]
+    );
+}
