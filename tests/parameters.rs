@@ -286,6 +286,21 @@ async fn a_schedules_parameter_values_and_its_time_reach_its_runs(db: PgPool) {
         StatusCode::CREATED
     );
 
+    // The scheduler must have seen the task before the clock moves past 10:01 (it starts from
+    // where its clock is when it first sees a task).
+    eventually("the scheduler to see the task", WAIT, || {
+        let db = db.clone();
+        async move {
+            let considered: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT considered_until FROM schedule_cursors WHERE task_name = 'nightly'",
+            )
+            .fetch_optional(&db)
+            .await
+            .unwrap();
+            considered.is_some()
+        }
+    })
+    .await;
     clock.set(utc("2026-01-05T10:01:10Z"));
     let query = "SELECT id FROM runs WHERE task_name = 'nightly' AND trigger = 'schedule'";
     eventually("the scheduled run", WAIT, || {
