@@ -606,3 +606,54 @@ async fn args_name_parameters_with_kubernetes_own_expansion(db: PgPool) {
         ]
     );
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_secret_of_a_run_whose_job_the_api_server_refuses_is_deleted(db: PgPool) {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+
+    let sim = kubesim(RunnerKind::Host).await;
+    let client = sim.client();
+    // Someone else's Job already has the name the run's Job would get.
+    let theirs: Job = serde_json::from_value(json!({
+        "metadata": {"name": "deploy-1"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "30"]}]}}}
+    }))
+    .unwrap();
+    Api::<Job>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let service = Service::start(db, client.clone(), &[]).await;
+    let spec = printing(
+        "true",
+        json!([{"name": "token", "type": "secret", "required": true}]),
+    );
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+    let run: Value = service
+        .post(
+            "/v1/tasks/deploy/runs",
+            &json!({"params": {"token": "never-used"}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    let failed = service.wait_for(&id, "failed", WAIT).await;
+    assert_eq!(failed["statusReason"], "AlreadyExists");
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    assert!(
+        secrets
+            .get_opt(&format!("vfi-params-{id}"))
+            .await
+            .unwrap()
+            .is_none(),
+        "no Job will own it, so the launcher deleted it"
+    );
+}
