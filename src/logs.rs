@@ -7,6 +7,7 @@ use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::{main_instance, Instance, LogRead};
 use crate::domain::attempt::{self, Archived, PodWithAttempts};
 use crate::domain::loglines::{lines, split_timestamp, LineSplitter};
+use crate::domain::masking::MaskedLines;
 use crate::domain::{PodRecord, Run};
 use crate::store;
 use bytes::Bytes;
@@ -319,10 +320,21 @@ fn pod_log<'a>(
                 previous,
             };
             let numbered = read.tail_lines.is_none();
+            // The run's secret values are masked before a line is served (issue 18). A run
+            // whose values cannot be read is not served live (its archive is masked).
+            let masks = match crate::runtime::archiver::masks_of(cluster, run, &namespace).await {
+                Ok(masks) => masks,
+                Err(_) if query.follow => {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    continue;
+                }
+                Err(_) => break,
+            };
             match cluster.pod_log(&namespace, &pod.name, &read).await {
                 Ok(mut reader) => {
                     let before = last;
                     let mut splitter = LineSplitter::default();
+                    let mut masked = MaskedLines::new(masks);
                     let mut buf = vec![0u8; 32 * 1024];
                     let mut number = -1i64;
                     loop {
@@ -331,6 +343,7 @@ fn pod_log<'a>(
                             Ok(n) => n,
                         };
                         for raw in splitter.push(&buf[..n]) {
+                            let raw = masked.push(raw);
                             number += 1;
                             if numbered && number <= last {
                                 continue;
@@ -343,7 +356,7 @@ fn pod_log<'a>(
                             }
                         }
                     }
-                    if let Some(raw) = splitter.finish() {
+                    if let Some(raw) = masked.finish_with(splitter.finish()) {
                         number += 1;
                         if !numbered || number > last {
                             if let Some(item) = line_item(&pod.name, numbered.then_some(number), &raw, query) {

@@ -239,3 +239,106 @@ async fn with_authentication_on_the_dashboard_asks_for_a_token_and_then_shows_th
     assert_eq!(kept, serde_json::Value::Null, "the token outlives no tab");
     browser.close("dashboard-auth.png").await;
 }
+
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_tasks_start_form_is_generated_from_its_parameters_and_masks_secrets(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db, sim.client(), &["--auth-disabled"]).await;
+    let spec = serde_json::json!({
+        "template": {"image": "busybox", "command": ["true"]},
+        "parameters": [
+            {"name": "target", "type": "enum", "enum": ["staging", "dev"], "default": "staging"},
+            {"name": "dry_run", "type": "boolean"},
+            {"name": "replicas", "type": "integer", "minimum": 1, "default": 2},
+            {"name": "token", "type": "secret", "required": true}
+        ]
+    });
+    let put = service
+        .http
+        .put(service.url("/v1/tasks/deploy"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let browser = Browser::open().await;
+    let page = &browser.client;
+
+    page.goto(&service.url("/#/tasks/deploy")).await.unwrap();
+    let form = page
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#start-form"))
+        .await
+        .expect("a task with parameters gets a start form");
+    let kinds = [
+        ("#param-target", "select"),
+        ("#param-dry_run", "input"),
+        ("#param-replicas", "input"),
+        ("#param-token", "input"),
+    ];
+    for (css, tag) in kinds {
+        let field = form.find(Locator::Css(css)).await.unwrap();
+        assert_eq!(field.tag_name().await.unwrap(), tag, "{css}");
+    }
+    for (css, kind) in [
+        ("#param-dry_run", "checkbox"),
+        ("#param-replicas", "number"),
+        ("#param-token", "password"),
+    ] {
+        let field = form.find(Locator::Css(css)).await.unwrap();
+        assert_eq!(
+            field.attr("type").await.unwrap().as_deref(),
+            Some(kind),
+            "{css}"
+        );
+    }
+
+    form.find(Locator::XPath(
+        "//select[@id='param-target']/option[text()='dev']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    form.find(Locator::Css("#param-dry_run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    form.find(Locator::Css("#param-token"))
+        .await
+        .unwrap()
+        .send_keys("hunter2-xyz")
+        .await
+        .unwrap();
+    form.find(Locator::Id("start-task-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = page
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#params"))
+        .await
+        .expect("the run page shows its parameters");
+    let text = shown.text().await.unwrap();
+    let url = page.current_url().await.unwrap();
+    browser.close("dashboard-parameters.png").await;
+
+    assert_eq!(text, "dry_run=true, replicas=2, target=dev, token=***");
+    let id = url
+        .fragment()
+        .unwrap()
+        .trim_start_matches("/runs/")
+        .to_string();
+    let run = service.run(&id).await;
+    assert_eq!(
+        run["params"],
+        serde_json::json!({"dry_run": true, "replicas": 2, "target": "dev", "token": "***"})
+    );
+}

@@ -19,6 +19,10 @@ pub struct Behaviour {
     /// The cluster's nodes, tried in order (default: one, `kubesim-node-1`).
     pub nodes: Vec<Node>,
     pub image_pull: ImagePull,
+    /// How long the kubelet waits before it retries a container whose config could not be
+    /// built (`CreateContainerConfigError`: a missing Secret, ConfigMap or key): the pod
+    /// worker's back-off, `backOffPeriod` = 10 s in pkg/kubelet/pod_workers.go.
+    pub config_retry: Duration,
     /// Kueue's part; set from [`crate::SimConfig::kueue`] when the simulator starts.
     pub kueue: Option<crate::kueue::KueueConfig>,
 }
@@ -30,6 +34,7 @@ impl Default for Behaviour {
             admission: Admission::default(),
             nodes: vec![Node::default()],
             image_pull: ImagePull::default(),
+            config_retry: Duration::from_secs(10),
             kueue: None,
         }
     }

@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod api;
 pub mod behaviour;
+pub mod configdata;
 pub mod controller;
 pub mod error;
 pub mod events;

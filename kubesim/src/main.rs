@@ -84,6 +84,10 @@ struct Args {
     /// The kubelet's first image pull back-off, in milliseconds (doubles up to 300 s).
     #[arg(long, env = "KUBESIM_IMAGE_PULL_BACKOFF_MS", default_value_t = 10_000)]
     image_pull_backoff_ms: u64,
+    /// How long the kubelet waits before retrying a container stuck in
+    /// `CreateContainerConfigError` (a missing Secret, ConfigMap or key), in milliseconds.
+    #[arg(long, env = "KUBESIM_CONFIG_RETRY_MS", default_value_t = 10_000)]
+    config_retry_ms: u64,
     /// RBAC mode: authorize every request against the Roles, ClusterRoles and bindings in
     /// these YAML files (repeat; e.g. `kubectl kustomize deploy/base > rbac.yaml`). The
     /// kubeconfig's token is an admin (`system:masters`).
@@ -233,6 +237,7 @@ fn behaviour(args: &Args) -> Behaviour {
         b.image_pull.failing = fail.clone();
     }
     b.image_pull.initial_backoff = Duration::from_millis(args.image_pull_backoff_ms);
+    b.config_retry = Duration::from_millis(args.config_retry_ms);
     b
 }
 

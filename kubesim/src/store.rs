@@ -1,6 +1,6 @@
 //! The object store: the simulator's etcd.
 //!
-//! Owns every Job, Pod and Namespace, the single monotonic resourceVersion counter shared by all
+//! Owns every object of every kind (Jobs, Pods, Namespaces, Secrets, ConfigMaps, PVCs, ...), the single monotonic resourceVersion counter shared by all
 //! kinds, each kind's bounded event history (what watches replay from) and the owner index the
 //! garbage collector and Job controller use. Every write goes through [`Store`] so that each
 //! change gets exactly one resourceVersion and one history event.
@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event as CoreEvent, Namespace, PersistentVolumeClaim, Pod, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata as _;
 use serde::de::DeserializeOwned;
@@ -92,7 +94,8 @@ impl<K> Default for Table<K> {
     }
 }
 
-/// A kind the store can hold. Implemented for Job, Pod, Namespace and core/v1 Event only.
+/// A kind the store can hold: Job, Pod, Namespace, core/v1 Event, Secret, ConfigMap,
+/// PersistentVolumeClaim and Kueue's Workload.
 pub trait Kind:
     k8s_openapi::Resource
     + k8s_openapi::Metadata<Ty = ObjectMeta>
@@ -122,6 +125,9 @@ pub struct Inner {
     pub namespaces: Table<Namespace>,
     pub events: Table<CoreEvent>,
     pub workloads: Table<crate::kueue::Workload>,
+    pub secrets: Table<Secret>,
+    pub config_maps: Table<ConfigMap>,
+    pub pvcs: Table<PersistentVolumeClaim>,
 }
 
 impl Inner {
@@ -172,6 +178,9 @@ impl Store {
                 namespaces: Table::default(),
                 events: Table::default(),
                 workloads: Table::default(),
+                secrets: Table::default(),
+                config_maps: Table::default(),
+                pvcs: Table::default(),
             }),
             changed,
             event_cache: Mutex::new(crate::events::Correlator::default()),
@@ -596,6 +605,26 @@ impl_kind!(
     "workloads.kueue.x-k8s.io",
     true,
     |_: &crate::kueue::Workload, _| None
+);
+
+// `pkg/registry/core/secret/strategy.go` `SelectableFields`: `type` besides metadata.
+impl_kind!(Secret, secrets, "secrets", true, |s: &Secret, k| match k {
+    "type" => Some(s.type_.clone().unwrap_or_default()),
+    _ => None,
+});
+impl_kind!(
+    ConfigMap,
+    config_maps,
+    "configmaps",
+    true,
+    |_: &ConfigMap, _| None
+);
+impl_kind!(
+    PersistentVolumeClaim,
+    pvcs,
+    "persistentvolumeclaims",
+    true,
+    |_: &PersistentVolumeClaim, _| None
 );
 
 #[cfg(test)]

@@ -87,6 +87,12 @@ fn validate_name(meta: &ObjectMeta, label_only: bool, causes: &mut Vec<Cause>) {
     }
 }
 
+/// `metadata.name` checks of a kind whose name is a DNS-1123 subdomain (Secrets, ConfigMaps,
+/// PersistentVolumeClaims: `NameIsDNSSubdomain`).
+pub fn validate_object_name(meta: &ObjectMeta, causes: &mut Vec<Cause>) {
+    validate_name(meta, false, causes);
+}
+
 /// Fills `metadata.name` from `generateName` plus 5 random characters, as the server does.
 pub fn apply_generate_name(meta: &mut ObjectMeta) {
     if meta.name.as_deref().unwrap_or("").is_empty() {

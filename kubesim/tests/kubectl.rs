@@ -445,3 +445,52 @@ async fn kubectl_lists_workloads_and_a_status_patch_admits_one() {
     );
     sim.shutdown().await;
 }
+
+/// `kubectl create secret generic --from-literal` (a protobuf body, as kubectl's typed client
+/// sends it), `kubectl get secrets` (Table: NAME TYPE DATA AGE, printers.go
+/// `secretColumnDefinitions`), the stored value base64-encoded under `.data`, and
+/// `kubectl create configmap` / `get configmaps` / `delete secret`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_gets_and_deletes_secrets_and_config_maps() {
+    let bin = kubectl_path();
+    let sim = common::sim().await;
+    let k = Kubectl::new(&sim, bin, "secrets");
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=password=hunter2",
+        "--from-literal=user=admin",
+    ])
+    .await;
+    let listed = k.ok(&["get", "secrets"]).await;
+    let mut lines = listed.lines();
+    assert_eq!(
+        words(lines.next().unwrap()),
+        vec!["NAME", "TYPE", "DATA", "AGE"]
+    );
+    assert_eq!(&words(lines.next().unwrap())[..3], &["db", "Opaque", "2"]);
+    let encoded = k
+        .ok(&["get", "secret", "db", "-o", "jsonpath={.data.password}"])
+        .await;
+    assert_eq!(encoded, "aHVudGVyMg==");
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=LEVEL=debug",
+    ])
+    .await;
+    let listed = k.ok(&["get", "configmaps"]).await;
+    assert_eq!(
+        &words(listed.lines().nth(1).unwrap())[..2],
+        &["settings", "1"],
+        "{listed}"
+    );
+    k.ok(&["delete", "secret", "db"]).await;
+    let after = k.run(&["get", "secret", "db"]).await;
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("NotFound"));
+    sim.shutdown().await;
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod jobs;
 pub mod kueue;
 pub mod observe;
+pub mod params;
 pub mod permissions;
 pub mod pods;
 pub mod render;

@@ -49,7 +49,17 @@ pub const REQUIRED: &[Permission] = &[
         resource: "events",
         subresource: None,
         verbs: &["get", "list", "watch"],
-    }, // Read Kueue's Workloads: why a run given to a Kueue queue is held (never written).
+    },
+    // Secret parameters (issue 18): create each run's Secret, give it to the run's Job (patch),
+    // read it back to mask the values in logs after a restart (get), find and delete the ones
+    // no Job took (list, delete).
+    Permission {
+        group: "",
+        resource: "secrets",
+        subresource: None,
+        verbs: &["create", "get", "list", "patch", "delete"],
+    },
+    // Read Kueue's Workloads: why a run given to a Kueue queue is held (never written).
     Permission {
         group: "kueue.x-k8s.io",
         resource: "workloads",

@@ -115,7 +115,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 .collect::<BTreeMap<_, _>>()
         })
     };
-    let container = Container {
+    let mut container = Container {
         name: CONTAINER.into(),
         image: Some(t.image.clone()),
         command: (!t.command.is_empty()).then(|| t.command.clone()),
@@ -139,6 +139,8 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
         }),
         ..Default::default()
     };
+    // The run's parameters, as `VFI_PARAM_<NAME>` (secret ones from the run's Secret).
+    container.env = super::params::with_param_env(container.env.take(), run);
     let restart_policy = match t.restart_policy {
         Some(RestartPolicy::OnFailure) => "OnFailure",
         Some(RestartPolicy::Never) | None => "Never",
@@ -249,6 +251,7 @@ mod tests {
             queue_limit: None,
             queue: None,
             superseded_by: None,
+            params: Default::default(),
         }
     }
 

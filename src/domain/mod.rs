@@ -5,7 +5,9 @@
 pub mod attempt;
 pub mod auth;
 pub mod loglines;
+pub mod masking;
 pub mod names;
+pub mod params;
 pub mod policy;
 pub mod queue;
 pub mod report;

@@ -43,6 +43,12 @@ pub struct RunOverrides {
     /// A Kueue WorkloadPriorityClass for this run, replacing the task's `priorityClass`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class: Option<String>,
+    /// Values of the task's parameters, by name: checked against their definitions (422 naming
+    /// `params.<name>`), defaults applied. JSON strings are also accepted for integer and
+    /// boolean parameters (`"3"`, `"true"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object, example = json!({"target": "staging"}))]
+    pub params: BTreeMap<String, serde_json::Value>,
 }
 
 impl RunOverrides {
@@ -140,6 +146,14 @@ pub struct Run {
     /// The newer run of its key that cancelled this one (reason `Superseded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<uuid::Uuid>,
+    /// The parameter values the run was started with (its task's defaults applied); secret
+    /// values show as `***` (only their SHA-256 is kept).
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "super::params::serialize_shown"
+    )]
+    #[schema(value_type = Object, example = json!({"target": "staging", "token": "***"}))]
+    pub params: super::params::RunParams,
 }
 
 /// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.

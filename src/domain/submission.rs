@@ -11,10 +11,12 @@
 //! re-check right before a Job is created is [`Submission::allowed`], the check's second half.
 
 use super::auth::{Caller, Denied, Scope};
+use super::params::{self, ParamSpec, RunParams, SecretValue};
 use super::policy::{RunLimits, RunPolicy};
 use super::queue::{self, Concurrency, Keyed};
 use super::{Invalid, RunTemplate, Trigger};
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Where a submission comes from, apart from its template.
@@ -78,12 +80,19 @@ pub struct Admitted(Origin);
 /// A run that passed validation and today's policy, ready to be recorded.
 #[derive(Debug, Clone)]
 pub struct Submission {
+    /// The run's id, chosen here so that what is made for the run before it is recorded (the
+    /// Secret of its secret parameters) can be named after it.
+    id: Uuid,
     origin: Origin,
     template: RunTemplate,
     /// The run's priority (0 unless [`Submission::queued`] says otherwise).
     priority: i32,
     /// The keyed queue it joins, for a run of a task with `concurrency`.
     keyed: Option<Keyed>,
+    /// Its parameter values (secret ones as hashes), set by [`Submission::with_params`].
+    params: RunParams,
+    /// Its secret parameters' values: never recorded, only put into the run's Secret.
+    secrets: BTreeMap<String, SecretValue>,
 }
 
 impl Submission {
@@ -97,11 +106,43 @@ impl Submission {
     ) -> Result<Submission, Invalid> {
         Submission::allowed(policy, &template, task_limits)?;
         Ok(Submission {
+            id: Uuid::now_v7(),
             origin: origin.0,
             template,
             priority: 0,
             keyed: None,
+            params: RunParams::new(),
+            secrets: BTreeMap::new(),
         })
+    }
+
+    /// The parameter half of the front door, for a run of a task with `parameters`: `given`
+    /// values checked against their definitions (refused naming `params.<name>`), defaults
+    /// applied. The values reach the container when the Job is rendered, not through the
+    /// template.
+    pub fn with_params(
+        mut self,
+        specs: &[ParamSpec],
+        given: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<Submission, Invalid> {
+        let resolved = params::resolve(specs, given)?;
+        self.params = resolved.recorded;
+        self.secrets = resolved.secrets;
+        Ok(self)
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// What the run records of its parameters.
+    pub fn params(&self) -> &RunParams {
+        &self.params
+    }
+
+    /// The secret parameters' values, for the run's Secret.
+    pub fn secrets(&self) -> &BTreeMap<String, SecretValue> {
+        &self.secrets
     }
 
     /// The queueing half of the front door, for every run of a task: the run's key under the
@@ -146,6 +187,7 @@ impl Submission {
     /// once for all its times).
     pub fn for_scheduled_time(&self, time: DateTime<Utc>) -> Submission {
         let mut other = self.clone();
+        other.id = Uuid::now_v7();
         other.origin.scheduled_time = Some(time);
         other
     }

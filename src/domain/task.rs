@@ -1,6 +1,7 @@
 //! Tasks: named, reusable run definitions (like a Jenkins job or a Kubernetes CronJob).
 
 use super::names;
+use super::params::{self, ParamSpec, ParamType};
 use super::policy::RunLimits;
 use super::queue::Concurrency;
 use super::report::{NotifySpec, NotifyView};
@@ -8,6 +9,7 @@ use super::schedule::{self, CatchUpPolicy, ConcurrencyPolicy, Schedule};
 use super::template::RunTemplate;
 use super::validation::{Errors, Invalid};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use utoipa::ToSchema;
 
@@ -88,6 +90,10 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = -1000, maximum = 1000)]
     pub priority: Option<i32>,
+    /// Typed parameters a run is started with (`params` of `POST /v1/tasks/{name}/runs`); the
+    /// container sees each value as `VFI_PARAM_<NAME uppercased>`. See the README's parameters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<ParamSpec>,
 }
 
 /// When a task runs on its own, and how much of its history is kept (a Kubernetes CronJob's
@@ -130,6 +136,12 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0)]
     pub failed_runs_history_limit: Option<i32>,
+    /// Parameter values the schedule's (and backfills') runs start with, checked against the
+    /// task's `parameters` like a run's `params` (secret parameters cannot be given here: the
+    /// value would be stored with the task).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub schedule_params: BTreeMap<String, serde_json::Value>,
 }
 
 /// CronJob's defaults for `successfulJobsHistoryLimit` and `failedJobsHistoryLimit`.
@@ -222,7 +234,59 @@ impl TaskSpec {
             concurrency.collect_errors("concurrency", &mut errors);
         }
         super::queue::collect_priority_errors(self.priority, "priority", &mut errors);
+        let before = errors.len();
+        params::collect_definition_errors(&self.parameters, "parameters", &mut errors);
+        if errors.len() == before {
+            self.collect_schedule_params_errors(&mut errors);
+        }
         errors.finish()
+    }
+
+    /// The schedule's parameter values must be ones a run may start with, and name no secret.
+    fn collect_schedule_params_errors(&self, errors: &mut Errors) {
+        let given = &self.schedule.schedule_params;
+        for spec in &self.parameters {
+            if spec.kind == ParamType::Secret && given.contains_key(&spec.name) {
+                errors.add(
+                    format!("scheduleParams.{}", spec.name),
+                    "a secret parameter cannot be set by the schedule (it would be stored with the task)",
+                );
+            } else if spec.kind == ParamType::Secret
+                && spec.required
+                && self.schedule.schedule.is_some()
+            {
+                // Every scheduled time would be refused: say so now.
+                errors.add(
+                    format!("scheduleParams.{}", spec.name),
+                    "the schedule cannot give a required secret parameter: make it optional or remove the schedule",
+                );
+            }
+        }
+        let public: Vec<ParamSpec> = self
+            .parameters
+            .iter()
+            .filter(|s| s.kind != ParamType::Secret)
+            .cloned()
+            .collect();
+        let given: BTreeMap<_, _> = given
+            .iter()
+            .filter(|(name, _)| {
+                !self
+                    .parameters
+                    .iter()
+                    .any(|s| s.kind == ParamType::Secret && &s.name == *name)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if self.schedule.schedule.is_none() && given.is_empty() {
+            return;
+        }
+        if let Err(refused) = params::resolve(&public, &given) {
+            for error in refused.0 {
+                let field = error.field.replacen("params.", "scheduleParams.", 1);
+                errors.add(field, error.message);
+            }
+        }
     }
 }
 
@@ -254,6 +318,9 @@ pub struct Task {
     /// The default priority of the task's runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// The task's typed parameters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<ParamSpec>,
 }
 
 #[cfg(test)]
@@ -266,6 +333,46 @@ mod tests {
         assert!(TaskName::parse("a".repeat(50)).is_ok());
         assert!(TaskName::parse("a".repeat(51)).is_err());
         assert!(TaskName::parse("Nightly").is_err());
+    }
+
+    #[test]
+    fn schedule_params_are_checked_against_the_parameters_and_never_give_a_secret() {
+        let spec = |extra: serde_json::Value| {
+            let mut body = serde_json::json!({
+                "template": {"image": "x"}, "schedule": "@daily",
+                "parameters": [
+                    {"name": "target", "type": "enum", "enum": ["dev", "nightly"], "required": true},
+                    {"name": "token", "type": "secret"}
+                ]
+            });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<TaskSpec>(body).unwrap()
+        };
+        let fields = |spec: TaskSpec| -> Vec<String> {
+            spec.validate()
+                .err()
+                .map(|e| e.0.into_iter().map(|f| f.field).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            fields(spec(serde_json::json!({}))),
+            ["scheduleParams.target"]
+        );
+        assert!(fields(spec(
+            serde_json::json!({"scheduleParams": {"target": "nightly"}})
+        ))
+        .is_empty());
+        assert_eq!(
+            fields(spec(
+                serde_json::json!({"scheduleParams": {"target": "nightly", "token": "x"}})
+            )),
+            ["scheduleParams.token"]
+        );
+        let mut required_secret = spec(serde_json::json!({"scheduleParams": {"target": "dev"}}));
+        required_secret.parameters[1].required = true;
+        assert_eq!(fields(required_secret), ["scheduleParams.token"]);
     }
 
     #[test]

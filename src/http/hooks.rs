@@ -7,8 +7,9 @@
 use super::extract::ApiPath;
 use super::problem::Problem;
 use super::AppState;
+use crate::domain::params;
 use crate::domain::webhook::{self, GitEvent, Reading, Unreadable, WebhookTrigger};
-use crate::domain::{Origin, Run, RunOverrides, Submission, Trigger};
+use crate::domain::{Invalid, Origin, Run, RunOverrides, Submission, Trigger};
 use crate::error::{Error, Result};
 use crate::store;
 use axum::body::Bytes;
@@ -199,7 +200,9 @@ async fn start_run(
         task.template.with_overrides(overrides),
         task.limits.as_ref(),
     )?
+    .with_params(&task.parameters, &overrides.params)?
     .queued(task.concurrency.as_ref(), task.priority, None, None)?;
+    refuse_secrets(&submission)?;
 
     let mut tx = state.db.begin().await?;
     let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;
@@ -257,13 +260,13 @@ async fn rerun(
         tracing::info!(trigger_id = %trigger.id, ?delivery, sha = ?rerequest.sha, reason, "re-run request ignored");
         return Ok(answer(StatusCode::OK, Outcome::Ignored, reason, None));
     };
-    // Today's limits, as for any rerun.
-    let task_limits = match original.task.as_deref() {
-        Some(task) => store::tasks::get(&state.db, task)
-            .await?
-            .and_then(|t| t.limits),
+    // Today's limits and parameters, as for any rerun.
+    let task = match original.task.as_deref() {
+        Some(task) => store::tasks::get(&state.db, task).await?,
         None => None,
     };
+    let task_limits = task.as_ref().and_then(|t| t.limits.clone());
+    let task_params = task.map(|t| t.parameters).unwrap_or_default();
     let origin = Origin {
         task: original.task.clone(),
         trigger: Trigger::Rerun,
@@ -272,12 +275,16 @@ async fn rerun(
         token_id: None,
     }
     .by_service();
+    // The original's parameter values again (as any rerun; secret ones cannot be given here).
+    let values = params::rerun_values(&original.params, &Default::default());
     let submission = Submission::check(
         &state.policy,
         origin,
         original.template.clone(),
         task_limits.as_ref(),
-    )?;
+    )?
+    .with_params(&task_params, &values)?;
+    refuse_secrets(&submission)?;
     let mut tx = state.db.begin().await?;
     let run = store::runs::submit(&mut tx, &submission, state.limits.caps()).await??;
     if let Some(first) =
@@ -296,6 +303,19 @@ async fn rerun(
         detail,
         Some(run),
     ))
+}
+
+/// A webhook cannot give a secret parameter: its values come from the payload, which is no
+/// secret, and the service creates a run's Secret only for values sent to the API.
+fn refuse_secrets(submission: &Submission) -> Result<()> {
+    match submission.secrets().keys().next() {
+        Some(name) => Err(Invalid::one(
+            format!("params.{name}"),
+            "a secret parameter cannot be set by a webhook trigger",
+        )
+        .into()),
+        None => Ok(()),
+    }
 }
 
 async fn delivered(state: &AppState, trigger: Uuid, delivery: &str) -> Result<Option<Option<Run>>> {

@@ -6,8 +6,10 @@ use super::idempotency::{Claimed, Idempotent};
 use super::pagination;
 use super::problem::Problem;
 use super::tasks::parse_name;
-use super::Limits;
+use super::{AppState, Limits};
+use crate::cluster::jobs::Cluster;
 use crate::domain::attempt::PodWithAttempts;
+use crate::domain::params;
 use crate::domain::{
     AdHocRun, Caller, FieldError, Invalid, Origin, Run, RunOverrides, RunPolicy, RunStatus,
     RunTemplate, Submission, Trigger,
@@ -47,9 +49,7 @@ use uuid::Uuid;
 )]
 pub async fn start_task_run(
     auth: Authorized<ForRun>,
-    State(db): State<PgPool>,
-    State(limits): State<Arc<Limits>>,
-    State(policy): State<Arc<RunPolicy>>,
+    State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(overrides): ApiJson<RunOverrides>,
@@ -58,18 +58,19 @@ pub async fn start_task_run(
     let origin =
         Origin::api(Some(name.as_str()), auth.caller.token_id).admit(Some(&auth.caller))?;
     overrides.validate()?;
-    let task = store::tasks::get(&db, name.as_str())
+    let task = store::tasks::get(&state.db, name.as_str())
         .await?
         .ok_or_else(|| Error::NotFound {
             kind: "task",
             name: name.to_string(),
         })?;
     let submission = Submission::check(
-        &policy,
+        &state.policy,
         origin,
         task.template.with_overrides(&overrides),
         task.limits.as_ref(),
     )?
+    .with_params(&task.parameters, &overrides.params)?
     .queued(
         task.concurrency.as_ref(),
         task.priority,
@@ -82,7 +83,14 @@ pub async fn start_task_run(
         format!("POST /v1/tasks/{name}/runs"),
         &overrides,
     );
-    create(&db, &limits, idempotent, &submission).await
+    create(
+        &state.db,
+        &state.cluster,
+        &state.limits,
+        idempotent,
+        &submission,
+    )
+    .await
 }
 
 /// Start an ad-hoc run from an inline template, like `kubectl create job`.
@@ -104,6 +112,7 @@ pub async fn create_run(
     State(db): State<PgPool>,
     State(limits): State<Arc<Limits>>,
     State(policy): State<Arc<RunPolicy>>,
+    State(cluster): State<Cluster>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<AdHocRun>,
 ) -> Result<Response> {
@@ -115,19 +124,66 @@ pub async fn create_run(
         request.priority,
         Some(auth.caller.scope),
     )?;
-    create(&db, &limits, idempotent, &submission).await
+    create(&db, &cluster, &limits, idempotent, &submission).await
 }
 
 async fn create(
     db: &PgPool,
+    cluster: &Cluster,
     limits: &Limits,
     idempotent: Option<Idempotent>,
     submission: &Submission,
 ) -> Result<Response> {
+    // Secret parameter values live only in the run's Secret, created before the run is
+    // recorded (so that no replica's launcher can find the run without it) and deleted again
+    // when the run is not recorded after all; a crash in between leaves a Secret without a run,
+    // which the sweep deletes (runtime::pruner).
+    let secret_namespace = (!submission.secrets().is_empty()).then(|| {
+        submission
+            .template()
+            .namespace
+            .clone()
+            .unwrap_or_else(|| cluster.settings.default_namespace().to_string())
+    });
+    if let Some(namespace) = &secret_namespace {
+        cluster
+            .create_param_secret(
+                submission.id(),
+                submission.origin().task.as_deref(),
+                namespace,
+                submission.secrets(),
+            )
+            .await
+            .map_err(|error| {
+                Error::Internal(anyhow::Error::new(error).context("creating the run's Secret"))
+            })?;
+    }
+    let recorded = record(db, limits, idempotent, submission).await;
+    if let Some(namespace) = &secret_namespace {
+        if !matches!(&recorded, Ok((_, true))) {
+            if let Err(error) = cluster
+                .delete_param_secret(submission.id(), namespace)
+                .await
+            {
+                tracing::warn!(run_id = %submission.id(), error = %error, "could not delete the Secret of a run that was not recorded; the sweep will");
+            }
+        }
+    }
+    recorded.map(|(response, _)| response)
+}
+
+/// Records the run (or replays the first answer of its Idempotency-Key): the answer, and
+/// whether this submission's run was recorded.
+async fn record(
+    db: &PgPool,
+    limits: &Limits,
+    idempotent: Option<Idempotent>,
+    submission: &Submission,
+) -> Result<(Response, bool)> {
     let mut tx = db.begin().await?;
     if let Some(idempotent) = &idempotent {
         if let Some(replay) = idempotent.claim(&mut tx).await? {
-            return Ok(replay);
+            return Ok((replay, false));
         }
     }
     let run = store::runs::submit(&mut tx, submission, limits.caps()).await??;
@@ -140,11 +196,14 @@ async fn create(
     tx.commit().await?;
     tracing::info!(run_id = %run.id, task = run.task.as_deref(), number = run.number, trigger = ?run.trigger, "run queued");
     Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(run),
-    )
-        .into_response())
+        (
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(run),
+        )
+            .into_response(),
+        true,
+    ))
 }
 
 /// A batch of ad-hoc runs for `POST /v1/runs/batch`.
@@ -537,7 +596,20 @@ pub async fn cancel_run(
     }
 }
 
-/// Run again: a new run with the same template and task, linked to the original.
+/// What a rerun may add (an empty body is fine).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RerunRequest {
+    /// Parameter values replacing the original run's. The original's secret values were never
+    /// kept, so a rerun of a run with secret parameters must give them again (422 naming
+    /// `params.<name>` otherwise).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub params: BTreeMap<String, serde_json::Value>,
+}
+
+/// Run again: a new run with the same template and task (and parameter values, but for secret
+/// ones, which must be given again), linked to the original.
 #[utoipa::path(
     post, path = "/v1/runs/{id}/rerun", tag = "runs",
     security(("bearer" = ["run"])),
@@ -545,6 +617,7 @@ pub async fn cancel_run(
         ("id" = Uuid, Path, description = "Run id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key"),
     ),
+    request_body(content = Option<RerunRequest>, description = "Optional; may be empty"),
     responses(
         (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -556,18 +629,17 @@ pub async fn cancel_run(
 )]
 pub async fn rerun(
     auth: Authorized<ForRun>,
-    State(db): State<PgPool>,
-    State(limits): State<Arc<Limits>>,
-    State(policy): State<Arc<RunPolicy>>,
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     IdempotencyKey(key): IdempotencyKey,
+    ApiJson(request): ApiJson<RerunRequest>,
 ) -> Result<Response> {
-    let original = run_for(&auth, &db, &id).await?;
+    let original = run_for(&auth, &state.db, &id).await?;
     let id = original.id;
     // Today's limits and queue, not those of the original's day (and its task's, if it still
     // exists).
     let task = match original.task.as_deref() {
-        Some(task) => store::tasks::get(&db, task).await?,
+        Some(task) => store::tasks::get(&state.db, task).await?,
         None => None,
     };
     let task_limits = task.as_ref().and_then(|t| t.limits.clone());
@@ -579,15 +651,40 @@ pub async fn rerun(
         token_id: auth.caller.token_id,
     }
     .admit(Some(&auth.caller))?;
-    let submission = Submission::check(&policy, origin, original.template, task_limits.as_ref())?
-        .queued(
+    // The original's values again (secret ones must be given anew: only their hashes were
+    // kept), checked against the task's parameters as they are today.
+    let values = params::rerun_values(&original.params, &request.params);
+    let specs = task
+        .as_ref()
+        .map(|t| t.parameters.as_slice())
+        .unwrap_or_default();
+    let submission = Submission::check(
+        &state.policy,
+        origin,
+        original.template,
+        task_limits.as_ref(),
+    )?
+    .with_params(specs, &values)?
+    .queued(
         task.as_ref().and_then(|t| t.concurrency.as_ref()),
         task.as_ref().and_then(|t| t.priority),
         None,
         Some(auth.caller.scope),
     )?;
-    let idempotent = Idempotent::new(key, &auth.caller, format!("POST /v1/runs/{id}/rerun"), &());
-    create(&db, &limits, idempotent, &submission).await
+    let idempotent = Idempotent::new(
+        key,
+        &auth.caller,
+        format!("POST /v1/runs/{id}/rerun"),
+        &request,
+    );
+    create(
+        &state.db,
+        &state.cluster,
+        &state.limits,
+        idempotent,
+        &submission,
+    )
+    .await
 }
 
 /// The run's pods, in completion-index order, then creation order, each with its container's

@@ -171,6 +171,7 @@ pub async fn backfill(
     };
     // Before the range: a template today's policy refuses is refused whatever the range.
     let checked = Submission::check(&policy, origin, task.template.clone(), task.limits.as_ref())?
+        .with_params(&task.parameters, &task.schedule.schedule_params)?
         .queued(task.concurrency.as_ref(), task.priority, None, None)?;
     if request.to < request.from {
         return Err(Invalid::one("to", "must not be before from").into());

@@ -13,6 +13,7 @@ use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::{main_instance, main_status, LogOpenError, LogRead};
 use crate::cluster::{keys, observe};
 use crate::domain::loglines::{split_timestamp, LineSplitter, Resume, Seen};
+use crate::domain::masking::{MaskedLines, Masks};
 use crate::store::logs::{self, Append};
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -68,6 +69,8 @@ struct Cursor {
     /// When the container instance started, while nothing of it is archived: a first stream
     /// opened late whose first line is late may have missed lines rotated away before it.
     started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The run's secret parameter values, masked before anything is stored (issue 18).
+    masks: Masks,
 }
 
 /// Pause between reopening a stream that brought nothing new while the pod runs (a pod
@@ -181,6 +184,24 @@ impl Archiver {
         } else {
             None
         };
+        let masks = match masks_of_run(&inner.db, &inner.cluster, *run_id, &namespace).await {
+            Ok(masks) => masks,
+            Err(MasksError::Gone) => {
+                // Storing the log unmasked would put the secret into Postgres.
+                return self
+                    .give_up(
+                        key,
+                        pod,
+                        "missing",
+                        "the run's secret parameter values could not be read (its Secret is gone), so its log cannot be masked and is not kept",
+                    )
+                    .await;
+            }
+            Err(MasksError::Failed(message)) => {
+                tracing::warn!(error = %message, "reading the run's secret values to mask its log failed; the sweep retries");
+                return;
+            }
+        };
         let mut cursor = Cursor {
             next_line: archive.lines,
             last,
@@ -188,6 +209,7 @@ impl Archiver {
             unplaced: false,
             restarts: instance_restarts(pod).unwrap_or(0),
             started_at: container_started_at(pod),
+            masks,
         };
         if archive.lines == 0 {
             let attempt = cursor.restarts + 1;
@@ -420,6 +442,7 @@ impl Archiver {
         let opened_at = chrono::Utc::now();
         let mut first_of_instance = cursor.next_line == 0 && cursor.last.is_none();
         let mut splitter = LineSplitter::default();
+        let mut masked = MaskedLines::new(cursor.masks.clone());
         let mut chunk = Vec::with_capacity(CHUNK_BYTES);
         let mut chunk_lines = 0i32;
         // Where the chunk's last line starts (it becomes the cursor's anchor when stored).
@@ -433,6 +456,12 @@ impl Archiver {
             let n = match read {
                 Err(_) if Instant::now() >= stall_at => {
                     tracing::debug!("the log stream stalled; reopening it");
+                    // What masking kept back of a cut line is stored as its own piece.
+                    if let Some(kept) = masked.finish() {
+                        last_start = chunk.len();
+                        chunk.extend_from_slice(&kept);
+                        chunk_lines += 1;
+                    }
                     metrics::counter!("vfi_log_streams_stalled_total").increment(1);
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
@@ -442,8 +471,8 @@ impl Archiver {
                 Ok(Ok(0)) => {
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
-                    let partial = splitter
-                        .finish()
+                    let partial = masked
+                        .finish_with(splitter.finish())
                         .filter(|line| resume.classify(line) != Seen::Old);
                     cursor.unplaced = !resume.placed();
                     return Ok(partial);
@@ -465,6 +494,9 @@ impl Archiver {
                 }
             };
             for line in splitter.push(&buf[..n]) {
+                // Masked before anything looks at it: the archive never holds a secret value,
+                // and the resume anchor (the last stored line) compares masked with masked.
+                let line = masked.push(line);
                 match resume.classify(&line) {
                     Seen::Old => continue,
                     Seen::New if std::mem::take(&mut first_of_instance) => {
@@ -829,6 +861,51 @@ enum CopyError {
     LeaseLost,
     /// Reading or storing failed; `refused` when the API answered a client error (not 429).
     Failed { message: String, refused: bool },
+}
+
+/// Why a run's secret values could not be had for masking.
+pub enum MasksError {
+    /// The run has secret parameters but its Secret is gone.
+    Gone,
+    /// Reading failed (worth retrying).
+    Failed(String),
+}
+
+/// The masks for a run's logs: its secret parameter values, read back from the run's Secret
+/// (the service keeps them nowhere else, so this also works after a restart). None for a run
+/// without secret parameters.
+pub async fn masks_of_run(
+    db: &PgPool,
+    cluster: &Cluster,
+    run_id: Uuid,
+    namespace: &str,
+) -> Result<Masks, MasksError> {
+    let run = crate::store::runs::get(db, run_id)
+        .await
+        .map_err(|e| MasksError::Failed(crate::error::chain(&e)))?;
+    let Some(run) = run.filter(|r| r.params.values().any(|p| p.is_secret())) else {
+        return Ok(Masks::default());
+    };
+    masks_of(cluster, &run, namespace).await
+}
+
+/// [`masks_of_run`] for a run already read.
+pub async fn masks_of(
+    cluster: &Cluster,
+    run: &crate::domain::Run,
+    namespace: &str,
+) -> Result<Masks, MasksError> {
+    if !run.params.values().any(|p| p.is_secret()) {
+        return Ok(Masks::default());
+    }
+    let values = cluster
+        .param_secret_values(run.id, namespace)
+        .await
+        .map_err(|e| MasksError::Failed(crate::error::chain(&e)))?;
+    if values.is_empty() {
+        return Err(MasksError::Gone);
+    }
+    Ok(Masks::new(values))
 }
 
 async fn finished_or_orphan(db: &PgPool, run_id: Uuid, pod: &str) -> bool {

@@ -195,6 +195,19 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
             } else {
                 RunStatus::Pending
             };
+            if run.params.values().any(|p| p.is_secret()) {
+                // The Job owns the run's Secret from now on: garbage collection deletes it with
+                // the Job. Failing here leaves it to the sweep (param_secrets).
+                if let Some(uid) = &uid {
+                    if let Err(error) = runtime
+                        .cluster
+                        .give_param_secret_to_job(run.id, &job_ref.namespace, &job_ref.name, uid)
+                        .await
+                    {
+                        tracing::warn!(error = %crate::error::chain(&error), "could not make the Job the owner of the run's Secret; the sweep will");
+                    }
+                }
+            }
             runs::mark_created_as(&runtime.db, run.id, &JobRef { uid, ..job_ref }, status).await?;
             telemetry::run_launched(run.task.as_deref(), run.created_at);
         }
@@ -265,6 +278,13 @@ async fn fail(
         reason: Some(reason),
         message: Some(message),
     };
+    // No Job will own the run's Secret: delete it now (the sweep does if this fails).
+    if run.params.values().any(|p| p.is_secret()) {
+        let namespace = render::namespace(&runtime.cluster.settings, run);
+        if let Err(error) = runtime.cluster.delete_param_secret(run.id, namespace).await {
+            tracing::warn!(error = %crate::error::chain(&error), "could not delete the Secret of a run that failed to launch; the sweep will");
+        }
+    }
     match runs::transition(
         &runtime.db,
         run.id,

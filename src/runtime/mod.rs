@@ -8,6 +8,7 @@
 pub mod archiver;
 pub mod canceller;
 pub mod launcher;
+pub mod param_secrets;
 pub mod pending;
 pub mod pruner;
 pub mod reporter;
@@ -145,6 +146,10 @@ pub fn spawn(runtime: Runtime, shutdown: CancellationToken) -> Vec<Loop> {
     loops.push(Loop {
         name: "reporter".into(),
         handle: tokio::spawn(reporter::run(runtime.clone(), shutdown.clone())),
+    });
+    loops.push(Loop {
+        name: "param-secrets".into(),
+        handle: tokio::spawn(param_secrets::run(runtime.clone(), shutdown.clone())),
     });
     loops.push(Loop {
         name: "pending-limit".into(),

@@ -141,6 +141,7 @@ async fn start(
         spec.template.clone(),
         spec.limits.as_ref(),
     )
+    .and_then(|checked| checked.with_params(&spec.parameters, &spec.schedule.schedule_params))
     .and_then(|checked| checked.queued(spec.concurrency.as_ref(), spec.priority, None, None));
     let submission = match checked {
         Ok(submission) => submission,

@@ -32,6 +32,7 @@ impl From<TaskRow> for Task {
             notify,
             concurrency,
             priority,
+            parameters,
         } = row.spec.0;
         Task {
             name: row.name,
@@ -46,6 +47,7 @@ impl From<TaskRow> for Task {
             notify: notify.iter().map(NotifyView::from).collect(),
             concurrency,
             priority,
+            parameters,
         }
     }
 }

@@ -9,7 +9,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-const COLUMNS: &str = "id, task_name, name, provider, events, refs, report, created_at, updated_at";
+const COLUMNS: &str =
+    "id, task_name, name, provider, events, refs, report, params, created_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct TriggerRow {
@@ -20,6 +21,7 @@ struct TriggerRow {
     events: Vec<String>,
     refs: Vec<String>,
     report: Option<Json<ReportSettings>>,
+    params: Json<std::collections::BTreeMap<String, String>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -38,6 +40,7 @@ impl From<TriggerRow> for WebhookTrigger {
                 .collect(),
             refs: row.refs,
             report: row.report.map(|r| r.0),
+            params: row.params.0,
             hook_path: hook_path(row.id),
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -70,12 +73,12 @@ pub async fn upsert(
     }
     let row: Option<Row> = sqlx::query_as(&format!(
         "INSERT INTO webhook_triggers
-            (id, task_name, name, provider, secret, events, refs, report, report_token)
-         SELECT $1, name, $3, $4, $5, $6, $7, $8, $9 FROM tasks WHERE name = $2
+            (id, task_name, name, provider, secret, events, refs, report, report_token, params)
+         SELECT $1, name, $3, $4, $5, $6, $7, $8, $9, $10 FROM tasks WHERE name = $2
          ON CONFLICT (task_name, name) DO UPDATE SET
             provider = EXCLUDED.provider, secret = EXCLUDED.secret,
             events = EXCLUDED.events, refs = EXCLUDED.refs, report = EXCLUDED.report,
-            report_token = EXCLUDED.report_token, updated_at = now()
+            report_token = EXCLUDED.report_token, params = EXCLUDED.params, updated_at = now()
          RETURNING {COLUMNS}, (xmax = 0) AS created"
     ))
     .bind(Uuid::new_v4())
@@ -87,6 +90,7 @@ pub async fn upsert(
     .bind(&spec.refs)
     .bind(report.map(Json))
     .bind(spec.report.as_ref().and_then(|r| r.secret()))
+    .bind(Json(&spec.params))
     .fetch_optional(db)
     .await?;
     Ok(row.map(|row| (row.trigger.into(), row.created)))

@@ -112,17 +112,29 @@ pub async fn core_v1() -> Response {
             "kind": "APIResourceList",
             "groupVersion": "v1",
             "resources": [
+                {"name": "configmaps", "singularName": "configmap", "namespaced": true, "kind": "ConfigMap",
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                 "shortNames": ["cm"], "storageVersionHash": "qFsyl6wFWjQ="},
                 {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
                  "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
                  "shortNames": ["ev"], "storageVersionHash": "r2yiGXH7wu8="},
                 {"name": "namespaces", "singularName": "namespace", "namespaced": false, "kind": "Namespace",
                  "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"],
                  "storageVersionHash": "Q3oi5N2YM8M="},
+                {"name": "persistentvolumeclaims", "singularName": "persistentvolumeclaim", "namespaced": true,
+                 "kind": "PersistentVolumeClaim",
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                 "shortNames": ["pvc"], "storageVersionHash": "QWTyNDq0dC4="},
+                {"name": "persistentvolumeclaims/status", "singularName": "", "namespaced": true,
+                 "kind": "PersistentVolumeClaim", "verbs": ["get"]},
                 {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
                  "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
                  "shortNames": ["po"], "categories": ["all"], "storageVersionHash": "xPOwRZ+Yhw8="},
                 {"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
-                {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}
+                {"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]},
+                {"name": "secrets", "singularName": "secret", "namespaced": true, "kind": "Secret",
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                 "storageVersionHash": "S6u1pOWzb84="}
             ]
         }),
     )
@@ -188,6 +200,9 @@ pub async fn openapi_v3_core() -> Response {
     openapi_doc(json!({
         "/api/v1/namespaces/{namespace}/pods/{name}": patch_op("", "v1", "Pod"),
         "/api/v1/namespaces/{name}": patch_op("", "v1", "Namespace"),
+        "/api/v1/namespaces/{namespace}/secrets/{name}": patch_op("", "v1", "Secret"),
+        "/api/v1/namespaces/{namespace}/configmaps/{name}": patch_op("", "v1", "ConfigMap"),
+        "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}": patch_op("", "v1", "PersistentVolumeClaim"),
     }))
 }
 

@@ -133,7 +133,7 @@ impl DeleteOpts {
     }
 }
 
-fn gc_finalizers(opts: &DeleteOpts, default: &str) -> Vec<&'static str> {
+pub(super) fn gc_finalizers(opts: &DeleteOpts, default: &str) -> Vec<&'static str> {
     match opts.propagation.as_deref().unwrap_or(default) {
         "Foreground" => vec![FOREGROUND],
         "Orphan" => vec![ORPHAN],
@@ -142,7 +142,7 @@ fn gc_finalizers(opts: &DeleteOpts, default: &str) -> Vec<&'static str> {
 }
 
 /// A create body in protobuf (what `kubectl create` sends) or in JSON.
-fn protobuf_or_json<K: ApiKind>(
+pub(super) fn protobuf_or_json<K: ApiKind>(
     headers: &HeaderMap,
     body: &Bytes,
     protobuf: fn(&[u8]) -> Result<K, Status>,

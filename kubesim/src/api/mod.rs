@@ -1,4 +1,5 @@
 //! The HTTP API server (axum): routes for discovery, Jobs, Pods (with `log`), Namespaces, Events,
+//! Secrets, ConfigMaps, PersistentVolumeClaims,
 //! Kueue's Workloads when that switch is on (`kueue`), the fault-injection middleware, and the request plumbing shared by the handlers (query
 //! parameters, content negotiation, body decoding). Handlers only read and write the store;
 //! controllers act on what they write.
@@ -9,6 +10,7 @@
 //! filter); kinds -> tables and this module's plumbing.
 
 pub mod admin;
+pub mod config_kinds;
 pub mod delete;
 pub mod discovery;
 pub mod events_v1;
@@ -35,7 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, PersistentVolumeClaim, Pod, Secret};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Status;
@@ -274,6 +276,58 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/log",
             get(logs::pod_log),
+        )
+        // Secrets, ConfigMaps, PersistentVolumeClaims (core/v1)
+        .route("/api/v1/secrets", get(list::list_all::<Secret>))
+        .route(
+            "/api/v1/namespaces/{ns}/secrets",
+            get(list::list_ns::<Secret>)
+                .post(r::create::<Secret>)
+                .delete(delete::delete_collection::<Secret>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/secrets/{name}",
+            get(r::get_one::<Secret>)
+                .delete(delete::delete_one::<Secret>)
+                .patch(r::patch_one::<Secret>)
+                .put(r::replace_one::<Secret>),
+        )
+        .route("/api/v1/configmaps", get(list::list_all::<ConfigMap>))
+        .route(
+            "/api/v1/namespaces/{ns}/configmaps",
+            get(list::list_ns::<ConfigMap>)
+                .post(r::create::<ConfigMap>)
+                .delete(delete::delete_collection::<ConfigMap>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/configmaps/{name}",
+            get(r::get_one::<ConfigMap>)
+                .delete(delete::delete_one::<ConfigMap>)
+                .patch(r::patch_one::<ConfigMap>)
+                .put(r::replace_one::<ConfigMap>),
+        )
+        .route(
+            "/api/v1/persistentvolumeclaims",
+            get(list::list_all::<PersistentVolumeClaim>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+            get(list::list_ns::<PersistentVolumeClaim>)
+                .post(r::create::<PersistentVolumeClaim>)
+                .delete(delete::delete_collection::<PersistentVolumeClaim>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}",
+            get(r::get_one::<PersistentVolumeClaim>)
+                .delete(delete::delete_one::<PersistentVolumeClaim>)
+                .patch(r::patch_one::<PersistentVolumeClaim>)
+                .put(r::replace_one::<PersistentVolumeClaim>),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}/status",
+            get(r::get_one::<PersistentVolumeClaim>)
+                .patch(r::status_write_refused)
+                .put(r::status_write_refused),
         )
         // Events (core/v1)
         .route("/api/v1/events", get(list::list_all::<Event>))

@@ -203,6 +203,44 @@ pub fn decode_namespace(body: &[u8]) -> Result<Namespace, Status> {
     })
 }
 
+/// Decodes a protobuf-encoded Secret request body (`kubectl create secret generic`); its
+/// `stringData` is merged into `data` by the create path, as for JSON.
+pub fn decode_secret(body: &[u8]) -> Result<k8s_openapi::api::core::v1::Secret, Status> {
+    let raw = unwrap_unknown(body, "Secret")?;
+    let pb = pbc::Secret::decode(raw.as_slice())
+        .map_err(|e| Status::bad_request(format!("decoding v1 Secret: {e}")))?;
+    let data: std::collections::BTreeMap<String, k8s_openapi::ByteString> = pb
+        .data
+        .into_iter()
+        .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+        .collect();
+    Ok(k8s_openapi::api::core::v1::Secret {
+        metadata: pb.metadata.map(meta).unwrap_or_default(),
+        data: (!data.is_empty()).then_some(data),
+        string_data: opt_map(pb.string_data),
+        type_: ne(pb.r#type),
+        immutable: pb.immutable,
+    })
+}
+
+/// Decodes a protobuf-encoded ConfigMap request body (`kubectl create configmap`).
+pub fn decode_config_map(body: &[u8]) -> Result<k8s_openapi::api::core::v1::ConfigMap, Status> {
+    let raw = unwrap_unknown(body, "ConfigMap")?;
+    let pb = pbc::ConfigMap::decode(raw.as_slice())
+        .map_err(|e| Status::bad_request(format!("decoding v1 ConfigMap: {e}")))?;
+    let binary: std::collections::BTreeMap<String, k8s_openapi::ByteString> = pb
+        .binary_data
+        .into_iter()
+        .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+        .collect();
+    Ok(k8s_openapi::api::core::v1::ConfigMap {
+        metadata: pb.metadata.map(meta).unwrap_or_default(),
+        data: opt_map(pb.data),
+        binary_data: (!binary.is_empty()).then_some(binary),
+        immutable: pb.immutable,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,11 +16,11 @@ pub trait Tabled: Kind {
     fn cells(&self) -> Vec<Value>;
 }
 
-fn col(name: &str, ty: &str, format: &str, desc: &str, priority: i32) -> Value {
+pub(super) fn col(name: &str, ty: &str, format: &str, desc: &str, priority: i32) -> Value {
     json!({"name": name, "type": ty, "format": format, "description": desc, "priority": priority})
 }
 
-fn age(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+pub(super) fn age(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     match &meta.creation_timestamp {
         Some(t) => human_duration(unix_now() - t.0.as_second()),
         None => "<unknown>".into(),

@@ -1,5 +1,6 @@
 //! The garbage collector, following `metadata.ownerReferences` for every kind the store holds
-//! (Jobs, Pods, core/v1 Events, Kueue Workloads; Namespaces as owners), as Kubernetes documents
+//! (Jobs, Pods, core/v1 Events, Secrets, ConfigMaps, PersistentVolumeClaims, Kueue Workloads;
+//! Namespaces as owners), as Kubernetes documents
 //! it (https://kubernetes.io/docs/concepts/architecture/garbage-collection/,
 //! https://kubernetes.io/docs/tasks/administer-cluster/use-cascading-deletion/):
 //!
@@ -20,7 +21,9 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event as CoreEvent, Namespace, PersistentVolumeClaim, Pod, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::kueue::Workload;
@@ -38,12 +41,18 @@ macro_rules! each_kind {
         $f::<Pod>($($arg),*);
         $f::<Workload>($($arg),*);
         $f::<CoreEvent>($($arg),*);
+        $f::<Secret>($($arg),*);
+        $f::<ConfigMap>($($arg),*);
+        $f::<PersistentVolumeClaim>($($arg),*);
     }};
     ($f:ident($($arg:expr),*) | ) => {{
         $f::<Job>($($arg),*)
             | $f::<Pod>($($arg),*)
             | $f::<Workload>($($arg),*)
             | $f::<CoreEvent>($($arg),*)
+            | $f::<Secret>($($arg),*)
+            | $f::<ConfigMap>($($arg),*)
+            | $f::<PersistentVolumeClaim>($($arg),*)
     }};
 }
 
@@ -86,6 +95,9 @@ fn owner(store: &Store, ns: &str, o: &OwnerReference) -> Owner {
         .or_else(|| owner_of::<Pod>(store, ns, o))
         .or_else(|| owner_of::<Workload>(store, ns, o))
         .or_else(|| owner_of::<CoreEvent>(store, ns, o))
+        .or_else(|| owner_of::<Secret>(store, ns, o))
+        .or_else(|| owner_of::<ConfigMap>(store, ns, o))
+        .or_else(|| owner_of::<PersistentVolumeClaim>(store, ns, o))
         // Cluster-scoped: a namespaced dependent may name one.
         .or_else(|| owner_of::<Namespace>(store, "", o))
         .unwrap_or(Owner::Unknown)
@@ -166,6 +178,11 @@ impl Gc {
                 "Pod" => finish_deleting::<Pod>(store, &ns, &name),
                 "Workload" => finish_deleting::<Workload>(store, &ns, &name),
                 "Event" => finish_deleting::<CoreEvent>(store, &ns, &name),
+                "Secret" => finish_deleting::<Secret>(store, &ns, &name),
+                "ConfigMap" => finish_deleting::<ConfigMap>(store, &ns, &name),
+                "PersistentVolumeClaim" => {
+                    finish_deleting::<PersistentVolumeClaim>(store, &ns, &name)
+                }
                 "Namespace" => {}
                 _ => {}
             }
@@ -180,6 +197,9 @@ fn leak_kind(kind: &str) -> &'static str {
         "Pod" => "Pod",
         "Workload" => "Workload",
         "Event" => "Event",
+        "Secret" => "Secret",
+        "ConfigMap" => "ConfigMap",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
         "Namespace" => "Namespace",
         _ => "",
     }

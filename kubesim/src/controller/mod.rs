@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::faults::{Command, Faults};
 use crate::kubelet::{Exit, Kubelet, Runner};
 use crate::logs::Logs;
 use crate::objects::controller_ref;
-use crate::store::{EventType, ObjKey, Store};
+use crate::store::{EventType, Kind, ObjKey, Store};
 use crate::timers::{Timer, Timers};
 
 pub(crate) struct LoopConfig {
@@ -51,6 +51,8 @@ struct Loop {
     job_cursor: u64,
     pod_cursor: u64,
     workload_cursor: u64,
+    /// Cursors of the kinds only the garbage collector follows (Secrets, ConfigMaps, PVCs).
+    gc_cursors: [u64; 3],
     resync: bool,
     behaviour: Arc<Behaviour>,
     create_failures: HashMap<String, u32>,
@@ -71,6 +73,7 @@ impl Loop {
         self.job_cursor = rv;
         self.pod_cursor = rv;
         self.workload_cursor = rv;
+        self.gc_cursors = [rv; 3];
         let (jobs, _) = self.store.list::<Job>(None);
         for j in &jobs {
             let key = (
@@ -89,6 +92,33 @@ impl Loop {
         let (workloads, _) = self.store.list::<crate::kueue::Workload>(None);
         for w in &workloads {
             self.gc.object_changed(&self.store, w.as_ref());
+        }
+        self.resync_gc_only::<Secret>();
+        self.resync_gc_only::<ConfigMap>();
+        self.resync_gc_only::<PersistentVolumeClaim>();
+    }
+
+    fn resync_gc_only<K: Kind>(&mut self) {
+        for obj in self.store.list::<K>(None).0 {
+            self.gc.object_changed(&self.store, obj.as_ref());
+        }
+    }
+
+    /// Follows a kind only the garbage collector cares about; false when its history expired
+    /// (the caller resyncs).
+    fn drain_gc_only<K: Kind>(&mut self, slot: usize) -> bool {
+        match self.store.events_since::<K>(self.gc_cursors[slot]) {
+            Ok((evs, _)) => {
+                for ev in evs {
+                    self.gc_cursors[slot] = ev.rv;
+                    match ev.kind {
+                        EventType::Deleted => self.gc.object_deleted(ev.obj.as_ref()),
+                        _ => self.gc.object_changed(&self.store, ev.obj.as_ref()),
+                    }
+                }
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -166,7 +196,16 @@ impl Loop {
                     }
                 }
             }
-            Err(_) => self.full_resync(),
+            Err(_) => {
+                self.full_resync();
+                return;
+            }
+        }
+        if !(self.drain_gc_only::<Secret>(0)
+            && self.drain_gc_only::<ConfigMap>(1)
+            && self.drain_gc_only::<PersistentVolumeClaim>(2))
+        {
+            self.full_resync();
         }
     }
 
@@ -239,6 +278,7 @@ pub(crate) async fn run(cfg: LoopConfig, cancel: CancellationToken) {
         job_cursor: 0,
         pod_cursor: 0,
         workload_cursor: 0,
+        gc_cursors: [0; 3],
         resync: true,
         behaviour,
         create_failures: HashMap::new(),

@@ -5,8 +5,8 @@
 //! <https://kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/#deleting-a-namespace>,
 //! <https://kubernetes.io/docs/tasks/administer-cluster/namespaces/#deleting-a-namespace>).
 //!
-//! Every Job (background propagation, as the deleter's deletecollection) and Pod (graceful) of
-//! the namespace is deleted; objects held by finalizers stay until their finalizers are
+//! Every Job (background propagation, as the deleter's deletecollection), Pod (graceful),
+//! Secret, ConfigMap and PersistentVolumeClaim of the namespace is deleted; objects held by finalizers stay until their finalizers are
 //! removed, and the namespace reports them in its `NamespaceContentRemaining` and
 //! `NamespaceFinalizersRemaining` conditions. When the namespace is empty the `kubernetes`
 //! finalizer leaves `spec.finalizers` and the namespace is gone.
@@ -14,11 +14,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, NamespaceCondition, Pod};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, NamespaceCondition, PersistentVolumeClaim, Pod, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::objects::pod_delete_grace;
-use crate::store::Store;
+use crate::store::{Kind, Store};
 use crate::time::now_time;
 
 /// The finalizer the namespace controller owns in `spec.finalizers`.
@@ -83,6 +85,22 @@ impl Remaining {
     }
 }
 
+/// Deletes every object of kind `K` in the namespace at once (background propagation).
+fn delete_all<K: Kind>(store: &Store, ns: &str) {
+    for obj in store.list::<K>(Some(ns)).0 {
+        let m = obj.metadata();
+        if m.deletion_timestamp.is_none() {
+            let _ = store.delete::<K>(ns, m.name.as_deref().unwrap_or(""), 0, &[], None);
+        }
+    }
+}
+
+fn count<K: Kind>(store: &Store, ns: &str, remaining: &mut Remaining) {
+    for obj in store.list::<K>(Some(ns)).0 {
+        remaining.add(K::GROUP_RESOURCE, obj.metadata());
+    }
+}
+
 /// Deletes the content of every Terminating namespace and removes the empty ones.
 pub fn sync(store: &Store) {
     let (namespaces, _) = store.list::<Namespace>(None);
@@ -107,10 +125,16 @@ pub fn sync(store: &Store) {
             let pod_name = pod.metadata.name.as_deref().unwrap_or("");
             let _ = store.delete::<Pod>(&name, pod_name, pod_delete_grace(pod, None), &[], None);
         }
+        delete_all::<Secret>(store, &name);
+        delete_all::<ConfigMap>(store, &name);
+        delete_all::<PersistentVolumeClaim>(store, &name);
         let mut remaining = Remaining::default();
         for job in store.list::<Job>(Some(&name)).0 {
             remaining.add("jobs.batch", &job.metadata);
         }
+        count::<Secret>(store, &name, &mut remaining);
+        count::<ConfigMap>(store, &name, &mut remaining);
+        count::<PersistentVolumeClaim>(store, &name, &mut remaining);
         for pod in store.list::<Pod>(Some(&name)).0 {
             remaining.add("pods", &pod.metadata);
         }

@@ -14,6 +14,7 @@
 //! CrashLoopBackOff, terminal status) in `exit`, the status pieces in `status`.
 
 mod binding;
+pub mod env;
 mod exit;
 pub mod host;
 pub mod runner;
@@ -308,6 +309,11 @@ impl Kubelet {
     fn release(&mut self, uid: &str) {
         self.bound.remove(uid);
         self.bound_requests.remove(uid);
+    }
+
+    /// Tries the queued pods again (something they wait for, such as a claim, changed).
+    pub fn reschedule(&mut self, timers: &mut Timers) {
+        self.try_schedule(timers);
     }
 
     fn record(&self, pod: &Pod, warning: bool, reason: &str, message: &str, source: Source) {

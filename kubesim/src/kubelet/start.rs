@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, Pod, Pod
 use tokio_util::sync::CancellationToken;
 
 use super::status::{cond, container_id, first_container, image_id, running_since, set_cond};
-use super::{Exit, Kubelet, RunSpec, Running, HOST_IP, NODE_NAME};
+use super::{env, Exit, Kubelet, RunSpec, Running};
 use crate::events::KUBELET;
 use crate::objects::controller_ref;
 use crate::store::ObjKey;
@@ -39,6 +39,26 @@ impl Kubelet {
         }
         if self.image_pull_failed(key, uid, &pod, timers) {
             return;
+        }
+        if self.config_failed(key, uid, &pod, timers) {
+            return;
+        }
+        if let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) {
+            let name = container.name.clone();
+            self.record(
+                &pod,
+                false,
+                "Created",
+                &format!("Created container: {name}"),
+                KUBELET,
+            );
+            self.record(
+                &pod,
+                false,
+                "Started",
+                &format!("Started container {name}"),
+                KUBELET,
+            );
         }
         let ip = self.pod_ip();
         let now = now_time();
@@ -93,7 +113,14 @@ impl Kubelet {
             return false;
         };
         let image = container.image.clone().unwrap_or_default();
-        let env = resolve_env(pod, container);
+        // The image pull looks at literal env values only (`KUBESIM_IMAGE_PULL`): it comes
+        // before the container's config, as in the kubelet's `startContainer`.
+        let env: Vec<(String, String)> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
         if !self.behaviour.image_pull.fails(&image, &env) {
             let pulled = if self.pull_failures.remove(uid).is_some() {
                 format!("Successfully pulled image \"{image}\"")
@@ -101,20 +128,6 @@ impl Kubelet {
                 format!("Container image \"{image}\" already present on machine")
             };
             self.record(pod, false, "Pulled", &pulled, KUBELET);
-            self.record(
-                pod,
-                false,
-                "Created",
-                &format!("Created container: {}", container.name),
-                KUBELET,
-            );
-            self.record(
-                pod,
-                false,
-                "Started",
-                &format!("Started container {}", container.name),
-                KUBELET,
-            );
             return false;
         }
         let n = {
@@ -170,6 +183,53 @@ impl Kubelet {
         true
     }
 
+    /// Builds the container's config (its environment from Secrets, ConfigMaps and the
+    /// downward API): when that fails the container waits with `CreateContainerConfigError` and
+    /// the kubelet's message, a `Failed` Event says `Error: <message>`
+    /// (kuberuntime_container.go `startContainer`), and the pod worker retries after its
+    /// back-off (`behaviour.config_retry`), so the pod starts once the Secret or key exists.
+    pub(super) fn config_failed(
+        &mut self,
+        key: &ObjKey,
+        uid: &str,
+        pod: &Pod,
+        timers: &mut Timers,
+    ) -> bool {
+        let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) else {
+            return false;
+        };
+        let message = match env::resolve(&self.store, pod, container) {
+            Ok(resolved) => {
+                for w in &resolved.warnings {
+                    self.record(pod, true, "InvalidEnvironmentVariableNames", w, KUBELET);
+                }
+                return false;
+            }
+            Err(m) => m,
+        };
+        self.record(pod, true, "Failed", &format!("Error: {message}"), KUBELET);
+        self.write(key, uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            for cs in st.container_statuses.iter_mut().flatten().take(1) {
+                cs.ready = false;
+                cs.started = Some(false);
+                cs.state = Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CreateContainerConfigError".into()),
+                        message: Some(message.clone()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        });
+        self.starting.insert(uid.to_string());
+        timers.add(
+            self.behaviour.config_retry,
+            Timer::StartPod(key.clone(), uid.to_string()),
+        );
+        true
+    }
+
     pub(super) fn launch(&mut self, pod: &Pod, restart_count: i32) {
         let uid = Self::uid(pod);
         let Some(spec) = pod.spec.as_ref() else {
@@ -192,7 +252,13 @@ impl Kubelet {
             .as_ref()
             .and_then(|a| a.get(COMPLETION_INDEX))
             .and_then(|i| i.parse::<u32>().ok());
-        let env = resolve_env(pod, &container);
+        // Checked by `config_failed` just before; a Secret deleted in between leaves the
+        // variable empty rather than failing a container the status already shows running.
+        let env = env::resolve(&self.store, pod, &container)
+            .map(|r| r.env)
+            .unwrap_or_default();
+        let mut container = container;
+        env::expand_command_and_args(&mut container, &env);
         let run = RunSpec {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             pod_name: pod.metadata.name.clone().unwrap_or_default(),
@@ -230,42 +296,4 @@ impl Kubelet {
             });
         });
     }
-}
-
-/// The container's env as the kubelet would give it: literal values, plus the downward-API
-/// fields the simulator knows (JOB_COMPLETION_INDEX comes from an annotation fieldRef).
-fn resolve_env(pod: &Pod, c: &k8s_openapi::api::core::v1::Container) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in c.env.iter().flatten() {
-        let v = if let Some(v) = &e.value {
-            v.clone()
-        } else if let Some(f) = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
-            let path = f.field_path.as_str();
-            let meta = &pod.metadata;
-            let from_map = |m: &Option<std::collections::BTreeMap<String, String>>,
-                            prefix: &str| {
-                path.strip_prefix(prefix)
-                    .and_then(|r| r.strip_suffix("']"))
-                    .and_then(|k| m.as_ref().and_then(|m| m.get(k)).cloned())
-            };
-            match path {
-                "metadata.name" => meta.name.clone().unwrap_or_default(),
-                "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-                "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-                "spec.nodeName" => pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_else(|| NODE_NAME.into()),
-                "status.hostIP" => HOST_IP.into(),
-                _ => from_map(&meta.annotations, "metadata.annotations['")
-                    .or_else(|| from_map(&meta.labels, "metadata.labels['"))
-                    .unwrap_or_default(),
-            }
-        } else {
-            String::new()
-        };
-        out.push((e.name.clone(), v));
-    }
-    out
 }

@@ -84,6 +84,7 @@ pub fn read<'h>(
     }
     let overrides = Box::new(RunOverrides {
         env: event.env(trigger.provider, &delivery),
+        params: event.params(&trigger.params, trigger.provider, &delivery),
         ..Default::default()
     });
     Ok(Ok(Reading::Start {
@@ -108,6 +109,7 @@ mod tests {
             events: vec![EventKind::Push],
             refs: refs.iter().map(|r| r.to_string()).collect(),
             report: None,
+            params: Default::default(),
             hook_path: String::new(),
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),

@@ -12,6 +12,7 @@
 
 mod delivery;
 mod filter;
+pub mod params;
 mod payload;
 mod signature;
 
@@ -113,6 +114,12 @@ pub struct TriggerSpec {
     /// Report each run's status back to the commit it builds (see the README's state table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportSpec>,
+    /// Task parameters filled from the event: `{"ref": "{{ref}}", "pr":
+    /// "{{pull_request.number}}"}`. Placeholders: provider, event, repository, clone_url, ref,
+    /// sha, sender, delivery, pull_request.number, base_ref. A placeholder the event lacks
+    /// leaves the parameter to its default. Secret parameters cannot be set this way.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 pub const MIN_SECRET: usize = 16;
@@ -145,6 +152,7 @@ impl TriggerSpec {
                 errors.add(format!("refs[{i}]"), format!("not a glob pattern: {error}"));
             }
         }
+        params::collect_errors(&self.params, &mut errors);
         errors.finish().map(|()| report)
     }
 }
@@ -163,6 +171,9 @@ pub struct WebhookTrigger {
     /// Where run statuses are reported (the token is never shown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportSettings>,
+    /// Task parameters filled from each event (see [`TriggerSpec::params`]).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
     /// Where the Git host must send deliveries (append to the service's base URL).
     pub hook_path: String,
     pub created_at: chrono::DateTime<chrono::Utc>,

@@ -275,6 +275,7 @@ async function showRun(id) {
       <dt>Job</dt><dd>${run.job ? esc(`${run.job.namespace}/${run.job.name}`) : '<span class="muted">not created yet</span>'}</dd>
       <dt>Launch</dt><dd>${esc(run.launch.attempts)} attempt(s) ${esc(run.launch.lastError || "")}</dd>
       <dt>Priority</dt><dd>${esc(run.priority)}</dd>
+      ${run.params ? `<dt>Parameters</dt><dd id="params">${Object.entries(run.params).map(([k, v]) => `${esc(k)}=${esc(typeof v === "string" ? v : JSON.stringify(v))}`).join(", ")}</dd>` : ""}
       ${run.queueKey ? `<dt>Queue key</dt><dd>${esc(run.queueKey)}</dd>` : ""}
       ${run.queue ? `<dt>Waiting</dt><dd id="queue">position ${esc(run.queue.position)}: ${esc(run.queue.reason)}${run.queue.blockedBy.length ? `, behind ${run.queue.blockedBy.map((b) => `<a href="#/runs/${esc(b)}">${esc(b.slice(0, 8))}</a>`).join(", ")}` : ""}</dd>` : ""}
       ${run.supersededBy ? `<dt>Superseded by</dt><dd><a href="#/runs/${esc(run.supersededBy)}">${esc(run.supersededBy)}</a></dd>` : ""}
@@ -343,14 +344,51 @@ async function followLog(id, signal) {
 
 // ---- Tasks ---------------------------------------------------------------------------------
 
-async function startTaskRun(name) {
+async function startTaskRun(name, params) {
   try {
-    const run = await api(`/v1/tasks/${encodeURIComponent(name)}/runs`, { method: "POST", body: "{}" });
+    const body = JSON.stringify(params ? { params } : {});
+    const run = await api(`/v1/tasks/${encodeURIComponent(name)}/runs`, { method: "POST", body });
     say(`Started ${runName(run)}.`, "info");
     return run;
   } catch (error) {
     say(`Start failed: ${error.message}`);
   }
+}
+
+/// One input of the start form, generated from a parameter's definition: a select for an enum,
+/// a checkbox for a boolean, a password input for a secret (its value is never shown again).
+function paramInput(p) {
+  const id = `param-${p.name}`;
+  const d = p.default;
+  const attrs = `id="${esc(id)}" name="${esc(p.name)}" data-type="${esc(p.type || "string")}"${p.required && d === undefined ? " required" : ""}`;
+  let input;
+  if (p.type === "enum") {
+    const blank = p.required || d !== undefined ? "" : '<option value=""></option>';
+    input = `<select ${attrs}>${blank}${p.enum.map((v) => `<option${v === d ? " selected" : ""}>${esc(v)}</option>`).join("")}</select>`;
+  } else if (p.type === "boolean") {
+    input = `<input type="checkbox" ${attrs}${d === true ? " checked" : ""}>`;
+  } else if (p.type === "secret") {
+    input = `<input type="password" autocomplete="off" ${attrs}>`;
+  } else if (p.type === "integer") {
+    const range = `${p.minimum !== undefined ? ` min="${esc(p.minimum)}"` : ""}${p.maximum !== undefined ? ` max="${esc(p.maximum)}"` : ""}`;
+    input = `<input type="number" step="1"${range} ${attrs} value="${esc(d ?? "")}">`;
+  } else {
+    input = `<input type="text" ${attrs} value="${esc(d ?? "")}">`;
+  }
+  return `<p><label for="${esc(id)}">${esc(p.name)}${p.required ? " *" : ""}</label> ${input}
+    <span class="muted">${esc(p.description || "")}</span></p>`;
+}
+
+/// The values the start form holds, typed as the parameters want them (empty fields are left
+/// out, so the task's defaults apply).
+function formParams(form, parameters) {
+  const params = {};
+  for (const p of parameters) {
+    const field = form.elements[p.name];
+    if (p.type === "boolean") params[p.name] = field.checked;
+    else if (field.value !== "") params[p.name] = p.type === "integer" ? Number(field.value) : field.value;
+  }
+  return params;
 }
 
 async function showTasks() {
@@ -360,7 +398,7 @@ async function showTasks() {
     <tbody>${page.items.map((t) => `<tr data-task="${esc(t.name)}">
       <td><a href="#/tasks/${esc(t.name)}">${esc(t.name)}</a></td><td>${esc(t.description || "")}</td>
       <td>${esc(t.template.image)}</td><td class="num">${esc(t.generation)}</td><td>${esc(when(t.updatedAt))}</td>
-      <td><button class="primary" data-start="${esc(t.name)}">Start run</button></td></tr>`).join("")}</tbody></table>
+      <td>${t.parameters && t.parameters.length ? `<a class="button" href="#/tasks/${esc(t.name)}">Start run…</a>` : `<button class="primary" data-start="${esc(t.name)}">Start run</button>`}</td></tr>`).join("")}</tbody></table>
     ${page.items.length ? "" : '<p class="muted">No tasks yet. Create one with <code>PUT /v1/tasks/{name}</code>.</p>'}`;
   const listener = (event) => {
     if (event.type.startsWith("task.")) route();
@@ -374,12 +412,25 @@ async function showTask(name) {
     api(`/v1/tasks/${encodeURIComponent(name)}`),
     api(`/v1/runs?task=${encodeURIComponent(name)}&limit=20`),
   ]);
+  const parameters = task.parameters || [];
+  const start = parameters.length
+    ? `<form id="start-form" class="card"><h2>Parameters</h2>${parameters.map(paramInput).join("")}
+        <p><button class="primary" type="submit" id="start-task-run">Start run</button></p></form>`
+    : `<div class="actions"><button class="primary" data-start="${esc(task.name)}">Start run</button></div>`;
   view.innerHTML = `<h1>${esc(task.name)}</h1>
-    <div class="actions"><button class="primary" data-start="${esc(task.name)}">Start run</button></div>
+    ${start}
     <p>${esc(task.description || "")}</p>
     <h2>Definition <span class="muted">(generation ${esc(task.generation)})</span></h2>
     <pre class="json">${esc(JSON.stringify(task.template, null, 2))}</pre>
     <h2>Recent runs</h2><div id="runs-table">${runsTable(runs.items)}</div>`;
+  const form = $("#start-form");
+  if (form) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const run = await startTaskRun(task.name, formParams(form, parameters));
+      if (run) location.hash = `#/runs/${run.id}`;
+    });
+  }
   return liveRuns($("#runs-table"), (run) => run.task === task.name);
 }
 

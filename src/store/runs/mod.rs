@@ -30,6 +30,7 @@ pub use transitions::{
     StatusDetail, TransitionError, TransitionOutcome, Waiting,
 };
 
+use crate::domain::params::RunParams;
 use crate::domain::{JobRef, LaunchInfo, PodCounts, Run, RunStatus, RunTemplate, Trigger};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -41,7 +42,7 @@ pub(super) const COLUMNS: &str =
      rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
      job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
      pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time, \
-     priority, queue_key, queue_limit, admitted_at, superseded_by";
+     priority, queue_key, queue_limit, admitted_at, superseded_by, params";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -75,6 +76,7 @@ pub(super) struct RunRow {
     queue_limit: Option<i32>,
     admitted_at: Option<DateTime<Utc>>,
     superseded_by: Option<Uuid>,
+    params: Json<RunParams>,
 }
 
 impl From<RunRow> for Run {
@@ -123,6 +125,7 @@ impl From<RunRow> for Run {
             queue_limit: row.queue_limit,
             queue: None,
             superseded_by: row.superseded_by,
+            params: row.params.0,
         }
     }
 }

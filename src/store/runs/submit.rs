@@ -276,7 +276,9 @@ async fn insert_all(
             scopes.push(task);
         }
     }
-    let ids: Vec<Uuid> = submissions.iter().map(|_| Uuid::now_v7()).collect();
+    // Each submission carries its run's id (chosen at the front door, so that a run's Secret can
+    // be named after it before the run is recorded).
+    let ids: Vec<Uuid> = submissions.iter().map(|s| s.id()).collect();
     let mut runs: HashMap<Uuid, Run> = HashMap::with_capacity(submissions.len());
     for scope in scopes {
         let (ids, group): (Vec<Uuid>, Vec<&Submission>) = ids
@@ -292,14 +294,16 @@ async fn insert_all(
                 RETURNING last_number - $2 AS before
              ), wake AS (SELECT pg_notify($3, ''))
              INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template,
-                labels, scheduled_time, token_id, priority, queue_key, queue_limit)
+                labels, scheduled_time, token_id, priority, queue_key, queue_limit, params)
              SELECT i.id, $4, counter.before + i.n, 'queued', i.trigger, i.rerun_of, i.template,
-                i.labels, i.scheduled_time, i.token_id, i.priority, i.queue_key, i.queue_limit
+                i.labels, i.scheduled_time, i.token_id, i.priority, i.queue_key, i.queue_limit,
+                i.params
              FROM counter, wake,
                 unnest($5::uuid[], $6::text[], $7::uuid[], $8::jsonb[], $9::jsonb[],
-                       $10::timestamptz[], $11::uuid[], $12::int[], $13::text[], $14::int[])
+                       $10::timestamptz[], $11::uuid[], $12::int[], $13::text[], $14::int[],
+                       $15::jsonb[])
                 WITH ORDINALITY AS i(id, trigger, rerun_of, template, labels, scheduled_time,
-                                     token_id, priority, queue_key, queue_limit, n)
+                                     token_id, priority, queue_key, queue_limit, params, n)
              RETURNING {COLUMNS}"
         ))
         .bind(scope.unwrap_or(""))
@@ -337,6 +341,8 @@ async fn insert_all(
                 .map(|s| s.keyed().map(|k| k.limit))
                 .collect::<Vec<_>>(),
         )
+        // Secret parameters are recorded as their SHA-256 only (see domain::params).
+        .bind(group.iter().map(|s| Json(s.params())).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
         runs.extend(rows.into_iter().map(|row| {
