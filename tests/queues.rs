@@ -732,3 +732,182 @@ async fn the_namespace_limit_holds_each_namespace_apart_and_says_why(db: PgPool)
     assert!(both_running, "one namespace's limit held the other's runs");
     assert!(reasons.contains("NamespaceLimit"), "{reasons:?}");
 }
+
+/// A service replica as its own OS process (the binary cargo built for these tests), killed
+/// with SIGKILL when dropped so that a failing test leaves no process behind.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Process {
+    /// Starts `vfi-orchestrator serve` on a free port against `database_url` and the cluster
+    /// of `kubeconfig`, and waits until it is ready.
+    async fn start(
+        database_url: &str,
+        kubeconfig: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vfi-orchestrator"))
+            .args(["serve", "--auth-disabled", "--rate-limit-per-second", "0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--launcher-poll-ms", "200", "--launch-lease-secs", "1"])
+            .env("DATABASE_URL", database_url)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the service binary starts");
+        let process = Process {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let ready = format!("{}/readyz", process.base);
+        eventually(
+            "the service process to be ready",
+            Duration::from_secs(60),
+            || {
+                let request = http.get(&ready).send();
+                async move { request.await.is_ok_and(|r| r.status().is_success()) }
+            },
+        )
+        .await;
+        process
+    }
+
+    /// kill -9: the process gets no chance to finish anything.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "the process was killed: {status}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many runs are in each status.
+async fn by_status(db: &PgPool) -> HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT status::text, count(*) FROM runs GROUP BY 1")
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Acceptance 3 with real processes: the service runs as its own OS process with 2 runs of a
+/// `limit: 2` task running and 8 waiting when it is killed with SIGKILL; two replica processes
+/// then start on the same database and kubesim. A kubesim watch of the task's Jobs never sees
+/// more than 2 unfinished at any instant, all 10 runs succeed (none lost), and kubesim holds
+/// exactly one Job per run (none duplicated).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_service_process_killed_with_sigkill_mid_queue_leaves_two_replica_processes_that_keep_the_limit(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let dir = std::env::temp_dir().join(format!("vfi-queue-crash-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let log = dir.join("service.log");
+    let mut database_url = reqwest::Url::parse(
+        &std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server"),
+    )
+    .unwrap();
+    database_url.set_path(db.connect_options().get_database().unwrap());
+    let database_url = database_url.to_string();
+
+    let mut doomed = Process::start(&database_url, &kubeconfig, &log).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .put(format!("{}/v1/tasks/crashy", doomed.base))
+        .json(&json!({"template": template(1500), "concurrency": {"limit": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let watch = JobWatch::start(sim.client(), "crashy").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let response = http
+            .post(format!("{}/v1/tasks/crashy/runs", doomed.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        ids.push(id(&response.json::<Value>().await.unwrap()));
+    }
+    // 2 running and 8 waiting: then kill -9.
+    eventually(
+        "2 runs running and 8 waiting",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move {
+                let counts = by_status(&db).await;
+                counts.get("running") == Some(&2) && counts.get("queued") == Some(&8)
+            }
+        },
+    )
+    .await;
+    doomed.kill();
+    let at_kill = by_status(&db).await;
+
+    let replicas = [
+        Process::start(&database_url, &kubeconfig, &log).await,
+        Process::start(&database_url, &kubeconfig, &log).await,
+    ];
+    eventually("all 10 runs to end", Duration::from_secs(120), || {
+        let db = db.clone();
+        async move {
+            let counts = by_status(&db).await;
+            counts.keys().all(|status| {
+                matches!(
+                    status.as_str(),
+                    "succeeded" | "failed" | "cancelled" | "lost"
+                )
+            })
+        }
+    })
+    .await;
+    // Both replicas were alive to the end (neither crashed and left the work to the other).
+    for replica in &replicas {
+        let health = http.get(format!("{}/readyz", replica.base)).send().await;
+        assert!(health.is_ok_and(|r| r.status().is_success()));
+    }
+
+    let counts = by_status(&db).await;
+    assert_eq!(
+        counts,
+        HashMap::from([("succeeded".to_string(), 10)]),
+        "0 runs lost (at the kill: {at_kill:?}); log in {}",
+        log.display()
+    );
+    assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
+    assert_eq!(watch.max(), 2, "the limit was used");
+    assert_eq!(watch.seen.lock().unwrap().len(), 10, "one Job per run");
+    for id in &ids {
+        assert_eq!(jobs_of(&sim.client(), id).await.len(), 1, "run {id}'s Jobs");
+    }
+    drop(replicas);
+    let _ = std::fs::remove_dir_all(dir);
+}
