@@ -911,3 +911,173 @@ async fn a_service_process_killed_with_sigkill_mid_queue_leaves_two_replica_proc
     drop(replicas);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A `/v1/events` stream, read event by event (the `data` of each).
+struct EventStream {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl EventStream {
+    async fn open(service: &Service, query: &str) -> EventStream {
+        let response = service
+            .http
+            .get(service.url(&format!("/v1/events{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        EventStream {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's data, failing after 30 s.
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let data: String = block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim)
+                        .collect();
+                    if !data.is_empty() {
+                        return serde_json::from_str(&data).unwrap();
+                    }
+                    continue;
+                }
+                let chunk = self.stream.next().await.expect("stream open").unwrap();
+                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .expect("an event within 30 s")
+    }
+}
+
+/// The queued runs of `task` as `GET /v1/runs` lists them: id to (position, reason).
+async fn listed_waiting(service: &Service, task: &str) -> HashMap<String, (i64, String)> {
+    let page = service
+        .get(&format!("/v1/runs?task={task}&status=queued"))
+        .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            let queue = &run["queue"];
+            assert_eq!(
+                queue["key"], task,
+                "a listed waiting run says its key: {run:#}"
+            );
+            (
+                id(run),
+                (
+                    queue["position"].as_i64().unwrap(),
+                    queue["reason"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Why-waiting in the list and the event stream: `GET /v1/runs` shows each waiting run's
+/// `queue` as `GET /v1/runs/{id}` does; every change of a key's queue (a waiting run cancelled,
+/// a run admitted) is one `queue.moved` event for the key, not one per waiting run, with how
+/// many still wait; and across those events every waiting run's position only goes down.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn waiting_runs_show_their_place_in_the_list_and_each_queue_change_is_one_event_per_key(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "listed",
+        json!({"template": template(300), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let holder = id(&start(
+        &service,
+        "listed",
+        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
+    )
+    .await);
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut events = EventStream::open(&service, "?task=listed").await;
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(id(&start(&service, "listed", json!({})).await));
+    }
+
+    // The list says what each run's own page says.
+    let listed = listed_waiting(&service, "listed").await;
+    assert_eq!(listed.len(), 5);
+    for (i, id) in waiting.iter().enumerate() {
+        assert_eq!(listed[id], (i as i64 + 1, "ConcurrencyLimit".to_string()));
+        let own = service.run(id).await["queue"].clone();
+        assert_eq!(own["position"], i as i64 + 1);
+        assert_eq!(own["blockedBy"], json!([holder]));
+    }
+
+    // A waiting run cancelled, then the holder: the rest are admitted one by one.
+    let response = service
+        .post(&format!("/v1/runs/{}/cancel", waiting[4]), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut moves = Vec::new();
+    let mut positions: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut finished = 0;
+    while finished < 6 {
+        let event = events.next().await;
+        assert_eq!(event["task"], "listed", "{event}");
+        match event["type"].as_str().unwrap() {
+            "run.finished" => finished += 1,
+            "queue.moved" => {
+                assert_eq!(event["key"], "listed", "{event}");
+                moves.push((
+                    event["reason"].as_str().unwrap().to_string(),
+                    event["left"].as_i64().unwrap(),
+                    event["waiting"].as_i64().unwrap(),
+                ));
+                for (id, (position, _)) in listed_waiting(&service, "listed").await {
+                    positions.entry(id).or_default().push(position);
+                }
+            }
+            _ => {}
+        }
+    }
+    let expected: Vec<(String, i64, i64)> = [
+        ("Cancelled", 4),
+        ("Admitted", 3),
+        ("Admitted", 2),
+        ("Admitted", 1),
+        ("Admitted", 0),
+    ]
+    .into_iter()
+    .map(|(reason, waiting)| (reason.to_string(), 1, waiting))
+    .collect();
+    assert_eq!(moves, expected, "one event per change of the key's queue");
+    for (id, seen) in &positions {
+        assert!(
+            seen.windows(2).all(|w| w[1] <= w[0]),
+            "run {id}'s position went up: {seen:?}"
+        );
+    }
+    assert!(positions
+        .values()
+        .any(|p| p.len() >= 2 && p[0] > *p.last().unwrap()));
+    for id in &waiting[..4] {
+        assert_eq!(service.run(id).await["status"], "succeeded");
+    }
+}

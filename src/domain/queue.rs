@@ -290,6 +290,69 @@ pub struct QueueState {
     pub blocked_by: Vec<uuid::Uuid>,
 }
 
+/// Where a waiting run stands on its key, as the database counts it, for [`QueueState::decide`].
+#[derive(Debug, Clone, Copy)]
+pub struct KeyStanding<'a> {
+    pub key: &'a str,
+    /// 1 for the next run of the key to be admitted.
+    pub position: i64,
+    /// The limit the run was submitted under.
+    pub limit: i64,
+    /// The key's runs that hold a slot.
+    pub active: i64,
+    /// Those runs, by id (at most [`BLOCKED_BY`]).
+    pub holders: &'a [uuid::Uuid],
+    /// The key's first waiting runs in admission order (at most [`BLOCKED_BY`]).
+    pub head: &'a [uuid::Uuid],
+}
+
+/// At most this many ids in `blockedBy`.
+pub const BLOCKED_BY: usize = 100;
+
+/// How full the installation is for a waiting run: active runs in all and in its namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Occupancy {
+    pub total: i64,
+    pub in_namespace: i64,
+}
+
+impl QueueState {
+    /// Why a waiting run waits: its key first (its slots taken, or runs ahead of it taking the
+    /// free ones), then the installation's limits (`occupancy`, when they are on).
+    pub fn decide(
+        key: Option<KeyStanding<'_>>,
+        occupancy: Option<Occupancy>,
+        admission: &Admission,
+    ) -> QueueState {
+        let mut state = QueueState {
+            key: key.map(|k| k.key.to_string()),
+            position: key.map_or(1, |k| k.position),
+            reason: WaitReason::Ready,
+            blocked_by: Vec::new(),
+        };
+        if let Some(k) = key {
+            if k.active >= k.limit {
+                state.reason = WaitReason::ConcurrencyLimit;
+                state.blocked_by = k.holders.iter().take(BLOCKED_BY).copied().collect();
+            } else if k.position > k.limit - k.active {
+                state.reason = WaitReason::Priority;
+                let ahead = usize::try_from(k.position - 1).unwrap_or(0).min(BLOCKED_BY);
+                state.blocked_by = k.head.iter().take(ahead).copied().collect();
+            }
+        }
+        if let (WaitReason::Ready, Some(o)) = (state.reason, occupancy) {
+            if admission.max_active > 0 && o.total >= i64::from(admission.max_active) {
+                state.reason = WaitReason::InstallationLimit;
+            } else if admission.max_active_per_namespace > 0
+                && o.in_namespace >= i64::from(admission.max_active_per_namespace)
+            {
+                state.reason = WaitReason::NamespaceLimit;
+            }
+        }
+        state
+    }
+}
+
 /// The installation's limits on active runs (0: none), and the aging step of priorities.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Admission {
@@ -374,6 +437,49 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["concurrency.limit", "concurrency.maxWaiting"]);
+    }
+
+    #[test]
+    fn a_waiting_run_is_held_by_its_keys_slots_then_by_runs_ahead_then_by_installation_limits() {
+        let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+        let limits = Admission {
+            max_active: 3,
+            max_active_per_namespace: 1,
+            ..Admission::default()
+        };
+        let standing = |position, active| KeyStanding {
+            key: "k",
+            position,
+            limit: 2,
+            active,
+            holders: &ids[..2],
+            head: &ids[2..],
+        };
+        let full = QueueState::decide(Some(standing(1, 2)), None, &limits);
+        assert_eq!(full.reason, WaitReason::ConcurrencyLimit);
+        assert_eq!(full.blocked_by, ids[..2]);
+        // One slot free: the first waiting run takes it, the second waits behind it.
+        let ready = QueueState::decide(Some(standing(1, 1)), None, &limits);
+        assert_eq!((ready.reason, ready.position), (WaitReason::Ready, 1));
+        let behind = QueueState::decide(Some(standing(2, 1)), None, &limits);
+        assert_eq!(behind.reason, WaitReason::Priority);
+        assert_eq!(behind.blocked_by, ids[2..3]);
+        // Free on its key, held by the installation's limits.
+        let busy = Occupancy {
+            total: 3,
+            in_namespace: 0,
+        };
+        let held = QueueState::decide(Some(standing(1, 0)), Some(busy), &limits);
+        assert_eq!(held.reason, WaitReason::InstallationLimit);
+        let crowded = Occupancy {
+            total: 1,
+            in_namespace: 1,
+        };
+        let unkeyed = QueueState::decide(None, Some(crowded), &limits);
+        assert_eq!(
+            (unkeyed.key, unkeyed.position, unkeyed.reason),
+            (None, 1, WaitReason::NamespaceLimit)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use super::reads::get;
 use super::transitions::StatusDetail;
 use crate::domain::{JobRef, Run, RunStatus};
+use crate::store::queue;
 use crate::store::status::{self, Change, Text, Which};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -33,9 +34,16 @@ pub async fn cancel_with(
         message: Text::Set(detail.message),
         ..Change::to(RunStatus::Cancelled, &from)
     };
-    if let Some(moved) = status::write(db, Which::Run(id), change).await?.pop() {
+    let mut tx = db.begin().await?;
+    if let Some(moved) = status::write(&mut *tx, Which::Run(id), change).await?.pop() {
+        if moved.previous == RunStatus::Queued && moved.run.queue_key.is_some() {
+            // The runs behind it on its key move up.
+            queue::note_left(&mut *tx, &[id], queue::Left::Cancelled).await?;
+        }
+        tx.commit().await?;
         return Ok(Some(Ok(moved.run)));
     }
+    drop(tx);
     Ok(get(db, id).await?.map(|run| Err(run.status)))
 }
 
