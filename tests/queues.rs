@@ -1081,3 +1081,86 @@ async fn waiting_runs_show_their_place_in_the_list_and_each_queue_change_is_one_
         assert_eq!(service.run(id).await["status"], "succeeded");
     }
 }
+
+/// The cancel-while-creating window: a run cancelled while its Job create hangs in the API
+/// server (kubesim's `hang` fault: the create is carried out when the hang ends, as a frozen
+/// API server's writes can land late) ends `cancelled` and never `pending` or `running`; the
+/// Job that lands late is deleted; and until then the cancelled run keeps its key's slot, so
+/// the run waiting behind it is not admitted while the create is in flight.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_cancelled_while_its_job_create_hangs_ends_cancelled_and_its_late_job_is_deleted(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "hung",
+        json!({"template": template(300), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let mut hang = kubesim::faults::Fault::new(kubesim::faults::FaultKind::Hang);
+    hang.count = Some(1);
+    hang.seconds = Some(3.0);
+    hang.verb = Some("POST".into());
+    hang.path = Some("/apis/batch/v1/namespaces/default/jobs".into());
+    sim.faults().add(hang).unwrap();
+    let cancelled = id(&start(&service, "hung", json!({})).await);
+    service
+        .wait_for(&cancelled, "creating", Duration::from_secs(10))
+        .await;
+    let behind = id(&start(&service, "hung", json!({})).await);
+
+    let response = service
+        .post(&format!("/v1/runs/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // While the create hangs, the cancelled run holds the slot: the next one waits for it.
+    let mut readings = 0;
+    while !sim.faults().list().is_empty() {
+        let run = service.run(&behind).await;
+        assert_eq!(run["status"], "queued", "admitted during the hang: {run:#}");
+        assert_eq!(run["queue"]["reason"], "ConcurrencyLimit", "{run:#}");
+        assert_eq!(run["queue"]["blockedBy"], json!([cancelled]), "{run:#}");
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(readings > 0, "the hang was observed");
+
+    // The hang ends, the create lands: its Job is deleted and the next run goes ahead.
+    service
+        .wait_for(&behind, "succeeded", Duration::from_secs(30))
+        .await;
+    let client = sim.client();
+    eventually(
+        "the late Job of the cancelled run to be deleted",
+        Duration::from_secs(10),
+        || {
+            let (client, cancelled) = (client.clone(), cancelled.clone());
+            async move {
+                jobs_of(&client, &cancelled)
+                    .await
+                    .iter()
+                    .all(|job| job.metadata.deletion_timestamp.is_some())
+            }
+        },
+    )
+    .await;
+    let run = service.run(&cancelled).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    let seen = service.statuses_seen(&cancelled).await;
+    assert!(
+        !seen.iter().any(|s| s == "pending" || s == "running"),
+        "the cancelled run never started: {seen:?}"
+    );
+    // The late Job was made (the create was carried out), and only once.
+    let made: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE id = $1::uuid AND job_name IS NOT NULL",
+    )
+    .bind(&cancelled)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(made, 1, "the late Job is recorded on the cancelled run");
+}

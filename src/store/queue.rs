@@ -22,10 +22,14 @@ pub const ADMISSION_LOCK: i64 = 0x7666_695f_6164_6d69; // "vfi_admi"
 /// not overlap, so no key collides with the admission or pruner lock).
 const KEY_LOCK_SPACE: i32 = 0x7166; // "qf"
 
-/// SQL: the run `r` holds a slot of its key and of the installation (its Job has not finished,
-/// or is a cancelled run's Job the canceller has not deleted yet).
+/// SQL: the run `r` holds a slot of its key and of the installation: its Job has not finished,
+/// or is a cancelled run's Job the canceller has not deleted yet, or it was cancelled while its
+/// launcher's create was in flight (`creating`: the cancellation keeps the launcher's lease, see
+/// `runs::cancel_with`), so its Job may still appear: until the launcher records that Job (then
+/// the clause before holds it until deleted) or says none came, or its lease lapses.
 pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'admitting', 'pending', 'running')
-    OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested))";
+    OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested)
+    OR (r.status = 'cancelled' AND r.job_name IS NULL AND r.lease_until > now()))";
 
 /// SQL: the run `r`'s priority with aging (`$aging` seconds a level; 0: none).
 fn effective(alias: &str, aging: &str) -> String {
@@ -63,8 +67,7 @@ pub async fn key_counts(db: impl PgExecutor<'_>, key: &str) -> Result<KeyCounts,
         "SELECT count(*) FILTER (WHERE {HOLDS_SLOT}), count(*) FILTER (WHERE r.status = 'queued')
          FROM runs r WHERE r.queue_key = $1
            AND (r.status IN ('queued', 'creating', 'admitting', 'pending', 'running')
-                OR (r.status = 'cancelled' AND r.job_name IS NOT NULL
-                    AND NOT r.job_delete_requested))"
+                OR (r.status = 'cancelled' AND {HOLDS_SLOT}))"
     ))
     .bind(key)
     .fetch_one(db)
@@ -326,8 +329,15 @@ pub async fn states(
                 holders: &s.holders,
                 head: &s.head,
             }),
-            // Admitted (or cancelled) since the page was read: it no longer waits.
-            (Some(_), None) => continue,
+            // Admitted (or cancelled) since it was read: shown as next, with nothing holding it.
+            (Some(key), None) => Some(KeyStanding {
+                key,
+                position: 1,
+                limit: 1,
+                active: 0,
+                holders: &[],
+                head: &[],
+            }),
             (None, _) => None,
         };
         let occupancy = occupancy.as_ref().map(|(total, per_namespace)| {
