@@ -1164,3 +1164,99 @@ async fn a_run_cancelled_while_its_job_create_hangs_ends_cancelled_and_its_late_
     .unwrap();
     assert_eq!(made, 1, "the late Job is recorded on the cancelled run");
 }
+
+/// The value of the `/metrics` sample `series` (name and labels as printed), if present.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Metrics: `vfi_queue_waiting_runs` counts waiting runs per key and the reason that holds them
+/// (a key's limit, the installation's limit for runs without a key), and
+/// `vfi_queue_admission_seconds` is a histogram of submission to admission.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn metrics_count_waiting_runs_per_key_and_reason_and_time_each_admission(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "1"]).await;
+    put_task(
+        &service,
+        "metered",
+        json!({"template": template(200), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let holder = id(&start(
+        &service,
+        "metered",
+        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
+    )
+    .await);
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(id(&start(&service, "metered", json!({})).await));
+    }
+    ids.push(service.submit(template(200)).await);
+
+    let scrape = service
+        .http
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waiting = |key: &str, reason: &str| {
+        sample(
+            &scrape,
+            &format!("vfi_queue_waiting_runs{{key=\"{key}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        waiting("metered", "ConcurrencyLimit"),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert_eq!(waiting("metered", "Ready"), Some(0.0), "{scrape}");
+    assert_eq!(waiting("", "InstallationLimit"), Some(1.0), "{scrape}");
+
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    for id in &ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+    let scrape = service
+        .http
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains("# TYPE vfi_queue_admission_seconds histogram"),
+        "{scrape}"
+    );
+    let admitted = sample(&scrape, "vfi_queue_admission_seconds_count").unwrap();
+    assert!(admitted >= 4.0, "{admitted} admissions timed");
+    assert_eq!(
+        sample(&scrape, "vfi_queue_admission_seconds_bucket{le=\"+Inf\"}"),
+        Some(admitted)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "vfi_queue_waiting_runs{key=\"metered\",reason=\"ConcurrencyLimit\"}"
+        ),
+        None,
+        "no run waits on the key any more: {scrape}"
+    );
+}

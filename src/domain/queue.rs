@@ -353,6 +353,69 @@ impl QueueState {
     }
 }
 
+/// Queued runs of one key (`None`: runs without a key) in one namespace, for the
+/// `vfi_queue_waiting_runs` gauge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingGroup {
+    pub key: Option<String>,
+    pub namespace: String,
+    pub waiting: i64,
+    /// The key's runs holding a slot (all namespaces) and its limit.
+    pub active: i64,
+    pub limit: i64,
+}
+
+/// Waiting runs per key (`""` for runs without one) and reason: those beyond the free slots of
+/// their key wait for its `ConcurrencyLimit`; of the others, those in a full installation or
+/// namespace wait for `InstallationLimit` or `NamespaceLimit` (with `occupancy`: active runs in
+/// all and per namespace, when installation limits are on), the rest are `Ready`. A key's free
+/// slots go to its groups in order. Every key has its `Ready` and `ConcurrencyLimit` rows,
+/// zeros included, so its series do not vanish.
+pub fn waiting_by_reason(
+    groups: &[WaitingGroup],
+    occupancy: Option<(i64, &std::collections::HashMap<String, i64>)>,
+    admission: &Admission,
+) -> Vec<(String, &'static str, i64)> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut out: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    let mut free: HashMap<&str, i64> = HashMap::new();
+    for group in groups {
+        let key = group.key.clone().unwrap_or_default();
+        let ready = match &group.key {
+            Some(k) => {
+                let left = free
+                    .entry(k)
+                    .or_insert_with(|| (group.limit - group.active).max(0));
+                let ready = group.waiting.min(*left);
+                *left -= ready;
+                *out.entry((key.clone(), WaitReason::ConcurrencyLimit.as_str()))
+                    .or_default() += group.waiting - ready;
+                out.entry((key.clone(), WaitReason::Ready.as_str()))
+                    .or_default();
+                ready
+            }
+            None => group.waiting,
+        };
+        let reason = match occupancy {
+            Some((total, _))
+                if admission.max_active > 0 && total >= i64::from(admission.max_active) =>
+            {
+                WaitReason::InstallationLimit
+            }
+            Some((_, per_namespace))
+                if admission.max_active_per_namespace > 0
+                    && per_namespace.get(&group.namespace).copied().unwrap_or(0)
+                        >= i64::from(admission.max_active_per_namespace) =>
+            {
+                WaitReason::NamespaceLimit
+            }
+            _ => WaitReason::Ready,
+        };
+        *out.entry((key, reason.as_str())).or_default() += ready;
+    }
+    out.into_iter().map(|((k, r), n)| (k, r, n)).collect()
+}
+
 /// The installation's limits on active runs (0: none), and the aging step of priorities.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Admission {
@@ -479,6 +542,49 @@ mod tests {
         assert_eq!(
             (unkeyed.key, unkeyed.position, unkeyed.reason),
             (None, 1, WaitReason::NamespaceLimit)
+        );
+    }
+
+    #[test]
+    fn waiting_runs_are_counted_by_the_reason_that_holds_them() {
+        let group = |key: Option<&str>, namespace: &str, waiting, active, limit| WaitingGroup {
+            key: key.map(String::from),
+            namespace: namespace.into(),
+            waiting,
+            active,
+            limit,
+        };
+        let groups = [
+            // Key a: 1 of 3 slots taken; 5 wait, over two namespaces.
+            group(Some("a"), "default", 1, 1, 3),
+            group(Some("a"), "batch", 4, 1, 3),
+            group(None, "default", 2, 0, 0),
+        ];
+        let none = Admission::default();
+        let counts = waiting_by_reason(&groups, None, &none);
+        assert_eq!(
+            counts,
+            [
+                ("".into(), "Ready", 2),
+                ("a".into(), "ConcurrencyLimit", 3),
+                ("a".into(), "Ready", 2),
+            ]
+        );
+        // The namespace `default` is full: its share of the ready runs waits for it.
+        let limits = Admission {
+            max_active_per_namespace: 1,
+            ..Admission::default()
+        };
+        let per_namespace = std::collections::HashMap::from([("default".to_string(), 1)]);
+        let counts = waiting_by_reason(&groups, Some((1, &per_namespace)), &limits);
+        assert_eq!(
+            counts,
+            [
+                ("".into(), "NamespaceLimit", 2),
+                ("a".into(), "ConcurrencyLimit", 3),
+                ("a".into(), "NamespaceLimit", 1),
+                ("a".into(), "Ready", 1),
+            ]
         );
     }
 

@@ -10,7 +10,10 @@
 //! nothing; a submission takes its keys' locks in key order and never the admission lock), so
 //! they never deadlock.
 
-use crate::domain::queue::{Admission, KeyStanding, Occupancy, QueueState, WaitReason, BLOCKED_BY};
+use crate::domain::queue::{
+    waiting_by_reason, Admission, KeyStanding, Occupancy, QueueState, WaitReason, WaitingGroup,
+    BLOCKED_BY,
+};
 use crate::domain::Run;
 use sqlx::{PgConnection, PgExecutor};
 use std::collections::HashMap;
@@ -356,30 +359,45 @@ pub async fn states(
     Ok(out)
 }
 
-/// Waiting runs per key and reason: those the key's free slots will take are `Ready`, the
-/// rest `ConcurrencyLimit`; for the metrics.
+/// Waiting runs per key (`""`: runs without one, counted only with installation limits) and
+/// reason, for the `vfi_queue_waiting_runs` gauge: see
+/// [`waiting_by_reason`](crate::domain::queue::waiting_by_reason).
 pub async fn waiting_by_key(
-    db: impl PgExecutor<'_>,
+    conn: &mut PgConnection,
+    admission: &Admission,
 ) -> Result<Vec<(String, &'static str, i64)>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i32)> = sqlx::query_as(&format!(
-        "SELECT w.queue_key, w.n, coalesce(a.n, 0), w.lim FROM
-            (SELECT queue_key, count(*) AS n, min(queue_limit) AS lim FROM runs
-             WHERE status = 'queued' AND queue_key IS NOT NULL GROUP BY queue_key) w
+    let rows: Vec<(Option<String>, String, i64, i64, i32)> = sqlx::query_as(&format!(
+        "SELECT w.queue_key, w.namespace, w.n, coalesce(a.n, 0), coalesce(w.lim, 0) FROM
+            (SELECT queue_key, coalesce(template->>'namespace', $1) AS namespace, count(*) AS n,
+                    min(queue_limit) AS lim
+             FROM runs WHERE status = 'queued' AND ($2 OR queue_key IS NOT NULL)
+             GROUP BY 1, 2) w
          LEFT JOIN (SELECT r.queue_key, count(*) AS n FROM runs r
                     WHERE r.queue_key IS NOT NULL AND {HOLDS_SLOT} GROUP BY r.queue_key) a
-         USING (queue_key) ORDER BY 1"
+         USING (queue_key) ORDER BY 1, 2"
     ))
-    .fetch_all(db)
+    .bind(&admission.default_namespace)
+    .bind(admission.limited())
+    .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::new();
-    for (key, waiting, active, limit) in rows {
-        let admitting = waiting.min((i64::from(limit) - active).max(0));
-        out.push((key.clone(), WaitReason::Ready.as_str(), admitting));
-        out.push((
+    let groups: Vec<WaitingGroup> = rows
+        .into_iter()
+        .map(|(key, namespace, waiting, active, limit)| WaitingGroup {
             key,
-            WaitReason::ConcurrencyLimit.as_str(),
-            waiting - admitting,
-        ));
-    }
-    Ok(out)
+            namespace,
+            waiting,
+            active,
+            limit: i64::from(limit),
+        })
+        .collect();
+    let occupancy = if admission.limited() {
+        Some(active_by_namespace(&mut *conn, &admission.default_namespace).await?)
+    } else {
+        None
+    };
+    Ok(waiting_by_reason(
+        &groups,
+        occupancy.as_ref().map(|(total, per)| (*total, per)),
+        admission,
+    ))
 }
