@@ -1260,3 +1260,23 @@ async fn metrics_count_waiting_runs_per_key_and_reason_and_time_each_admission(d
         "no run waits on the key any more: {scrape}"
     );
 }
+
+/// `queue.moved` events are pruned with the run history's age limit (`RUN_MAX_AGE_HOURS`): older
+/// ones go, newer ones stay.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn queue_events_older_than_the_history_age_limit_are_pruned(db: PgPool) {
+    for age_hours in [48, 1] {
+        sqlx::query(
+            "INSERT INTO queue_events (at, queue_key, task_name, kind, reason, left_queue, waiting)
+             VALUES (now() - make_interval(hours => $1), 'k', 't', 'moved', 'Admitted', 1, 0)",
+        )
+        .bind(age_hours)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let before = chrono::Utc::now() - chrono::Duration::hours(24);
+    let deleted = store::queue::prune_events(&db, before, 500).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(count(&db, "queue_events").await, 1, "the newer one stays");
+}

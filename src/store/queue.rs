@@ -144,6 +144,24 @@ pub async fn note_left(
     Ok(())
 }
 
+/// Deletes up to `limit` `queue.moved` events from before `before` (the pruner, with the run
+/// history's age limit); returns how many.
+pub async fn prune_events(
+    db: impl PgExecutor<'_>,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM queue_events WHERE id IN (
+            SELECT id FROM queue_events WHERE at < $1 ORDER BY id LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
 /// The most waiting runs one pass looks at beyond the free slots (runs in a full namespace are
 /// passed over for later ones in another).
 const LOOK_AHEAD: i64 = 1000;
