@@ -56,6 +56,16 @@ pub fn metrics() -> &'static PrometheusHandle {
                     ],
                 )
             })
+            .and_then(|b| {
+                // A limit may hold a run for hours: the upper buckets reach that far.
+                b.set_buckets_for_metric(
+                    Matcher::Full("vfi_queue_admission_seconds".into()),
+                    &[
+                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                        3600.0, 10800.0, 43200.0,
+                    ],
+                )
+            })
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -87,6 +97,11 @@ fn describe() {
         "vfi_run_queue_wait_seconds",
         Unit::Seconds,
         "From a run's creation to the creation of its Job, by task"
+    );
+    describe_histogram!(
+        "vfi_queue_admission_seconds",
+        Unit::Seconds,
+        "From a run's submission to its admission by the launcher (the time its queue held it)"
     );
     describe_counter!(
         "vfi_launcher_errors_total",

@@ -342,3 +342,73 @@ async fn a_tasks_start_form_is_generated_from_its_parameters_and_masks_secrets(d
         serde_json::json!({"dry_run": true, "replicas": 2, "target": "dev", "token": "***"})
     );
 }
+
+/// Why-waiting in the dashboard's runs list: a waiting run's row says its place and reason
+/// (`#2 ConcurrencyLimit`), and when a run ahead of it leaves the key's queue the row moves up
+/// (`#1`) without a reload, from the `queue.moved` event.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_runs_list_shows_a_waiting_runs_place_and_moves_it_up_live(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db, sim.client(), &["--auth-disabled"]).await;
+    let response = service
+        .http
+        .put(service.url("/v1/tasks/held"))
+        .json(&serde_json::json!({
+            "template": {"image": "busybox", "env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]},
+            "concurrency": {"limit": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = service
+            .post("/v1/tasks/held/runs", &serde_json::json!({}))
+            .await;
+        let run: serde_json::Value = response.json().await.unwrap();
+        ids.push(run["id"].as_str().unwrap().to_string());
+    }
+    service
+        .wait_for(&ids[0], "running", Duration::from_secs(30))
+        .await;
+    let browser = Browser::open().await;
+    let page = &browser.client;
+    page.goto(&service.url("/#/runs?task=held")).await.unwrap();
+    page.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#live.on"))
+        .await
+        .expect("the dashboard follows /v1/events");
+    let last = format!("#runs tr[data-run-id='{}'] [data-queue]", ids[2]);
+    let note = page
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&last))
+        .await
+        .expect("the waiting run's row says why it waits");
+    assert_eq!(note.text().await.unwrap(), "#2 ConcurrencyLimit");
+
+    let response = service
+        .post(
+            &format!("/v1/runs/{}/cancel", ids[1]),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert!(response.status().is_success());
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = match page.find(Locator::Css(&last)).await {
+            Ok(note) => note.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text == "#1 ConcurrencyLimit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.close("dashboard-queue.png").await;
+    assert_eq!(
+        text, "#1 ConcurrencyLimit",
+        "the row moved up without a reload"
+    );
+}

@@ -732,3 +732,551 @@ async fn the_namespace_limit_holds_each_namespace_apart_and_says_why(db: PgPool)
     assert!(both_running, "one namespace's limit held the other's runs");
     assert!(reasons.contains("NamespaceLimit"), "{reasons:?}");
 }
+
+/// A service replica as its own OS process (the binary cargo built for these tests), killed
+/// with SIGKILL when dropped so that a failing test leaves no process behind.
+struct Process {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Process {
+    /// Starts `vfi-orchestrator serve` on a free port against `database_url` and the cluster
+    /// of `kubeconfig`, and waits until it is ready.
+    async fn start(
+        database_url: &str,
+        kubeconfig: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vfi-orchestrator"))
+            .args(["serve", "--auth-disabled", "--rate-limit-per-second", "0"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--launcher-poll-ms", "200", "--launch-lease-secs", "1"])
+            .env("DATABASE_URL", database_url)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the service binary starts");
+        let process = Process {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let ready = format!("{}/readyz", process.base);
+        eventually(
+            "the service process to be ready",
+            Duration::from_secs(60),
+            || {
+                let request = http.get(&ready).send();
+                async move { request.await.is_ok_and(|r| r.status().is_success()) }
+            },
+        )
+        .await;
+        process
+    }
+
+    /// kill -9: the process gets no chance to finish anything.
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "the process was killed: {status}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many runs are in each status.
+async fn by_status(db: &PgPool) -> HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT status::text, count(*) FROM runs GROUP BY 1")
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Acceptance 3 with real processes: the service runs as its own OS process with 2 runs of a
+/// `limit: 2` task running and 8 waiting when it is killed with SIGKILL; two replica processes
+/// then start on the same database and kubesim. A kubesim watch of the task's Jobs never sees
+/// more than 2 unfinished at any instant, all 10 runs succeed (none lost), and kubesim holds
+/// exactly one Job per run (none duplicated).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_service_process_killed_with_sigkill_mid_queue_leaves_two_replica_processes_that_keep_the_limit(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let dir = std::env::temp_dir().join(format!("vfi-queue-crash-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let log = dir.join("service.log");
+    let mut database_url = reqwest::Url::parse(
+        &std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server"),
+    )
+    .unwrap();
+    database_url.set_path(db.connect_options().get_database().unwrap());
+    let database_url = database_url.to_string();
+
+    let mut doomed = Process::start(&database_url, &kubeconfig, &log).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .put(format!("{}/v1/tasks/crashy", doomed.base))
+        .json(&json!({"template": template(1500), "concurrency": {"limit": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let watch = JobWatch::start(sim.client(), "crashy").await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let response = http
+            .post(format!("{}/v1/tasks/crashy/runs", doomed.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        ids.push(id(&response.json::<Value>().await.unwrap()));
+    }
+    // 2 running and 8 waiting: then kill -9.
+    eventually(
+        "2 runs running and 8 waiting",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move {
+                let counts = by_status(&db).await;
+                counts.get("running") == Some(&2) && counts.get("queued") == Some(&8)
+            }
+        },
+    )
+    .await;
+    doomed.kill();
+    let at_kill = by_status(&db).await;
+
+    let replicas = [
+        Process::start(&database_url, &kubeconfig, &log).await,
+        Process::start(&database_url, &kubeconfig, &log).await,
+    ];
+    eventually("all 10 runs to end", Duration::from_secs(120), || {
+        let db = db.clone();
+        async move {
+            let counts = by_status(&db).await;
+            counts.keys().all(|status| {
+                matches!(
+                    status.as_str(),
+                    "succeeded" | "failed" | "cancelled" | "lost"
+                )
+            })
+        }
+    })
+    .await;
+    // Both replicas were alive to the end (neither crashed and left the work to the other).
+    for replica in &replicas {
+        let health = http.get(format!("{}/readyz", replica.base)).send().await;
+        assert!(health.is_ok_and(|r| r.status().is_success()));
+    }
+
+    let counts = by_status(&db).await;
+    assert_eq!(
+        counts,
+        HashMap::from([("succeeded".to_string(), 10)]),
+        "0 runs lost (at the kill: {at_kill:?}); log in {}",
+        log.display()
+    );
+    assert!(watch.max() <= 2, "{} Jobs unfinished at once", watch.max());
+    assert_eq!(watch.max(), 2, "the limit was used");
+    assert_eq!(watch.seen.lock().unwrap().len(), 10, "one Job per run");
+    for id in &ids {
+        assert_eq!(jobs_of(&sim.client(), id).await.len(), 1, "run {id}'s Jobs");
+    }
+    drop(replicas);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `/v1/events` stream, read event by event (the `data` of each).
+struct EventStream {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl EventStream {
+    async fn open(service: &Service, query: &str) -> EventStream {
+        let response = service
+            .http
+            .get(service.url(&format!("/v1/events{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        EventStream {
+            stream: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's data, failing after 30 s.
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let data: String = block
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim)
+                        .collect();
+                    if !data.is_empty() {
+                        return serde_json::from_str(&data).unwrap();
+                    }
+                    continue;
+                }
+                let chunk = self.stream.next().await.expect("stream open").unwrap();
+                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .expect("an event within 30 s")
+    }
+}
+
+/// The queued runs of `task` as `GET /v1/runs` lists them: id to (position, reason).
+async fn listed_waiting(service: &Service, task: &str) -> HashMap<String, (i64, String)> {
+    let page = service
+        .get(&format!("/v1/runs?task={task}&status=queued"))
+        .await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            let queue = &run["queue"];
+            assert_eq!(
+                queue["key"], task,
+                "a listed waiting run says its key: {run:#}"
+            );
+            (
+                id(run),
+                (
+                    queue["position"].as_i64().unwrap(),
+                    queue["reason"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Why-waiting in the list and the event stream: `GET /v1/runs` shows each waiting run's
+/// `queue` as `GET /v1/runs/{id}` does; every change of a key's queue (a waiting run cancelled,
+/// a run admitted) is one `queue.moved` event for the key, not one per waiting run, with how
+/// many still wait; and across those events every waiting run's position only goes down.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn waiting_runs_show_their_place_in_the_list_and_each_queue_change_is_one_event_per_key(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "listed",
+        json!({"template": template(300), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let holder = id(&start(
+        &service,
+        "listed",
+        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
+    )
+    .await);
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut events = EventStream::open(&service, "?task=listed").await;
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(id(&start(&service, "listed", json!({})).await));
+    }
+
+    // The list says what each run's own page says.
+    let listed = listed_waiting(&service, "listed").await;
+    assert_eq!(listed.len(), 5);
+    for (i, id) in waiting.iter().enumerate() {
+        assert_eq!(listed[id], (i as i64 + 1, "ConcurrencyLimit".to_string()));
+        let own = service.run(id).await["queue"].clone();
+        assert_eq!(own["position"], i as i64 + 1);
+        assert_eq!(own["blockedBy"], json!([holder]));
+    }
+
+    // A waiting run cancelled, then the holder: the rest are admitted one by one.
+    let response = service
+        .post(&format!("/v1/runs/{}/cancel", waiting[4]), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut moves = Vec::new();
+    let mut positions: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut finished = 0;
+    while finished < 6 {
+        let event = events.next().await;
+        assert_eq!(event["task"], "listed", "{event}");
+        match event["type"].as_str().unwrap() {
+            "run.finished" => finished += 1,
+            "queue.moved" => {
+                assert_eq!(event["key"], "listed", "{event}");
+                moves.push((
+                    event["reason"].as_str().unwrap().to_string(),
+                    event["left"].as_i64().unwrap(),
+                    event["waiting"].as_i64().unwrap(),
+                ));
+                for (id, (position, _)) in listed_waiting(&service, "listed").await {
+                    positions.entry(id).or_default().push(position);
+                }
+            }
+            _ => {}
+        }
+    }
+    let expected: Vec<(String, i64, i64)> = [
+        ("Cancelled", 4),
+        ("Admitted", 3),
+        ("Admitted", 2),
+        ("Admitted", 1),
+        ("Admitted", 0),
+    ]
+    .into_iter()
+    .map(|(reason, waiting)| (reason.to_string(), 1, waiting))
+    .collect();
+    assert_eq!(moves, expected, "one event per change of the key's queue");
+    for (id, seen) in &positions {
+        assert!(
+            seen.windows(2).all(|w| w[1] <= w[0]),
+            "run {id}'s position went up: {seen:?}"
+        );
+    }
+    assert!(positions
+        .values()
+        .any(|p| p.len() >= 2 && p[0] > *p.last().unwrap()));
+    for id in &waiting[..4] {
+        assert_eq!(service.run(id).await["status"], "succeeded");
+    }
+}
+
+/// The cancel-while-creating window: a run cancelled while its Job create hangs in the API
+/// server (kubesim's `hang` fault: the create is carried out when the hang ends, as a frozen
+/// API server's writes can land late) ends `cancelled` and never `pending` or `running`; the
+/// Job that lands late is deleted; and until then the cancelled run keeps its key's slot, so
+/// the run waiting behind it is not admitted while the create is in flight.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_cancelled_while_its_job_create_hangs_ends_cancelled_and_its_late_job_is_deleted(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "hung",
+        json!({"template": template(300), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let mut hang = kubesim::faults::Fault::new(kubesim::faults::FaultKind::Hang);
+    hang.count = Some(1);
+    hang.seconds = Some(3.0);
+    hang.verb = Some("POST".into());
+    hang.path = Some("/apis/batch/v1/namespaces/default/jobs".into());
+    sim.faults().add(hang).unwrap();
+    let cancelled = id(&start(&service, "hung", json!({})).await);
+    service
+        .wait_for(&cancelled, "creating", Duration::from_secs(10))
+        .await;
+    let behind = id(&start(&service, "hung", json!({})).await);
+
+    let response = service
+        .post(&format!("/v1/runs/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // While the create hangs, the cancelled run holds the slot: the next one waits for it.
+    let mut readings = 0;
+    while !sim.faults().list().is_empty() {
+        let run = service.run(&behind).await;
+        assert_eq!(run["status"], "queued", "admitted during the hang: {run:#}");
+        assert_eq!(run["queue"]["reason"], "ConcurrencyLimit", "{run:#}");
+        assert_eq!(run["queue"]["blockedBy"], json!([cancelled]), "{run:#}");
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(readings > 0, "the hang was observed");
+
+    // The hang ends, the create lands: its Job is deleted and the next run goes ahead.
+    service
+        .wait_for(&behind, "succeeded", Duration::from_secs(30))
+        .await;
+    let client = sim.client();
+    eventually(
+        "the late Job of the cancelled run to be deleted",
+        Duration::from_secs(10),
+        || {
+            let (client, cancelled) = (client.clone(), cancelled.clone());
+            async move {
+                jobs_of(&client, &cancelled)
+                    .await
+                    .iter()
+                    .all(|job| job.metadata.deletion_timestamp.is_some())
+            }
+        },
+    )
+    .await;
+    let run = service.run(&cancelled).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    let seen = service.statuses_seen(&cancelled).await;
+    assert!(
+        !seen.iter().any(|s| s == "pending" || s == "running"),
+        "the cancelled run never started: {seen:?}"
+    );
+    // The late Job was made (the create was carried out), and only once.
+    let made: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE id = $1::uuid AND job_name IS NOT NULL",
+    )
+    .bind(&cancelled)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(made, 1, "the late Job is recorded on the cancelled run");
+}
+
+/// The value of the `/metrics` sample `series` (name and labels as printed), if present.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Metrics: `vfi_queue_waiting_runs` counts waiting runs per key and the reason that holds them
+/// (a key's limit, the installation's limit for runs without a key), and
+/// `vfi_queue_admission_seconds` is a histogram of submission to admission.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn metrics_count_waiting_runs_per_key_and_reason_and_time_each_admission(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "1"]).await;
+    put_task(
+        &service,
+        "metered",
+        json!({"template": template(200), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let holder = id(&start(
+        &service,
+        "metered",
+        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
+    )
+    .await);
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(id(&start(&service, "metered", json!({})).await));
+    }
+    ids.push(service.submit(template(200)).await);
+
+    let scrape = service
+        .http
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let waiting = |key: &str, reason: &str| {
+        sample(
+            &scrape,
+            &format!("vfi_queue_waiting_runs{{key=\"{key}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        waiting("metered", "ConcurrencyLimit"),
+        Some(2.0),
+        "{scrape}"
+    );
+    assert_eq!(waiting("metered", "Ready"), Some(0.0), "{scrape}");
+    assert_eq!(waiting("", "InstallationLimit"), Some(1.0), "{scrape}");
+
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    for id in &ids {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(60))
+            .await;
+    }
+    let scrape = service
+        .http
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains("# TYPE vfi_queue_admission_seconds histogram"),
+        "{scrape}"
+    );
+    let admitted = sample(&scrape, "vfi_queue_admission_seconds_count").unwrap();
+    assert!(admitted >= 4.0, "{admitted} admissions timed");
+    assert_eq!(
+        sample(&scrape, "vfi_queue_admission_seconds_bucket{le=\"+Inf\"}"),
+        Some(admitted)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "vfi_queue_waiting_runs{key=\"metered\",reason=\"ConcurrencyLimit\"}"
+        ),
+        None,
+        "no run waits on the key any more: {scrape}"
+    );
+}
+
+/// `queue.moved` events are pruned with the run history's age limit (`RUN_MAX_AGE_HOURS`): older
+/// ones go, newer ones stay.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn queue_events_older_than_the_history_age_limit_are_pruned(db: PgPool) {
+    for age_hours in [48, 1] {
+        sqlx::query(
+            "INSERT INTO queue_events (at, queue_key, task_name, kind, reason, left_queue, waiting)
+             VALUES (now() - make_interval(hours => $1), 'k', 't', 'moved', 'Admitted', 1, 0)",
+        )
+        .bind(age_hours)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let before = chrono::Utc::now() - chrono::Duration::hours(24);
+    let deleted = store::queue::prune_events(&db, before, 500).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(count(&db, "queue_events").await, 1, "the newer one stays");
+}

@@ -290,6 +290,132 @@ pub struct QueueState {
     pub blocked_by: Vec<uuid::Uuid>,
 }
 
+/// Where a waiting run stands on its key, as the database counts it, for [`QueueState::decide`].
+#[derive(Debug, Clone, Copy)]
+pub struct KeyStanding<'a> {
+    pub key: &'a str,
+    /// 1 for the next run of the key to be admitted.
+    pub position: i64,
+    /// The limit the run was submitted under.
+    pub limit: i64,
+    /// The key's runs that hold a slot.
+    pub active: i64,
+    /// Those runs, by id (at most [`BLOCKED_BY`]).
+    pub holders: &'a [uuid::Uuid],
+    /// The key's first waiting runs in admission order (at most [`BLOCKED_BY`]).
+    pub head: &'a [uuid::Uuid],
+}
+
+/// At most this many ids in `blockedBy`.
+pub const BLOCKED_BY: usize = 100;
+
+/// How full the installation is for a waiting run: active runs in all and in its namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Occupancy {
+    pub total: i64,
+    pub in_namespace: i64,
+}
+
+impl QueueState {
+    /// Why a waiting run waits: its key first (its slots taken, or runs ahead of it taking the
+    /// free ones), then the installation's limits (`occupancy`, when they are on).
+    pub fn decide(
+        key: Option<KeyStanding<'_>>,
+        occupancy: Option<Occupancy>,
+        admission: &Admission,
+    ) -> QueueState {
+        let mut state = QueueState {
+            key: key.map(|k| k.key.to_string()),
+            position: key.map_or(1, |k| k.position),
+            reason: WaitReason::Ready,
+            blocked_by: Vec::new(),
+        };
+        if let Some(k) = key {
+            if k.active >= k.limit {
+                state.reason = WaitReason::ConcurrencyLimit;
+                state.blocked_by = k.holders.iter().take(BLOCKED_BY).copied().collect();
+            } else if k.position > k.limit - k.active {
+                state.reason = WaitReason::Priority;
+                let ahead = usize::try_from(k.position - 1).unwrap_or(0).min(BLOCKED_BY);
+                state.blocked_by = k.head.iter().take(ahead).copied().collect();
+            }
+        }
+        if let (WaitReason::Ready, Some(o)) = (state.reason, occupancy) {
+            if admission.max_active > 0 && o.total >= i64::from(admission.max_active) {
+                state.reason = WaitReason::InstallationLimit;
+            } else if admission.max_active_per_namespace > 0
+                && o.in_namespace >= i64::from(admission.max_active_per_namespace)
+            {
+                state.reason = WaitReason::NamespaceLimit;
+            }
+        }
+        state
+    }
+}
+
+/// Queued runs of one key (`None`: runs without a key) in one namespace, for the
+/// `vfi_queue_waiting_runs` gauge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingGroup {
+    pub key: Option<String>,
+    pub namespace: String,
+    pub waiting: i64,
+    /// The key's runs holding a slot (all namespaces) and its limit.
+    pub active: i64,
+    pub limit: i64,
+}
+
+/// Waiting runs per key (`""` for runs without one) and reason: those beyond the free slots of
+/// their key wait for its `ConcurrencyLimit`; of the others, those in a full installation or
+/// namespace wait for `InstallationLimit` or `NamespaceLimit` (with `occupancy`: active runs in
+/// all and per namespace, when installation limits are on), the rest are `Ready`. A key's free
+/// slots go to its groups in order. Every key has its `Ready` and `ConcurrencyLimit` rows,
+/// zeros included, so its series do not vanish.
+pub fn waiting_by_reason(
+    groups: &[WaitingGroup],
+    occupancy: Option<(i64, &std::collections::HashMap<String, i64>)>,
+    admission: &Admission,
+) -> Vec<(String, &'static str, i64)> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut out: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    let mut free: HashMap<&str, i64> = HashMap::new();
+    for group in groups {
+        let key = group.key.clone().unwrap_or_default();
+        let ready = match &group.key {
+            Some(k) => {
+                let left = free
+                    .entry(k)
+                    .or_insert_with(|| (group.limit - group.active).max(0));
+                let ready = group.waiting.min(*left);
+                *left -= ready;
+                *out.entry((key.clone(), WaitReason::ConcurrencyLimit.as_str()))
+                    .or_default() += group.waiting - ready;
+                out.entry((key.clone(), WaitReason::Ready.as_str()))
+                    .or_default();
+                ready
+            }
+            None => group.waiting,
+        };
+        let reason = match occupancy {
+            Some((total, _))
+                if admission.max_active > 0 && total >= i64::from(admission.max_active) =>
+            {
+                WaitReason::InstallationLimit
+            }
+            Some((_, per_namespace))
+                if admission.max_active_per_namespace > 0
+                    && per_namespace.get(&group.namespace).copied().unwrap_or(0)
+                        >= i64::from(admission.max_active_per_namespace) =>
+            {
+                WaitReason::NamespaceLimit
+            }
+            _ => WaitReason::Ready,
+        };
+        *out.entry((key, reason.as_str())).or_default() += ready;
+    }
+    out.into_iter().map(|((k, r), n)| (k, r, n)).collect()
+}
+
 /// The installation's limits on active runs (0: none), and the aging step of priorities.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Admission {
@@ -374,6 +500,92 @@ mod tests {
             .map(|e| e.field)
             .collect();
         assert_eq!(fields, ["concurrency.limit", "concurrency.maxWaiting"]);
+    }
+
+    #[test]
+    fn a_waiting_run_is_held_by_its_keys_slots_then_by_runs_ahead_then_by_installation_limits() {
+        let ids: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::new_v4()).collect();
+        let limits = Admission {
+            max_active: 3,
+            max_active_per_namespace: 1,
+            ..Admission::default()
+        };
+        let standing = |position, active| KeyStanding {
+            key: "k",
+            position,
+            limit: 2,
+            active,
+            holders: &ids[..2],
+            head: &ids[2..],
+        };
+        let full = QueueState::decide(Some(standing(1, 2)), None, &limits);
+        assert_eq!(full.reason, WaitReason::ConcurrencyLimit);
+        assert_eq!(full.blocked_by, ids[..2]);
+        // One slot free: the first waiting run takes it, the second waits behind it.
+        let ready = QueueState::decide(Some(standing(1, 1)), None, &limits);
+        assert_eq!((ready.reason, ready.position), (WaitReason::Ready, 1));
+        let behind = QueueState::decide(Some(standing(2, 1)), None, &limits);
+        assert_eq!(behind.reason, WaitReason::Priority);
+        assert_eq!(behind.blocked_by, ids[2..3]);
+        // Free on its key, held by the installation's limits.
+        let busy = Occupancy {
+            total: 3,
+            in_namespace: 0,
+        };
+        let held = QueueState::decide(Some(standing(1, 0)), Some(busy), &limits);
+        assert_eq!(held.reason, WaitReason::InstallationLimit);
+        let crowded = Occupancy {
+            total: 1,
+            in_namespace: 1,
+        };
+        let unkeyed = QueueState::decide(None, Some(crowded), &limits);
+        assert_eq!(
+            (unkeyed.key, unkeyed.position, unkeyed.reason),
+            (None, 1, WaitReason::NamespaceLimit)
+        );
+    }
+
+    #[test]
+    fn waiting_runs_are_counted_by_the_reason_that_holds_them() {
+        let group = |key: Option<&str>, namespace: &str, waiting, active, limit| WaitingGroup {
+            key: key.map(String::from),
+            namespace: namespace.into(),
+            waiting,
+            active,
+            limit,
+        };
+        let groups = [
+            // Key a: 1 of 3 slots taken; 5 wait, over two namespaces.
+            group(Some("a"), "default", 1, 1, 3),
+            group(Some("a"), "batch", 4, 1, 3),
+            group(None, "default", 2, 0, 0),
+        ];
+        let none = Admission::default();
+        let counts = waiting_by_reason(&groups, None, &none);
+        assert_eq!(
+            counts,
+            [
+                ("".into(), "Ready", 2),
+                ("a".into(), "ConcurrencyLimit", 3),
+                ("a".into(), "Ready", 2),
+            ]
+        );
+        // The namespace `default` is full: its share of the ready runs waits for it.
+        let limits = Admission {
+            max_active_per_namespace: 1,
+            ..Admission::default()
+        };
+        let per_namespace = std::collections::HashMap::from([("default".to_string(), 1)]);
+        let counts = waiting_by_reason(&groups, Some((1, &per_namespace)), &limits);
+        assert_eq!(
+            counts,
+            [
+                ("".into(), "NamespaceLimit", 2),
+                ("a".into(), "ConcurrencyLimit", 3),
+                ("a".into(), "NamespaceLimit", 1),
+                ("a".into(), "Ready", 1),
+            ]
+        );
     }
 
     #[test]

@@ -140,7 +140,7 @@ pub struct Run {
     /// The limit of its key when it was submitted (the admission reads it; not shown).
     #[serde(skip)]
     pub queue_limit: Option<i32>,
-    /// Why a `queued` run waits and where it stands (on `GET /v1/runs/{id}`).
+    /// Why a `queued` run waits and where it stands (on `GET /v1/runs/{id}` and in `GET /v1/runs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<super::queue::QueueState>,
     /// The newer run of its key that cancelled this one (reason `Superseded`).

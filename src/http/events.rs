@@ -36,7 +36,9 @@ pub struct ChangeEvent {
     /// `run.created`, `run.status`, `run.finished` (a status change to a final status),
     /// `run.waiting` (why a pending run cannot start, or Kueue's message for an `admitting` run),
     /// `run.queue` (a queued run must wait on its concurrency key: `reason` and `message` say for
-    /// what), `run.pruned`, `task.created`, `task.updated` or `task.deleted`.
+    /// what), `run.pruned`, `task.created`, `task.updated`, `task.deleted`, or `queue.moved` (runs
+    /// of a concurrency key left its queue, so the runs still waiting on `key` moved up: one
+    /// event per key and task each time, not one per waiting run).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,6 +57,16 @@ pub struct ChangeEvent {
     /// The task's generation (task events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The concurrency key (`queue.moved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// How many runs of the key (and task) left its queue (`queue.moved`; `reason` says why:
+    /// `Admitted` or `Cancelled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left: Option<i32>,
+    /// How many runs still wait on the key afterwards (`queue.moved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<i64>,
 }
 
 impl From<&StoredEvent> for ChangeEvent {
@@ -72,8 +84,17 @@ impl From<&StoredEvent> for ChangeEvent {
             previous: e.previous,
             status: e.status,
             reason: e.reason.clone(),
-            message: e.message.clone(),
             generation: e.generation,
+            message: match (&e.queue_key, e.left_queue, e.waiting) {
+                (Some(key), Some(left), Some(waiting)) => Some(format!(
+                    "{left} run(s) of key {key} left the queue ({}); {waiting} wait",
+                    e.reason.as_deref().unwrap_or("")
+                )),
+                _ => e.message.clone(),
+            },
+            key: e.queue_key.clone(),
+            left: e.left_queue,
+            waiting: e.waiting,
         }
     }
 }
@@ -95,7 +116,9 @@ pub struct EventsQuery {
 }
 
 /// Run and task changes as Server-Sent Events: `run.created`, `run.status`, `run.finished`,
-/// `run.waiting`, `run.pruned`, `task.created`, `task.updated`, `task.deleted`, each with its id. Without
+/// `run.waiting`, `run.queue`, `run.pruned`, `task.created`, `task.updated`, `task.deleted`,
+/// `queue.moved` (runs left a concurrency key's queue: one event per key, with `key`, `left`
+/// and `waiting`), each with its id. Without
 /// `Last-Event-ID` the stream starts with the next change; with it, the changes after that id
 /// are replayed first, then the stream goes on live, without gaps or duplicates. A comment is
 /// sent every 15 s to keep proxies from closing an idle stream.

@@ -23,6 +23,7 @@ use std::fmt::Write;
 /// protects them).
 pub async fn metrics(
     State(db): State<PgPool>,
+    State(limits): State<std::sync::Arc<super::Limits>>,
     caller: Option<Extension<Caller>>,
 ) -> Result<Response> {
     if let Some(Extension(caller)) = caller {
@@ -34,10 +35,10 @@ pub async fn metrics(
             )));
         }
     }
-    Ok(render(&db).await)
+    Ok(render(&db, &limits.admission).await)
 }
 
-async fn render(db: &PgPool) -> Response {
+async fn render(db: &PgPool, admission: &crate::domain::queue::Admission) -> Response {
     let handle = telemetry::metrics();
     handle.run_upkeep();
     let mut body = handle.render();
@@ -46,7 +47,11 @@ async fn render(db: &PgPool) -> Response {
         // The process's own metrics are still worth having when the database is down.
         Err(error) => tracing::warn!(error = %error, "metrics: counting runs failed"),
     }
-    match store::queue::waiting_by_key(db).await {
+    let waiting = match db.acquire().await {
+        Ok(mut conn) => store::queue::waiting_by_key(&mut conn, admission).await,
+        Err(error) => Err(error),
+    };
+    match waiting {
         Ok(waiting) => render_waiting(&mut body, &waiting),
         Err(error) => tracing::warn!(error = %error, "metrics: counting waiting runs failed"),
     }

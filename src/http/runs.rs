@@ -410,7 +410,9 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
-/// Run history, newest first, with filters and keyset pagination.
+/// Run history, newest first, with filters and keyset pagination. A waiting run carries
+/// `queue` (why it waits and its place) as on `GET /v1/runs/{id}`, read for the whole page at
+/// once.
 #[utoipa::path(
     get, path = "/v1/runs", tag = "runs",
     security(("bearer" = ["read"])),
@@ -425,6 +427,7 @@ pub struct RunPage {
 pub async fn list_runs(
     auth: Authorized<ForRead>,
     State(db): State<PgPool>,
+    State(limits): State<Arc<Limits>>,
     ApiQuery(query): ApiQuery<RunListQuery>,
 ) -> Result<Json<RunPage>> {
     match &query.task {
@@ -453,8 +456,15 @@ pub async fn list_runs(
             .unwrap_or_default(),
     };
     let fetched = store::runs::list(&db, &filter, before, limit + 1).await?;
-    let (items, next_cursor) =
+    let (mut items, next_cursor) =
         pagination::page(fetched, limit, |r| pagination::encode_run_cursor(r.id));
+    if items.iter().any(|r| r.status == RunStatus::Queued) {
+        let mut conn = db.acquire().await?;
+        let mut states = store::queue::states(&mut conn, &items, &limits.admission).await?;
+        for run in &mut items {
+            run.queue = states.remove(&run.id);
+        }
+    }
     Ok(Json(RunPage { items, next_cursor }))
 }
 

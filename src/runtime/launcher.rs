@@ -15,6 +15,11 @@
 //! Runs with a concurrency key, and every run under installation limits, are claimed only when
 //! the admission pass in the claim's transaction lets them through (`store::queue`).
 //!
+//! A run cancelled while its create is in flight keeps its slot under this launcher's lease;
+//! when the create returns, a Job it made is recorded on the cancelled run for the canceller to
+//! delete (the run never becomes `pending` or `running`), and without one the slot is given
+//! back (`runs::late_job`).
+//!
 //! Exactly once, with a deadline (`MAX_QUEUE_WAIT_SECS` after the run was submitted, or, for a
 //! run a limit may hold, after it was admitted): a create
 //! still unanswered at the deadline is abandoned and the run fails `LaunchTimeout` at once
@@ -208,7 +213,15 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
                     }
                 }
             }
-            runs::mark_created_as(&runtime.db, run.id, &JobRef { uid, ..job_ref }, status).await?;
+            let job_ref = JobRef { uid, ..job_ref };
+            let now = runs::mark_created_as(&runtime.db, run.id, &job_ref, status).await?;
+            if now.is_some_and(|now| now.status == RunStatus::Cancelled) {
+                // Cancelled while the create was in flight: the canceller deletes the Job.
+                if runs::late_job(&runtime.db, run.id, Some(&job_ref)).await? {
+                    tracing::info!(job = %job_ref.name, "the run was cancelled while its Job was being created; the Job is deleted");
+                }
+                return Ok(());
+            }
             telemetry::run_launched(run.task.as_deref(), run.created_at);
         }
         Err(CreateError::Transient(message)) => {
@@ -226,7 +239,7 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
                 metrics::counter!("vfi_launcher_retries_total").increment(1);
                 let not_before =
                     chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                runs::retry_launch_later(
+                let queued_again = runs::retry_launch_later(
                     &runtime.db,
                     run.id,
                     &runtime.settings.instance,
@@ -234,12 +247,18 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
                     not_before,
                 )
                 .await?;
+                if !queued_again {
+                    // Cancelled meanwhile, and no Job came: its slot is free.
+                    runs::late_job(&runtime.db, run.id, None).await?;
+                }
             }
         }
         Err(CreateError::Permanent { reason, message }) => {
             metrics::counter!("vfi_launcher_errors_total", "kind" => "permanent").increment(1);
             tracing::warn!(%reason, error = %message, "the API server refused the Job");
             fail(runtime, run, &reason, &message).await?;
+            // Cancelled meanwhile, and no Job came: its slot is free.
+            runs::late_job(&runtime.db, run.id, None).await?;
         }
     }
     Ok(())

@@ -148,6 +148,14 @@ async fn prune_locked(
             delete_batch(runtime, &candidates, "max_age", report).await?;
             tokio::time::sleep(settings.pause).await;
         }
+        // Queue events (`queue.moved`) go with the history of the same age.
+        loop {
+            let deleted = crate::store::queue::prune_events(&runtime.db, before, batch).await?;
+            if deleted < batch as u64 || shutdown.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(settings.pause).await;
+        }
     }
 
     if let Some(max_count) = settings.max_count {

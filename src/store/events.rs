@@ -1,5 +1,6 @@
-//! SQL for the event stream: run events (creation, status changes, pruning) and task events
-//! (created, updated, deleted) share one id sequence, so one number says where a reader is.
+//! SQL for the event stream: run events (creation, status changes, pruning), task events
+//! (created, updated, deleted) and queue events (a key's waiting runs moved up) share one id
+//! sequence, so one number says where a reader is.
 //! Rows are written by the database's triggers, never by this module.
 
 use crate::domain::RunStatus;
@@ -15,9 +16,10 @@ pub const CHANNEL: &str = "vfi_run_events";
 pub struct StoredEvent {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `run` or `task`.
+    /// `run`, `task` or `queue`.
     pub subject: String,
-    /// Runs: `created`, `status` or `pruned`; tasks: `created`, `updated` or `deleted`.
+    /// Runs: `created`, `status` or `pruned`; tasks: `created`, `updated` or `deleted`; queues:
+    /// `moved`.
     pub kind: String,
     pub run_id: Option<Uuid>,
     pub task_name: Option<String>,
@@ -26,6 +28,10 @@ pub struct StoredEvent {
     pub reason: Option<String>,
     pub message: Option<String>,
     pub generation: Option<i64>,
+    /// Queue events: the concurrency key, how many of its runs left the queue, how many wait.
+    pub queue_key: Option<String>,
+    pub left_queue: Option<i32>,
+    pub waiting: Option<i64>,
 }
 
 /// Events with an id greater than `after` and at most `up_to`, oldest first, only those of
@@ -40,11 +46,17 @@ pub async fn after(
     sqlx::query_as(
         "SELECT * FROM (
             SELECT id, at, 'run' AS subject, kind, run_id, task_name, previous, status, reason,
-                   message, NULL::bigint AS generation
+                   message, NULL::bigint AS generation, NULL::text AS queue_key,
+                   NULL::integer AS left_queue, NULL::bigint AS waiting
             FROM run_events WHERE id > $1 AND id <= $2 AND ($3::text IS NULL OR task_name = $3)
             UNION ALL
-            SELECT id, at, 'task', kind, NULL, task_name, NULL, NULL, NULL, NULL, generation
+            SELECT id, at, 'task', kind, NULL, task_name, NULL, NULL, NULL, NULL, generation,
+                   NULL, NULL, NULL
             FROM task_events WHERE id > $1 AND id <= $2 AND ($3::text IS NULL OR task_name = $3)
+            UNION ALL
+            SELECT id, at, 'queue', kind, NULL, task_name, NULL, NULL, reason, NULL, NULL,
+                   queue_key, left_queue, waiting
+            FROM queue_events WHERE id > $1 AND id <= $2 AND ($3::text IS NULL OR task_name = $3)
          ) e ORDER BY id LIMIT $4",
     )
     .bind(after)
@@ -59,7 +71,8 @@ pub async fn after(
 pub async fn last_id(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT greatest((SELECT coalesce(max(id), 0) FROM run_events),
-                         (SELECT coalesce(max(id), 0) FROM task_events))",
+                         (SELECT coalesce(max(id), 0) FROM task_events),
+                         (SELECT coalesce(max(id), 0) FROM queue_events))",
     )
     .fetch_one(db)
     .await

@@ -10,7 +10,10 @@
 //! nothing; a submission takes its keys' locks in key order and never the admission lock), so
 //! they never deadlock.
 
-use crate::domain::queue::{Admission, QueueState, WaitReason};
+use crate::domain::queue::{
+    waiting_by_reason, Admission, KeyStanding, Occupancy, QueueState, WaitReason, WaitingGroup,
+    BLOCKED_BY,
+};
 use crate::domain::Run;
 use sqlx::{PgConnection, PgExecutor};
 use std::collections::HashMap;
@@ -22,10 +25,14 @@ pub const ADMISSION_LOCK: i64 = 0x7666_695f_6164_6d69; // "vfi_admi"
 /// not overlap, so no key collides with the admission or pruner lock).
 const KEY_LOCK_SPACE: i32 = 0x7166; // "qf"
 
-/// SQL: the run `r` holds a slot of its key and of the installation (its Job has not finished,
-/// or is a cancelled run's Job the canceller has not deleted yet).
+/// SQL: the run `r` holds a slot of its key and of the installation: its Job has not finished,
+/// or is a cancelled run's Job the canceller has not deleted yet, or it was cancelled while its
+/// launcher's create was in flight (`creating`: the cancellation keeps the launcher's lease, see
+/// `runs::cancel_with`), so its Job may still appear: until the launcher records that Job (then
+/// the clause before holds it until deleted) or says none came, or its lease lapses.
 pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'admitting', 'pending', 'running')
-    OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested))";
+    OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested)
+    OR (r.status = 'cancelled' AND r.job_name IS NULL AND r.lease_until > now()))";
 
 /// SQL: the run `r`'s priority with aging (`$aging` seconds a level; 0: none).
 fn effective(alias: &str, aging: &str) -> String {
@@ -63,8 +70,7 @@ pub async fn key_counts(db: impl PgExecutor<'_>, key: &str) -> Result<KeyCounts,
         "SELECT count(*) FILTER (WHERE {HOLDS_SLOT}), count(*) FILTER (WHERE r.status = 'queued')
          FROM runs r WHERE r.queue_key = $1
            AND (r.status IN ('queued', 'creating', 'admitting', 'pending', 'running')
-                OR (r.status = 'cancelled' AND r.job_name IS NOT NULL
-                    AND NOT r.job_delete_requested))"
+                OR (r.status = 'cancelled' AND {HOLDS_SLOT}))"
     ))
     .bind(key)
     .fetch_one(db)
@@ -93,6 +99,67 @@ pub async fn note_queued(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Why runs left a key's queue, in a `queue.moved` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    Admitted,
+    Cancelled,
+}
+
+impl Left {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Left::Admitted => "Admitted",
+            Left::Cancelled => "Cancelled",
+        }
+    }
+}
+
+/// Records that the runs `ids` just left their keys' queues (call in the transaction that
+/// moved them): one `queue.moved` event per key and task, with how many left and how many
+/// still wait, instead of an event per waiting run whose place changed. Runs without a key are
+/// ignored.
+pub async fn note_left(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    why: Left,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH l AS (
+            SELECT queue_key, task_name, count(*) AS n FROM runs
+            WHERE id = ANY($1) AND queue_key IS NOT NULL GROUP BY queue_key, task_name
+         ), e AS (
+            INSERT INTO queue_events (queue_key, task_name, kind, reason, left_queue, waiting)
+            SELECT l.queue_key, l.task_name, 'moved', $2, l.n,
+                   (SELECT count(*) FROM runs w WHERE w.status = 'queued' AND w.queue_key = l.queue_key)
+            FROM l RETURNING id)
+         SELECT pg_notify('vfi_run_events', '') FROM e LIMIT 1",
+    )
+    .bind(ids)
+    .bind(why.as_str())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` `queue.moved` events from before `before` (the pruner, with the run
+/// history's age limit); returns how many.
+pub async fn prune_events(
+    db: impl PgExecutor<'_>,
+    before: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM queue_events WHERE id IN (
+            SELECT id FROM queue_events WHERE at < $1 ORDER BY id LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(deleted.rows_affected())
 }
 
 /// The most waiting runs one pass looks at beyond the free slots (runs in a full namespace are
@@ -192,104 +259,163 @@ async fn active_by_namespace(
     Ok((total, rows.into_iter().collect()))
 }
 
-/// At most this many ids in `blockedBy`.
-const BLOCKED_BY: i64 = 100;
+#[derive(sqlx::FromRow)]
+struct Standing {
+    id: Uuid,
+    place: i64,
+    active: i64,
+    holders: Vec<Uuid>,
+    head: Vec<Uuid>,
+}
 
 /// Why the queued `run` waits and where it stands; `None` for a run that waits for nothing (no
-/// key, no installation limits).
+/// key, no installation limits). See [`states`].
 pub async fn state(
     conn: &mut PgConnection,
     run: &Run,
     admission: &Admission,
 ) -> Result<Option<QueueState>, sqlx::Error> {
-    if run.status != crate::domain::RunStatus::Queued
-        || (run.queue_key.is_none() && !admission.limited())
-    {
-        return Ok(None);
-    }
-    let aging = admission.aging_secs as f64;
-    let mut position = 1;
-    let mut reason = WaitReason::Ready;
-    let mut blocked_by = Vec::new();
-    if let Some(key) = &run.queue_key {
-        let (eff_o, eff_r) = (effective("o", "$3"), effective("r", "$3"));
-        let ahead: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT o.id FROM runs o, runs r WHERE r.id = $2 AND o.queue_key = $1
-               AND o.status = 'queued' AND o.id <> r.id
-               AND ({eff_o} > {eff_r} OR ({eff_o} = {eff_r} AND o.id < r.id))
-             ORDER BY {eff_o} DESC, o.id"
-        ))
-        .bind(key)
-        .bind(run.id)
-        .bind(aging)
-        .fetch_all(&mut *conn)
-        .await?;
-        position = ahead.len() as i64 + 1;
-        let active: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT r.id FROM runs r WHERE r.queue_key = $1 AND {HOLDS_SLOT} ORDER BY r.id LIMIT $2"
-        ))
-        .bind(key)
-        .bind(BLOCKED_BY)
-        .fetch_all(&mut *conn)
-        .await?;
-        let limit = i64::from(run.queue_limit.unwrap_or(1));
-        if active.len() as i64 >= limit {
-            reason = WaitReason::ConcurrencyLimit;
-            blocked_by = active;
-        } else if position > limit - active.len() as i64 {
-            reason = WaitReason::Priority;
-            blocked_by = ahead.into_iter().take(BLOCKED_BY as usize).collect();
-        }
-    }
-    if reason == WaitReason::Ready && admission.limited() {
-        let (total, per_namespace) =
-            active_by_namespace(&mut *conn, &admission.default_namespace).await?;
-        let namespace = run
-            .template
-            .namespace
-            .clone()
-            .unwrap_or_else(|| admission.default_namespace.clone());
-        if admission.max_active > 0 && total >= i64::from(admission.max_active) {
-            reason = WaitReason::InstallationLimit;
-        } else if admission.max_active_per_namespace > 0
-            && per_namespace.get(&namespace).copied().unwrap_or(0)
-                >= i64::from(admission.max_active_per_namespace)
-        {
-            reason = WaitReason::NamespaceLimit;
-        }
-    }
-    Ok(Some(QueueState {
-        key: run.queue_key.clone(),
-        position,
-        reason,
-        blocked_by,
-    }))
+    Ok(states(conn, std::slice::from_ref(run), admission)
+        .await?
+        .remove(&run.id))
 }
 
-/// Waiting runs per key and reason: those the key's free slots will take are `Ready`, the
-/// rest `ConcurrencyLimit`; for the metrics.
-pub async fn waiting_by_key(
-    db: impl PgExecutor<'_>,
-) -> Result<Vec<(String, &'static str, i64)>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i32)> = sqlx::query_as(&format!(
-        "SELECT w.queue_key, w.n, coalesce(a.n, 0), w.lim FROM
-            (SELECT queue_key, count(*) AS n, min(queue_limit) AS lim FROM runs
-             WHERE status = 'queued' AND queue_key IS NOT NULL GROUP BY queue_key) w
-         LEFT JOIN (SELECT r.queue_key, count(*) AS n FROM runs r
-                    WHERE r.queue_key IS NOT NULL AND {HOLDS_SLOT} GROUP BY r.queue_key) a
-         USING (queue_key) ORDER BY 1"
-    ))
-    .fetch_all(db)
-    .await?;
-    let mut out = Vec::new();
-    for (key, waiting, active, limit) in rows {
-        let admitting = waiting.min((i64::from(limit) - active).max(0));
-        out.push((key.clone(), WaitReason::Ready.as_str(), admitting));
-        out.push((
-            key,
-            WaitReason::ConcurrencyLimit.as_str(),
-            waiting - admitting,
-        ));
+/// Why each queued run of `runs` (a page of a list) waits and where it stands, in at most two
+/// statements whatever the page's size: one ranks the waiting runs of the page's keys (each
+/// key's place, its runs holding a slot and its first waiting runs), one counts the
+/// installation's active runs per namespace (only with installation limits). Runs that wait
+/// for nothing (no key, no installation limits) and runs not `queued` are left out.
+pub async fn states(
+    conn: &mut PgConnection,
+    runs: &[Run],
+    admission: &Admission,
+) -> Result<HashMap<Uuid, QueueState>, sqlx::Error> {
+    let waiting: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.status == crate::domain::RunStatus::Queued)
+        .filter(|r| r.queue_key.is_some() || admission.limited())
+        .collect();
+    if waiting.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keyed: Vec<Uuid> = waiting
+        .iter()
+        .filter(|r| r.queue_key.is_some())
+        .map(|r| r.id)
+        .collect();
+    let mut standings: HashMap<Uuid, Standing> = HashMap::new();
+    if !keyed.is_empty() {
+        let eff = effective("r", "$2");
+        let rows: Vec<Standing> = sqlx::query_as(&format!(
+            "WITH keys AS (
+                SELECT DISTINCT queue_key FROM runs
+                WHERE id = ANY($1) AND status = 'queued' AND queue_key IS NOT NULL
+             ), ranked AS (
+                SELECT r.id, r.queue_key,
+                       row_number() OVER (PARTITION BY r.queue_key ORDER BY {eff} DESC, r.id) AS place
+                FROM runs r WHERE r.status = 'queued' AND r.queue_key IN (SELECT queue_key FROM keys)
+             ), active AS (
+                SELECT r.queue_key, count(*) AS n, (array_agg(r.id ORDER BY r.id))[1:$3] AS ids
+                FROM runs r WHERE r.queue_key IN (SELECT queue_key FROM keys) AND {HOLDS_SLOT}
+                GROUP BY r.queue_key
+             ), head AS (
+                SELECT queue_key, array_agg(id ORDER BY place) AS ids FROM ranked
+                WHERE place <= $3 GROUP BY queue_key
+             )
+             SELECT ranked.id, ranked.place, coalesce(active.n, 0) AS active,
+                    coalesce(active.ids, '{{}}') AS holders, coalesce(head.ids, '{{}}') AS head
+             FROM ranked LEFT JOIN active USING (queue_key) LEFT JOIN head USING (queue_key)
+             WHERE ranked.id = ANY($1)"
+        ))
+        .bind(&keyed)
+        .bind(admission.aging_secs as f64)
+        .bind(BLOCKED_BY as i32)
+        .fetch_all(&mut *conn)
+        .await?;
+        standings = rows.into_iter().map(|s| (s.id, s)).collect();
+    }
+    let occupancy = if admission.limited() {
+        Some(active_by_namespace(&mut *conn, &admission.default_namespace).await?)
+    } else {
+        None
+    };
+    let mut out = HashMap::new();
+    for run in waiting {
+        let key = match (&run.queue_key, standings.get(&run.id)) {
+            (Some(key), Some(s)) => Some(KeyStanding {
+                key,
+                position: s.place,
+                limit: i64::from(run.queue_limit.unwrap_or(1)),
+                active: s.active,
+                holders: &s.holders,
+                head: &s.head,
+            }),
+            // Admitted (or cancelled) since it was read: shown as next, with nothing holding it.
+            (Some(key), None) => Some(KeyStanding {
+                key,
+                position: 1,
+                limit: 1,
+                active: 0,
+                holders: &[],
+                head: &[],
+            }),
+            (None, _) => None,
+        };
+        let occupancy = occupancy.as_ref().map(|(total, per_namespace)| {
+            let namespace = run
+                .template
+                .namespace
+                .as_deref()
+                .unwrap_or(&admission.default_namespace);
+            Occupancy {
+                total: *total,
+                in_namespace: per_namespace.get(namespace).copied().unwrap_or(0),
+            }
+        });
+        out.insert(run.id, QueueState::decide(key, occupancy, admission));
     }
     Ok(out)
+}
+
+/// Waiting runs per key (`""`: runs without one, counted only with installation limits) and
+/// reason, for the `vfi_queue_waiting_runs` gauge: see
+/// [`waiting_by_reason`](crate::domain::queue::waiting_by_reason).
+pub async fn waiting_by_key(
+    conn: &mut PgConnection,
+    admission: &Admission,
+) -> Result<Vec<(String, &'static str, i64)>, sqlx::Error> {
+    let rows: Vec<(Option<String>, String, i64, i64, i32)> = sqlx::query_as(&format!(
+        "SELECT w.queue_key, w.namespace, w.n, coalesce(a.n, 0), coalesce(w.lim, 0) FROM
+            (SELECT queue_key, coalesce(template->>'namespace', $1) AS namespace, count(*) AS n,
+                    min(queue_limit) AS lim
+             FROM runs WHERE status = 'queued' AND ($2 OR queue_key IS NOT NULL)
+             GROUP BY 1, 2) w
+         LEFT JOIN (SELECT r.queue_key, count(*) AS n FROM runs r
+                    WHERE r.queue_key IS NOT NULL AND {HOLDS_SLOT} GROUP BY r.queue_key) a
+         USING (queue_key) ORDER BY 1, 2"
+    ))
+    .bind(&admission.default_namespace)
+    .bind(admission.limited())
+    .fetch_all(&mut *conn)
+    .await?;
+    let groups: Vec<WaitingGroup> = rows
+        .into_iter()
+        .map(|(key, namespace, waiting, active, limit)| WaitingGroup {
+            key,
+            namespace,
+            waiting,
+            active,
+            limit: i64::from(limit),
+        })
+        .collect();
+    let occupancy = if admission.limited() {
+        Some(active_by_namespace(&mut *conn, &admission.default_namespace).await?)
+    } else {
+        None
+    };
+    Ok(waiting_by_reason(
+        &groups,
+        occupancy.as_ref().map(|(total, per)| (*total, per)),
+        admission,
+    ))
 }

@@ -145,12 +145,18 @@ function runRow(run) {
   return `<tr data-run-id="${esc(run.id)}" data-status="${esc(run.status)}">
     <td><a href="#/runs/${esc(run.id)}">${runName(run)}</a></td>
     <td>${run.task ? `<a href="#/tasks/${esc(run.task)}">${esc(run.task)}</a>` : '<span class="muted">ad hoc</span>'}</td>
-    <td class="status" title="${esc(run.statusMessage || "")}">${badge(run.status)}</td>
+    <td class="status" title="${esc(run.statusMessage || "")}">${badge(run.status)}${queueNote(run)}</td>
     <td>${esc(run.trigger)}</td>
     <td>${esc(when(run.startedAt || run.createdAt))}</td>
     <td class="num" data-duration>${esc(duration(run))}</td>
     <td>${live ? `<button class="danger" data-cancel="${esc(run.id)}">Cancel</button>` : ""}</td>
   </tr>`;
+}
+
+/// Why a waiting run waits, in a runs table: its place on its key and the reason.
+function queueNote(run) {
+  if (!run.queue) return "";
+  return ` <span class="muted" data-queue data-queue-key="${esc(run.queue.key || "")}">#${esc(run.queue.position)} ${esc(run.queue.reason)}</span>`;
 }
 
 function runsTable(runs) {
@@ -170,6 +176,15 @@ function liveRuns(table, matches) {
     }
   }, 1000);
   const listener = async (event) => {
+    if (event.type === "queue.moved") {
+      // The runs still waiting on the key moved up: redraw those shown.
+      for (const note of table.querySelectorAll("[data-queue]")) {
+        if (note.dataset.queueKey !== event.key) continue;
+        const id = note.closest("tr").dataset.runId;
+        listener({ type: "run.queue", runId: id });
+      }
+      return;
+    }
     if (!event.type.startsWith("run.") || !event.runId) return;
     const row = table.querySelector(`tr[data-run-id="${event.runId}"]`);
     if (event.type === "run.pruned") {
@@ -304,7 +319,9 @@ async function showRun(id) {
   followLog(run.id, controller.signal);
   let redraw = null;
   const listener = (event) => {
-    if (event.runId !== run.id) return;
+    // A waiting run's place changes when runs leave its key's queue.
+    const moved = event.type === "queue.moved" && run.queue && event.key === run.queue.key;
+    if (event.runId !== run.id && !moved) return;
     clearTimeout(redraw);
     redraw = setTimeout(() => route(), 300);
   };

@@ -3,6 +3,7 @@
 use super::reads::get;
 use super::transitions::StatusDetail;
 use crate::domain::{JobRef, Run, RunStatus};
+use crate::store::queue;
 use crate::store::status::{self, Change, Text, Which};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -33,9 +34,38 @@ pub async fn cancel_with(
         message: Text::Set(detail.message),
         ..Change::to(RunStatus::Cancelled, &from)
     };
-    if let Some(moved) = status::write(db, Which::Run(id), change).await?.pop() {
+    let mut tx = db.begin().await?;
+    // A launcher may be creating its Job right now: its lease is kept (see below).
+    let lease: Option<(Option<String>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT lease_owner, lease_until FROM runs WHERE id = $1 AND status = 'creating' FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(moved) = status::write(&mut *tx, Which::Run(id), change).await?.pop() {
+        if moved.previous == RunStatus::Queued && moved.run.queue_key.is_some() {
+            // The runs behind it on its key move up.
+            queue::note_left(&mut *tx, &[id], queue::Left::Cancelled).await?;
+        }
+        if let (RunStatus::Creating, Some((Some(owner), Some(until)))) = (moved.previous, lease) {
+            // Cancelled while its Job create may be in flight: the Job can still appear. The
+            // run keeps its slot (`queue::HOLDS_SLOT`) under the launcher's lease until the
+            // launcher records the Job for the canceller to delete (`late_job`) or that none
+            // came, or the lease lapses.
+            sqlx::query(
+                "UPDATE runs SET lease_owner = $2, lease_until = $3
+                 WHERE id = $1 AND status = 'cancelled' AND job_name IS NULL",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         return Ok(Some(Ok(moved.run)));
     }
+    drop(tx);
     Ok(get(db, id).await?.map(|run| Err(run.status)))
 }
 
@@ -77,4 +107,30 @@ pub async fn job_deleted(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::
         .execute(db)
         .await?;
     Ok(())
+}
+
+/// The launcher's create for a run cancelled meanwhile has returned: with the Job it made
+/// (`Some`), the Job is recorded on the run so that the canceller deletes it and the run holds
+/// its slot until then; without one, the run gives its slot back. Either way the launcher's
+/// lease ends, and the launchers are woken for the slot. Returns whether the run was such a
+/// run (cancelled, no Job recorded yet).
+pub async fn late_job(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    job: Option<&JobRef>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "WITH u AS (
+            UPDATE runs SET job_namespace = $2, job_name = $3, job_uid = $4,
+                lease_owner = NULL, lease_until = NULL, updated_at = now()
+            WHERE id = $1 AND status = 'cancelled' AND job_name IS NULL RETURNING id)
+         SELECT pg_notify(c, '') FROM u, unnest(ARRAY['vfi_run_cancelled', 'vfi_run_queued']) c",
+    )
+    .bind(id)
+    .bind(job.map(|j| j.namespace.clone()))
+    .bind(job.map(|j| j.name.clone()))
+    .bind(job.and_then(|j| j.uid.clone()))
+    .execute(db)
+    .await?;
+    Ok(updated.rows_affected() > 0)
 }

@@ -71,13 +71,10 @@ pub async fn claim_admitted(
         let ids = queue::admissible(&mut tx, admission, left).await?;
         if !ids.is_empty() {
             let moved = status::write(&mut *tx, Which::Ids(&ids), claim()).await?;
+            let admitted: Vec<Uuid> = moved.iter().map(|m| m.run.id).collect();
+            queue::note_left(&mut *tx, &admitted, queue::Left::Admitted).await?;
             tx.commit().await?;
-            for moved in &moved {
-                let waited = (Utc::now() - moved.run.created_at)
-                    .to_std()
-                    .unwrap_or_default();
-                metrics::histogram!("vfi_queue_admission_seconds").record(waited.as_secs_f64());
-            }
+            record_admissions(&moved);
             claimed.extend(moved.into_iter().map(|moved| moved.run));
         }
     }

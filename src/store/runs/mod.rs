@@ -17,7 +17,7 @@ mod reads;
 mod submit;
 mod transitions;
 
-pub use cancel::{cancel, cancel_with, job_deleted, jobs_to_delete, CANCELLED_CHANNEL};
+pub use cancel::{cancel, cancel_with, job_deleted, jobs_to_delete, late_job, CANCELLED_CHANNEL};
 pub use finals::{FinalRun, FinalRuns};
 pub use launch::{
     claim_admitted, claim_launchable, fail_overdue_pending, mark_created, mark_created_as,
