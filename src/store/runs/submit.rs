@@ -276,9 +276,19 @@ async fn insert_all(
             scopes.push(task);
         }
     }
-    // Each submission carries its run's id (chosen at the front door, so that a run's Secret can
-    // be named after it before the run is recorded).
-    let ids: Vec<Uuid> = submissions.iter().map(|s| s.id()).collect();
+    // A run's id (UUIDv7) is its place in every queue (`ORDER BY id`), so it is taken as late as
+    // possible, here, to follow the order in which the runs are numbered. A run with secret
+    // parameters keeps the id chosen at the front door: its Secret is already named after it.
+    let ids: Vec<Uuid> = submissions
+        .iter()
+        .map(|s| {
+            if s.secrets().is_empty() {
+                Uuid::now_v7()
+            } else {
+                s.id()
+            }
+        })
+        .collect();
     let mut runs: HashMap<Uuid, Run> = HashMap::with_capacity(submissions.len());
     for scope in scopes {
         let (ids, group): (Vec<Uuid>, Vec<&Submission>) = ids
