@@ -196,6 +196,28 @@ fn validate_pod_spec(spec: &PodSpec, path: &str, causes: &mut Vec<Cause>) {
             }
         }
     }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let vp = format!("{path}.volumes[{i}]");
+        if !is_label(&v.name) {
+            causes.push(Cause::invalid(
+                format!("{vp}.name"),
+                &q(&v.name),
+                DNS1123_LABEL_MSG,
+            ));
+        }
+        // ValidateVolumes: an ephemeral volume needs a claim template, validated as a claim.
+        if let Some(e) = &v.ephemeral {
+            match &e.volume_claim_template {
+                None => causes.push(Cause::required(format!(
+                    "{vp}.ephemeral.volumeClaimTemplate"
+                ))),
+                Some(t) => causes.extend(crate::configdata::pvc_spec_causes(
+                    &t.spec,
+                    &format!("{vp}.ephemeral.volumeClaimTemplate.spec"),
+                )),
+            }
+        }
+    }
     if let Some(ads) = spec.active_deadline_seconds {
         if ads <= 0 {
             causes.push(Cause::invalid(
