@@ -15,6 +15,7 @@ pub mod observe;
 pub mod permissions;
 pub mod pods;
 pub mod render;
+mod render_env;
 pub mod uninstall;
 pub mod watch;
 
