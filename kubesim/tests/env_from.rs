@@ -275,3 +275,49 @@ async fn the_host_runner_expands_command_and_args_and_sees_secret_env() {
     );
     sim.shutdown().await;
 }
+
+/// The API server's checks of env sources (`validateEnvVarValueFrom`, `validateEnvFrom` in
+/// pkg/apis/core/validation/validation.go): one source per `valueFrom`, none beside a `value`,
+/// a key that passes `IsConfigMapKey`, exactly one ref per `envFrom`; a 422 naming each field.
+#[tokio::test]
+async fn env_sources_are_validated_like_the_api_server() {
+    let sim = fast_retry_sim(RunnerKind::Scripted).await;
+    let job = job_with(
+        "bad",
+        json!({
+            "env": [
+                {"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}},
+                {"name": "B", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"},
+                                            "configMapKeyRef": {"name": "cm", "key": "k"}}},
+                {"name": "C", "valueFrom": {"secretKeyRef": {"name": "Bad_Name", "key": "a/b"}}}
+            ],
+            "envFrom": [{"prefix": "1X", "secretRef": {"name": "db"}}, {}]
+        }),
+    );
+    let err = Api::<Job>::default_namespaced(sim.client())
+        .create(&PostParams::default(), &job)
+        .await
+        .map_err(api_error)
+        .unwrap_err();
+    assert_eq!(err.code, 422);
+    let fields: Vec<String> = err
+        .details
+        .unwrap()
+        .causes
+        .into_iter()
+        .map(|c| c.field)
+        .collect();
+    let c = "spec.template.spec.containers[0]";
+    assert_eq!(
+        fields,
+        [
+            format!("{c}.env[0].valueFrom"),
+            format!("{c}.env[1].valueFrom"),
+            format!("{c}.env[2].valueFrom.secretKeyRef.name"),
+            format!("{c}.env[2].valueFrom.secretKeyRef.key"),
+            format!("{c}.envFrom[0].prefix"),
+            format!("{c}.envFrom"),
+        ]
+    );
+    sim.shutdown().await;
+}
