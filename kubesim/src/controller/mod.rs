@@ -246,7 +246,9 @@ impl Loop {
                 Timer::StartPod(key, uid) => self.kubelet.start(&key, &uid, &mut self.timers),
                 Timer::PodDeadline(key, uid) => self.kubelet.deadline(&key, &uid),
                 Timer::RemoveLogs(uid) => self.kubelet.remove_logs(&uid),
-                Timer::RestartContainer(key, uid) => self.kubelet.restart(&key, &uid),
+                Timer::RestartContainer(key, uid) => {
+                    self.kubelet.restart(&key, &uid, &mut self.timers)
+                }
                 Timer::SyncJob(key) => {
                     self.dirty_jobs.insert(key);
                 }
