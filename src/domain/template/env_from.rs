@@ -80,7 +80,7 @@ pub struct Scratch {
 }
 
 /// Who may put `valueFrom` / `envFrom` in a run template (`ALLOW_ENV_FROM_CLUSTER`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EnvFromCluster {
     /// Only task definitions (created by `admin` tokens); ad-hoc runs may not.
     #[default]
@@ -89,6 +89,19 @@ pub enum EnvFromCluster {
     All,
     /// Nobody.
     None,
+}
+
+impl std::str::FromStr for EnvFromCluster {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tasks" => Ok(EnvFromCluster::Tasks),
+            "all" => Ok(EnvFromCluster::All),
+            "none" => Ok(EnvFromCluster::None),
+            other => Err(format!("{other:?} is not one of tasks, all, none")),
+        }
+    }
 }
 
 /// `validation.IsConfigMapKey`: what a Secret or ConfigMap key may be.
@@ -226,6 +239,15 @@ mod tests {
                 "template.scratch.storageClass"
             ]
         );
+    }
+
+    #[test]
+    fn the_setting_parses_its_three_values() {
+        use super::EnvFromCluster;
+        assert_eq!("tasks".parse(), Ok(EnvFromCluster::Tasks));
+        assert_eq!("all".parse(), Ok(EnvFromCluster::All));
+        assert_eq!("none".parse(), Ok(EnvFromCluster::None));
+        assert!("some".parse::<EnvFromCluster>().is_err());
     }
 
     #[test]
