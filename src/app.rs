@@ -226,13 +226,14 @@ fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
     let mut errors = crate::domain::validation::Errors::new();
     limits.collect_errors("run limits", &mut errors);
     errors.finish().context("MAX_RUN_* settings")?;
-    let sandbox = Sandbox::new(&SandboxSettings {
+    let mut sandbox = Sandbox::new(&SandboxSettings {
         annotations: &args.sandbox.allowed_annotations,
         tolerations: &args.sandbox.allowed_tolerations,
         node_selectors: &args.sandbox.allowed_node_selectors,
         tolerate_all_taints: args.sandbox.allow_tolerate_all_taints,
     })
     .map_err(anyhow::Error::msg)?;
+    sandbox.env_from_cluster = args.sandbox.allow_env_from_cluster;
     Ok(RunPolicy {
         namespaces: args.job_namespaces(),
         job_name_prefix: args.job_name_prefix.clone(),

@@ -440,6 +440,16 @@ pub struct SandboxArgs {
         default_value = "*"
     )]
     pub allowed_node_selectors: Vec<String>,
+    /// Who may read container env from Secrets and ConfigMaps (`env[].valueFrom`, `envFrom`):
+    /// `tasks` (task definitions, which need an `admin` token), `all` (ad-hoc runs too) or
+    /// `none`. Per-run overrides never may.
+    #[arg(
+        long,
+        env = "ALLOW_ENV_FROM_CLUSTER",
+        value_enum,
+        default_value = "tasks"
+    )]
+    pub allow_env_from_cluster: crate::domain::template::EnvFromCluster,
     /// Allow tolerations without a key (`operator: Exists`), which tolerate every taint.
     #[arg(long, env = "ALLOW_TOLERATE_ALL_TAINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_tolerate_all_taints: bool,

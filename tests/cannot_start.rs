@@ -115,6 +115,38 @@ async fn an_image_that_cannot_be_pulled_shows_and_fails_the_run(db: PgPool) {
     .await;
 }
 
+/// Issue 18, acceptance 3: a run reading a Secret that does not exist waits with the kubelet's
+/// `CreateContainerConfigError` and its message (`secret "db" not found`, kubesim following
+/// kuberuntime_container.go), then fails with it after the pending limit, never `lost`.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_reading_a_missing_secret_shows_create_container_config_error_and_fails(db: PgPool) {
+    let mut config = SimConfig::default();
+    config.behaviour.config_retry = Duration::from_millis(200);
+    let sim = KubeSim::start(config).await.expect("kubesim starts");
+    let limit = PENDING_LIMIT_SECS.to_string();
+    let service = Service::start(
+        db,
+        sim.client(),
+        &[
+            "--max-pending-secs",
+            &limit,
+            "--allow-env-from-cluster",
+            "all",
+        ],
+    )
+    .await;
+    shows_why_then_fails(
+        &sim,
+        &service,
+        template(json!({"env": [
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+        ]})),
+        &["CreateContainerConfigError"],
+        r#"secret "db" not found"#,
+    )
+    .await;
+}
+
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_gpu_run_on_a_cluster_without_gpus_shows_the_schedulers_message(db: PgPool) {
     let (sim, service) = start(db, SimConfig::default()).await;

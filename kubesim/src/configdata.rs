@@ -17,7 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret,
+};
 use k8s_openapi::ByteString;
 
 use crate::error::{Cause, Status};
@@ -233,11 +235,18 @@ pub fn default_pvc(p: &mut PersistentVolumeClaim) {
 
 fn pvc_causes(p: &PersistentVolumeClaim) -> Vec<Cause> {
     let mut causes = name_causes(&p.metadata);
-    let spec = p.spec.clone().unwrap_or_default();
+    causes.extend(pvc_spec_causes(&p.spec.clone().unwrap_or_default(), "spec"));
+    causes
+}
+
+/// `ValidatePersistentVolumeClaimSpec` at `path` (a claim's `spec`, or a pod's
+/// `volumes[i].ephemeral.volumeClaimTemplate.spec`).
+pub fn pvc_spec_causes(spec: &PersistentVolumeClaimSpec, path: &str) -> Vec<Cause> {
+    let mut causes = Vec::new();
     if spec.access_modes.as_ref().is_none_or(Vec::is_empty) {
         causes.push(Cause {
             reason: "FieldValueRequired",
-            field: "spec.accessModes".into(),
+            field: format!("{path}.accessModes"),
             message: "Required value: at least 1 access mode is required".into(),
         });
     }
@@ -250,7 +259,7 @@ fn pvc_causes(p: &PersistentVolumeClaim) -> Vec<Cause> {
     for (i, m) in spec.access_modes.iter().flatten().enumerate() {
         if !supported.contains(&m.as_str()) {
             causes.push(Cause::not_supported(
-                format!("spec.accessModes[{i}]"),
+                format!("{path}.accessModes[{i}]"),
                 m,
                 &supported,
             ));
@@ -262,7 +271,7 @@ fn pvc_causes(p: &PersistentVolumeClaim) -> Vec<Cause> {
         .and_then(|r| r.requests.as_ref())
         .and_then(|r| r.get("storage"));
     if storage.is_none() {
-        causes.push(Cause::required("spec.resources[storage]"));
+        causes.push(Cause::required(format!("{path}.resources[storage]")));
     }
     causes
 }

@@ -29,6 +29,7 @@ pub mod store;
 pub mod time;
 pub mod timers;
 pub mod validation;
+pub mod volumes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -194,6 +194,39 @@ fn validate_pod_spec(spec: &PodSpec, path: &str, causes: &mut Vec<Cause>) {
             if e.name.is_empty() {
                 causes.push(Cause::required(format!("{cp}.env[{j}].name")));
             }
+            if let Some(from) = &e.value_from {
+                validate_value_from(from, e, &format!("{cp}.env[{j}].valueFrom"), causes);
+            }
+        }
+        for (j, from) in c.env_from.iter().flatten().enumerate() {
+            validate_env_from(
+                from,
+                &format!("{cp}.envFrom[{j}]"),
+                &format!("{cp}.envFrom"),
+                causes,
+            );
+        }
+    }
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let vp = format!("{path}.volumes[{i}]");
+        if !is_label(&v.name) {
+            causes.push(Cause::invalid(
+                format!("{vp}.name"),
+                &q(&v.name),
+                DNS1123_LABEL_MSG,
+            ));
+        }
+        // ValidateVolumes: an ephemeral volume needs a claim template, validated as a claim.
+        if let Some(e) = &v.ephemeral {
+            match &e.volume_claim_template {
+                None => causes.push(Cause::required(format!(
+                    "{vp}.ephemeral.volumeClaimTemplate"
+                ))),
+                Some(t) => causes.extend(crate::configdata::pvc_spec_causes(
+                    &t.spec,
+                    &format!("{vp}.ephemeral.volumeClaimTemplate.spec"),
+                )),
+            }
         }
     }
     if let Some(ads) = spec.active_deadline_seconds {
@@ -213,6 +246,108 @@ fn validate_pod_spec(spec: &PodSpec, path: &str, causes: &mut Vec<Cause>) {
                 "must be greater than or equal to 0",
             ));
         }
+    }
+}
+
+/// `validateSecretKeySelector` / `validateConfigMapKeySelector`: a DNS-1123 subdomain name,
+/// a key that passes `IsConfigMapKey`.
+fn validate_key_selector(name: &str, key: &str, path: &str, causes: &mut Vec<Cause>) {
+    if !is_dns1123_subdomain(name) {
+        causes.push(Cause::invalid(
+            format!("{path}.name"),
+            &q(name),
+            DNS1123_SUBDOMAIN_MSG,
+        ));
+    }
+    if key.is_empty() {
+        causes.push(Cause::required(format!("{path}.key")));
+    } else {
+        for msg in crate::configdata::config_key_errors(key) {
+            causes.push(Cause::invalid(format!("{path}.key"), &q(key), msg));
+        }
+    }
+}
+
+/// `validateEnvVarValueFrom` (pkg/apis/core/validation/validation.go): one source, no `value`
+/// beside it, and the selector's own checks.
+fn validate_value_from(
+    from: &k8s_openapi::api::core::v1::EnvVarSource,
+    e: &k8s_openapi::api::core::v1::EnvVar,
+    path: &str,
+    causes: &mut Vec<Cause>,
+) {
+    let mut sources = 0;
+    if from.field_ref.is_some() {
+        sources += 1;
+    }
+    if from.resource_field_ref.is_some() {
+        sources += 1;
+    }
+    if let Some(s) = &from.config_map_key_ref {
+        sources += 1;
+        validate_key_selector(&s.name, &s.key, &format!("{path}.configMapKeyRef"), causes);
+    }
+    if let Some(s) = &from.secret_key_ref {
+        sources += 1;
+        validate_key_selector(&s.name, &s.key, &format!("{path}.secretKeyRef"), causes);
+    }
+    let message = if sources == 0 {
+        "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`"
+    } else if !e.value.as_deref().unwrap_or("").is_empty() {
+        "may not be specified when `value` is not empty"
+    } else if sources > 1 {
+        "may not have more than one field specified at a time"
+    } else {
+        return;
+    };
+    causes.push(Cause::invalid(path, "\"\"", message));
+}
+
+/// `validateEnvFrom`: a prefix that is an env var name (`IsEnvVarName`), exactly one of
+/// `configMapRef` / `secretRef` with a DNS-1123 subdomain name.
+fn validate_env_from(
+    from: &k8s_openapi::api::core::v1::EnvFromSource,
+    path: &str,
+    list_path: &str,
+    causes: &mut Vec<Cause>,
+) {
+    if let Some(prefix) = from.prefix.as_deref().filter(|p| !p.is_empty()) {
+        if !crate::kubelet::env::is_env_var_name(prefix) {
+            causes.push(Cause::invalid(
+                format!("{path}.prefix"),
+                &q(prefix),
+                "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')",
+            ));
+        }
+    }
+    let refs = [
+        from.config_map_ref
+            .as_ref()
+            .map(|r| ("configMapRef", &r.name)),
+        from.secret_ref.as_ref().map(|r| ("secretRef", &r.name)),
+    ];
+    let mut sources = 0;
+    for (field, name) in refs.into_iter().flatten() {
+        sources += 1;
+        if !is_dns1123_subdomain(name) {
+            causes.push(Cause::invalid(
+                format!("{path}.{field}.name"),
+                &q(name),
+                DNS1123_SUBDOMAIN_MSG,
+            ));
+        }
+    }
+    if sources == 0 {
+        causes.push(Cause::invalid(
+            list_path,
+            "\"\"",
+            "must specify one of: `configMapRef` or `secretRef`",
+        ));
+    } else if sources > 1 {
+        causes.push(Cause::forbidden(
+            list_path,
+            "may not have more than one field specified at a time",
+        ));
     }
 }
 

@@ -275,3 +275,88 @@ async fn the_host_runner_expands_command_and_args_and_sees_secret_env() {
     );
     sim.shutdown().await;
 }
+
+/// The API server's checks of env sources (`validateEnvVarValueFrom`, `validateEnvFrom` in
+/// pkg/apis/core/validation/validation.go): one source per `valueFrom`, none beside a `value`,
+/// a key that passes `IsConfigMapKey`, exactly one ref per `envFrom`; a 422 naming each field.
+#[tokio::test]
+async fn env_sources_are_validated_like_the_api_server() {
+    let sim = fast_retry_sim(RunnerKind::Scripted).await;
+    let job = job_with(
+        "bad",
+        json!({
+            "env": [
+                {"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}},
+                {"name": "B", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"},
+                                            "configMapKeyRef": {"name": "cm", "key": "k"}}},
+                {"name": "C", "valueFrom": {"secretKeyRef": {"name": "Bad_Name", "key": "a/b"}}}
+            ],
+            "envFrom": [{"prefix": "1X", "secretRef": {"name": "db"}}, {}]
+        }),
+    );
+    let err = Api::<Job>::default_namespaced(sim.client())
+        .create(&PostParams::default(), &job)
+        .await
+        .map_err(api_error)
+        .unwrap_err();
+    assert_eq!(err.code, 422);
+    let fields: Vec<String> = err
+        .details
+        .unwrap()
+        .causes
+        .into_iter()
+        .map(|c| c.field)
+        .collect();
+    let c = "spec.template.spec.containers[0]";
+    assert_eq!(
+        fields,
+        [
+            format!("{c}.env[0].valueFrom"),
+            format!("{c}.env[1].valueFrom"),
+            format!("{c}.env[2].valueFrom.secretKeyRef.name"),
+            format!("{c}.env[2].valueFrom.secretKeyRef.key"),
+            format!("{c}.envFrom[0].prefix"),
+            format!("{c}.envFrom"),
+        ]
+    );
+    sim.shutdown().await;
+}
+
+/// A restart builds the container's env again (the kubelet generates the container config on
+/// every start): the Secret deleted while the first instance ran holds the restart in
+/// `CreateContainerConfigError`, and it restarts once the Secret is back.
+#[tokio::test]
+async fn a_restart_after_the_secret_was_deleted_waits_in_create_container_config_error() {
+    let sim = fast_retry_sim(RunnerKind::Scripted).await;
+    let c = sim.client();
+    put_secret(&c, "db", json!({"password": "first"})).await;
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "again"},
+        "spec": {"backoffLimit": 3, "template": {"spec": {
+            "restartPolicy": "OnFailure",
+            "containers": [{"name": "main", "image": "busybox", "env": [
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "KUBESIM_FAIL_ATTEMPTS", "value": "1"},
+                {"name": "KUBESIM_DURATION_MS", "value": "300"}
+            ]}]}}}
+    }))
+    .unwrap();
+    create_job(&c, &job).await;
+    let running = |p: &Pod| phase(p) == "Running";
+    wait_until(&sim, "the first instance runs", || {
+        let c = c.clone();
+        async move { job_pods(&c, "again").await.iter().any(running) }
+    })
+    .await;
+    Api::<Secret>::default_namespaced(c.clone())
+        .delete("db", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    let (pod, (_, message)) = wait_waiting(&sim, "again").await;
+    assert_eq!(message, r#"secret "db" not found"#);
+    let restarts = pod.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 1);
+    put_secret(&c, "db", json!({"password": "second"})).await;
+    assert!(has_condition(&wait_finished(&c, "again").await, "Complete"));
+    sim.shutdown().await;
+}

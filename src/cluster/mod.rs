@@ -16,6 +16,7 @@ pub mod params;
 pub mod permissions;
 pub mod pods;
 pub mod render;
+mod render_env;
 pub mod uninstall;
 pub mod watch;
 

@@ -8,8 +8,8 @@ use crate::domain::template::{
 use crate::domain::Run;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Toleration,
+    Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -115,21 +115,15 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 .collect::<BTreeMap<_, _>>()
         })
     };
+    let (scratch_volumes, scratch_mounts) = super::render_env::scratch(t);
     let mut container = Container {
         name: CONTAINER.into(),
         image: Some(t.image.clone()),
         command: (!t.command.is_empty()).then(|| t.command.clone()),
         args: (!t.args.is_empty()).then(|| t.args.clone()),
-        env: (!t.env.is_empty()).then(|| {
-            t.env
-                .iter()
-                .map(|e| EnvVar {
-                    name: e.name.clone(),
-                    value: Some(e.value.clone()),
-                    value_from: None,
-                })
-                .collect()
-        }),
+        env: (!t.env.is_empty()).then(|| t.env.iter().map(super::render_env::env_var).collect()),
+        env_from: super::render_env::env_from(t),
+        volume_mounts: scratch_mounts,
         working_dir: t.working_dir.clone(),
         security_context: Some(container_security()),
         resources: t.resources.as_ref().map(|r| ResourceRequirements {
@@ -147,6 +141,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
     };
     let pod_spec = PodSpec {
         containers: vec![container],
+        volumes: scratch_volumes,
         restart_policy: Some(restart_policy.into()),
         security_context: Some(pod_security(settings)),
         service_account_name: t.service_account_name.clone(),
@@ -253,6 +248,44 @@ mod tests {
             superseded_by: None,
             params: Default::default(),
         }
+    }
+
+    /// Issue 18: `valueFrom` and `envFrom` render as the core/v1 fields, and `scratch` as a
+    /// generic ephemeral volume (ReadWriteOnce, the size as `requests.storage`) at `/scratch`.
+    #[test]
+    fn env_from_the_cluster_and_scratch_render_as_the_pod_fields() {
+        let job = render(
+            &settings(),
+            &run(
+                Some("build"),
+                json!({"image": "x",
+                    "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}},
+                            {"name": "L", "value": "1"}],
+                    "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "C_"}],
+                    "scratch": {"size": "1Gi", "storageClass": "fast"}}),
+            ),
+        );
+        let pod = serde_json::to_value(job.spec.unwrap().template.spec.unwrap()).unwrap();
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["env"],
+            json!([{"name": "T", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}},
+                   {"name": "L", "value": "1"}])
+        );
+        assert_eq!(
+            c["envFrom"],
+            json!([{"configMapRef": {"name": "cm"}, "prefix": "C_"}])
+        );
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "scratch", "mountPath": "/scratch"}])
+        );
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                "accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                "resources": {"requests": {"storage": "1Gi"}}}}}}])
+        );
     }
 
     #[test]

@@ -56,6 +56,14 @@ impl RunOverrides {
         let mut errors = Errors::new();
         for (i, var) in self.env.iter().enumerate() {
             errors.check(format!("env[{i}].name"), names::env_var_name(&var.name));
+            if var.value_from.is_some() {
+                // Overrides are literal: a run token must not redirect a task's env to other
+                // Secrets (docs/security.md, "Env from the cluster").
+                errors.add(
+                    format!("env[{i}].valueFrom"),
+                    "per-run overrides set literal values only; valueFrom belongs in the task definition",
+                );
+            }
         }
         validate_labels(&self.labels, "labels", &mut errors);
         super::queue::collect_priority_errors(self.priority, "priority", &mut errors);

@@ -112,6 +112,9 @@ pub struct Sandbox {
     node_selectors: KeyRule,
     /// May a toleration without a key (tolerating every taint) be used?
     tolerate_all_taints: bool,
+    /// Who may read env from Secrets and ConfigMaps (`ALLOW_ENV_FROM_CLUSTER`); ad-hoc runs
+    /// are told apart at the front door, this refuses the fields everywhere when `None`.
+    pub env_from_cluster: super::template::EnvFromCluster,
 }
 
 /// The configured allowlists.
@@ -133,6 +136,7 @@ impl Sandbox {
             node_selectors: KeyRule::new(settings.node_selectors, SENSITIVE_NODE_SELECTORS)
                 .map_err(|e| format!("ALLOWED_NODE_SELECTORS: {e}"))?,
             tolerate_all_taints: settings.tolerate_all_taints,
+            env_from_cluster: Default::default(),
         })
     }
 
@@ -161,6 +165,14 @@ impl Sandbox {
         for key in template.node_selector.keys() {
             if let Some(message) = self.node_selectors.refuse(key, "ALLOWED_NODE_SELECTORS") {
                 errors.add(format!("{at}.nodeSelector.{key}"), message);
+            }
+        }
+        if self.env_from_cluster == super::template::EnvFromCluster::None {
+            for field in template.cluster_env_fields(at) {
+                errors.add(
+                    field,
+                    "env from Secrets and ConfigMaps is turned off in this installation (ALLOW_ENV_FROM_CLUSTER=none)",
+                );
             }
         }
     }

@@ -105,6 +105,20 @@ impl Submission {
         task_limits: Option<&RunLimits>,
     ) -> Result<Submission, Invalid> {
         Submission::allowed(policy, &template, task_limits)?;
+        // An ad-hoc run names its Secrets itself; by default only a task definition (an admin's)
+        // may (docs/security.md, "Env from the cluster").
+        if origin.0.task.is_none()
+            && policy.sandbox.env_from_cluster == super::template::EnvFromCluster::Tasks
+        {
+            let mut errors = super::validation::Errors::new();
+            for field in template.cluster_env_fields("template") {
+                errors.add(
+                    field,
+                    "only a task definition may read env from Secrets and ConfigMaps in this installation (ALLOW_ENV_FROM_CLUSTER=tasks); define a task, or ask an admin for ALLOW_ENV_FROM_CLUSTER=all",
+                );
+            }
+            errors.finish()?;
+        }
         Ok(Submission {
             id: Uuid::now_v7(),
             origin: origin.0,
@@ -258,6 +272,33 @@ mod tests {
         .is_ok());
         let refused = Submission::check(&policy(&["default"]), origin, t, None).unwrap_err();
         assert_eq!(refused.0[0].field, "template.namespace");
+    }
+
+    /// Issue 18, ALLOW_ENV_FROM_CLUSTER=tasks (the default): a task's run may read a Secret,
+    /// an ad-hoc run may not (naming the field); `all` lets it.
+    #[test]
+    fn only_task_runs_may_read_env_from_the_cluster_unless_the_installation_allows_all() {
+        let t = template(serde_json::json!({
+            "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}}]}));
+        let mut p = policy(&["default"]);
+        assert!(Submission::check(
+            &p,
+            Origin::api(Some("build"), None).by_service(),
+            t.clone(),
+            None
+        )
+        .is_ok());
+        let refused = Submission::check(&p, Origin::api(None, None).by_service(), t.clone(), None)
+            .unwrap_err();
+        assert_eq!(refused.0[0].field, "template.env[0].valueFrom");
+        p.sandbox.env_from_cluster = crate::domain::template::EnvFromCluster::All;
+        assert!(
+            Submission::check(&p, Origin::api(None, None).by_service(), t.clone(), None).is_ok()
+        );
+        p.sandbox.env_from_cluster = crate::domain::template::EnvFromCluster::None;
+        let refused = Submission::check(&p, Origin::api(Some("build"), None).by_service(), t, None)
+            .unwrap_err();
+        assert_eq!(refused.0[0].field, "template.env[0].valueFrom");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Depends on: `kubelet` (it drives the node), `timers`, `store`, `faults`, `logs`, `behaviour`,
 //! `objects`. Nothing below it imports `controller` except `api` (the GC finalizer names).
 
+pub mod ephemeral;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -85,6 +86,7 @@ impl Loop {
         }
         let (pods, _) = self.store.list::<Pod>(None);
         for p in &pods {
+            ephemeral::sync_pod(&self.store, p);
             self.kubelet.reconcile(p, &mut self.timers);
             self.gc.object_changed(&self.store, p.as_ref());
             job::release_orphan(&self.store, p);
@@ -96,6 +98,10 @@ impl Loop {
         self.resync_gc_only::<Secret>();
         self.resync_gc_only::<ConfigMap>();
         self.resync_gc_only::<PersistentVolumeClaim>();
+        for pvc in self.store.list::<PersistentVolumeClaim>(None).0 {
+            ephemeral::provision(&self.store, &pvc);
+        }
+        self.kubelet.reschedule(&mut self.timers);
     }
 
     fn resync_gc_only<K: Kind>(&mut self) {
@@ -106,20 +112,41 @@ impl Loop {
 
     /// Follows a kind only the garbage collector cares about; false when its history expired
     /// (the caller resyncs).
-    fn drain_gc_only<K: Kind>(&mut self, slot: usize) -> bool {
+    fn drain_gc_only<K: Kind>(&mut self, slot: usize) -> Option<Vec<crate::store::Event<K>>> {
         match self.store.events_since::<K>(self.gc_cursors[slot]) {
             Ok((evs, _)) => {
-                for ev in evs {
+                for ev in &evs {
                     self.gc_cursors[slot] = ev.rv;
                     match ev.kind {
                         EventType::Deleted => self.gc.object_deleted(ev.obj.as_ref()),
                         _ => self.gc.object_changed(&self.store, ev.obj.as_ref()),
                     }
                 }
-                true
+                Some(evs)
             }
-            Err(_) => false,
+            Err(_) => None,
         }
+    }
+
+    /// PVCs: the garbage collector follows them, the provisioner binds new ones, and a pod
+    /// waiting for a claim may now be scheduled (or, its claim gone, get a new one).
+    fn drain_pvcs(&mut self) -> bool {
+        let Some(evs) = self.drain_gc_only::<PersistentVolumeClaim>(2) else {
+            return false;
+        };
+        if evs.is_empty() {
+            return true;
+        }
+        for ev in &evs {
+            if ev.kind != EventType::Deleted {
+                ephemeral::provision(&self.store, &ev.obj);
+            }
+        }
+        for pod in self.store.list::<Pod>(None).0 {
+            ephemeral::sync_pod(&self.store, &pod);
+        }
+        self.kubelet.reschedule(&mut self.timers);
+        true
     }
 
     fn drain_events(&mut self) {
@@ -162,6 +189,9 @@ impl Loop {
                             self.gc.object_deleted(p.as_ref());
                         }
                         _ => {
+                            // The ephemeral volume controller runs first, so a pod's claims
+                            // usually exist by the time the scheduler looks at it.
+                            ephemeral::sync_pod(&self.store, p);
                             self.kubelet.reconcile(p, &mut self.timers);
                             self.gc.object_changed(&self.store, p.as_ref());
                             job::release_orphan(&self.store, p);
@@ -201,9 +231,9 @@ impl Loop {
                 return;
             }
         }
-        if !(self.drain_gc_only::<Secret>(0)
-            && self.drain_gc_only::<ConfigMap>(1)
-            && self.drain_gc_only::<PersistentVolumeClaim>(2))
+        if self.drain_gc_only::<Secret>(0).is_none()
+            || self.drain_gc_only::<ConfigMap>(1).is_none()
+            || !self.drain_pvcs()
         {
             self.full_resync();
         }
@@ -216,7 +246,9 @@ impl Loop {
                 Timer::StartPod(key, uid) => self.kubelet.start(&key, &uid, &mut self.timers),
                 Timer::PodDeadline(key, uid) => self.kubelet.deadline(&key, &uid),
                 Timer::RemoveLogs(uid) => self.kubelet.remove_logs(&uid),
-                Timer::RestartContainer(key, uid) => self.kubelet.restart(&key, &uid),
+                Timer::RestartContainer(key, uid) => {
+                    self.kubelet.restart(&key, &uid, &mut self.timers)
+                }
                 Timer::SyncJob(key) => {
                     self.dirty_jobs.insert(key);
                 }

@@ -62,6 +62,10 @@ impl Kubelet {
             let placed = if full {
                 let cap = self.capacity;
                 Err(format!("0/1 nodes are available: 1 Too many pods (node capacity {cap}). preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."))
+            } else if let Some(reason) = crate::volumes::unschedulable_reason(&self.store, &pod) {
+                // The VolumeBinding plugin's PreFilter rejects the pod on every node.
+                let n = self.behaviour.nodes.len();
+                Err(format!("0/{n} nodes are available: {reason}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."))
             } else {
                 pick_node(&self.behaviour.nodes, &pod, &self.in_use())
             };

@@ -102,6 +102,17 @@ impl Kubelet {
             return;
         }
         if restart {
+            // A restart builds the container's config again: a Secret deleted meanwhile holds
+            // it in CreateContainerConfigError, retried like a first start.
+            if let Some(message) = self.config_error(&pod) {
+                self.wait_for_config(&key, &exit.uid, &message, |cs| {
+                    let last = terminated(cs.container_id.clone());
+                    count_restart(cs, last);
+                });
+                let retry = self.behaviour.config_retry;
+                timers.add(retry, Timer::RestartContainer(key, exit.uid));
+                return;
+            }
             let Some(pod) = self.write(&key, &exit.uid, |p| {
                 let st = p.status.get_or_insert_with(Default::default);
                 for cs in st.container_statuses.iter_mut().flatten().take(1) {
@@ -160,8 +171,14 @@ impl Kubelet {
     }
 
     /// A restart back-off elapsed: the container starts again (as its next instance).
-    pub fn restart(&mut self, key: &ObjKey, uid: &str) {
-        if self.startable(key, uid).is_none() {
+    pub fn restart(&mut self, key: &ObjKey, uid: &str, timers: &mut Timers) {
+        let Some(current) = self.startable(key, uid) else {
+            return;
+        };
+        if let Some(message) = self.config_error(&current) {
+            self.wait_for_config(key, uid, &message, |_| {});
+            let retry = self.behaviour.config_retry;
+            timers.add(retry, Timer::RestartContainer(key.clone(), uid.to_string()));
             return;
         }
         let now = now_time();

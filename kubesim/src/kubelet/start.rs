@@ -195,39 +195,61 @@ impl Kubelet {
         pod: &Pod,
         timers: &mut Timers,
     ) -> bool {
-        let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) else {
+        let Some(message) = self.config_error(pod) else {
             return false;
         };
-        let message = match env::resolve(&self.store, pod, container) {
-            Ok(resolved) => {
-                for w in &resolved.warnings {
-                    self.record(pod, true, "InvalidEnvironmentVariableNames", w, KUBELET);
-                }
-                return false;
-            }
-            Err(m) => m,
-        };
-        self.record(pod, true, "Failed", &format!("Error: {message}"), KUBELET);
-        self.write(key, uid, |p| {
-            let st = p.status.get_or_insert_with(Default::default);
-            for cs in st.container_statuses.iter_mut().flatten().take(1) {
-                cs.ready = false;
-                cs.started = Some(false);
-                cs.state = Some(ContainerState {
-                    waiting: Some(ContainerStateWaiting {
-                        reason: Some("CreateContainerConfigError".into()),
-                        message: Some(message.clone()),
-                    }),
-                    ..Default::default()
-                });
-            }
-        });
+        self.wait_for_config(key, uid, &message, |_| {});
         self.starting.insert(uid.to_string());
         timers.add(
             self.behaviour.config_retry,
             Timer::StartPod(key.clone(), uid.to_string()),
         );
         true
+    }
+
+    /// The message of the container's `CreateContainerConfigError`, if its config cannot be
+    /// built now (with the `Failed` Event recorded), else None (with any
+    /// `InvalidEnvironmentVariableNames` warning recorded).
+    pub(super) fn config_error(&mut self, pod: &Pod) -> Option<String> {
+        let container = pod.spec.as_ref().and_then(|s| s.containers.first())?;
+        match env::resolve(&self.store, pod, container) {
+            Ok(resolved) => {
+                for w in &resolved.warnings {
+                    self.record(pod, true, "InvalidEnvironmentVariableNames", w, KUBELET);
+                }
+                None
+            }
+            Err(message) => {
+                self.record(pod, true, "Failed", &format!("Error: {message}"), KUBELET);
+                Some(message)
+            }
+        }
+    }
+
+    /// Writes the first container waiting in `CreateContainerConfigError`; `also` edits its
+    /// status in the same write (a restart counts the exited instance).
+    pub(super) fn wait_for_config(
+        &mut self,
+        key: &ObjKey,
+        uid: &str,
+        message: &str,
+        also: impl FnOnce(&mut k8s_openapi::api::core::v1::ContainerStatus),
+    ) {
+        self.write(key, uid, |p| {
+            let st = p.status.get_or_insert_with(Default::default);
+            if let Some(cs) = st.container_statuses.iter_mut().flatten().next() {
+                also(cs);
+                cs.ready = false;
+                cs.started = Some(false);
+                cs.state = Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CreateContainerConfigError".into()),
+                        message: Some(message.to_string()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        });
     }
 
     pub(super) fn launch(&mut self, pod: &Pod, restart_count: i32) {
@@ -252,8 +274,7 @@ impl Kubelet {
             .as_ref()
             .and_then(|a| a.get(COMPLETION_INDEX))
             .and_then(|i| i.parse::<u32>().ok());
-        // Checked by `config_failed` just before; a Secret deleted in between leaves the
-        // variable empty rather than failing a container the status already shows running.
+        // Checked just before (`config_error`), in the same control-loop step.
         let env = env::resolve(&self.store, pod, &container)
             .map(|r| r.env)
             .unwrap_or_default();

@@ -6,9 +6,14 @@
 //!
 //! Rendering a template into a Job is the cluster's part (src/cluster/render.rs).
 
+mod env_from;
 mod quantity;
 mod validate;
 
+pub use env_from::{
+    EnvFromCluster, EnvFromSource, EnvVarSource, KeySelector, ObjectRef, Scratch, SCRATCH_PATH,
+    SCRATCH_VOLUME,
+};
 pub(crate) use quantity::is_extended;
 pub use quantity::parse_quantity;
 pub(crate) use validate::validate_labels;
@@ -52,6 +57,14 @@ pub struct RunTemplate {
     /// Environment variables of the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Every key of a Secret or ConfigMap in the run's namespace as env vars (who may set this:
+    /// `ALLOW_ENV_FROM_CLUSTER`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    /// Scratch space for this run's pods: a volume created with each pod and deleted with it,
+    /// mounted at `/scratch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<Scratch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +116,21 @@ pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    /// A value read from a Secret or ConfigMap in the run's namespace instead of `value` (who
+    /// may set this: `ALLOW_ENV_FROM_CLUSTER`; never in per-run overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+impl EnvVar {
+    /// A literal variable.
+    pub fn literal(name: impl Into<String>, value: impl Into<String>) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+            value_from: None,
+        }
+    }
 }
 
 /// Compute resources, as Kubernetes quantities (`500m`, `2Gi`, `1` for `nvidia.com/gpu`).
@@ -152,6 +180,8 @@ impl RunTemplate {
             command,
             args: Vec::new(),
             env: Vec::new(),
+            env_from: Vec::new(),
+            scratch: None,
             working_dir: None,
             resources: None,
             completions: None,
@@ -170,6 +200,19 @@ impl RunTemplate {
             queue_name: None,
             priority_class: None,
         }
+    }
+
+    /// Whether the template reads anything from the cluster (`valueFrom`, `envFrom`): the
+    /// fields `ALLOW_ENV_FROM_CLUSTER` governs, by path.
+    pub fn cluster_env_fields(&self, at: &str) -> Vec<String> {
+        let mut out: Vec<String> = (self.env.iter().enumerate())
+            .filter(|(_, e)| e.value_from.is_some())
+            .map(|(i, _)| format!("{at}.env[{i}].valueFrom"))
+            .collect();
+        if !self.env_from.is_empty() {
+            out.push(format!("{at}.envFrom"));
+        }
+        out
     }
 
     /// Characters an Indexed Job's pods add to its name in their hostname (`-<completions-1>`):
@@ -194,7 +237,7 @@ impl RunTemplate {
         }
         for var in &overrides.env {
             match self.env.iter_mut().find(|e| e.name == var.name) {
-                Some(existing) => existing.value = var.value.clone(),
+                Some(existing) => *existing = var.clone(),
                 None => self.env.push(var.clone()),
             }
         }
@@ -232,32 +275,14 @@ pub(crate) mod tests {
     fn overrides_replace_env_by_name_and_merge_labels() {
         let t = template(json!({"env": [{"name": "A", "value": "1"}], "labels": {"x": "1"}}));
         let overrides = crate::domain::RunOverrides {
-            env: vec![
-                EnvVar {
-                    name: "A".into(),
-                    value: "2".into(),
-                },
-                EnvVar {
-                    name: "B".into(),
-                    value: "3".into(),
-                },
-            ],
+            env: vec![EnvVar::literal("A", "2"), EnvVar::literal("B", "3")],
             labels: [("y".to_string(), "2".to_string())].into(),
             ..Default::default()
         };
         let t = t.with_overrides(&overrides);
         assert_eq!(
             t.env,
-            [
-                EnvVar {
-                    name: "A".into(),
-                    value: "2".into()
-                },
-                EnvVar {
-                    name: "B".into(),
-                    value: "3".into()
-                }
-            ]
+            [EnvVar::literal("A", "2"), EnvVar::literal("B", "3")]
         );
         assert_eq!(t.labels.len(), 2);
     }

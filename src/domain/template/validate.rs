@@ -40,6 +40,17 @@ impl RunTemplate {
                 format!("{at}.env[{i}].name"),
                 names::env_var_name(&var.name),
             );
+            if let Some(from) = &var.value_from {
+                super::env_from::validate_value_from(
+                    errors,
+                    &format!("{at}.env[{i}]"),
+                    &var.value,
+                    from,
+                );
+            }
+        }
+        for (i, from) in self.env_from.iter().enumerate() {
+            super::env_from::validate_env_from(errors, &format!("{at}.envFrom[{i}]"), from);
         }
         // Webhook deliveries put payload text into env values; PostgreSQL cannot store NUL.
         let texts = (self.command.iter().enumerate())
@@ -67,6 +78,9 @@ impl RunTemplate {
         }
         if let Some(resources) = &self.resources {
             validate_resources(resources, &field("resources"), errors);
+        }
+        if let Some(scratch) = &self.scratch {
+            super::env_from::validate_scratch(errors, &field("scratch"), scratch);
         }
 
         non_negative(errors, &field("completions"), self.completions);

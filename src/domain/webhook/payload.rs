@@ -204,10 +204,7 @@ impl GitEvent {
             vars.push(("VFI_GIT_BASE_REF", base.clone()));
         }
         vars.into_iter()
-            .map(|(name, value)| EnvVar {
-                name: name.into(),
-                value,
-            })
+            .map(|(name, value)| EnvVar::literal(name, value))
             .collect()
     }
 }
