@@ -15,6 +15,7 @@ pub mod observe;
 pub mod permissions;
 pub mod pods;
 pub mod render;
+pub mod render_failure;
 pub mod uninstall;
 pub mod watch;
 
