@@ -254,6 +254,7 @@ mod tests {
             queue_limit: None,
             queue: None,
             superseded_by: None,
+            retry_reason: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod auth;
 pub mod loglines;
+pub mod indexes;
 pub mod names;
 pub mod policy;
 pub mod queue;

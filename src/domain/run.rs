@@ -140,6 +140,10 @@ pub struct Run {
     /// The newer run of its key that cancelled this one (reason `Superseded`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<uuid::Uuid>,
+    /// Set on a run the service resubmitted because the run it reruns (`rerunOf`) was lost
+    /// (`retry.onLost`): `Retried: <why the original was lost>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_reason: Option<String>,
 }
 
 /// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.

@@ -634,7 +634,13 @@ async fn record(
         finished_at: seen.finished_at,
         job: Some(&job_ref),
     };
-    let observed = store::runs::observe(&runtime.db, run_id, &observation).await?;
+    let observed = store::runs::observe_with(
+        &runtime.db,
+        run_id,
+        &observation,
+        Some(&runtime.settings.policy),
+    )
+    .await?;
     let holds_finalizer = job
         .finalizers()
         .iter()
@@ -719,7 +725,13 @@ async fn check_missing(
         finished_at: None,
         job: None,
     };
-    store::runs::observe(&runtime.db, run.id, &observation).await?;
+    store::runs::observe_with(
+        &runtime.db,
+        run.id,
+        &observation,
+        Some(&runtime.settings.policy),
+    )
+    .await?;
     Ok(())
 }
 

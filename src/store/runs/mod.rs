@@ -14,6 +14,7 @@ mod cancel;
 mod finals;
 mod launch;
 mod reads;
+mod retry;
 mod submit;
 mod transitions;
 
@@ -23,10 +24,11 @@ pub use launch::{
     claim_admitted, claim_launchable, fail_overdue_pending, mark_created, mark_created_as,
     retry_launch_later,
 };
+pub use retry::{index_outcomes, resubmit_lost, IndexOutcome, IndexesView};
 pub use reads::{get, history, list, live_with_jobs, RunEvent, RunFilter};
 pub use submit::{submit, submit_all, QUEUED_CHANNEL};
 pub use transitions::{
-    advance, note_waiting, note_waiting_for_job, observe, transition, Observation, Observed,
+    advance, note_waiting, note_waiting_for_job, observe, observe_with, transition, Observation, Observed,
     StatusDetail, TransitionError, TransitionOutcome, Waiting,
 };
 
@@ -41,7 +43,7 @@ pub(super) const COLUMNS: &str =
      rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
      job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
      pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time, \
-     priority, queue_key, queue_limit, admitted_at, superseded_by";
+     priority, queue_key, queue_limit, admitted_at, superseded_by, retry_reason";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -75,6 +77,7 @@ pub(super) struct RunRow {
     queue_limit: Option<i32>,
     admitted_at: Option<DateTime<Utc>>,
     superseded_by: Option<Uuid>,
+    retry_reason: Option<String>,
 }
 
 impl From<RunRow> for Run {
@@ -123,6 +126,7 @@ impl From<RunRow> for Run {
             queue_limit: row.queue_limit,
             queue: None,
             superseded_by: row.superseded_by,
+            retry_reason: row.retry_reason,
         }
     }
 }
