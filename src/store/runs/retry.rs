@@ -136,3 +136,16 @@ pub async fn index_outcomes(
         &reruns,
     ))
 }
+
+/// [`index_outcomes`] with the original's row locked until the transaction ends: what a partial
+/// rerun reads, so that two at once see each other's runs.
+pub async fn index_outcomes_locked(
+    tx: &mut PgConnection,
+    original: &Run,
+) -> Result<IndexesView, sqlx::Error> {
+    sqlx::query("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE")
+        .bind(original.id)
+        .execute(&mut *tx)
+        .await?;
+    index_outcomes(tx, original).await
+}
