@@ -13,6 +13,7 @@ pub mod admission;
 pub mod api;
 pub mod behaviour;
 pub mod controller;
+pub mod disruption;
 pub mod error;
 pub mod events;
 pub mod faults;
@@ -290,6 +291,12 @@ impl KubeSim {
 
     pub fn faults(&self) -> Faults {
         self.faults.clone()
+    }
+
+    /// Preempts a pod as the default scheduler does: `DisruptionTarget` (reason
+    /// `PreemptionByScheduler`), then a graceful delete (see `disruption`).
+    pub fn preempt_pod(&self, namespace: &str, name: &str) -> Result<(), crate::error::Status> {
+        disruption::preempt(&self.store, namespace, name)
     }
 
     /// Direct access to the store (for assertions that must not go through HTTP).

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod delete;
 pub mod discovery;
+pub mod eviction;
 pub mod events_v1;
 pub mod filter;
 pub mod kinds;
@@ -275,6 +276,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/namespaces/{ns}/pods/{name}/log",
             get(logs::pod_log),
         )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/eviction",
+            axum::routing::post(eviction::evict),
+        )
         // Events (core/v1)
         .route("/api/v1/events", get(list::list_all::<Event>))
         .route(
@@ -369,7 +374,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{}/{{id}}", admin::FAULTS_PATH),
             axum::routing::delete(admin::remove_fault),
-        );
+        )
+        .route(eviction::PREEMPT_PATH, axum::routing::post(eviction::preempt));
     let app = if kueue_on {
         kueue::admin_routes(app)
     } else {
