@@ -74,7 +74,10 @@ pub fn parse_indexes(s: &str) -> BTreeSet<i32> {
     out
 }
 
-/// Formats a set of indexes the way the controller writes `completedIndexes`.
+/// Formats a set of indexes the way the controller writes `completedIndexes` and
+/// `failedIndexes`: `orderedIntervals.String()` in pkg/controller/job/indexed_job_utils.go
+/// writes an interval of two as `a,b` and a longer one as `a-b` (the docs' per-index example
+/// shows `completedIndexes: 2,3` and `failedIndexes: 0,1`).
 pub fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut iter = set.iter().peekable();
@@ -85,6 +88,8 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
         }
         parts.push(if start == end {
             start.to_string()
+        } else if end == start + 1 {
+            format!("{start},{end}")
         } else {
             format!("{start}-{end}")
         });
@@ -1011,7 +1016,8 @@ mod tests {
     #[test]
     fn completed_indexes_round_trip_as_ranges() {
         let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into_iter().collect();
-        assert_eq!(format_indexes(&set), "0-2,4,6-7");
+        assert_eq!(format_indexes(&set), "0-2,4,6,7");
+        assert_eq!(parse_indexes("0-2,4,6,7"), set);
         assert_eq!(parse_indexes("0-2,4,6-7"), set);
     }
 }
