@@ -144,6 +144,42 @@ async fn a_container_that_exits_1_fails_the_run_at_once_with_no_second_pod(db: P
     );
 }
 
+/// `retry.onInfrastructureFailure: N` is enforced by the service, since the `Ignore` rule it
+/// renders is never counted by Kubernetes: the N+1th disrupted pod fails the run (reason
+/// `InfrastructureFailuresExceeded`) and its Job is deleted. Here N is 0.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_disruption_beyond_on_infrastructure_failure_fails_the_run_and_deletes_its_job(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let client = sim.client();
+    let service = Service::start(db, client.clone(), &[]).await;
+    let id = service
+        .submit(scripted(
+            &[("KUBESIM_DURATION_MS", "600000")],
+            json!({"retry": {"onInfrastructureFailure": 0}}),
+        ))
+        .await;
+    let pod = running_pod(&client, &id).await;
+    sim.preempt_pod("default", pod.metadata.name.as_deref().unwrap())
+        .unwrap();
+    let run = service.wait_for(&id, "failed", WAIT).await;
+    assert_eq!(run["statusReason"], "InfrastructureFailuresExceeded");
+    assert!(
+        run["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("PreemptionByScheduler"),
+        "{run:#}"
+    );
+    eventually("the run's Job to be deleted", WAIT, || {
+        let client = client.clone();
+        let id = id.clone();
+        async move { jobs_of(&client, &id).await.is_empty() }
+    })
+    .await;
+}
+
 async fn delete_job(client: &kube::Client, run: &Value) {
     Api::<Job>::namespaced(client.clone(), "default")
         .delete(

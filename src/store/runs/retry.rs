@@ -5,6 +5,7 @@
 use super::{RunRow, COLUMNS};
 use crate::domain::indexes::{self, IndexPod, IndexRerun};
 use crate::domain::{Caps, Origin, Run, RunPolicy, RunStatus, Submission, Trigger};
+use crate::store::status::{self, Change, Text, Which};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -148,4 +149,59 @@ pub async fn index_outcomes_locked(
         .execute(&mut *tx)
         .await?;
     index_outcomes(tx, original).await
+}
+
+/// Records that pod `pod` of run `run_id` was disrupted (`reason`, once per pod) and, when the
+/// run's disrupted pods are now more than its `retry.onInfrastructureFailure`, fails the run
+/// (reason `InfrastructureFailuresExceeded`) and returns it, for its Job to be deleted.
+pub async fn count_disruption(
+    db: &sqlx::PgPool,
+    run_id: Uuid,
+    pod: &str,
+    reason: &str,
+) -> Result<Option<Run>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let newly = sqlx::query(
+        "UPDATE run_pods SET disruption = $3 WHERE run_id = $1 AND name = $2 AND disruption IS NULL",
+    )
+    .bind(run_id)
+    .bind(pod)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if newly == 0 {
+        return Ok(None);
+    }
+    let Some(run) = super::get(&mut *tx, run_id).await? else {
+        return Ok(None);
+    };
+    let Some(allowed) = run.template.disruptions_allowed() else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let disrupted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM run_pods WHERE run_id = $1 AND disruption IS NOT NULL",
+    )
+    .bind(run_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut failed = None;
+    if disrupted > i64::from(allowed) {
+        let message = format!(
+            "{disrupted} pods were disrupted by the infrastructure (the last, {pod}: {reason}); retry.onInfrastructureFailure allows {allowed}"
+        );
+        let from = [RunStatus::Pending, RunStatus::Running];
+        let change = Change {
+            reason: Text::Set(Some("InfrastructureFailuresExceeded")),
+            message: Text::Set(Some(&message)),
+            ..Change::to(RunStatus::Failed, &from)
+        };
+        failed = status::write(&mut *tx, Which::Run(run_id), change)
+            .await?
+            .pop()
+            .map(|moved| moved.run);
+    }
+    tx.commit().await?;
+    Ok(failed)
 }
