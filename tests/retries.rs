@@ -83,7 +83,14 @@ async fn an_evicted_pod_is_replaced_and_the_run_succeeds_without_spending_backof
         .await;
     let first = running_pod(&client, &id).await;
     let job = jobs_of(&client, &id).await.remove(0);
-    let rules = &job.spec.as_ref().unwrap().pod_failure_policy.as_ref().unwrap().rules;
+    let rules = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .pod_failure_policy
+        .as_ref()
+        .unwrap()
+        .rules;
     assert_eq!(rules[0].action, "Ignore");
     assert_eq!(
         rules[0].on_pod_conditions.as_ref().unwrap()[0].type_,
@@ -104,7 +111,10 @@ async fn an_evicted_pod_is_replaced_and_the_run_succeeds_without_spending_backof
         .unwrap();
 
     let run = service.wait_for(&id, "succeeded", WAIT).await;
-    assert_eq!(run["pods"]["failed"], 0, "a disruption is not counted: {run:#}");
+    assert_eq!(
+        run["pods"]["failed"], 0,
+        "a disruption is not counted: {run:#}"
+    );
     let pods = service.get(&format!("/v1/runs/{id}/pods")).await;
     let phases: Vec<&str> = pods
         .as_array()
@@ -113,7 +123,10 @@ async fn an_evicted_pod_is_replaced_and_the_run_succeeds_without_spending_backof
         .map(|p| p["phase"].as_str().unwrap())
         .collect();
     assert_eq!(phases.len(), 2, "{pods:#}");
-    assert!(phases.contains(&"Failed") && phases.contains(&"Succeeded"), "{pods:#}");
+    assert!(
+        phases.contains(&"Failed") && phases.contains(&"Succeeded"),
+        "{pods:#}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -239,9 +252,7 @@ async fn a_vanished_job_is_retried_exactly_once_and_a_second_vanish_starts_none(
 /// and carry the completion-index annotation; the indexes then read 10 of 10 succeeded, and
 /// a partial rerun with nothing failed is 409.
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
-async fn rerun_of_failed_indexes_runs_exactly_those_indexes_with_their_original_index(
-    db: PgPool,
-) {
+async fn rerun_of_failed_indexes_runs_exactly_those_indexes_with_their_original_index(db: PgPool) {
     let sim = kubesim(RunnerKind::Host).await;
     let client = sim.client();
     let service = Service::start(db, client.clone(), &[]).await;
@@ -262,10 +273,16 @@ async fn rerun_of_failed_indexes_runs_exactly_those_indexes_with_their_original_
     let run = service.wait_for(&id, "failed", WAIT).await;
     assert_eq!(run["statusReason"], "FailedIndexes", "{run:#}");
     let before = service.get(&format!("/v1/runs/{id}/indexes")).await;
-    assert_eq!((before["succeeded"].as_i64(), before["failed"].as_i64()), (Some(8), Some(2)));
+    assert_eq!(
+        (before["succeeded"].as_i64(), before["failed"].as_i64()),
+        (Some(8), Some(2))
+    );
 
     let response = service
-        .post(&format!("/v1/runs/{id}/rerun?only=failed-indexes"), &json!({}))
+        .post(
+            &format!("/v1/runs/{id}/rerun?only=failed-indexes"),
+            &json!({}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let created: Value = response.json().await.unwrap();
@@ -299,10 +316,17 @@ async fn rerun_of_failed_indexes_runs_exactly_those_indexes_with_their_original_
     assert_eq!(outcomes[0]["run"], id.as_str());
 
     let again = service
-        .post(&format!("/v1/runs/{id}/rerun?only=failed-indexes"), &json!({}))
+        .post(
+            &format!("/v1/runs/{id}/rerun?only=failed-indexes"),
+            &json!({}),
+        )
         .await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
-    assert_eq!(reruns_of(&service, &id).await.len(), 2, "a refused rerun queues nothing");
+    assert_eq!(
+        reruns_of(&service, &id).await.len(),
+        2,
+        "a refused rerun queues nothing"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -312,11 +336,17 @@ async fn rerun_of_failed_indexes_of_a_run_that_is_not_indexed_is_422(db: PgPool)
     let sim = kubesim(RunnerKind::Scripted).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let id = service
-        .submit(scripted(&[("KUBESIM_EXIT_CODE", "1")], json!({"backoffLimit": 0})))
+        .submit(scripted(
+            &[("KUBESIM_EXIT_CODE", "1")],
+            json!({"backoffLimit": 0}),
+        ))
         .await;
     service.wait_for(&id, "failed", WAIT).await;
     let response = service
-        .post(&format!("/v1/runs/{id}/rerun?only=failed-indexes"), &json!({}))
+        .post(
+            &format!("/v1/runs/{id}/rerun?only=failed-indexes"),
+            &json!({}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = response.json().await.unwrap();
@@ -364,7 +394,11 @@ async fn pod_failure_policies_the_api_server_would_refuse_are_422_naming_the_fie
         let response = service
             .post("/v1/runs", &json!({"template": scripted(&[], extra)}))
             .await;
-        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{field}"
+        );
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["errors"][0]["field"], field, "{problem:#}");
     }

@@ -90,7 +90,10 @@ async fn eviction_api_marks_disruption_target_and_an_ignore_rule_replaces_the_po
         .get(&first)
         .await
         .unwrap();
-    assert!(evicted.metadata.deletion_timestamp.is_some(), "evicting deletes the pod");
+    assert!(
+        evicted.metadata.deletion_timestamp.is_some(),
+        "evicting deletes the pod"
+    );
     assert_eq!(
         disruption(&evicted),
         Some((
@@ -109,10 +112,19 @@ async fn eviction_api_marks_disruption_target_and_an_ignore_rule_replaces_the_po
         }
     })
     .await;
-    let job: Job = Api::default_namespaced(c.clone()).get("evicted").await.unwrap();
+    let job: Job = Api::default_namespaced(c.clone())
+        .get("evicted")
+        .await
+        .unwrap();
     let status = job.status.unwrap();
     assert_eq!(status.failed, None, "an ignored failure is not counted");
-    assert!(!has_condition(&Job { status: Some(status), ..job }, "FailureTarget"));
+    assert!(!has_condition(
+        &Job {
+            status: Some(status),
+            ..job
+        },
+        "FailureTarget"
+    ));
     sim.shutdown().await;
 }
 
@@ -256,7 +268,10 @@ async fn exceeding_max_failed_indexes_fails_the_job() {
         &c,
         &job_json(
             "max-failed",
-            &[("KUBESIM_DURATION_MS", "5"), ("KUBESIM_FAIL_INDEXES", "0,1")],
+            &[
+                ("KUBESIM_DURATION_MS", "5"),
+                ("KUBESIM_FAIL_INDEXES", "0,1"),
+            ],
             json!({"completions": 4, "parallelism": 1, "completionMode": "Indexed",
                    "backoffLimitPerIndex": 0, "maxFailedIndexes": 1, "backoffLimit": null}),
         ),
@@ -267,10 +282,7 @@ async fn exceeding_max_failed_indexes_fails_the_job() {
         condition(&j, "Failed").unwrap().reason.as_deref(),
         Some("MaxFailedIndexesExceeded")
     );
-    assert_eq!(
-        j.status.unwrap().failed_indexes.as_deref(),
-        Some("0,1")
-    );
+    assert_eq!(j.status.unwrap().failed_indexes.as_deref(), Some("0,1"));
     sim.shutdown().await;
 }
 
@@ -279,9 +291,7 @@ async fn exceeding_max_failed_indexes_fails_the_job() {
 async fn the_api_server_refuses_pod_failure_policies_kubernetes_refuses() {
     let sim = sim().await;
     let api = Api::<Job>::default_namespaced(sim.client());
-    let rule = |action: &str, operator: &str, values: serde_json::Value| {
-        json!({"action": action, "onExitCodes": {"operator": operator, "values": values}})
-    };
+    let rule = |action: &str, operator: &str, values: serde_json::Value| json!({"action": action, "onExitCodes": {"operator": operator, "values": values}});
     let cases = [
         (
             json!({"podFailurePolicy": {"rules": [rule("FailIndex", "In", json!([42]))]}}),

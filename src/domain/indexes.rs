@@ -85,12 +85,16 @@ pub fn outcomes(
         let of_index: Vec<&IndexPod> = pods.iter().filter(|p| p.index == Some(index)).collect();
         let attempts = of_index.len() as i32;
         let reruns_of: Vec<&IndexRerun> = reruns.iter().filter(|r| r.index == index).collect();
-        let won = of_index.iter().find(|p| p.phase == "Succeeded").map(|p| p.run).or_else(|| {
-            reruns_of
-                .iter()
-                .find(|r| r.status == RunStatus::Succeeded)
-                .map(|r| r.run)
-        });
+        let won = of_index
+            .iter()
+            .find(|p| p.phase == "Succeeded")
+            .map(|p| p.run)
+            .or_else(|| {
+                reruns_of
+                    .iter()
+                    .find(|r| r.status == RunStatus::Succeeded)
+                    .map(|r| r.run)
+            });
         let newest = reruns_of.last().map(|r| r.run).unwrap_or(original);
         let (status, run) = if let Some(run) = won {
             (IndexStatus::Succeeded, run)

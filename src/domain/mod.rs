@@ -4,8 +4,8 @@
 
 pub mod attempt;
 pub mod auth;
-pub mod loglines;
 pub mod indexes;
+pub mod loglines;
 pub mod names;
 pub mod policy;
 pub mod queue;

@@ -651,8 +651,7 @@ async fn rerun_failed_indexes(
     original: &Run,
     queued: impl Fn(RunTemplate) -> Result<Submission>,
 ) -> Result<Response> {
-    if original.template.completion_mode != Some(crate::domain::template::CompletionMode::Indexed)
-    {
+    if original.template.completion_mode != Some(crate::domain::template::CompletionMode::Indexed) {
         return Err(Error::Invalid(Invalid::one(
             "only",
             "failed-indexes needs an Indexed run (completionMode Indexed); rerun it whole instead",
@@ -686,7 +685,12 @@ async fn rerun_failed_indexes(
     }
     let submissions = indexes
         .iter()
-        .map(|&i| queued(crate::domain::indexes::index_template(&original.template, i)))
+        .map(|&i| {
+            queued(crate::domain::indexes::index_template(
+                &original.template,
+                i,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let runs = store::runs::submit_all(&mut tx, &submissions, limits.caps()).await??;
     let body = RerunCreated::Indexes(RerunIndexes {

@@ -58,12 +58,10 @@ pub async fn preempt(
     State(state): State<AppState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    respond(
-        disruption::preempt(&state.store, &ns, &name).map(|()| {
-            json_response(
-                StatusCode::OK,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
-            )
-        }),
-    )
+    respond(disruption::preempt(&state.store, &ns, &name).map(|()| {
+        json_response(
+            StatusCode::OK,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        )
+    }))
 }

@@ -11,8 +11,8 @@
 pub mod admin;
 pub mod delete;
 pub mod discovery;
-pub mod eviction;
 pub mod events_v1;
+pub mod eviction;
 pub mod filter;
 pub mod kinds;
 pub mod kueue;
@@ -375,7 +375,10 @@ pub fn router(state: AppState) -> Router {
             &format!("{}/{{id}}", admin::FAULTS_PATH),
             axum::routing::delete(admin::remove_fault),
         )
-        .route(eviction::PREEMPT_PATH, axum::routing::post(eviction::preempt));
+        .route(
+            eviction::PREEMPT_PATH,
+            axum::routing::post(eviction::preempt),
+        );
     let app = if kueue_on {
         kueue::admin_routes(app)
     } else {

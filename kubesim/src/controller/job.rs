@@ -747,9 +747,10 @@ impl SyncJobCtx {
             && !self.failed_indexes.is_empty()
             && (self.completed.len() + self.failed_indexes.len()) as i32
                 >= self.spec.completions.unwrap_or(0)
-            && self.active.iter().all(|p| {
-                pod_index(p).is_some_and(|i| self.failed_indexes.contains(&i))
-            });
+            && self
+                .active
+                .iter()
+                .all(|p| pod_index(p).is_some_and(|i| self.failed_indexes.contains(&i)));
         if let Some(msg) = self.policy_failure.take() {
             Some(("PodFailurePolicy", msg))
         } else if max_failed.is_some_and(|m| self.failed_indexes.len() as i32 > m) {

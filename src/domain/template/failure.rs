@@ -124,7 +124,9 @@ impl RunTemplate {
 
     /// How many infrastructure disruptions the run survives, when `retry` says.
     pub fn disruptions_allowed(&self) -> Option<i32> {
-        self.retry.as_ref().and_then(|r| r.on_infrastructure_failure)
+        self.retry
+            .as_ref()
+            .and_then(|r| r.on_infrastructure_failure)
     }
 
     /// How many times a lost run is resubmitted.
@@ -188,7 +190,9 @@ impl RunTemplate {
             if self.completions.is_some_and(|c| c > MAX_FAILED_INDEXES) {
                 errors.add(
                     field("completions"),
-                    format!("must be at most {MAX_FAILED_INDEXES} when backoffLimitPerIndex is set"),
+                    format!(
+                        "must be at most {MAX_FAILED_INDEXES} when backoffLimitPerIndex is set"
+                    ),
                 );
             }
         }
@@ -238,12 +242,14 @@ impl RunTemplate {
         if policy.rules.len() + shorthand > MAX_RULES {
             errors.add(
                 format!("{at}.rules"),
-                format!("must have at most {MAX_RULES} items (retry.onInfrastructureFailure adds one)"),
+                format!(
+                    "must have at most {MAX_RULES} items (retry.onInfrastructureFailure adds one)"
+                ),
             );
         }
         if self.restart_policy == Some(RestartPolicy::OnFailure) {
             errors.add(
-                format!("{at}"),
+                at.to_string(),
                 "only restartPolicy Never is supported when podFailurePolicy is specified",
             );
         }
@@ -421,9 +427,11 @@ mod tests {
 
     #[test]
     fn a_pod_failure_policy_needs_restart_policy_never() {
-        let t = template(json!({"restartPolicy": "OnFailure", "podFailurePolicy": {"rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
-        ]}}));
+        let t = template(
+            json!({"restartPolicy": "OnFailure", "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+            ]}}),
+        );
         assert_eq!(
             fields(t.validate("template")),
             ["template.podFailurePolicy"]
@@ -457,7 +465,10 @@ mod tests {
         let policy = t.effective_pod_failure_policy().unwrap();
         assert_eq!(policy.rules.len(), 1);
         assert_eq!(policy.rules[0].action, "Ignore");
-        assert_eq!(policy.rules[0].on_pod_conditions[0].type_, "DisruptionTarget");
+        assert_eq!(
+            policy.rules[0].on_pod_conditions[0].type_,
+            "DisruptionTarget"
+        );
         assert_eq!(t.effective_backoff_limit(), Some(3));
         let both = template(json!({"backoffLimit": 0, "retry": {"onFailure": 3, "onLost": 11}}));
         assert_eq!(

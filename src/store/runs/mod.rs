@@ -24,12 +24,15 @@ pub use launch::{
     claim_admitted, claim_launchable, fail_overdue_pending, mark_created, mark_created_as,
     retry_launch_later,
 };
-pub use retry::{count_disruption, index_outcomes, index_outcomes_locked, resubmit_lost, IndexOutcome, IndexesView};
 pub use reads::{get, history, list, live_with_jobs, RunEvent, RunFilter};
+pub use retry::{
+    count_disruption, index_outcomes, index_outcomes_locked, resubmit_lost, IndexOutcome,
+    IndexesView,
+};
 pub use submit::{submit, submit_all, QUEUED_CHANNEL};
 pub use transitions::{
-    advance, note_waiting, note_waiting_for_job, observe, observe_with, transition, Observation, Observed,
-    StatusDetail, TransitionError, TransitionOutcome, Waiting,
+    advance, note_waiting, note_waiting_for_job, observe, observe_with, transition, Observation,
+    Observed, StatusDetail, TransitionError, TransitionOutcome, Waiting,
 };
 
 use crate::domain::{JobRef, LaunchInfo, PodCounts, Run, RunStatus, RunTemplate, Trigger};
