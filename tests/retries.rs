@@ -352,6 +352,13 @@ async fn rerun_of_failed_indexes_of_a_run_that_is_not_indexed_is_422(db: PgPool)
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "only");
     assert!(reruns_of(&service, &id).await.is_empty());
+    let indexes = service
+        .http
+        .get(service.url(&format!("/v1/runs/{id}/indexes")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(indexes.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 /// Acceptance 8 (podFailurePolicy): what the API server would refuse is a 422 naming the
@@ -404,4 +411,33 @@ async fn pod_failure_policies_the_api_server_would_refuse_are_422_naming_the_fie
     }
     let runs = service.get("/v1/runs").await;
     assert_eq!(runs["items"].as_array().map(Vec::len), Some(0), "{runs:#}");
+}
+
+/// Two partial reruns at once: the original's row lock orders them, so the second finds the
+/// index already being rerun (409) and each failed index is rerun once.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn two_partial_reruns_at_once_rerun_each_failed_index_once(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let id = service
+        .submit(scripted(
+            &[("KUBESIM_FAIL_INDEXES", "1,2")],
+            json!({"completions": 4, "parallelism": 4, "completionMode": "Indexed",
+                   "backoffLimitPerIndex": 0}),
+        ))
+        .await;
+    service.wait_for(&id, "failed", WAIT).await;
+    let path = format!("/v1/runs/{id}/rerun?only=failed-indexes");
+    let empty = json!({});
+    let (a, b) = tokio::join!(service.post(&path, &empty), service.post(&path, &empty));
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT]);
+    let reruns = reruns_of(&service, &id).await;
+    let mut indexes: Vec<i64> = reruns
+        .iter()
+        .map(|r| r["template"]["completionIndex"].as_i64().unwrap())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, [1, 2]);
 }

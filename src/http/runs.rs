@@ -693,6 +693,10 @@ async fn rerun_failed_indexes(
         })
         .collect::<Result<Vec<_>>>()?;
     let runs = store::runs::submit_all(&mut tx, &submissions, limits.caps()).await??;
+    // Like any rerun (`store::runs::submit`), each reports to its original's commit.
+    for run in &runs {
+        store::outbox::copy_source(&mut tx, original.id, run.id).await?;
+    }
     let body = RerunCreated::Indexes(RerunIndexes {
         runs: runs
             .iter()
