@@ -70,3 +70,41 @@ pub fn index_metadata(t: &RunTemplate) -> (BTreeMap<String, String>, BTreeMap<St
         None => (BTreeMap::new(), BTreeMap::new()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(extra: serde_json::Value) -> RunTemplate {
+        let mut base = json!({"image": "busybox"});
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn a_one_index_rerun_pod_gets_its_original_index_as_env_annotation_and_label() {
+        let t = template(json!({"completions": 1, "completionIndex": 7}));
+        let env = index_env(&t).unwrap();
+        assert_eq!(
+            (env.name.as_str(), env.value.as_deref()),
+            ("JOB_COMPLETION_INDEX", Some("7"))
+        );
+        let (labels, annotations) = index_metadata(&t);
+        assert_eq!(labels[COMPLETION_INDEX], "7");
+        assert_eq!(annotations[COMPLETION_INDEX], "7");
+        assert!(index_env(&template(json!({}))).is_none());
+    }
+
+    #[test]
+    fn a_condition_pattern_without_status_is_rendered_true_as_the_api_server_defaults_it() {
+        let t = template(json!({"podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        ]}}));
+        let policy = pod_failure_policy(&t).unwrap();
+        let pattern = &policy.rules[0].on_pod_conditions.as_ref().unwrap()[0];
+        assert_eq!(pattern.status, "True");
+    }
+}
