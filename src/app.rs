@@ -98,6 +98,7 @@ impl App {
                     .filter(|secs| *secs > 0)
                     .map(Duration::from_secs),
                 max_batch_runs: args.cluster.run_limits.max_batch_runs,
+                max_rerun_indexes: args.cluster.run_limits.max_rerun_indexes,
                 admission: runtime.settings.admission.clone(),
             }),
             policy,

@@ -486,6 +486,10 @@ pub struct RunLimitsArgs {
     /// Most runs one `POST /v1/runs/batch` may submit.
     #[arg(long, env = "MAX_BATCH_RUNS", default_value_t = 500)]
     pub max_batch_runs: usize,
+    /// Most runs one `POST /v1/runs/{id}/rerun?only=failed-indexes` may start (one per failed
+    /// index); more failed indexes are refused with 422.
+    #[arg(long, env = "MAX_RERUN_INDEXES", default_value_t = 100)]
+    pub max_rerun_indexes: usize,
 }
 
 /// How long run history is kept (see docs/schedules.md). Per-task history limits are part of

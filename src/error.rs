@@ -30,6 +30,9 @@ pub enum Error {
     /// The operation does not fit the resource's current state (409).
     #[error("run is {status}")]
     RunIsFinal { status: RunStatus },
+    /// A partial rerun found nothing to run again: no index failed (409).
+    #[error("no failed index to rerun")]
+    NothingToRerun { message: String },
     /// An Idempotency-Key was reused with a different request (422).
     #[error("Idempotency-Key reused with a different request")]
     IdempotencyMismatch,

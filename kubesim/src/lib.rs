@@ -14,6 +14,7 @@ pub mod api;
 pub mod behaviour;
 pub mod configdata;
 pub mod controller;
+pub mod disruption;
 pub mod error;
 pub mod events;
 pub mod faults;
@@ -292,6 +293,12 @@ impl KubeSim {
 
     pub fn faults(&self) -> Faults {
         self.faults.clone()
+    }
+
+    /// Preempts a pod as the default scheduler does: `DisruptionTarget` (reason
+    /// `PreemptionByScheduler`), then a graceful delete (see `disruption`).
+    pub fn preempt_pod(&self, namespace: &str, name: &str) -> Result<(), crate::error::Status> {
+        disruption::preempt(&self.store, namespace, name)
     }
 
     /// Direct access to the store (for assertions that must not go through HTTP).

@@ -587,36 +587,7 @@ pub fn validate_job(job: &Job) -> Result<(), Status> {
             }
         }
     }
-    if let Some(pfp) = spec.pod_failure_policy.as_ref() {
-        for (i, r) in pfp.rules.iter().enumerate() {
-            let f = format!("spec.podFailurePolicy.rules[{i}]");
-            if !["FailJob", "Ignore", "Count", "FailIndex"].contains(&r.action.as_str()) {
-                causes.push(Cause::not_supported(
-                    format!("{f}.action"),
-                    &r.action,
-                    &["Count", "FailIndex", "FailJob", "Ignore"],
-                ));
-            }
-            if let Some(oe) = r.on_exit_codes.as_ref() {
-                if oe.operator != "In" && oe.operator != "NotIn" {
-                    causes.push(Cause::not_supported(
-                        format!("{f}.onExitCodes.operator"),
-                        &oe.operator,
-                        &["In", "NotIn"],
-                    ));
-                }
-                if oe.values.is_empty() {
-                    causes.push(Cause::required(format!("{f}.onExitCodes.values")));
-                }
-            } else if r.on_pod_conditions.as_ref().is_none_or(|c| c.is_empty()) {
-                causes.push(Cause::invalid(
-                    f.clone(),
-                    "\"\"",
-                    "specifying one of OnExitCodes and OnPodConditions is required",
-                ));
-            }
-        }
-    }
+    validate_failure_handling(spec, &mut causes);
     if causes.is_empty() {
         Ok(())
     } else {
@@ -746,6 +717,198 @@ pub fn validate_namespace(ns: &Namespace) -> Result<(), Status> {
             ns.metadata.name.as_deref().unwrap_or(""),
             causes,
         ))
+    }
+}
+
+/// podFailurePolicy, backoffLimitPerIndex and maxFailedIndexes as kube-apiserver validates them
+/// (`validatePodFailurePolicy`, `validatePodFailurePolicyRule`,
+/// `validatePodFailurePolicyRuleOnExitCodes` and `validateJobSpec` in kubernetes/kubernetes
+/// pkg/apis/batch/validation/validation.go; limits from the batch/v1 API reference: at most 20
+/// rules, 255 exit codes, 20 condition patterns; FailIndex only with backoffLimitPerIndex).
+fn validate_failure_handling(spec: &k8s_openapi::api::batch::v1::JobSpec, causes: &mut Vec<Cause>) {
+    const MAX_RULES: usize = 20;
+    const MAX_VALUES: usize = 255;
+    const MAX_PATTERNS: usize = 20;
+    const MAX_FAILED_INDEXES: i32 = 100_000;
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    if let Some(limit) = spec.backoff_limit_per_index {
+        nonneg(Some(limit), "spec.backoffLimitPerIndex", causes);
+        if !indexed {
+            causes.push(Cause::invalid(
+                "spec.backoffLimitPerIndex",
+                &limit.to_string(),
+                "requires indexed completion mode",
+            ));
+        }
+        if spec.completions.is_some_and(|c| c > MAX_FAILED_INDEXES) {
+            causes.push(Cause::invalid(
+                "spec.completions",
+                &spec.completions.unwrap_or(0).to_string(),
+                "must be less than or equal to 100000 when backoffLimitPerIndex is specified",
+            ));
+        }
+    }
+    if let Some(max) = spec.max_failed_indexes {
+        if spec.backoff_limit_per_index.is_none() {
+            causes.push(Cause {
+                reason: "FieldValueRequired",
+                field: "spec.backoffLimitPerIndex".into(),
+                message: "Required value: when maxFailedIndexes is specified".into(),
+            });
+        }
+        if max < 0 {
+            causes.push(Cause::invalid(
+                "spec.maxFailedIndexes",
+                &max.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        } else if max > MAX_FAILED_INDEXES {
+            causes.push(Cause::invalid(
+                "spec.maxFailedIndexes",
+                &max.to_string(),
+                "must be less than or equal to 100000",
+            ));
+        } else if spec.completions.is_some_and(|c| max > c) {
+            causes.push(Cause::invalid(
+                "spec.maxFailedIndexes",
+                &max.to_string(),
+                "must be less than or equal to completions",
+            ));
+        }
+    }
+    let Some(pfp) = spec.pod_failure_policy.as_ref() else {
+        return;
+    };
+    if pfp.rules.len() > MAX_RULES {
+        causes.push(Cause {
+            reason: "FieldValueTooMany",
+            field: "spec.podFailurePolicy.rules".into(),
+            message: format!(
+                "Too many: {}: must have at most {MAX_RULES} items",
+                pfp.rules.len()
+            ),
+        });
+    }
+    let containers: Vec<String> = spec
+        .template
+        .spec
+        .iter()
+        .flat_map(|ps| {
+            ps.containers
+                .iter()
+                .chain(ps.init_containers.iter().flatten())
+        })
+        .map(|c| c.name.clone())
+        .collect();
+    for (i, r) in pfp.rules.iter().enumerate() {
+        let f = format!("spec.podFailurePolicy.rules[{i}]");
+        match r.action.as_str() {
+            "FailJob" | "Ignore" | "Count" => {}
+            "FailIndex" => {
+                if spec.backoff_limit_per_index.is_none() {
+                    causes.push(Cause::invalid(
+                        format!("{f}.action"),
+                        "\"FailIndex\"",
+                        "requires the backoffLimitPerIndex to be set",
+                    ));
+                }
+            }
+            other => causes.push(Cause::not_supported(
+                format!("{f}.action"),
+                other,
+                &["Count", "FailIndex", "FailJob", "Ignore"],
+            )),
+        }
+        let patterns = r.on_pod_conditions.as_deref().unwrap_or_default();
+        match (r.on_exit_codes.as_ref(), patterns.is_empty()) {
+            (Some(_), false) => causes.push(Cause::invalid(
+                f.clone(),
+                "\"\"",
+                "specifying both OnExitCodes and OnPodConditions is not supported",
+            )),
+            (None, true) => causes.push(Cause::invalid(
+                f.clone(),
+                "\"\"",
+                "specifying one of OnExitCodes and OnPodConditions is required",
+            )),
+            _ => {}
+        }
+        if let Some(oe) = r.on_exit_codes.as_ref() {
+            let g = format!("{f}.onExitCodes");
+            if let Some(c) = oe.container_name.as_deref() {
+                if !containers.iter().any(|n| n == c) {
+                    causes.push(Cause::invalid(
+                        format!("{g}.containerName"),
+                        &q(c),
+                        "must be one of the container or initContainer names in the pod template",
+                    ));
+                }
+            }
+            if oe.operator != "In" && oe.operator != "NotIn" {
+                causes.push(Cause::not_supported(
+                    format!("{g}.operator"),
+                    &oe.operator,
+                    &["In", "NotIn"],
+                ));
+            }
+            if oe.values.is_empty() {
+                causes.push(Cause::required(format!("{g}.values")));
+            }
+            if oe.values.len() > MAX_VALUES {
+                causes.push(Cause {
+                    reason: "FieldValueTooMany",
+                    field: format!("{g}.values"),
+                    message: format!(
+                        "Too many: {}: must have at most {MAX_VALUES} items",
+                        oe.values.len()
+                    ),
+                });
+            }
+            for (j, v) in oe.values.iter().enumerate() {
+                if oe.operator == "In" && *v == 0 {
+                    causes.push(Cause::invalid(
+                        format!("{g}.values[{j}]"),
+                        "0",
+                        "must not be 0 for the In operator",
+                    ));
+                }
+                if j > 0 {
+                    let prev = oe.values[j - 1];
+                    if prev == *v {
+                        causes.push(Cause {
+                            reason: "FieldValueDuplicate",
+                            field: format!("{g}.values[{j}]"),
+                            message: format!("Duplicate value: {v}"),
+                        });
+                    } else if prev > *v {
+                        causes.push(Cause::invalid(
+                            format!("{g}.values[{j}]"),
+                            &v.to_string(),
+                            "must be ordered",
+                        ));
+                    }
+                }
+            }
+        }
+        if patterns.len() > MAX_PATTERNS {
+            causes.push(Cause {
+                reason: "FieldValueTooMany",
+                field: format!("{f}.onPodConditions"),
+                message: format!(
+                    "Too many: {}: must have at most {MAX_PATTERNS} items",
+                    patterns.len()
+                ),
+            });
+        }
+        for (j, p) in patterns.iter().enumerate() {
+            if !["True", "False", "Unknown"].contains(&p.status.as_str()) {
+                causes.push(Cause::not_supported(
+                    format!("{f}.onPodConditions[{j}].status"),
+                    &p.status,
+                    &["False", "True", "Unknown"],
+                ));
+            }
+        }
     }
 }
 

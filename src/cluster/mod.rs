@@ -17,6 +17,7 @@ pub mod permissions;
 pub mod pods;
 pub mod render;
 mod render_env;
+pub mod render_failure;
 pub mod uninstall;
 pub mod watch;
 

@@ -118,6 +118,18 @@ const STUCK_WAITING: [&str; 7] = [
 
 /// Why a pod that has not started cannot start, if the cluster says so: a container waiting
 /// for a reason that will not pass by itself, or the scheduler's `PodScheduled=False`.
+/// The reason of a pod's `DisruptionTarget` condition (eviction, preemption, node drain: the
+/// control plane disrupted it), when it has one that is True.
+pub fn pod_disruption(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == crate::domain::template::DISRUPTION_TARGET && c.status == "True")
+        .map(|c| c.reason.clone().unwrap_or_else(|| c.type_.clone()))
+}
+
 pub fn pod_waiting(pod: &Pod) -> Option<(String, String)> {
     let status = pod.status.as_ref()?;
     if status.phase.as_deref().is_some_and(|p| p != "Pending") {

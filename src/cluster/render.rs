@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
 /// The name of the run's container in every pod.
-pub const CONTAINER: &str = "main";
+pub const CONTAINER: &str = crate::domain::template::CONTAINER_NAME;
 
 /// Kubernetes limits Job names to 63 characters (they become a label value on the pods).
 const MAX_JOB_NAME: usize = 63;
@@ -107,6 +107,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
     labels.extend(ownership_labels(settings, run));
     let mut annotations = t.annotations.clone();
     annotations.insert(keys::RUN_NUMBER.to_string(), run.number.to_string());
+    let (index_labels, index_annotations) = super::render_failure::index_metadata(t);
 
     let quantities = |map: &BTreeMap<String, String>| {
         (!map.is_empty()).then(|| {
@@ -121,7 +122,13 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
         image: Some(t.image.clone()),
         command: (!t.command.is_empty()).then(|| t.command.clone()),
         args: (!t.args.is_empty()).then(|| t.args.clone()),
-        env: (!t.env.is_empty()).then(|| t.env.iter().map(super::render_env::env_var).collect()),
+        env: (!t.env.is_empty() || t.completion_index.is_some()).then(|| {
+            t.env
+                .iter()
+                .map(super::render_env::env_var)
+                .chain(super::render_failure::index_env(t))
+                .collect()
+        }),
         env_from: super::render_env::env_from(t),
         volume_mounts: scratch_mounts,
         working_dir: t.working_dir.clone(),
@@ -182,7 +189,10 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 }
                 .to_string()
             }),
-            backoff_limit: t.backoff_limit,
+            backoff_limit: t.effective_backoff_limit(),
+            backoff_limit_per_index: t.backoff_limit_per_index,
+            max_failed_indexes: t.max_failed_indexes,
+            pod_failure_policy: super::render_failure::pod_failure_policy(t),
             // Created suspended, as Kueue's job webhook would make it (and as its docs ask of a
             // Job given to a LocalQueue): Kueue unsuspends it once the Workload is admitted. The
             // service never changes `suspend` afterwards.
@@ -191,8 +201,8 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
             ttl_seconds_after_finished: t.ttl_seconds_after_finished,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(annotations),
+                    labels: Some(labels.into_iter().chain(index_labels).collect()),
+                    annotations: Some(annotations.into_iter().chain(index_annotations).collect()),
                     finalizers: Some(vec![keys::LOG_FINALIZER.to_string()]),
                     ..Default::default()
                 }),
@@ -247,6 +257,7 @@ mod tests {
             queue: None,
             superseded_by: None,
             params: Default::default(),
+            retry_reason: None,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod attempt;
 pub mod auth;
+pub mod indexes;
 pub mod loglines;
 pub mod masking;
 pub mod names;

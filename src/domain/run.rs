@@ -162,6 +162,10 @@ pub struct Run {
     )]
     #[schema(value_type = Object, example = json!({"target": "staging", "token": "***"}))]
     pub params: super::params::RunParams,
+    /// Set on a run the service resubmitted because the run it reruns (`rerunOf`) was lost
+    /// (`retry.onLost`): `Retried: <why the original was lost>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_reason: Option<String>,
 }
 
 /// Launch bookkeeping, so a run waiting in `queued` or `creating` says why.

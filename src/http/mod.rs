@@ -48,6 +48,8 @@ pub struct Limits {
     pub log_follow_keepalive: Option<Duration>,
     /// Most runs one batch submission may hold.
     pub max_batch_runs: usize,
+    /// Most one-index runs one `rerun?only=failed-indexes` may start.
+    pub max_rerun_indexes: usize,
     /// The installation's limits on active runs and the priority aging step (a waiting run's
     /// `queue` is read with them).
     pub admission: crate::domain::queue::Admission,

@@ -62,6 +62,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::cancel_run))
         .routes(routes!(runs::rerun))
+        .routes(routes!(runs::indexes))
         .routes(routes!(runs::list_pods))
         .routes(routes!(runs::history))
         .routes(routes!(runs::deliveries))

@@ -135,6 +135,12 @@ impl From<&Error> for Problem {
                 "Run already finished",
                 format!("the run is already {status}"),
             ),
+            Error::NothingToRerun { message } => Problem::new(
+                StatusCode::CONFLICT,
+                "nothing-to-rerun",
+                "Nothing to rerun",
+                message.clone(),
+            ),
             Error::IdempotencyMismatch => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

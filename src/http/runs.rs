@@ -620,32 +620,76 @@ pub struct RerunRequest {
 
 /// Run again: a new run with the same template and task (and parameter values, but for secret
 /// ones, which must be given again), linked to the original.
+/// `?only=` of a rerun.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct RerunQuery {
+    /// `failed-indexes`: for an Indexed run, one linked run per index that failed or never
+    /// ran (each a Job of completions 1 whose pod sees its original `JOB_COMPLETION_INDEX`), at
+    /// most `MAX_RERUN_INDEXES`; answered with `{"runs": [...]}`.
+    only: Option<String>,
+}
+
+/// What a rerun queued: the run, or with `only=failed-indexes` one run per index.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RerunCreated {
+    // The one-run answer's schema; `create` writes that answer.
+    #[allow(dead_code)]
+    Run(Box<Run>),
+    Indexes(RerunIndexes),
+}
+
+/// The one-index runs of a partial rerun, in index order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RerunIndexes {
+    #[schema(value_type = Vec<Run>)]
+    pub runs: Vec<serde_json::Value>,
+}
+
+/// Run again: a new run with the same template and task, linked to the original; with
+/// `only=failed-indexes`, only the failed indexes of an Indexed run (docs/retries.md).
 #[utoipa::path(
     post, path = "/v1/runs/{id}/rerun", tag = "runs",
     security(("bearer" = ["run"])),
     params(
         ("id" = Uuid, Path, description = "Run id"),
+        RerunQuery,
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key"),
     ),
     request_body(content = Option<RerunRequest>, description = "Optional; may be empty"),
     responses(
-        (status = 201, description = "Queued", body = Run, headers(("Location" = String))),
+        (status = 201, description = "Queued: the run, or with only=failed-indexes `{\"runs\": [...]}`", body = RerunCreated, headers(("Location" = String, description = "The run, when one run was queued"))),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The run is beyond this installation's limits", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "only=failed-indexes: no index failed (or the run has not finished)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The run is beyond this installation's limits; only=failed-indexes of a run that is not Indexed, or with more failed indexes than MAX_RERUN_INDEXES", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The task has too many queued runs, or the token too many unfinished runs", body = Problem, content_type = "application/problem+json"),
     )
 )]
+#[allow(clippy::too_many_arguments)]
 pub async fn rerun(
     auth: Authorized<ForRun>,
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RerunQuery>,
     IdempotencyKey(key): IdempotencyKey,
     ApiJson(request): ApiJson<RerunRequest>,
 ) -> Result<Response> {
     let original = run_for(&auth, &state.db, &id).await?;
     let id = original.id;
+    let only_failed = match query.only.as_deref() {
+        None => false,
+        Some("failed-indexes") => true,
+        Some(other) => {
+            return Err(Error::Invalid(Invalid::one(
+                "only",
+                format!("must be failed-indexes (is {other:?})"),
+            )))
+        }
+    };
     // Today's limits and queue, not those of the original's day (and its task's, if it still
     // exists).
     let task = match original.task.as_deref() {
@@ -668,19 +712,25 @@ pub async fn rerun(
         .as_ref()
         .map(|t| t.parameters.as_slice())
         .unwrap_or_default();
-    let submission = Submission::check(
-        &state.policy,
-        origin,
-        original.template,
-        task_limits.as_ref(),
-    )?
-    .with_params(specs, &values)?
-    .queued(
-        task.as_ref().and_then(|t| t.concurrency.as_ref()),
-        task.as_ref().and_then(|t| t.priority),
-        None,
-        Some(auth.caller.scope),
-    )?;
+    let queued = |template: RunTemplate| -> Result<Submission> {
+        Ok(
+            Submission::check(&state.policy, origin.clone(), template, task_limits.as_ref())?
+                .with_params(specs, &values)?
+                .queued(
+                    task.as_ref().and_then(|t| t.concurrency.as_ref()),
+                    task.as_ref().and_then(|t| t.priority),
+                    None,
+                    Some(auth.caller.scope),
+                )?,
+        )
+    };
+    if only_failed {
+        let what = format!("POST /v1/runs/{id}/rerun?only=failed-indexes");
+        let idempotent = Idempotent::new(key, &auth.caller, what, &request);
+        return rerun_failed_indexes(&state.db, &state.limits, idempotent, &original, queued)
+            .await;
+    }
+    let submission = queued(original.template)?;
     let idempotent = Idempotent::new(
         key,
         &auth.caller,
@@ -695,6 +745,116 @@ pub async fn rerun(
         &submission,
     )
     .await
+}
+
+/// `rerun?only=failed-indexes`: under the original's row lock (so two at once cannot rerun an
+/// index twice), the indexes that failed or never ran, one run each, all or none.
+async fn rerun_failed_indexes(
+    db: &PgPool,
+    limits: &Limits,
+    idempotent: Option<Idempotent>,
+    original: &Run,
+    queued: impl Fn(RunTemplate) -> Result<Submission>,
+) -> Result<Response> {
+    if original.template.completion_mode != Some(crate::domain::template::CompletionMode::Indexed) {
+        return Err(Error::Invalid(Invalid::one(
+            "only",
+            "failed-indexes needs an Indexed run (completionMode Indexed); rerun it whole instead",
+        )));
+    }
+    let mut tx = db.begin().await?;
+    if let Some(idempotent) = &idempotent {
+        if let Some(replay) = idempotent.claim(&mut tx).await? {
+            return Ok(replay);
+        }
+    }
+    let view = store::runs::index_outcomes_locked(&mut tx, original).await?;
+    let indexes = view.to_rerun();
+    if indexes.is_empty() {
+        return Err(Error::NothingToRerun {
+            message: format!(
+                "no index of run {} failed: {} of {} succeeded, {} still running",
+                original.id, view.succeeded, view.completions, view.running
+            ),
+        });
+    }
+    if indexes.len() > limits.max_rerun_indexes {
+        return Err(Error::Invalid(Invalid::one(
+            "only",
+            format!(
+                "{} indexes failed, more than MAX_RERUN_INDEXES ({}) runs at once; rerun the whole run instead",
+                indexes.len(),
+                limits.max_rerun_indexes
+            ),
+        )));
+    }
+    let submissions = indexes
+        .iter()
+        .map(|&i| {
+            queued(crate::domain::indexes::index_template(
+                &original.template,
+                i,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // One Secret per run would be needed, and only the whole rerun creates one (POST
+    // /v1/runs/{id}/rerun with the values): refused rather than launched without its values.
+    if submissions.iter().any(|s| !s.secrets().is_empty()) {
+        return Err(Error::Invalid(Invalid::one(
+            "params",
+            "a run with secret parameters cannot rerun only its failed indexes; rerun it whole, giving the secret values again",
+        )));
+    }
+    let runs = store::runs::submit_all(&mut tx, &submissions, limits.caps()).await??;
+    // Like any rerun (`store::runs::submit`), each reports to its original's commit.
+    for run in &runs {
+        store::outbox::copy_source(&mut tx, original.id, run.id).await?;
+    }
+    let body = RerunCreated::Indexes(RerunIndexes {
+        runs: runs
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::from)?,
+    });
+    if let Some(idempotent) = &idempotent {
+        idempotent
+            .record(&mut tx, StatusCode::CREATED, &body, None)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(run_id = %original.id, ?indexes, "failed indexes rerun");
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Each completion index of an Indexed run: its outcome across the run and its one-index
+/// reruns (`rerun?only=failed-indexes`), with counts.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/indexes", tag = "runs",
+    security(("bearer" = ["read"])),
+    params(("id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, body = crate::domain::indexes::IndexesView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The run is not Indexed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn indexes(
+    auth: Authorized<ForRead>,
+    State(db): State<PgPool>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<crate::domain::indexes::IndexesView>> {
+    let run = run_for(&auth, &db, &id).await?;
+    if run.template.completion_mode != Some(crate::domain::template::CompletionMode::Indexed) {
+        return Err(Error::Invalid(Invalid::one(
+            "id",
+            "the run is not Indexed (completionMode Indexed): it has no completion indexes",
+        )));
+    }
+    let mut conn = db.acquire().await?;
+    Ok(Json(store::runs::index_outcomes(&mut conn, &run).await?))
 }
 
 /// The run's pods, in completion-index order, then creation order, each with its container's

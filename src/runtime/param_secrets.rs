@@ -114,6 +114,7 @@ mod tests {
             queue: None,
             superseded_by: None,
             params: Default::default(),
+            retry_reason: None,
         }
     }
 

@@ -133,6 +133,8 @@ struct TrackedPod {
     waiting: Option<(String, String)>,
     /// Being deleted (it has a deletionTimestamp).
     terminating: bool,
+    /// Why the control plane disrupted it (its `DisruptionTarget` condition's reason).
+    disruption: Option<String>,
     written: bool,
 }
 
@@ -412,10 +414,10 @@ impl Tracker {
         let waiting = (!deleted).then(|| observe::pod_waiting(pod)).flatten();
         let tracked = self.cache.entry(job.clone()).or_default();
         let name = record.name.clone();
-        let unchanged = tracked
-            .pods
-            .get(&name)
-            .is_some_and(|p| p.record == record && p.waiting == waiting);
+        let disruption = observe::pod_disruption(pod);
+        let unchanged = tracked.pods.get(&name).is_some_and(|p| {
+            p.record == record && p.waiting == waiting && p.disruption == disruption
+        });
         if !unchanged {
             tracked.pods.insert(
                 name,
@@ -424,6 +426,7 @@ impl Tracker {
                     record,
                     waiting,
                     terminating: pod.metadata.deletion_timestamp.is_some(),
+                    disruption,
                     written: false,
                 },
             );
@@ -634,7 +637,13 @@ async fn record(
         finished_at: seen.finished_at,
         job: Some(&job_ref),
     };
-    let observed = store::runs::observe(&runtime.db, run_id, &observation).await?;
+    let observed = store::runs::observe_with(
+        &runtime.db,
+        run_id,
+        &observation,
+        Some(&runtime.settings.policy),
+    )
+    .await?;
     let holds_finalizer = job
         .finalizers()
         .iter()
@@ -719,7 +728,13 @@ async fn check_missing(
         finished_at: None,
         job: None,
     };
-    store::runs::observe(&runtime.db, run.id, &observation).await?;
+    store::runs::observe_with(
+        &runtime.db,
+        run.id,
+        &observation,
+        Some(&runtime.settings.policy),
+    )
+    .await?;
     Ok(())
 }
 
@@ -734,6 +749,7 @@ async fn sync_pods(runtime: &Runtime, namespace: &str, run_id: Uuid) -> crate::e
                     record: observe::pod_record(pod, false),
                     waiting: observe::pod_waiting(pod),
                     terminating: pod.metadata.deletion_timestamp.is_some(),
+                    disruption: observe::pod_disruption(pod),
                     written: false,
                 };
                 pod_changed(runtime, &tracked, false).await?;
@@ -758,6 +774,9 @@ async fn pod_changed(runtime: &Runtime, pod: &TrackedPod, held: bool) -> crate::
         return Ok(());
     }
     store::pods::upsert(&runtime.db, pod.run_id, &pod.record).await?;
+    if let Some(reason) = &pod.disruption {
+        count_disruption(runtime, pod, reason).await?;
+    }
     if let Some((reason, message)) = &pod.waiting {
         let waiting = store::runs::Waiting { reason, message };
         store::runs::note_waiting(&runtime.db, pod.run_id, &waiting).await?;
@@ -765,6 +784,29 @@ async fn pod_changed(runtime: &Runtime, pod: &TrackedPod, held: bool) -> crate::
     // A running pod is the earliest sign a run is running; the Job's status follows later.
     if pod.record.phase == "Running" && !pod.record.deleted && !held {
         store::runs::advance(&runtime.db, pod.run_id, RunStatus::Running).await?;
+    }
+    Ok(())
+}
+
+/// A disrupted pod counts against its run's `retry.onInfrastructureFailure`: past it, the run
+/// fails (`InfrastructureFailuresExceeded`) and its Job is deleted, since the Job's `Ignore`
+/// rule would replace the pod forever.
+async fn count_disruption(
+    runtime: &Runtime,
+    pod: &TrackedPod,
+    reason: &str,
+) -> crate::error::Result<()> {
+    let failed =
+        store::runs::count_disruption(&runtime.db, pod.run_id, &pod.record.name, reason).await?;
+    if let Some(job) = failed.and_then(|run| run.job) {
+        tracing::warn!(run_id = %pod.run_id, pod = %pod.record.name, reason, "run failed: more infrastructure failures than retry.onInfrastructureFailure allows");
+        runtime
+            .cluster
+            .delete_job(&job.namespace, &job.name)
+            .await
+            .map_err(|error| {
+                anyhow::Error::from(error).context("deleting the Job of a run past its disruptions")
+            })?;
     }
     Ok(())
 }

@@ -85,6 +85,7 @@ impl TestApp {
                 max_active_runs_per_token: options.max_active_runs_per_token,
                 log_follow_keepalive: Some(Duration::from_secs(15)),
                 max_batch_runs: 500,
+                max_rerun_indexes: 100,
                 admission: vfi_orchestrator::domain::queue::Admission {
                     default_namespace: "default".into(),
                     aging_secs: 60,

@@ -14,6 +14,7 @@ pub mod config_kinds;
 pub mod delete;
 pub mod discovery;
 pub mod events_v1;
+pub mod eviction;
 pub mod filter;
 pub mod kinds;
 pub mod kueue;
@@ -329,6 +330,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(r::status_write_refused)
                 .put(r::status_write_refused),
         )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/eviction",
+            axum::routing::post(eviction::evict),
+        )
         // Events (core/v1)
         .route("/api/v1/events", get(list::list_all::<Event>))
         .route(
@@ -423,6 +428,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{}/{{id}}", admin::FAULTS_PATH),
             axum::routing::delete(admin::remove_fault),
+        )
+        .route(
+            eviction::PREEMPT_PATH,
+            axum::routing::post(eviction::preempt),
         );
     let app = if kueue_on {
         kueue::admin_routes(app)

@@ -74,7 +74,10 @@ pub fn parse_indexes(s: &str) -> BTreeSet<i32> {
     out
 }
 
-/// Formats a set of indexes the way the controller writes `completedIndexes`.
+/// Formats a set of indexes the way the controller writes `completedIndexes` and
+/// `failedIndexes`: `orderedIntervals.String()` in pkg/controller/job/indexed_job_utils.go
+/// writes an interval of two as `a,b` and a longer one as `a-b` (the docs' per-index example
+/// shows `completedIndexes: 2,3` and `failedIndexes: 0,1`).
 pub fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut iter = set.iter().peekable();
@@ -85,11 +88,29 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
         }
         parts.push(if start == end {
             start.to_string()
+        } else if end == start + 1 {
+            format!("{start},{end}")
         } else {
             format!("{start}-{end}")
         });
     }
     parts.join(",")
+}
+
+/// The failures of an index before this pod (backoffLimitPerIndex): the controller writes it on
+/// every pod it creates for the index (pkg/controller/job/indexed_job_utils.go,
+/// `batch.kubernetes.io/job-index-failure-count`).
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// Failures of the index that an `Ignore` rule matched, written alongside.
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
+
+fn annotation_count(p: &Pod, key: &str) -> i32 {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn pod_index(p: &Pod) -> Option<i32> {
@@ -105,6 +126,9 @@ enum PolicyVerdict {
     Count,
     Ignore,
     FailJob(String),
+    /// `FailIndex`: the pod's index is failed at once and not restarted (needs
+    /// backoffLimitPerIndex).
+    FailIndex,
 }
 
 fn apply_failure_policy(job: &Job, pod: &Pod) -> PolicyVerdict {
@@ -167,6 +191,7 @@ fn apply_failure_policy(job: &Job, pod: &Pod) -> PolicyVerdict {
             return match rule.action.as_str() {
                 "FailJob" => PolicyVerdict::FailJob(msg),
                 "Ignore" => PolicyVerdict::Ignore,
+                "FailIndex" => PolicyVerdict::FailIndex,
                 _ => PolicyVerdict::Count,
             };
         }
@@ -232,6 +257,12 @@ fn delete_pod(store: &Store, pod: &Pod) {
 
 /// A pod for `job` (with the completion index for Indexed Jobs), as the controller builds it.
 pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
+    new_pod_with_counts(job, index, None)
+}
+
+/// [`new_pod`] for a Job with backoffLimitPerIndex: the pod carries its index's failure counts
+/// so far (counted, ignored).
+fn new_pod_with_counts(job: &Job, index: Option<i32>, counts: Option<(i32, i32)>) -> Pod {
     let name = job.metadata.name.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let spec = job.spec.clone().unwrap_or_default();
@@ -247,6 +278,10 @@ pub fn new_pod(job: &Job, index: Option<i32>) -> Pod {
         Some(i) => {
             labels.insert(COMPLETION_INDEX.into(), i.to_string());
             annotations.insert(COMPLETION_INDEX.into(), i.to_string());
+            if let Some((failed, ignored)) = counts {
+                annotations.insert(INDEX_FAILURE_COUNT.into(), failed.to_string());
+                annotations.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+            }
             let env = EnvVar {
                 name: "JOB_COMPLETION_INDEX".into(),
                 value: None,
@@ -317,9 +352,15 @@ fn create_backoff(failures: u32) -> Duration {
 /// Creates one pod through admission. A refusal is recorded on the Job as a `FailedCreate`
 /// Event with the API server's message (`Error creating: ...`), as the real controller does
 /// (pkg/controller/controller_utils.go `CreatePods`), and returned so the sync backs off.
-fn create_pod(store: &Store, ctl: &Ctl, job: &Job, index: Option<i32>) -> Result<(), ()> {
+fn create_pod(
+    store: &Store,
+    ctl: &Ctl,
+    job: &Job,
+    index: Option<i32>,
+    counts: Option<(i32, i32)>,
+) -> Result<(), ()> {
     for _ in 0..5 {
-        let pod = new_pod(job, index);
+        let pod = new_pod_with_counts(job, index, counts);
         if let Err(refused) = ctl.behaviour.admission.admit_in(store, &pod) {
             ctl.behaviour.events.record(
                 store,
@@ -419,6 +460,10 @@ struct SyncJobCtx {
     succeeded: i32,
     failed: i32,
     completed: BTreeSet<i32>,
+    /// backoffLimitPerIndex, when set.
+    per_index: Option<i32>,
+    /// Indexes failed for good (`status.failedIndexes`, with backoffLimitPerIndex).
+    failed_indexes: BTreeSet<i32>,
     /// Finished pods counted in this sync; they lose the tracking finalizer after the status
     /// write.
     counted: Vec<Arc<Pod>>,
@@ -445,6 +490,8 @@ impl SyncJobCtx {
             succeeded: st.succeeded.unwrap_or(0),
             failed: st.failed.unwrap_or(0),
             completed: parse_indexes(st.completed_indexes.as_deref().unwrap_or("")),
+            per_index: spec.backoff_limit_per_index,
+            failed_indexes: parse_indexes(st.failed_indexes.as_deref().unwrap_or("")),
             counted: Vec::new(),
             policy_failure: None,
             live: Vec::new(),
@@ -494,9 +541,24 @@ impl SyncJobCtx {
                 ph if ph == "Failed"
                     || (!only_failed_phase && p.metadata.deletion_timestamp.is_some()) =>
                 {
+                    let index = pod_index(p).filter(|_| self.indexed);
                     match apply_failure_policy(&self.job, p) {
                         PolicyVerdict::Ignore => {}
-                        PolicyVerdict::Count => self.failed += 1,
+                        PolicyVerdict::Count => {
+                            self.failed += 1;
+                            // isIndexFailed: the index used up its backoffLimitPerIndex.
+                            if let (Some(limit), Some(i)) = (self.per_index, index) {
+                                if annotation_count(p, INDEX_FAILURE_COUNT) + 1 > limit {
+                                    self.failed_indexes.insert(i);
+                                }
+                            }
+                        }
+                        PolicyVerdict::FailIndex => {
+                            self.failed += 1;
+                            if let (Some(_), Some(i)) = (self.per_index, index) {
+                                self.failed_indexes.insert(i);
+                            }
+                        }
                         PolicyVerdict::FailJob(msg) => {
                             self.failed += 1;
                             self.policy_failure.get_or_insert(msg);
@@ -510,7 +572,32 @@ impl SyncJobCtx {
         if self.indexed {
             self.succeeded = self.completed.len() as i32;
             self.st.completed_indexes = Some(format_indexes(&self.completed));
+            if self.per_index.is_some() {
+                // An index that failed for good and later succeeded (a pod still running when
+                // it failed) counts as completed.
+                let completed = &self.completed;
+                self.failed_indexes.retain(|i| !completed.contains(i));
+                self.st.failed_indexes = Some(format_indexes(&self.failed_indexes));
+            }
         }
+    }
+
+    /// The failure counts (counted, ignored) of index `i` so far, from its newest pods'
+    /// annotations plus their own outcome (getNewIndexFailureCounts).
+    fn index_failure_counts(&self, i: i32) -> (i32, i32) {
+        let mut counts = (0, 0);
+        for p in self.pods.iter().filter(|p| pod_index(p) == Some(i)) {
+            let mut failed = annotation_count(p, INDEX_FAILURE_COUNT);
+            let mut ignored = annotation_count(p, INDEX_IGNORED_FAILURE_COUNT);
+            if phase(p) == "Failed" || p.metadata.deletion_timestamp.is_some() {
+                match apply_failure_policy(&self.job, p) {
+                    PolicyVerdict::Ignore => ignored += 1,
+                    _ => failed += 1,
+                }
+            }
+            counts = counts.max((failed, ignored));
+        }
+        counts
     }
 
     /// The pods not yet finished: live (neither terminal nor counted), active (live and not
@@ -655,8 +742,26 @@ impl SyncJobCtx {
             .spec
             .active_deadline_seconds
             .is_some_and(|ads| now >= started.saturating_add(ads));
+        let max_failed = self.spec.max_failed_indexes;
+        let all_done = self.indexed
+            && !self.failed_indexes.is_empty()
+            && (self.completed.len() + self.failed_indexes.len()) as i32
+                >= self.spec.completions.unwrap_or(0)
+            && self
+                .active
+                .iter()
+                .all(|p| pod_index(p).is_some_and(|i| self.failed_indexes.contains(&i)));
         if let Some(msg) = self.policy_failure.take() {
             Some(("PodFailurePolicy", msg))
+        } else if max_failed.is_some_and(|m| self.failed_indexes.len() as i32 > m) {
+            // The Job controller's JobReasonMaxFailedIndexesExceeded.
+            Some((
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes".to_string(),
+            ))
+        } else if all_done {
+            // Every index finished and some failed: JobReasonFailedIndexes.
+            Some(("FailedIndexes", "Job has failed indexes".to_string()))
         } else if self.failed + self.restarts_on_failure() > backoff {
             Some((
                 "BackoffLimitExceeded",
@@ -740,7 +845,11 @@ impl SyncJobCtx {
                 if self.completed.contains(&i) || busy.contains(&i) {
                     continue;
                 }
-                if create_pod(store, ctl, &self.job, Some(i)).is_err() {
+                if self.failed_indexes.contains(&i) {
+                    continue;
+                }
+                let counts = self.per_index.map(|_| self.index_failure_counts(i));
+                if create_pod(store, ctl, &self.job, Some(i), counts).is_err() {
                     return true;
                 }
                 room -= 1;
@@ -752,7 +861,7 @@ impl SyncJobCtx {
             };
             let want = remaining.min(parallelism) - self.active.len() as i32;
             for _ in 0..want.max(0) {
-                if create_pod(store, ctl, &self.job, None).is_err() {
+                if create_pod(store, ctl, &self.job, None, None).is_err() {
                     return true;
                 }
             }
@@ -908,7 +1017,8 @@ mod tests {
     #[test]
     fn completed_indexes_round_trip_as_ranges() {
         let set: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into_iter().collect();
-        assert_eq!(format_indexes(&set), "0-2,4,6-7");
+        assert_eq!(format_indexes(&set), "0-2,4,6,7");
+        assert_eq!(parse_indexes("0-2,4,6,7"), set);
         assert_eq!(parse_indexes("0-2,4,6-7"), set);
     }
 }

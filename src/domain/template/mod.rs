@@ -7,6 +7,7 @@
 //! Rendering a template into a Job is the cluster's part (src/cluster/render.rs).
 
 mod env_from;
+mod failure;
 mod quantity;
 mod validate;
 
@@ -14,6 +15,11 @@ pub use env_from::{
     EnvFromCluster, EnvFromSource, EnvVarSource, KeySelector, ObjectRef, Scratch, SCRATCH_PATH,
     SCRATCH_VOLUME,
 };
+pub use failure::{
+    OnExitCodes, OnPodCondition, PodFailurePolicy, PodFailurePolicyRule, Retry, CONTAINER_NAME,
+    DISRUPTION_TARGET,
+};
+
 pub(crate) use quantity::is_extended;
 pub use quantity::parse_quantity;
 pub(crate) use validate::validate_labels;
@@ -108,6 +114,26 @@ pub struct RunTemplate {
     /// label); needs `queueName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class: Option<String>,
+    /// batch/v1 `podFailurePolicy`: what a failed pod's exit code or conditions mean (see docs/retries.md);
+    /// needs `restartPolicy: Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_failure_policy: Option<PodFailurePolicy>,
+    /// Indexed runs: retries per index instead of for the whole Job (batch/v1
+    /// `backoffLimitPerIndex`); the Job's `status.failedIndexes` lists the indexes that used
+    /// them up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_limit_per_index: Option<i32>,
+    /// With `backoffLimitPerIndex`: the Job fails once more indexes than this failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_indexes: Option<i32>,
+    /// The shorthand for retries: `{onInfrastructureFailure, onFailure, onLost}`, rendered into
+    /// the native fields (see docs/retries.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Set by `rerun?only=failed-indexes`: this run is one index of an Indexed run, and its pod
+    /// sees `JOB_COMPLETION_INDEX` and the completion-index annotation of that index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_index: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -199,6 +225,11 @@ impl RunTemplate {
             tolerations: Vec::new(),
             queue_name: None,
             priority_class: None,
+            pod_failure_policy: None,
+            backoff_limit_per_index: None,
+            max_failed_indexes: None,
+            retry: None,
+            completion_index: None,
         }
     }
 

@@ -123,6 +123,8 @@ impl RunTemplate {
             }
         }
 
+        self.collect_failure_errors(at, errors);
+
         validate_labels(&self.labels, &field("labels"), errors);
         let mut annotation_bytes = 0;
         for (key, value) in &self.annotations {

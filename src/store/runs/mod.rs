@@ -14,6 +14,7 @@ mod cancel;
 mod finals;
 mod launch;
 mod reads;
+mod retry;
 mod submit;
 mod transitions;
 
@@ -24,10 +25,14 @@ pub use launch::{
     retry_launch_later,
 };
 pub use reads::{get, history, list, live_with_jobs, RunEvent, RunFilter};
+pub use retry::{
+    count_disruption, index_outcomes, index_outcomes_locked, resubmit_lost, IndexOutcome,
+    IndexesView,
+};
 pub use submit::{submit, submit_all, QUEUED_CHANNEL};
 pub use transitions::{
-    advance, note_waiting, note_waiting_for_job, observe, transition, Observation, Observed,
-    StatusDetail, TransitionError, TransitionOutcome, Waiting,
+    advance, note_waiting, note_waiting_for_job, observe, observe_with, transition, Observation,
+    Observed, StatusDetail, TransitionError, TransitionOutcome, Waiting,
 };
 
 use crate::domain::params::RunParams;
@@ -42,7 +47,7 @@ pub(super) const COLUMNS: &str =
      rerun_of, template, labels, created_at, updated_at, started_at, finished_at, \
      job_namespace, job_name, job_uid, launch_attempts, launch_error, launch_not_before, \
      pods_active, pods_ready, pods_succeeded, pods_failed, scheduled_time, \
-     priority, queue_key, queue_limit, admitted_at, superseded_by, params";
+     priority, queue_key, queue_limit, admitted_at, superseded_by, params, retry_reason";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -77,6 +82,7 @@ pub(super) struct RunRow {
     admitted_at: Option<DateTime<Utc>>,
     superseded_by: Option<Uuid>,
     params: Json<RunParams>,
+    retry_reason: Option<String>,
 }
 
 impl From<RunRow> for Run {
@@ -126,6 +132,7 @@ impl From<RunRow> for Run {
             queue: None,
             superseded_by: row.superseded_by,
             params: row.params.0,
+            retry_reason: row.retry_reason,
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct Observed {
     /// The run had a Job recorded before this observation (a run that failed before its Job
     /// was created has none).
     pub job_recorded: bool,
+    /// The run resubmitted because this observation lost the run (`retry.onLost`).
+    pub retry: Option<Uuid>,
 }
 
 /// What the cluster says about a run: the status it implies and the pod counts.
@@ -51,6 +53,18 @@ pub async fn observe(
     db: &sqlx::PgPool,
     id: Uuid,
     seen: &Observation<'_>,
+) -> Result<Option<Observed>, sqlx::Error> {
+    observe_with(db, id, seen, None).await
+}
+
+/// [`observe`], and when the observation makes the run `lost`, its resubmission under
+/// `retry.onLost` in the same transaction ([`super::resubmit_lost`], checked against
+/// `policy`), so that each loss is retried at most once whoever records it.
+pub async fn observe_with(
+    db: &sqlx::PgPool,
+    id: Uuid,
+    seen: &Observation<'_>,
+    policy: Option<&crate::domain::RunPolicy>,
 ) -> Result<Option<Observed>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let Some((locked, job_recorded)) = lock(&mut tx, id).await? else {
@@ -124,8 +138,20 @@ pub async fn observe(
         .execute(&mut *tx)
         .await?;
     }
+    let mut retry = None;
+    if let (Some(policy), Some(lost)) = (
+        policy,
+        moved.iter().find(|m| m.run.status == RunStatus::Lost),
+    ) {
+        retry = super::resubmit_lost(&mut tx, &lost.run, policy)
+            .await?
+            .map(|run| run.id);
+    }
     tx.commit().await?;
-    Ok(Some(observed(locked, stepped, &moved, job_recorded)))
+    Ok(Some(Observed {
+        retry,
+        ..observed(locked, stepped, &moved, job_recorded)
+    }))
 }
 
 /// Locks the run for a multi-statement change: its status and whether it has a Job recorded.
@@ -168,6 +194,7 @@ fn observed(locked: RunStatus, stepped: bool, moved: &[Moved], job_recorded: boo
         previous: locked,
         current,
         job_recorded,
+        retry: None,
     }
 }
 
