@@ -327,14 +327,15 @@ async fn burst(
     };
     let waited = Instant::now();
     let mut seen: Vec<Duration> = loop {
-        let jobs = job_failed_seen.lock().unwrap();
-        let seen: Vec<Duration> = (running.iter())
-            .filter_map(|(_, job)| Some(jobs.get(job)?.duration_since(t0)))
-            .collect();
+        let seen: Vec<Duration> = {
+            let jobs = job_failed_seen.lock().unwrap();
+            (running.iter())
+                .filter_map(|(_, job)| Some(jobs.get(job)?.duration_since(t0)))
+                .collect()
+        };
         if seen.len() == n || waited.elapsed() > Duration::from_secs(30) {
             break seen;
         }
-        drop(jobs);
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     seen.sort();
