@@ -10,6 +10,7 @@ mod common;
 
 use common::{percentile, Bench};
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::watcher;
@@ -31,7 +32,11 @@ async fn main() {
         node_capacity: active + 10,
         ..Default::default()
     };
-    let bench = Bench::start(sim, &["--launch-concurrency", "32"]).await;
+    // BENCH_SERVICE_ARGS: more flags for the service (e.g. `--tracker-concurrency 1`).
+    let extra = std::env::var("BENCH_SERVICE_ARGS").unwrap_or_default();
+    let mut flags = vec!["--launch-concurrency", "32"];
+    flags.extend(extra.split_whitespace());
+    let bench = Bench::start(sim, &flags).await;
 
     // `active` long-running runs; eviction fails a pod, and with backoffLimit 0 its run.
     let started = Instant::now();
@@ -101,9 +106,47 @@ async fn main() {
         })
     };
     ready_rx.await.unwrap();
+    // Where the service's part starts: when a plain watch of kubesim's Jobs first shows each Job
+    // `Failed` (the Job controller's reaction to the pod, which the tracker waits for).
+    let job_failed_seen = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let job_watch = {
+        let jobs: Api<Job> = Api::namespaced(bench.sim.client(), "default");
+        let job_failed_seen = job_failed_seen.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut events = watcher(jobs, watcher::Config::default()).boxed();
+            while let Some(event) = events.next().await {
+                match event.expect("the Job watch runs without errors") {
+                    watcher::Event::InitDone => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                        let failed = (job.status.as_ref())
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Failed" && c.status == "True")
+                            });
+                        if failed {
+                            job_failed_seen
+                                .lock()
+                                .unwrap()
+                                .entry(job.metadata.name.unwrap_or_default())
+                                .or_insert_with(Instant::now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    ready_rx.await.unwrap();
     let faults = bench.sim.faults();
     let mut samples = Vec::with_capacity(probes);
     let mut evicted_at = Vec::with_capacity(probes);
+    let mut job_failed_at = Vec::with_capacity(probes);
     for id in ids.iter().take(probes) {
         let pod = pods
             .list(&ListParams::default().labels(&format!("vfi-orchestrator.io/run-id={id}")))
@@ -113,9 +156,14 @@ async fn main() {
             .remove(0);
         let url = format!("{}/v1/runs/{id}", bench.base);
         let name = pod.metadata.name.clone().unwrap();
+        let job = (pod.metadata.owner_references.iter().flatten())
+            .find(|o| o.kind == "Job")
+            .map(|o| o.name.clone())
+            .unwrap();
         let t0 = Instant::now();
         faults.evict_pod("default", &name);
         evicted_at.push((name.clone(), t0));
+        job_failed_at.push((job, t0));
         loop {
             let run: Value = bench
                 .http
@@ -150,6 +198,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     watch.abort();
+    let burst = burst(&bench, &pods, &job_failed_seen).await;
+    job_watch.abort();
+    let jobs_seen = job_failed_seen.lock().unwrap().clone();
+    let mut job_samples: Vec<Duration> = (job_failed_at.iter())
+        .filter_map(|(name, t0)| Some(jobs_seen.get(name)?.duration_since(*t0)))
+        .collect();
+    job_samples.sort();
     let seen = failed_seen.lock().unwrap().clone();
     let mut watch_samples: Vec<Duration> = evicted_at
         .iter()
@@ -175,6 +230,35 @@ async fn main() {
         ms(percentile(&watch_samples, 0.99)),
         ms(*watch_samples.last().unwrap()),
     );
+    if !job_samples.is_empty() {
+        println!(
+            "kubesim's Job controller, eviction -> a raw Job watch shows the Job Failed (what the \
+             tracker waits for), {} of {} seen: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            job_samples.len(),
+            job_failed_at.len(),
+            ms(percentile(&job_samples, 0.50)),
+            ms(percentile(&job_samples, 0.90)),
+            ms(percentile(&job_samples, 0.99)),
+            ms(*job_samples.last().unwrap()),
+        );
+    }
+    if let Some((n, service, kubesim)) = burst {
+        println!(
+            "burst: the other {n} runs' pods ended at once; recorded failed: half after {:.0} ms, \
+             all after {:.0} ms; kubesim's Job watch showed those Jobs Failed: half after {:.0} ms, \
+             all after {:.0} ms",
+            ms(service[0]),
+            ms(service[1]),
+            ms(kubesim[0]),
+            ms(kubesim[1]),
+        );
+        println!(
+            "ROW|Burst: {n} pods end at once, {active} active, until all runs recorded|{:.0} ms|{:.0} ms (kubesim's Job watch shows all Failed)|{:.1}x|none set|n/a",
+            ms(service[1]),
+            ms(kubesim[1]),
+            ms(service[1]) / ms(kubesim[1]).max(0.001)
+        );
+    }
     for (label, q) in [("p50", 0.50), ("p99", 0.99)] {
         let (service, baseline) = (
             ms(percentile(&samples, q)),
@@ -187,4 +271,74 @@ async fn main() {
         );
     }
     bench.stop().await;
+}
+
+/// The runs not probed: all their pods evicted at once. Returns how many, and when half and all
+/// of them were recorded `failed` in the database and when kubesim's Job watch had shown half
+/// and all of their Jobs `Failed` (times from the evictions).
+async fn burst(
+    bench: &Bench,
+    pods: &Api<Pod>,
+    job_failed_seen: &Mutex<HashMap<String, Instant>>,
+) -> Option<(usize, [Duration; 2], [Duration; 2])> {
+    let failed_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runs WHERE status = 'failed'")
+            .fetch_one(&bench.db)
+            .await
+            .unwrap();
+    let running: Vec<(String, String)> = (pods.list(&ListParams::default()).await.unwrap().items)
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| {
+            let job = (p.metadata.owner_references.iter().flatten())
+                .find(|o| o.kind == "Job")?
+                .name
+                .clone();
+            Some((p.metadata.name?, job))
+        })
+        .collect();
+    let n = running.len();
+    if n == 0 {
+        return None;
+    }
+    let faults = bench.sim.faults();
+    let t0 = Instant::now();
+    for (pod, _) in &running {
+        faults.evict_pod("default", pod);
+    }
+    let mut half = None;
+    let all = loop {
+        let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status = 'failed'")
+            .fetch_one(&bench.db)
+            .await
+            .unwrap();
+        let recorded = (failed - failed_before) as usize;
+        if half.is_none() && recorded * 2 >= n {
+            half = Some(t0.elapsed());
+        }
+        if recorded >= n {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "{recorded} of {n} burst runs recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let waited = Instant::now();
+    let mut seen: Vec<Duration> = loop {
+        let seen: Vec<Duration> = {
+            let jobs = job_failed_seen.lock().unwrap();
+            (running.iter())
+                .filter_map(|(_, job)| Some(jobs.get(job)?.duration_since(t0)))
+                .collect()
+        };
+        if seen.len() == n || waited.elapsed() > Duration::from_secs(30) {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    seen.sort();
+    let kubesim = [percentile(&seen, 0.5), *seen.last()?];
+    Some((n, [half.unwrap_or(all), all], kubesim))
 }

@@ -301,6 +301,7 @@ fn runtime(
             max_queue_wait: Duration::from_secs(args.max_queue_wait_secs),
             launcher_poll: Duration::from_millis(args.launcher_poll_ms.max(10)),
             reconcile_interval: Duration::from_secs(args.reconcile_interval_secs.max(1)),
+            tracker_concurrency: args.tracker_concurrency.max(1),
             retention: retention(&args.retention),
             watch_timeout_secs: args.kube_watch_timeout_secs.max(1),
             permission_check_interval: Duration::from_secs(

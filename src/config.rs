@@ -283,6 +283,9 @@ pub struct ClusterArgs {
     /// Seconds between full re-lists of the cluster, behind the watches.
     #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 300)]
     pub reconcile_interval_secs: u64,
+    /// Jobs whose changes the tracker writes at once, per namespace (never one Job twice).
+    #[arg(long, env = "TRACKER_CONCURRENCY", default_value_t = 8)]
+    pub tracker_concurrency: usize,
     /// Require run containers to run as a non-root user (Pod Security Standards' restricted
     /// profile). Off by default because common images (e.g. perl) run as root.
     #[arg(long, env = "RUN_AS_NON_ROOT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -40,6 +40,8 @@ pub struct RuntimeSettings {
     pub launcher_poll: Duration,
     /// How often the whole cluster is listed and compared with the database.
     pub reconcile_interval: Duration,
+    /// Jobs the tracker reconciles at once, per namespace.
+    pub tracker_concurrency: usize,
     /// How the pruner keeps the history within its limits.
     pub retention: pruner::RetentionSettings,
     /// The `timeoutSeconds` of the tracker's watches.

@@ -1,12 +1,17 @@
 //! The tracker, in the controller-runtime shape. Per namespace, the watches of this
 //! installation's Jobs and pods (see [`crate::cluster::watch`]) only keep a cache of what they
-//! report and put the Job's name on a work queue; one [`Tracker::reconcile`] per Job reads the
-//! Job and its pods from that cache and the run from Postgres, writes what changed through the
-//! guarded status writer, and acts on final runs: deletes the Job of a run that ended without it
-//! (cancelled, failed while pending), and releases the tracking finalizer once the outcome is
-//! stored. A failed reconcile is logged with its cause chain and requeued with backoff (the error
-//! policy), so a failed write never waits for a next event (a finished Job sends none). A Job
-//! queued several times before its reconcile is reconciled once.
+//! report and put the Job's name on a work queue; one [`reconcile`] per Job takes the Job and its
+//! pods from that cache and the run from Postgres, writes what changed through the guarded status
+//! writer, and acts on final runs: deletes the Job of a run that ended without it (cancelled,
+//! failed while pending), and releases the tracking finalizer once the outcome is stored. A
+//! failed reconcile is logged with its cause chain and requeued with backoff (the error policy),
+//! so a failed write never waits for a next event (a finished Job sends none). A Job queued
+//! several times before its reconcile is reconciled once. Up to `tracker_concurrency` Jobs are
+//! reconciled at once, never one Job twice at once: what changes while its reconcile runs is
+//! written by the next one. Each reconcile mostly waits on PostgreSQL or the API server, so one
+//! at a time made the tracker's lag grow with the events queued before a Job's (seconds behind
+//! a burst of finishing Jobs); kube-runtime's `Controller` also runs its reconciles concurrently
+//! (unbounded by default) and, like controller-runtime's work queue, never two for one key.
 //!
 //! A watch's re-list (`Init` .. `InitDone`) is the truth: after every one, and after the
 //! periodic listing every `reconcile_interval`, each unfinished run whose Job is not in the cache
@@ -72,6 +77,10 @@ struct WorkQueue {
     ready: VecDeque<Key>,
     queued: HashSet<Key>,
     retry: Requeue<Key>,
+    /// Keys whose reconcile is under way: at most one per key at a time.
+    processing: HashSet<Key>,
+    /// Keys added while their reconcile was under way: queued again when it ends.
+    dirty: HashSet<Key>,
 }
 
 impl WorkQueue {
@@ -82,12 +91,33 @@ impl WorkQueue {
             // 250 ms doubling up to 5 s: a database outage delays a final state by at most a
             // few seconds after it ends.
             retry: Requeue::new(Duration::from_millis(250), Duration::from_secs(5)),
+            processing: HashSet::new(),
+            dirty: HashSet::new(),
         }
     }
 
     fn add(&mut self, key: Key) {
-        if self.queued.insert(key.clone()) {
+        if self.processing.contains(&key) {
+            self.dirty.insert(key);
+        } else if self.queued.insert(key.clone()) {
             self.ready.push_back(key);
+        }
+    }
+
+    /// Marks `key` under way; false (and the key queued again for after) when it already is.
+    fn start(&mut self, key: &Key) -> bool {
+        if self.processing.insert(key.clone()) {
+            return true;
+        }
+        self.dirty.insert(key.clone());
+        false
+    }
+
+    /// `key`'s reconcile ended: added again if something came for it meanwhile.
+    fn finish(&mut self, key: &Key) {
+        self.processing.remove(key);
+        if self.dirty.remove(key) {
+            self.add(key.clone());
         }
     }
 
@@ -122,10 +152,14 @@ struct Tracked {
     job_changed: bool,
     /// A check found this run unfinished and its Job not in the cache: look the Job up.
     check: Option<Uuid>,
+    /// Counts the changes to the four fields above: a reconcile that started from an older
+    /// count leaves their flags for the next one.
+    generation: u64,
     pods: HashMap<String, TrackedPod>,
 }
 
 /// A pod as last reported, and whether that is written.
+#[derive(Clone)]
 struct TrackedPod {
     run_id: Uuid,
     record: PodRecord,
@@ -169,6 +203,7 @@ enum Step {
     Pod(Box<Result<Event<Pod>, WatchError>>),
     Workload(Box<Result<Event<Workload>, WatchError>>),
     Reconcile(Key),
+    Done(Key, Box<crate::error::Result<Option<Done>>>),
     ListAll,
 }
 
@@ -193,6 +228,8 @@ pub async fn track(runtime: Runtime, namespace: String, shutdown: CancellationTo
     };
     // Started once a Job in a Kueue queue is seen, then kept.
     let mut workloads: Option<Watch<Workload>> = None;
+    let mut running = Reconciles::new();
+    let concurrency = tracker.runtime.settings.tracker_concurrency.max(1);
     loop {
         if workloads.is_none() && tracker.wants_workloads {
             workloads = Some(
@@ -209,7 +246,12 @@ pub async fn track(runtime: Runtime, namespace: String, shutdown: CancellationTo
             }
         };
         let step = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                // The reconciles under way end their writes (a restart would redo them).
+                let drain = async { while running.next().await.is_some() {} };
+                let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                return;
+            }
             event = jobs.next() => match event {
                 Some(event) => Step::Job(Box::new(event)),
                 None => return,
@@ -222,14 +264,16 @@ pub async fn track(runtime: Runtime, namespace: String, shutdown: CancellationTo
                 Some(event) => Step::Workload(Box::new(event)),
                 None => return,
             },
-            key = tracker.queue.next() => Step::Reconcile(key),
+            key = tracker.queue.next(), if running.len() < concurrency => Step::Reconcile(key),
+            Some((key, outcome)) = running.next(), if !running.is_empty() => Step::Done(key, Box::new(outcome)),
             _ = list_all.tick() => Step::ListAll,
         };
         match step {
             Step::Job(event) => tracker.job_event(*event),
             Step::Pod(event) => tracker.pod_event(*event, &shutdown),
             Step::Workload(event) => tracker.workload_event(*event),
-            Step::Reconcile(key) => tracker.process(key).await,
+            Step::Reconcile(key) => tracker.start(key, &mut running).await,
+            Step::Done(key, outcome) => tracker.finish(key, *outcome),
             Step::ListAll => tracker.list_all().await,
         }
     }
@@ -274,6 +318,7 @@ impl Tracker {
                 for (name, tracked) in &mut self.cache {
                     if !listed.contains(name) {
                         tracked.job = None;
+                        tracked.generation += 1;
                     }
                 }
                 self.queue.add(Key::Resync);
@@ -290,6 +335,7 @@ impl Tracker {
                     tracked.job = None;
                     tracked.deleted = Some(job);
                     tracked.job_changed = true;
+                    tracked.generation += 1;
                     self.queue.add(Key::Job(name));
                 }
             }
@@ -311,6 +357,7 @@ impl Tracker {
         tracked.job = Some(job);
         tracked.deleted = None;
         if !unchanged {
+            tracked.generation += 1;
             tracked.job_changed = true;
             self.queue.add(Key::Job(name));
         }
@@ -366,6 +413,7 @@ impl Tracker {
         if let Some(tracked) = self.cache.get_mut(&job) {
             if tracked.job.is_some() {
                 tracked.job_changed = true;
+                tracked.generation += 1;
                 self.queue.add(Key::Job(job));
             }
         }
@@ -434,65 +482,122 @@ impl Tracker {
         }
     }
 
-    /// Reconciles `key`, and applies the error policy to a failure: log it with its cause
-    /// chain and requeue the key with backoff.
-    async fn process(&mut self, key: Key) {
-        let outcome = match &key {
-            Key::Job(name) => self.reconcile(name).await,
-            Key::Resync => self.resync().await.map(|()| Action::AwaitChange),
+    /// Starts the reconcile of `key` (the check of unfinished runs is done here and now), unless
+    /// one is under way for it: then it comes again after that one.
+    async fn start(&mut self, key: Key, running: &mut Reconciles) {
+        if !self.queue.start(&key) {
+            return;
+        }
+        let name = match &key {
+            Key::Resync => {
+                let outcome = self.resync().await;
+                self.finish(key, outcome.map(|()| None));
+                return;
+            }
+            Key::Job(name) => name.clone(),
         };
+        let Some(work) = self.work(&name) else {
+            self.finish(key, Ok(None));
+            return;
+        };
+        let runtime = self.runtime.clone();
+        running.push(Box::pin(async move {
+            let outcome = reconcile(runtime, work).await.map(Some);
+            (key, outcome)
+        }));
+    }
+
+    /// What the reconcile of Job `name` is to write, taken from the cache as it is now.
+    fn work(&self, name: &str) -> Option<Work> {
+        let tracked = self.cache.get(name)?;
+        let hold = self.holds.get(name).cloned();
+        // While Kueue holds the Job, only the Job unsuspended moves its run on.
+        let held = tracked.job.as_ref().is_some_and(kueue::held);
+        let pods: Vec<TrackedPod> = (tracked.pods.values())
+            .filter(|p| !p.written)
+            .cloned()
+            .collect();
+        let job = if !(tracked.job_changed || tracked.check.is_some()) {
+            JobWork::Nothing
+        } else if let Some(job) = &tracked.job {
+            JobWork::Changed {
+                job: job.clone(),
+                hold,
+                // Every pod of the cache is written before the Job's status.
+                pods_recorded: pods_accounted_for(job, tracked.pods.values()),
+            }
+        } else if let Some(job) = &tracked.deleted {
+            JobWork::Gone(job.clone())
+        } else if let Some(run_id) = tracked.check {
+            JobWork::Check { run_id, hold }
+        } else {
+            JobWork::Clear
+        };
+        Some(Work {
+            namespace: self.namespace.clone(),
+            name: name.to_string(),
+            held,
+            pods,
+            job,
+            generation: tracked.generation,
+        })
+    }
+
+    /// A reconcile ended: what it wrote is marked so in the cache (unless it changed meanwhile,
+    /// and so is to be written again), and the error policy is applied to a failure: log it
+    /// with its cause chain and requeue the key with backoff.
+    fn finish(&mut self, key: Key, outcome: crate::error::Result<Option<Done>>) {
         match outcome {
-            Ok(action) => {
+            Ok(done) => {
                 self.queue.succeeded(&key);
-                if let (Action::Forget, Key::Job(name)) = (action, &key) {
-                    self.cache.remove(name);
+                if let Some(done) = done {
+                    if self.settle(done) == Action::Forget {
+                        if let Key::Job(name) = &key {
+                            self.cache.remove(name);
+                        }
+                    }
                 }
             }
             Err(error) => {
                 tracing::warn!(namespace = %self.namespace, key = %key.id(), error = %crate::error::chain(&error), "tracking failed; reconciling again with backoff");
-                self.queue.failed(key);
+                self.queue.failed(key.clone());
             }
         }
+        self.queue.finish(&key);
     }
 
-    /// Brings the run of Job `name` in line with what the cache says of the Job and its pods:
-    /// pods' records first (a client that sees the run finished sees its pods), then the Job's
-    /// status, then what a final run needs done to its Job.
-    #[tracing::instrument(skip(self), fields(namespace = %self.namespace))]
-    async fn reconcile(&mut self, name: &str) -> crate::error::Result<Action> {
-        let runtime = &self.runtime;
-        let hold = self.holds.get(name);
-        let Some(tracked) = self.cache.get_mut(name) else {
-            return Ok(Action::Forget);
+    /// Records in the cache what a reconcile wrote, and says what is left to keep.
+    fn settle(&mut self, done: Done) -> Action {
+        let Some(tracked) = self.cache.get_mut(&done.name) else {
+            return Action::AwaitChange;
         };
-        // While Kueue holds the Job, only the Job unsuspended moves its run on.
-        let held = tracked.job.as_ref().is_some_and(kueue::held);
-        let unwritten: Vec<String> = tracked
-            .pods
-            .iter()
-            .filter(|(_, p)| !p.written)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for pod_name in unwritten {
-            let pod = &tracked.pods[&pod_name];
-            pod_changed(runtime, pod, held).await?;
-            if pod.settled() {
-                tracked.pods.remove(&pod_name);
-            } else if let Some(pod) = tracked.pods.get_mut(&pod_name) {
-                pod.written = true;
+        for pod in done.pods {
+            let name = &pod.record.name;
+            let Some(now) = tracked.pods.get_mut(name) else {
+                continue;
+            };
+            if now.record != pod.record || now.waiting != pod.waiting {
+                continue;
+            }
+            if now.settled() {
+                tracked.pods.remove(name);
+            } else {
+                now.written = true;
+            }
+        }
+        if done.job_done {
+            if tracked.generation == done.generation {
+                tracked.job_changed = false;
+                tracked.check = None;
+                tracked.deleted = None;
+            } else {
+                // The Job changed while its last state was written: write the new one.
+                self.queue.add(Key::Job(done.name));
+                return Action::AwaitChange;
             }
         }
         if tracked.job_changed || tracked.check.is_some() {
-            if let Some(job) = &tracked.job {
-                job_changed(runtime, job, hold).await?;
-            } else if let Some(job) = &tracked.deleted {
-                job_gone(runtime, job).await?;
-            } else if let Some(run_id) = tracked.check {
-                check_missing(runtime, &self.namespace, name, run_id, hold).await?;
-            }
-            tracked.job_changed = false;
-            tracked.check = None;
-            tracked.deleted = None;
+            return Action::AwaitChange;
         }
         // What is left to keep: an unsettled Job, or pods whose next change must be written.
         let keep_job = tracked.job.as_ref().is_some_and(|job| !settled_job(job));
@@ -500,9 +605,9 @@ impl Tracker {
             if !keep_job {
                 tracked.job = None;
             }
-            return Ok(Action::AwaitChange);
+            return Action::AwaitChange;
         }
-        Ok(Action::Forget)
+        Action::Forget
     }
 
     /// Queues the Job of every unfinished run whose Job is not in the cache, to be looked up.
@@ -513,6 +618,7 @@ impl Tracker {
             let tracked = self.cache.entry(job.name.clone()).or_default();
             if tracked.job.is_none() && tracked.deleted.is_none() {
                 tracked.check = Some(run.id);
+                tracked.generation += 1;
                 self.queue.add(Key::Job(job.name));
             }
         }
@@ -552,6 +658,91 @@ impl Tracker {
     }
 }
 
+/// The reconciles under way, each ending with its key and what it wrote.
+type Reconciles = futures::stream::FuturesUnordered<
+    futures::future::BoxFuture<'static, (Key, crate::error::Result<Option<Done>>)>,
+>;
+
+/// What one reconcile is to write, taken from the cache when it starts: it runs beside the
+/// watches, and what changes meanwhile is written by the next one.
+struct Work {
+    namespace: String,
+    name: String,
+    held: bool,
+    /// The pods not yet written, as the cache had them.
+    pods: Vec<TrackedPod>,
+    job: JobWork,
+    generation: u64,
+}
+
+/// What the Job's part of a reconcile does.
+enum JobWork {
+    Nothing,
+    /// Nothing left to write, but the change flags are to be cleared.
+    Clear,
+    Changed {
+        job: Job,
+        hold: Option<Hold>,
+        pods_recorded: bool,
+    },
+    Gone(Job),
+    Check {
+        run_id: Uuid,
+        hold: Option<Hold>,
+    },
+}
+
+/// What a reconcile wrote.
+struct Done {
+    name: String,
+    pods: Vec<TrackedPod>,
+    job_done: bool,
+    generation: u64,
+}
+
+/// Brings the run of a Job in line with what the cache said of the Job and its pods: pods'
+/// records first (a client that sees the run finished sees its pods), then the Job's status,
+/// then what a final run needs done to its Job.
+#[tracing::instrument(skip_all, fields(namespace = %work.namespace, job = %work.name))]
+async fn reconcile(runtime: Runtime, work: Work) -> crate::error::Result<Done> {
+    for pod in &work.pods {
+        pod_changed(&runtime, pod, work.held).await?;
+    }
+    let job_done = match &work.job {
+        JobWork::Nothing => false,
+        JobWork::Clear => true,
+        JobWork::Changed {
+            job,
+            hold,
+            pods_recorded,
+        } => {
+            job_changed(&runtime, job, hold.as_ref(), *pods_recorded).await?;
+            true
+        }
+        JobWork::Gone(job) => {
+            job_gone(&runtime, job).await?;
+            true
+        }
+        JobWork::Check { run_id, hold } => {
+            check_missing(
+                &runtime,
+                &work.namespace,
+                &work.name,
+                *run_id,
+                hold.as_ref(),
+            )
+            .await?;
+            true
+        }
+    };
+    Ok(Done {
+        name: work.name,
+        pods: work.pods,
+        job_done,
+        generation: work.generation,
+    })
+}
+
 fn job_ref(job: &Job) -> JobRef {
     JobRef {
         namespace: job.namespace().unwrap_or_default(),
@@ -567,12 +758,29 @@ async fn job_changed(
     runtime: &Runtime,
     job: &Job,
     hold: Option<&Hold>,
+    pods_recorded: bool,
 ) -> crate::error::Result<()> {
     let Some(run_id) = observe::run_id(job.metadata.labels.as_ref()) else {
         return Ok(());
     };
     let seen = observe::observe_job_in_queue(job, hold);
-    record(runtime, run_id, job, &seen).await
+    record(runtime, run_id, job, &seen, pods_recorded).await
+}
+
+/// The tracker already holds (and so writes before the Job's status) a finished pod for each
+/// one the Job counts: the Job controller counts a pod as succeeded or failed only once it saw
+/// that pod finished (Kubernetes' Job controller, `trackJobStatusAndRemoveFinalizers`: a pod is
+/// counted in `status.succeeded`/`failed` after its finished state is observed and its
+/// tracking finalizer removed). Then the listing of the run's pods before its final status
+/// (one API request, and a read of the run, per finished Job) would find nothing new.
+fn pods_accounted_for<'a>(job: &Job, pods: impl Iterator<Item = &'a TrackedPod>) -> bool {
+    let status = job.status.as_ref();
+    let counted = i64::from(status.and_then(|s| s.succeeded).unwrap_or(0))
+        + i64::from(status.and_then(|s| s.failed).unwrap_or(0));
+    let finished = pods
+        .filter(|p| matches!(p.record.phase.as_str(), "Succeeded" | "Failed"))
+        .count() as i64;
+    counted > 0 && finished >= counted
 }
 
 /// A finished Job whose tracking finalizer is gone needs nothing: the finalizer is released only
@@ -607,7 +815,7 @@ async fn job_gone(runtime: &Runtime, job: &Job) -> crate::error::Result<()> {
         seen.reason = Some("JobDeleted".into());
         seen.message = Some("the Job was deleted before it finished".into());
     }
-    record(runtime, run_id, job, &seen).await
+    record(runtime, run_id, job, &seen, false).await
 }
 
 /// Records what a Job says about its run, then acts on runs that are final. A failed write or
@@ -617,9 +825,10 @@ async fn record(
     run_id: Uuid,
     job: &Job,
     seen: &observe::JobObservation,
+    pods_recorded: bool,
 ) -> crate::error::Result<()> {
     let job_ref = job_ref(job);
-    if seen.status.is_final() {
+    if seen.status.is_final() && !pods_recorded {
         // Pod events may trail the Job's: record the pods as the API has them now, so a client
         // that sees the run finished also sees all its pods.
         if let Some(run) = store::runs::get(&runtime.db, run_id).await? {
@@ -709,7 +918,7 @@ async fn check_missing(
             anyhow::Error::from(error).context("looking up an unfinished run's Job")
         })?;
     if let Some(job) = job {
-        return job_changed(runtime, &job, hold).await;
+        return job_changed(runtime, &job, hold, false).await;
     }
     let Some(run) = store::runs::get(&runtime.db, run_id).await? else {
         return Ok(());
@@ -875,5 +1084,68 @@ mod tests {
         queue.succeeded(&job);
         let nothing = tokio::time::timeout(Duration::from_secs(1), queue.next()).await;
         assert!(nothing.is_err(), "a reconciled key does not come back");
+    }
+
+    fn tracked_pod(phase: &str) -> TrackedPod {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("p-{phase}")}, "status": {"phase": phase}}))
+        .unwrap();
+        TrackedPod {
+            run_id: Uuid::nil(),
+            record: observe::pod_record(&pod, false),
+            waiting: None,
+            terminating: false,
+            written: true,
+        }
+    }
+
+    #[test]
+    fn a_finished_jobs_pods_are_listed_again_unless_the_cache_holds_every_pod_it_counted() {
+        let job = |status: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": status}))
+                .unwrap()
+        };
+        let failed_one = job(serde_json::json!({"failed": 1}));
+        assert!(pods_accounted_for(
+            &failed_one,
+            [tracked_pod("Failed")].iter()
+        ));
+        assert!(
+            !pods_accounted_for(&failed_one, [tracked_pod("Running")].iter()),
+            "the pod's end not seen yet: its pods are listed"
+        );
+        let two = job(serde_json::json!({"succeeded": 1, "failed": 1}));
+        assert!(!pods_accounted_for(&two, [tracked_pod("Failed")].iter()));
+        assert!(
+            !pods_accounted_for(&job(serde_json::json!({})), [].iter()),
+            "a Job that counts no pod (deleted before any ran) is listed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_changed_during_its_reconcile_is_reconciled_again_after_it_never_beside_it() {
+        let mut queue = WorkQueue::new();
+        let job = Key::Job("run-1".into());
+        queue.add(job.clone());
+        let key = queue.next().await;
+        assert!(queue.start(&key));
+
+        // An event for the Job while its reconcile runs: not a second reconcile beside it.
+        queue.add(job.clone());
+        let nothing = tokio::time::timeout(Duration::from_millis(100), queue.next()).await;
+        assert!(
+            nothing.is_err(),
+            "the key is not handed out while under way"
+        );
+        // Nor from its backoff (a failure's retry that comes due meanwhile).
+        assert!(!queue.start(&job));
+
+        // Once it ends, the key comes once more.
+        queue.finish(&job);
+        assert_eq!(queue.next().await, job);
+        assert!(queue.start(&job));
+        queue.finish(&job);
+        let nothing = tokio::time::timeout(Duration::from_millis(100), queue.next()).await;
+        assert!(nothing.is_err(), "then nothing more");
     }
 }
