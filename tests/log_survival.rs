@@ -1092,3 +1092,69 @@ async fn kubesim_removing_logs_at_once() -> KubeSim {
     .await
     .unwrap()
 }
+
+/// kubesim's generated line `n` of `width` bytes (its KUBESIM_LOG_BYTES text).
+fn generated_line(n: u64, width: usize) -> String {
+    let head = format!("kubesim generated log line {n:012} ");
+    format!("{head}{}\n", "x".repeat(width - head.len() - 1))
+}
+
+/// A line longer than the archiver's 64 KiB pieces is stored as several, and only the first
+/// carries the kubelet's timestamp (the kubelet stamps a line once, where it begins). With
+/// such a line last in the archive when the stream is cut (through kubesim's fault endpoint,
+/// `cutStreams`, as a broken proxy would), the reopened stream must go on after it: every
+/// byte the pod printed is archived once, with no gap recorded. (It used to be stored twice:
+/// the anchor for resuming, the line's last piece, had no time.)
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_stream_cut_after_a_line_longer_than_64_kib_goes_on_after_it_byte_for_byte_once(
+    db: PgPool,
+) {
+    const WIDTH: usize = 200_000;
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let admin = reqwest::Client::new();
+    let service = Service::start(db.clone(), sim.client(), &["--log-flush-ms", "100"]).await;
+    // Three 200 000-byte lines, 1.5 s apart, then three short ones, 1.5 s apart.
+    let width = WIDTH.to_string();
+    let total = (3 * WIDTH).to_string();
+    let env = [
+        ("KUBESIM_LOG_BYTES", total.as_str()),
+        ("KUBESIM_LINE_BYTES", &width),
+        ("KUBESIM_LOG_CHUNK_BYTES", &width),
+        ("KUBESIM_LOG_INTERVAL_MS", "1500"),
+        ("KUBESIM_LOG_LINES", "3"),
+    ];
+    let (id, ids) = submit_and_wait_for_capture(&service, &env, json!({})).await;
+    // The first long line is archived (as 4 pieces: its 64 KiB cuts): cut the stream there.
+    eventually("the first long line to be archived", WAIT, || {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move { captures(&db, &ids).await[0].1 >= 4 }
+    })
+    .await;
+    let cut = admin
+        .post(format!("{}/kubesim/faults", sim.url()))
+        .json(&json!({"kind": "cutStreams"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 201);
+    wait_for_capture_end(&service, &id).await;
+
+    let expected: String = (0..3)
+        .map(|n| generated_line(n, WIDTH))
+        .chain((1..=3).map(|n| format!("line {n}\n")))
+        .collect();
+    let archived = logs(&service, &id, "").await;
+    assert!(
+        archived == expected,
+        "the archive is what the pod printed, once: {} bytes archived, {} printed; {} copies of the first line",
+        archived.len(),
+        expected.len(),
+        archived.matches("log line 000000000000 ").count()
+    );
+    assert_eq!(
+        captures(&db, &ids).await[0].0,
+        "complete",
+        "no gap is recorded"
+    );
+}
