@@ -856,9 +856,7 @@ async fn rerun_failed_indexes_asks_for_them_and_lists_the_runs() {
 // definitions (an enum and an integer), the pod gets them as `VFI_PARAM_*`, and a value the
 // task refuses is the API's 422, printed with the field at fault, exit 3, no run submitted.
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
-async fn run_with_parameters_follows_the_pod_that_got_them_and_a_refused_value_exits_3(
-    db: PgPool,
-) {
+async fn run_with_parameters_follows_the_pod_that_got_them_and_a_refused_value_exits_3(db: PgPool) {
     let sim = kubesim(RunnerKind::Host).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
@@ -879,13 +877,18 @@ async fn run_with_parameters_follows_the_pod_that_got_them_and_a_refused_value_e
         .unwrap();
 
     let followed = finish(vfi(&service.base, &token).args([
-        "run", "deploy", "-p", "target=staging", "-p", "n=3", "--follow",
+        "run",
+        "deploy",
+        "-p",
+        "target=staging",
+        "-p",
+        "n=3",
+        "--follow",
     ]))
     .await;
-    let refused = finish(vfi(&service.base, &token).args([
-        "run", "deploy", "-p", "target=prod", "--follow",
-    ]))
-    .await;
+    let refused =
+        finish(vfi(&service.base, &token).args(["run", "deploy", "-p", "target=prod", "--follow"]))
+            .await;
 
     assert_eq!(followed.status.code(), Some(0), "{}", stderr(&followed));
     assert_eq!(String::from_utf8_lossy(&followed.stdout), "staging\n");

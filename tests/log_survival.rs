@@ -1158,3 +1158,64 @@ async fn a_stream_cut_after_a_line_longer_than_64_kib_goes_on_after_it_byte_for_
         "no gap is recorded"
     );
 }
+
+/// A replica taking a capture over resumes from the archive's last piece; when that piece
+/// ends a line longer than 64 KiB (stored over several chunks), its line's time is that of
+/// the line's first piece, chunks back: without it the new replica's stream would be taken
+/// as all new and the log stored twice.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_anchor_taken_over_after_a_long_line_has_the_time_of_its_first_piece(db: PgPool) {
+    use vfi_orchestrator::domain::loglines::{lines, Anchor, MAX_LINE};
+    let api_only = common::TestApp::spawn(db.clone()).await;
+    let id: Uuid = api_only.submit(&scripted(&[], json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pod = "run-1-long";
+    logs::claim(&db, id, pod, "replica", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let time = "2026-12-03T08:00:02.000000002Z";
+    let text = format!(
+        "2026-12-03T08:00:01.000000001Z short\n{time} {}\n",
+        "y".repeat(2 * MAX_LINE + 100)
+    );
+    let pieces: Vec<&[u8]> = lines(text.as_bytes()).collect();
+    assert_eq!(
+        pieces.len(),
+        4,
+        "a short line, then the long one in 3 pieces"
+    );
+    // One chunk per piece, as the archiver writes a chunk once it reaches 64 KiB.
+    for (n, piece) in pieces.iter().enumerate() {
+        let mut tx = db.begin().await.unwrap();
+        assert!(logs::append(
+            &mut tx,
+            id,
+            pod,
+            Append {
+                first_line: n as i64,
+                line_count: 1,
+                data: piece,
+                cap_bytes: 16 << 20,
+                owner: "replica",
+                lease: Duration::from_secs(30),
+            },
+        )
+        .await
+        .unwrap());
+        tx.commit().await.unwrap();
+    }
+
+    let anchor = logs::last_line(&db, id, pod).await.unwrap().unwrap();
+
+    assert_eq!(
+        anchor,
+        Anchor {
+            piece: pieces[3].to_vec(),
+            time: Some(chrono::DateTime::parse_from_rfc3339(time).unwrap().to_utc()),
+        }
+    );
+}

@@ -392,7 +392,11 @@ async fn a_secret_parameter_never_reaches_postgres_the_api_or_the_logs_and_goes_
     );
     // Each of the 10 occurrences masked, also those straddling the 64 KiB cut, and each served
     // once. (In the events' JSON each line's text ends `... end"`.)
-    assert_eq!(live.matches("*** end\"").count(), 10, "every occurrence masked");
+    assert_eq!(
+        live.matches("*** end\"").count(),
+        10,
+        "every occurrence masked"
+    );
     assert_eq!(live.matches(" end\"").count(), 10, "each line once");
 
     let archived = logs(&service, &id, "").await;
@@ -405,9 +409,21 @@ async fn a_secret_parameter_never_reaches_postgres_the_api_or_the_logs_and_goes_
         !archived.contains("hunter2"),
         "no part of the value in the archive"
     );
-    assert_eq!(archived.matches("*** end\n").count(), 10, "every occurrence masked");
-    assert_eq!(archived.matches(" end\n").count(), 10, "each line archived once");
-    assert_eq!(archived.matches("token=").count(), 1, "each line archived once");
+    assert_eq!(
+        archived.matches("*** end\n").count(),
+        10,
+        "every occurrence masked"
+    );
+    assert_eq!(
+        archived.matches(" end\n").count(),
+        10,
+        "each line archived once"
+    );
+    assert_eq!(
+        archived.matches("token=").count(),
+        1,
+        "each line archived once"
+    );
 
     assert_eq!(service.run(&id).await["params"], json!({"token": "***"}));
     let rerun = service

@@ -299,7 +299,11 @@ mod tests {
     fn a_stream_reopened_after_a_line_longer_than_max_line_goes_on_after_it_once() {
         let long = line(2, &"x".repeat(2 * MAX_LINE + 10));
         let stream = pieces(&[line(1, "a"), long, line(3, "after"), line(4, "more")]);
-        assert_eq!(stream.len(), 6, "a, three pieces of the long line, two more");
+        assert_eq!(
+            stream.len(),
+            6,
+            "a, three pieces of the long line, two more"
+        );
         // Stored up to the long line's last piece, which carries no timestamp of its own.
         let anchor = anchor_after(&stream[..4]);
         assert!(split_timestamp(&anchor.piece).0.is_none());
@@ -312,7 +316,14 @@ mod tests {
         let seen: Vec<Seen> = stream.iter().map(|p| resume.classify(p)).collect();
         assert_eq!(
             seen,
-            [Seen::Old, Seen::Old, Seen::Old, Seen::Old, Seen::New, Seen::New],
+            [
+                Seen::Old,
+                Seen::Old,
+                Seen::Old,
+                Seen::Old,
+                Seen::New,
+                Seen::New
+            ],
             "the archived pieces are old, the rest new, and no gap"
         );
         assert!(resume.placed());
@@ -333,7 +344,10 @@ mod tests {
     fn a_line_without_a_timestamp_does_not_take_the_time_of_the_line_before() {
         let mut times = LineTimes::default();
         assert!(times.next(&line(1, "a")).is_some());
-        assert_eq!(times.next(b"[vfi-orchestrator] attempt 2 starts here\n"), None);
+        assert_eq!(
+            times.next(b"[vfi-orchestrator] attempt 2 starts here\n"),
+            None
+        );
     }
 
     #[test]
