@@ -1219,3 +1219,37 @@ async fn the_anchor_taken_over_after_a_long_line_has_the_time_of_its_first_piece
         }
     );
 }
+
+/// The log is read once more after its container ends (a follow stream cut just before the
+/// end looks the same); when the last line is longer than 64 KiB that read must go on after
+/// it too: the archive is what the pod printed, once.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_log_ending_with_a_line_longer_than_64_kib_is_archived_once(db: PgPool) {
+    const WIDTH: usize = 150_000;
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let width = WIDTH.to_string();
+    let total = (2 * WIDTH).to_string();
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_LOG_BYTES", total.as_str()),
+                ("KUBESIM_LINE_BYTES", &width),
+                ("KUBESIM_LOG_CHUNK_BYTES", &width),
+                ("KUBESIM_LOG_INTERVAL_MS", "200"),
+            ],
+            json!({}),
+        ))
+        .await;
+    wait_for_capture_end(&service, &id).await;
+
+    let expected: String = (0..2).map(|n| generated_line(n, WIDTH)).collect();
+    let archived = logs(&service, &id, "").await;
+    assert!(
+        archived == expected,
+        "{} bytes archived, {} printed",
+        archived.len(),
+        expected.len()
+    );
+    assert_eq!(captures(&db, &[id]).await[0].0, "complete");
+}
