@@ -851,3 +851,57 @@ async fn rerun_failed_indexes_asks_for_them_and_lists_the_runs() {
         "{table}"
     );
 }
+
+// `-p name=value` end to end: the real service checks the parameters against the task's
+// definitions (an enum and an integer), the pod gets them as `VFI_PARAM_*`, and a value the
+// task refuses is the API's 422, printed with the field at fault, exit 3, no run submitted.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn run_with_parameters_follows_the_pod_that_got_them_and_a_refused_value_exits_3(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let token = admin_token(&service).await;
+    service
+        .http
+        .put(service.url("/v1/tasks/deploy"))
+        .json(&json!({
+            "template": {"image": "busybox", "command": ["sh", "-c", "echo $VFI_PARAM_TARGET"]},
+            "parameters": [
+                {"name": "target", "type": "enum", "enum": ["dev", "staging"], "required": true},
+                {"name": "n", "type": "integer", "minimum": 1, "maximum": 5, "default": 1}
+            ]
+        }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+
+    let followed = finish(vfi(&service.base, &token).args([
+        "run",
+        "deploy",
+        "-p",
+        "target=staging",
+        "-p",
+        "n=3",
+        "--follow",
+    ]))
+    .await;
+    let refused =
+        finish(vfi(&service.base, &token).args(["run", "deploy", "-p", "target=prod", "--follow"]))
+            .await;
+
+    assert_eq!(followed.status.code(), Some(0), "{}", stderr(&followed));
+    assert_eq!(String::from_utf8_lossy(&followed.stdout), "staging\n");
+    let runs = service.get("/v1/runs?task=deploy").await;
+    let items = runs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the accepted run is stored: {runs}");
+    let run = service.run(items[0]["id"].as_str().unwrap()).await;
+    assert_eq!(run["params"], json!({"target": "staging", "n": 3}));
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("params.target"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(refused.stdout.is_empty());
+}

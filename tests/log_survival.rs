@@ -1092,3 +1092,164 @@ async fn kubesim_removing_logs_at_once() -> KubeSim {
     .await
     .unwrap()
 }
+
+/// kubesim's generated line `n` of `width` bytes (its KUBESIM_LOG_BYTES text).
+fn generated_line(n: u64, width: usize) -> String {
+    let head = format!("kubesim generated log line {n:012} ");
+    format!("{head}{}\n", "x".repeat(width - head.len() - 1))
+}
+
+/// A line longer than the archiver's 64 KiB pieces is stored as several, and only the first
+/// carries the kubelet's timestamp (the kubelet stamps a line once, where it begins). With
+/// such a line last in the archive when the stream is cut (through kubesim's fault endpoint,
+/// `cutStreams`, as a broken proxy would), the reopened stream must go on after it: every
+/// byte the pod printed is archived once, with no gap recorded. (It used to be stored twice:
+/// the anchor for resuming, the line's last piece, had no time.)
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_stream_cut_after_a_line_longer_than_64_kib_goes_on_after_it_byte_for_byte_once(
+    db: PgPool,
+) {
+    const WIDTH: usize = 200_000;
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let admin = reqwest::Client::new();
+    let service = Service::start(db.clone(), sim.client(), &["--log-flush-ms", "100"]).await;
+    // Three 200 000-byte lines, 1.5 s apart, then three short ones, 1.5 s apart.
+    let width = WIDTH.to_string();
+    let total = (3 * WIDTH).to_string();
+    let env = [
+        ("KUBESIM_LOG_BYTES", total.as_str()),
+        ("KUBESIM_LINE_BYTES", &width),
+        ("KUBESIM_LOG_CHUNK_BYTES", &width),
+        ("KUBESIM_LOG_INTERVAL_MS", "1500"),
+        ("KUBESIM_LOG_LINES", "3"),
+    ];
+    let (id, ids) = submit_and_wait_for_capture(&service, &env, json!({})).await;
+    // The first long line is archived (as 4 pieces: its 64 KiB cuts): cut the stream there.
+    eventually("the first long line to be archived", WAIT, || {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move { captures(&db, &ids).await[0].1 >= 4 }
+    })
+    .await;
+    let cut = admin
+        .post(format!("{}/kubesim/faults", sim.url()))
+        .json(&json!({"kind": "cutStreams"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 201);
+    wait_for_capture_end(&service, &id).await;
+
+    let expected: String = (0..3)
+        .map(|n| generated_line(n, WIDTH))
+        .chain((1..=3).map(|n| format!("line {n}\n")))
+        .collect();
+    let archived = logs(&service, &id, "").await;
+    assert!(
+        archived == expected,
+        "the archive is what the pod printed, once: {} bytes archived, {} printed; {} copies of the first line",
+        archived.len(),
+        expected.len(),
+        archived.matches("log line 000000000000 ").count()
+    );
+    assert_eq!(
+        captures(&db, &ids).await[0].0,
+        "complete",
+        "no gap is recorded"
+    );
+}
+
+/// A replica taking a capture over resumes from the archive's last piece; when that piece
+/// ends a line longer than 64 KiB (stored over several chunks), its line's time is that of
+/// the line's first piece, chunks back: without it the new replica's stream would be taken
+/// as all new and the log stored twice.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn the_anchor_taken_over_after_a_long_line_has_the_time_of_its_first_piece(db: PgPool) {
+    use vfi_orchestrator::domain::loglines::{lines, Anchor, MAX_LINE};
+    let api_only = common::TestApp::spawn(db.clone()).await;
+    let id: Uuid = api_only.submit(&scripted(&[], json!({}))).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pod = "run-1-long";
+    logs::claim(&db, id, pod, "replica", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let time = "2026-12-03T08:00:02.000000002Z";
+    let text = format!(
+        "2026-12-03T08:00:01.000000001Z short\n{time} {}\n",
+        "y".repeat(2 * MAX_LINE + 100)
+    );
+    let pieces: Vec<&[u8]> = lines(text.as_bytes()).collect();
+    assert_eq!(
+        pieces.len(),
+        4,
+        "a short line, then the long one in 3 pieces"
+    );
+    // One chunk per piece, as the archiver writes a chunk once it reaches 64 KiB.
+    for (n, piece) in pieces.iter().enumerate() {
+        let mut tx = db.begin().await.unwrap();
+        assert!(logs::append(
+            &mut tx,
+            id,
+            pod,
+            Append {
+                first_line: n as i64,
+                line_count: 1,
+                data: piece,
+                cap_bytes: 16 << 20,
+                owner: "replica",
+                lease: Duration::from_secs(30),
+            },
+        )
+        .await
+        .unwrap());
+        tx.commit().await.unwrap();
+    }
+
+    let anchor = logs::last_line(&db, id, pod).await.unwrap().unwrap();
+
+    assert_eq!(
+        anchor,
+        Anchor {
+            piece: pieces[3].to_vec(),
+            time: Some(chrono::DateTime::parse_from_rfc3339(time).unwrap().to_utc()),
+        }
+    );
+}
+
+/// The log is read once more after its container ends (a follow stream cut just before the
+/// end looks the same); when the last line is longer than 64 KiB that read must go on after
+/// it too: the archive is what the pod printed, once.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_log_ending_with_a_line_longer_than_64_kib_is_archived_once(db: PgPool) {
+    const WIDTH: usize = 150_000;
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let width = WIDTH.to_string();
+    let total = (2 * WIDTH).to_string();
+    let id = service
+        .submit(scripted(
+            &[
+                ("KUBESIM_LOG_BYTES", total.as_str()),
+                ("KUBESIM_LINE_BYTES", &width),
+                ("KUBESIM_LOG_CHUNK_BYTES", &width),
+                ("KUBESIM_LOG_INTERVAL_MS", "200"),
+            ],
+            json!({}),
+        ))
+        .await;
+    wait_for_capture_end(&service, &id).await;
+
+    let expected: String = (0..2).map(|n| generated_line(n, WIDTH)).collect();
+    let archived = logs(&service, &id, "").await;
+    assert!(
+        archived == expected,
+        "{} bytes archived, {} printed",
+        archived.len(),
+        expected.len()
+    );
+    assert_eq!(captures(&db, &[id]).await[0].0, "complete");
+}

@@ -76,18 +76,61 @@ pub fn split_timestamp(line: &[u8]) -> (Option<DateTime<Utc>>, &[u8]) {
     }
 }
 
+/// The time of the line each piece belongs to, for pieces in the order a stream (or the archive)
+/// holds them: a line longer than [`MAX_LINE`] comes as several pieces and only its first
+/// carries the kubelet's timestamp; the others belong to the same line, at the same time. A
+/// piece continues a line when the piece before it did not end with `\n`.
+#[derive(Debug, Default, Clone)]
+pub struct LineTimes {
+    continues: bool,
+    time: Option<DateTime<Utc>>,
+}
+
+impl LineTimes {
+    /// The time of `piece`'s line (its own timestamp, or that of its line's first piece).
+    pub fn next(&mut self, piece: &[u8]) -> Option<DateTime<Utc>> {
+        if !self.continues {
+            self.time = split_timestamp(piece).0;
+        }
+        self.continues = !piece.ends_with(b"\n");
+        self.time
+    }
+}
+
+/// The last piece archived so far, and the time of the line it belongs to: for the last piece
+/// of a line longer than [`MAX_LINE`] that is the time its first piece carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub piece: Vec<u8>,
+    pub time: Option<DateTime<Utc>>,
+}
+
+impl Anchor {
+    /// A piece that begins its line (its time is its own timestamp, if it has one).
+    pub fn line(piece: Vec<u8>) -> Anchor {
+        let time = split_timestamp(&piece).0;
+        Anchor { piece, time }
+    }
+}
+
 /// Finding the place to go on from in a log stream that was reopened, by content instead of by
 /// line count: a kubelet serves only the current file of a rotated log (10 MiB by default), so
 /// after a reconnect past a rotation the stream starts later than the first line, and counting
 /// lines would skip new ones. Every line carries its kubelet timestamp, so the last archived
-/// line (time and text) is an anchor: lines up to it are old, lines after it new. When the
-/// anchor is no longer in the stream (rotated away) and a line newer than it arrives, the lines
-/// between may be lost: that is reported once, as a gap between the two times.
+/// piece (its line's time and its text) is an anchor: pieces up to it are old, pieces after it
+/// new. When the anchor is no longer in the stream (rotated away) and a line newer than it
+/// arrives, the lines between may be lost: that is reported once, as a gap between the two
+/// times. Pieces of a line longer than [`MAX_LINE`] after its first take the time of their
+/// line ([`LineTimes`]): without it the last piece of such a line, as an anchor, had no time,
+/// and a reopened stream was all taken as new (stored twice), or a later piece of the line was
+/// taken for a gap.
 #[derive(Debug)]
 pub struct Resume {
     anchor: Option<Vec<u8>>,
     anchor_time: Option<DateTime<Utc>>,
     found: bool,
+    times: LineTimes,
+    time: Option<DateTime<Utc>>,
 }
 
 /// What [`Resume::classify`] says of a line.
@@ -106,13 +149,18 @@ pub enum Seen {
 }
 
 impl Resume {
-    /// `anchor`: the last line archived so far (with its timestamp), if any.
-    pub fn new(anchor: Option<Vec<u8>>) -> Resume {
-        let anchor_time = anchor.as_deref().and_then(|l| split_timestamp(l).0);
+    /// `anchor`: the last piece archived so far, with its line's time, if any.
+    pub fn new(anchor: Option<Anchor>) -> Resume {
+        let (anchor, anchor_time) = match anchor {
+            Some(Anchor { piece, time }) => (Some(piece), time),
+            None => (None, None),
+        };
         Resume {
             found: anchor.is_none(),
             anchor,
             anchor_time,
+            times: LineTimes::default(),
+            time: None,
         }
     }
 
@@ -129,15 +177,22 @@ impl Resume {
         self.found
     }
 
+    /// The time of the line of the piece classified last (see [`LineTimes`]).
+    pub fn line_time(&self) -> Option<DateTime<Utc>> {
+        self.time
+    }
+
+    /// The pieces of the stream, each once, in order.
     pub fn classify(&mut self, line: &[u8]) -> Seen {
+        let time = self.times.next(line);
+        self.time = time;
         if self.found {
             return Seen::New;
         }
-        if self.anchor.as_deref() == Some(line) {
+        if self.anchor.as_deref() == Some(line) && time == self.anchor_time {
             self.found = true;
             return Seen::Old;
         }
-        let time = split_timestamp(line).0;
         match (time, self.anchor_time) {
             (Some(time), Some(anchor)) if time <= anchor => Seen::Old,
             (time, Some(anchor)) => {
@@ -190,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_reopened_stream_goes_on_after_the_anchor() {
-        let mut resume = Resume::new(Some(line(2, "b")));
+        let mut resume = Resume::new(Some(Anchor::line(line(2, "b"))));
         assert_eq!(resume.classify(&line(1, "a")), Seen::Old);
         assert_eq!(resume.classify(&line(2, "b")), Seen::Old);
         assert_eq!(
@@ -203,7 +258,7 @@ mod tests {
 
     #[test]
     fn an_anchor_rotated_away_is_reported_as_a_gap_once() {
-        let mut resume = Resume::new(Some(line(2, "b")));
+        let mut resume = Resume::new(Some(Anchor::line(line(2, "b"))));
         assert_eq!(
             resume.classify(&line(2, "x")),
             Seen::Old,
@@ -216,9 +271,83 @@ mod tests {
 
     #[test]
     fn a_stream_without_the_anchor_or_anything_newer_is_not_placed() {
-        let mut resume = Resume::new(Some(line(2, "b")));
+        let mut resume = Resume::new(Some(Anchor::line(line(2, "b"))));
         assert_eq!(resume.classify(&line(1, "a")), Seen::Old);
         assert!(!resume.placed());
+    }
+
+    /// The pieces a stream cuts `lines` into.
+    fn pieces(lines: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut splitter = LineSplitter::default();
+        let mut pieces = splitter.push(&lines.concat());
+        pieces.extend(splitter.finish());
+        pieces
+    }
+
+    /// The anchor the archive has after storing `stored`, its line's time found as the
+    /// archiver finds it.
+    fn anchor_after(stored: &[Vec<u8>]) -> Anchor {
+        let mut times = LineTimes::default();
+        let time = stored.iter().map(|p| times.next(p)).last().unwrap();
+        Anchor {
+            piece: stored.last().unwrap().clone(),
+            time,
+        }
+    }
+
+    #[test]
+    fn a_stream_reopened_after_a_line_longer_than_max_line_goes_on_after_it_once() {
+        let long = line(2, &"x".repeat(2 * MAX_LINE + 10));
+        let stream = pieces(&[line(1, "a"), long, line(3, "after"), line(4, "more")]);
+        assert_eq!(
+            stream.len(),
+            6,
+            "a, three pieces of the long line, two more"
+        );
+        // Stored up to the long line's last piece, which carries no timestamp of its own.
+        let anchor = anchor_after(&stream[..4]);
+        assert!(split_timestamp(&anchor.piece).0.is_none());
+        let mut resume = Resume::new(Some(anchor));
+        assert_eq!(
+            resume.since().unwrap(),
+            split_timestamp(&stream[0]).0.unwrap(),
+            "asks from a second before the long line's time"
+        );
+        let seen: Vec<Seen> = stream.iter().map(|p| resume.classify(p)).collect();
+        assert_eq!(
+            seen,
+            [
+                Seen::Old,
+                Seen::Old,
+                Seen::Old,
+                Seen::Old,
+                Seen::New,
+                Seen::New
+            ],
+            "the archived pieces are old, the rest new, and no gap"
+        );
+        assert!(resume.placed());
+    }
+
+    #[test]
+    fn a_stream_reopened_within_a_line_longer_than_max_line_goes_on_with_its_next_piece() {
+        let long = line(2, &"y".repeat(3 * MAX_LINE));
+        let stream = pieces(&[long, line(3, "after")]);
+        let anchor = anchor_after(&stream[..2]);
+        let mut resume = Resume::new(Some(anchor));
+        let seen: Vec<Seen> = stream.iter().map(|p| resume.classify(p)).collect();
+        assert_eq!(seen[..2], [Seen::Old, Seen::Old]);
+        assert!(seen[2..].iter().all(|s| *s == Seen::New), "{seen:?}");
+    }
+
+    #[test]
+    fn a_line_without_a_timestamp_does_not_take_the_time_of_the_line_before() {
+        let mut times = LineTimes::default();
+        assert!(times.next(&line(1, "a")).is_some());
+        assert_eq!(
+            times.next(b"[vfi-orchestrator] attempt 2 starts here\n"),
+            None
+        );
     }
 
     #[test]

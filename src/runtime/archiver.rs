@@ -12,7 +12,7 @@
 use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::{main_instance, main_status, LogOpenError, LogRead};
 use crate::cluster::{keys, observe};
-use crate::domain::loglines::{split_timestamp, LineSplitter, Resume, Seen};
+use crate::domain::loglines::{split_timestamp, Anchor, LineSplitter, Resume, Seen};
 use crate::domain::masking::{MaskedLines, Masks};
 use crate::store::logs::{self, Append};
 use futures::AsyncReadExt;
@@ -58,7 +58,12 @@ pub struct LogSettings {
 /// Where a capture stands: lines archived, and the last of them (to find the place again).
 struct Cursor {
     next_line: i64,
-    last: Option<Vec<u8>>,
+    /// The last archived piece and its line's time.
+    last: Option<Anchor>,
+    /// The time of the line of the last piece put into the chunk being written (the anchor's
+    /// time once it is stored): a piece after the first of a line longer than 64 KiB has no
+    /// timestamp of its own, and the service's own marker lines have none.
+    pending_time: Option<chrono::DateTime<chrono::Utc>>,
     /// A stream was opened since the last look (progress: the failure clock resets).
     opened: bool,
     /// The last stream ended without the last archived line in it or anything after it: the
@@ -205,6 +210,7 @@ impl Archiver {
         let mut cursor = Cursor {
             next_line: archive.lines,
             last,
+            pending_time: None,
             opened: false,
             unplaced: false,
             restarts: instance_restarts(pod).unwrap_or(0),
@@ -290,7 +296,15 @@ impl Archiver {
                             "[vfi-orchestrator] attempt {} of the container (restart {restarts}) starts here\n",
                             restarts + 1
                         );
-                        for mut piece in partial.into_iter().chain([marker.into_bytes()]) {
+                        // The partial line keeps its time; the marker has none (it must
+                        // not take the time of the line before it).
+                        let pieces: Vec<_> = partial
+                            .into_iter()
+                            .map(|p| (p, cursor.pending_time))
+                            .chain([(marker.into_bytes(), None)])
+                            .collect();
+                        for (mut piece, time) in pieces {
+                            cursor.pending_time = time;
                             let mut lines = 1;
                             if let Err(CopyError::LeaseLost) = self
                                 .flush(key, &mut cursor, &mut piece, &mut lines, 0)
@@ -474,6 +488,8 @@ impl Archiver {
                     let partial = masked
                         .finish_with(splitter.finish())
                         .filter(|line| resume.classify(line) != Seen::Old);
+                    // Stored by the caller, if at all, as the next piece.
+                    cursor.pending_time = resume.line_time();
                     cursor.unplaced = !resume.placed();
                     return Ok(partial);
                 }
@@ -513,6 +529,7 @@ impl Archiver {
                 last_start = chunk.len();
                 chunk.extend_from_slice(&line);
                 chunk_lines += 1;
+                cursor.pending_time = resume.line_time();
                 if chunk.len() >= CHUNK_BYTES {
                     self.flush(key, cursor, &mut chunk, &mut chunk_lines, last_start)
                         .await?;
@@ -663,7 +680,7 @@ impl Archiver {
         cursor: &Cursor,
         why: &str,
     ) -> Result<(), CopyError> {
-        match cursor.last.as_deref().and_then(|l| split_timestamp(l).0) {
+        match cursor.last.as_ref().and_then(|anchor| anchor.time) {
             Some(after) => {
                 self.record_gap(key, cursor.next_line, after, None, why)
                     .await
@@ -755,7 +772,10 @@ impl Archiver {
             Ok(true) => {
                 metrics::counter!("vfi_log_bytes_archived_total").increment(chunk.len() as u64);
                 cursor.next_line += *lines as i64;
-                cursor.last = Some(chunk[last_start.min(chunk.len())..].to_vec());
+                cursor.last = Some(Anchor {
+                    piece: chunk[last_start.min(chunk.len())..].to_vec(),
+                    time: cursor.pending_time,
+                });
                 chunk.clear();
                 *lines = 0;
                 Ok(())

@@ -1,6 +1,7 @@
 //! SQL for archived pod logs: claiming a pod's capture, appending chunks (head kept, tail as a
 //! rolling window under the per-pod cap), finishing, and reading chunks back.
 
+use crate::domain::loglines::{split_timestamp, Anchor};
 use chrono::{DateTime, Utc};
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
@@ -237,28 +238,45 @@ pub async fn hand_back(db: impl PgExecutor<'_>, owner: &str) -> Result<u64, sqlx
     .rows_affected())
 }
 
-/// The last line archived for a pod (with its timestamp): where a new capture goes on from.
+/// The last archived piece, with the time of the line it belongs to (the resume anchor, see
+/// [`Anchor`]): a piece after the first of a line longer than 64 KiB carries no timestamp, so
+/// the chunks before it are read back to its line's first piece.
 pub async fn last_line(
     db: impl PgExecutor<'_>,
     run_id: Uuid,
     pod_name: &str,
-) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    let row: Option<(i16, Vec<u8>)> = sqlx::query_as(
+) -> Result<Option<Anchor>, sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query_as::<_, (i16, Vec<u8>)>(
         "SELECT encoding, data FROM log_chunks WHERE run_id = $1 AND pod_name = $2
-         ORDER BY seq DESC LIMIT 1",
+         ORDER BY seq DESC",
     )
     .bind(run_id)
     .bind(pod_name)
-    .fetch_optional(db)
-    .await?;
-    let Some((encoding, data)) = row else {
-        return Ok(None);
-    };
-    let data = decode(encoding, data).map_err(|e| sqlx::Error::Decode(e.into()))?;
-    let mut splitter = crate::domain::loglines::LineSplitter::default();
-    let mut lines = splitter.push(&data);
-    lines.extend(splitter.finish());
-    Ok(lines.pop())
+    .fetch(db);
+    // The anchor, and the earliest piece of its line found so far.
+    let mut found: Option<(Vec<u8>, Vec<u8>)> = None;
+    while let Some((encoding, data)) = rows.try_next().await? {
+        let data = decode(encoding, data).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let pieces: Vec<&[u8]> = crate::domain::loglines::lines(&data).collect();
+        for piece in pieces.into_iter().rev() {
+            match &mut found {
+                None => found = Some((piece.to_vec(), piece.to_vec())),
+                Some((anchor, start)) if piece.ends_with(b"\n") => {
+                    let time = split_timestamp(start).0;
+                    return Ok(Some(Anchor {
+                        piece: std::mem::take(anchor),
+                        time,
+                    }));
+                }
+                Some((_, start)) => *start = piece.to_vec(),
+            }
+        }
+    }
+    Ok(found.map(|(piece, start)| Anchor {
+        time: split_timestamp(&start).0,
+        piece,
+    }))
 }
 
 /// Ends a capture: `complete`, `incomplete` or `missing`, with the reason when not complete. A
