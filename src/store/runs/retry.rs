@@ -61,7 +61,7 @@ pub async fn resubmit_lost(
         task: lost.task.clone(),
         trigger: Trigger::Rerun,
         rerun_of: Some(lost.id),
-        scheduled_time: None,
+        scheduled_time: lost.scheduled_time,
         token_id: None,
     }
     .by_service();
@@ -91,8 +91,41 @@ pub async fn resubmit_lost(
         max_queued_runs_per_task: 0,
         max_active_runs_per_token: 0,
     };
-    let Ok(run) = super::submit(&mut *conn, &submission, no_caps).await? else {
-        return Ok(None);
+    // Under CancelInProgress / CancelPending a newer run of the key has taken the lost run's
+    // place: a retry would supersede (cancel) it.
+    let superseding = task
+        .as_ref()
+        .and_then(|t| t.concurrency.as_ref())
+        .and_then(|c| c.policy)
+        .is_some_and(|p| {
+            matches!(
+                p,
+                crate::domain::QueuePolicy::CancelInProgress
+                    | crate::domain::QueuePolicy::CancelPending
+            )
+        });
+    if superseding {
+        if let Some(key) = &lost.queue_key {
+            let newer: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE queue_key = $1 AND id > $2)",
+            )
+            .bind(key)
+            .bind(lost.id)
+            .fetch_one(&mut *conn)
+            .await?;
+            if newer {
+                tracing::info!(run_id = %lost.id, %key, "lost run not retried: a newer run of its key has taken its place");
+                return Ok(None);
+            }
+        }
+    }
+    let run = match super::submit(&mut *conn, &submission, no_caps).await? {
+        Ok(run) => run,
+        Err(refused) => {
+            tracing::warn!(run_id = %lost.id, refused = ?refused, "lost run not retried: its key refused the retry");
+            metrics::counter!("vfi_lost_runs_not_retried_total").increment(1);
+            return Ok(None);
+        }
     };
     let why = match (&lost.status_reason, &lost.status_message) {
         (Some(reason), Some(message)) => format!("{reason}: {message}"),
@@ -163,6 +196,9 @@ pub async fn index_outcomes_locked(
     index_outcomes(tx, original).await
 }
 
+/// The advisory lock space of a run's disruption count (beside the queue's key locks).
+const DISRUPTION_LOCK_SPACE: i32 = 0x6472; // "dr"
+
 /// Records that pod `pod` of run `run_id` was disrupted (`reason`, once per pod) and, when the
 /// run's disrupted pods are now more than its `retry.onInfrastructureFailure`, fails the run
 /// (reason `InfrastructureFailuresExceeded`) and returns it, for its Job to be deleted.
@@ -173,6 +209,13 @@ pub async fn count_disruption(
     reason: &str,
 ) -> Result<Option<Run>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    // One count per run at a time: every replica's tracker records disruptions, and two
+    // counting different pods at once would each miss the other's row (READ COMMITTED).
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+        .bind(DISRUPTION_LOCK_SPACE)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
     let newly = sqlx::query(
         "UPDATE run_pods SET disruption = $3 WHERE run_id = $1 AND name = $2 AND disruption IS NULL",
     )
