@@ -160,7 +160,14 @@ async fn create(
     }
     let recorded = record(db, limits, idempotent, submission).await;
     if let Some(namespace) = &secret_namespace {
-        if !matches!(&recorded, Ok((_, true))) {
+        // Not recorded for sure: refused or answered from an earlier request. A database error
+        // (a failed COMMIT among them) may have recorded the run after all: the sweep decides
+        // once the request cannot be committing any more.
+        let unsure = matches!(
+            &recorded,
+            Err(Error::Database(_) | Error::Unavailable(_) | Error::Internal(_))
+        );
+        if !matches!(&recorded, Ok((_, true))) && !unsure {
             if let Err(error) = cluster
                 .delete_param_secret(submission.id(), namespace)
                 .await
@@ -708,6 +715,28 @@ pub async fn rerun(
     // The original's values again (secret ones must be given anew: only their hashes were
     // kept), checked against the task's parameters as they are today.
     let values = params::rerun_values(&original.params, &request.params);
+    let secret = |p: &&String| original.params.get(*p).is_some_and(|p| p.is_secret());
+    if only_failed && original.params.keys().any(|p| secret(&p)) {
+        return Err(Error::Invalid(Invalid::one(
+            "params",
+            "a run with secret parameters cannot rerun only its failed indexes; rerun it whole, giving the secret values again",
+        )));
+    }
+    // Every secret value the original had must be given again (optional ones too): a rerun
+    // never starts quietly without one.
+    let missing: Vec<FieldError> = original
+        .params
+        .keys()
+        .filter(secret)
+        .filter(|p| !request.params.contains_key(*p))
+        .map(|p| FieldError {
+            field: format!("params.{p}"),
+            message: "a secret value is not kept after its run: give it again to rerun".into(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Invalid(Invalid(missing)));
+    }
     let specs = task
         .as_ref()
         .map(|t| t.parameters.as_slice())
