@@ -98,6 +98,13 @@ impl ParamSpec {
                 if text.contains('\0') {
                     return Err(super::validation::NUL_MESSAGE.into());
                 }
+                if self.kind == ParamType::Secret && text.len() < super::masking::MIN_MASKED {
+                    // Shorter values are not masked in logs (they would mask ordinary text).
+                    return Err(format!(
+                        "a secret value must be at least {} bytes, so that logs can mask it",
+                        super::masking::MIN_MASKED
+                    ));
+                }
                 if let Some(pattern) = &self.pattern {
                     match anchored(pattern) {
                         Ok(re) if re.is_match(text) => {}
@@ -566,6 +573,11 @@ mod tests {
             String::from_utf8(out.into_inner()).unwrap(),
             r#"{"token":"***"}"#
         );
+        let short = resolve(&s, &given(json!({"token": "ab"}))).unwrap_err();
+        assert_eq!(
+            short.0[0].field, "params.token",
+            "too short to be masked in logs"
+        );
     }
 
     #[test]
@@ -573,7 +585,7 @@ mod tests {
         let s = specs(json!([
             {"name": "target"}, {"name": "token", "type": "secret", "required": true}
         ]));
-        let first = resolve(&s, &given(json!({"target": "a", "token": "t"}))).unwrap();
+        let first = resolve(&s, &given(json!({"target": "a", "token": "t0ken"}))).unwrap();
         let again = rerun_values(&first.recorded, &BTreeMap::new());
         assert_eq!(again, given(json!({"target": "a"})));
         assert_eq!(refused(&s, json!(again)), ["params.token"]);

@@ -14,7 +14,12 @@ pub async fn upsert(
     let result = sqlx::query(
         "INSERT INTO run_pods (run_id, name, uid, completion_index, node_name, phase, exit_code,
              reason, message, restarts, created_at, started_at, finished_at, deleted)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         -- A run with secret parameters keeps no pod message: a container's termination
+         -- message is whatever it wrote, and could hold the secret, which only logs mask.
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8,
+                CASE WHEN jsonb_path_exists(r.params, '$.*.sha256') THEN NULL ELSE $9 END,
+                $10, $11, $12, $13, $14
+         FROM runs r WHERE r.id = $1
          ON CONFLICT (run_id, name) DO UPDATE SET
              uid = EXCLUDED.uid,
              completion_index = EXCLUDED.completion_index,
