@@ -669,3 +669,64 @@ async fn the_secret_of_a_run_whose_job_the_api_server_refuses_is_deleted(db: PgP
         "no Job will own it, so the launcher deleted it"
     );
 }
+
+/// A rerun never starts quietly without a secret the original had, optional ones included (the
+/// value is not kept), and a partial rerun of such a run is refused: one Secret per index run
+/// would be needed. Refused, both store nothing.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_rerun_needs_every_secret_value_again_even_an_optional_one(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    let spec = printing(
+        "true",
+        json!([{"name": "target"}, {"name": "token", "type": "secret"}]),
+    );
+    assert_eq!(
+        put(&service, "deploy", &spec).await.status(),
+        StatusCode::CREATED
+    );
+    let response = service
+        .post(
+            "/v1/tasks/deploy/runs",
+            &json!({"params": {"target": "a", "token": "s3cret-value"}}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = runs_stored(&db).await;
+
+    let whole = service
+        .post(&format!("/v1/runs/{id}/rerun"), &json!({}))
+        .await;
+    assert_problem(
+        whole,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("params.token"),
+    )
+    .await;
+    let partial = service
+        .post(
+            &format!("/v1/runs/{id}/rerun?only=failed-indexes"),
+            &json!({"params": {"token": "s3cret-value"}}),
+        )
+        .await;
+    assert_problem(partial, StatusCode::UNPROCESSABLE_ENTITY, Some("params")).await;
+    assert_eq!(
+        runs_stored(&db).await,
+        before,
+        "a refused rerun stores nothing"
+    );
+
+    let again = service
+        .post(
+            &format!("/v1/runs/{id}/rerun"),
+            &json!({"params": {"token": "s3cret-value"}}),
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["params"], json!({"target": "a", "token": "***"}));
+}
