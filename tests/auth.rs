@@ -130,8 +130,11 @@ async fn every_operation_refuses_anonymous_callers_except_the_documented_open_on
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_read_only_token_reads_but_cannot_start_cancel_or_change_anything(db: PgPool) {
     let app = TestApp::spawn(db).await;
-    app.put_task("pi", &json!({"template": calculatepi()}))
-        .await;
+    // Indexed, so that every read applies to it (`/indexes` is 422 for a run that is not).
+    let mut template = calculatepi();
+    template["completionMode"] = json!("Indexed");
+    template["completions"] = json!(1);
+    app.put_task("pi", &json!({"template": template})).await;
     let run = app.start_task_run("pi", &json!({})).await;
     let run_id = run["id"].as_str().unwrap();
     let reader = app.client_with_scope(Scope::Read, None).await;

@@ -71,6 +71,7 @@ pub async fn observe_with(
         return Ok(None);
     };
     let stepped = step_through_pending(&mut tx, id, seen.status).await?;
+    let ran = step_through_running(&mut tx, id, seen).await?;
     // Entering pending keeps a reason noted while creating (not Kueue's, once it admitted).
     let text = |value| match (locked, seen.status) {
         (RunStatus::Creating, RunStatus::Pending) => Text::Prefer(value),
@@ -148,9 +149,14 @@ pub async fn observe_with(
             .map(|run| run.id);
     }
     tx.commit().await?;
+    let stepped_to = if ran {
+        Some(RunStatus::Running)
+    } else {
+        stepped.then_some(RunStatus::Pending)
+    };
     Ok(Some(Observed {
         retry,
-        ..observed(locked, stepped, &moved, job_recorded)
+        ..observed(locked, stepped_to, &moved, job_recorded)
     }))
 }
 
@@ -183,12 +189,49 @@ async fn step_through_pending(
         .is_empty())
 }
 
-/// The change a multi-statement update made, counting a step through `pending` as part of it.
-fn observed(locked: RunStatus, stepped: bool, moved: &[Moved], job_recorded: bool) -> Observed {
-    let current = match moved.first() {
-        Some(moved) => moved.run.status,
-        None if stepped => RunStatus::Pending,
-        None => locked,
+/// A run that ends after one of its pods started first passes `running`, so every history
+/// shows the start whichever event arrives first (a pod that runs for milliseconds may be seen
+/// only finished: a watch delivers the latest state, not each one). A run whose pods never
+/// started (an image that cannot be pulled) goes from `pending` to `failed` as before. The pods
+/// are recorded before the Job's status that ends the run.
+async fn step_through_running(
+    conn: &mut PgConnection,
+    id: Uuid,
+    seen: &Observation<'_>,
+) -> Result<bool, sqlx::Error> {
+    if !matches!(seen.status, RunStatus::Succeeded | RunStatus::Failed) {
+        return Ok(false);
+    }
+    let started: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM run_pods WHERE run_id = $1 AND started_at IS NOT NULL)",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !started {
+        return Ok(false);
+    }
+    let change = Change {
+        started_at: seen.started_at,
+        ..Change::to(RunStatus::Running, &[RunStatus::Pending])
+    };
+    Ok(!status::write(conn, Which::Run(id), change)
+        .await?
+        .is_empty())
+}
+
+/// The change a multi-statement update made, counting a step through `pending` (or `running`)
+/// as part of it.
+fn observed(
+    locked: RunStatus,
+    stepped_to: Option<RunStatus>,
+    moved: &[Moved],
+    job_recorded: bool,
+) -> Observed {
+    let current = match (moved.first(), stepped_to) {
+        (Some(moved), _) => moved.run.status,
+        (None, Some(stepped)) => stepped,
+        (None, None) => locked,
     };
     Observed {
         previous: locked,
@@ -224,7 +267,14 @@ pub async fn advance(
     };
     let moved = status::write(&mut *tx, Which::Run(id), change).await?;
     tx.commit().await?;
-    Ok((stepped || !moved.is_empty()).then(|| observed(locked, stepped, &moved, job_recorded)))
+    Ok((stepped || !moved.is_empty()).then(|| {
+        observed(
+            locked,
+            stepped.then_some(RunStatus::Pending),
+            &moved,
+            job_recorded,
+        )
+    }))
 }
 
 /// Moves a run from `from` to `to`, only if it is still in `from`. Sets `started_at` on entering
