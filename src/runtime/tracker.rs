@@ -1096,6 +1096,7 @@ mod tests {
             waiting: None,
             terminating: false,
             written: true,
+            disruption: None,
         }
     }
 
