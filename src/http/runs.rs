@@ -713,22 +713,24 @@ pub async fn rerun(
         .map(|t| t.parameters.as_slice())
         .unwrap_or_default();
     let queued = |template: RunTemplate| -> Result<Submission> {
-        Ok(
-            Submission::check(&state.policy, origin.clone(), template, task_limits.as_ref())?
-                .with_params(specs, &values)?
-                .queued(
-                    task.as_ref().and_then(|t| t.concurrency.as_ref()),
-                    task.as_ref().and_then(|t| t.priority),
-                    None,
-                    Some(auth.caller.scope),
-                )?,
-        )
+        Ok(Submission::check(
+            &state.policy,
+            origin.clone(),
+            template,
+            task_limits.as_ref(),
+        )?
+        .with_params(specs, &values)?
+        .queued(
+            task.as_ref().and_then(|t| t.concurrency.as_ref()),
+            task.as_ref().and_then(|t| t.priority),
+            None,
+            Some(auth.caller.scope),
+        )?)
     };
     if only_failed {
         let what = format!("POST /v1/runs/{id}/rerun?only=failed-indexes");
         let idempotent = Idempotent::new(key, &auth.caller, what, &request);
-        return rerun_failed_indexes(&state.db, &state.limits, idempotent, &original, queued)
-            .await;
+        return rerun_failed_indexes(&state.db, &state.limits, idempotent, &original, queued).await;
     }
     let submission = queued(original.template)?;
     let idempotent = Idempotent::new(
