@@ -326,9 +326,11 @@ mod tests {
             refused(&Sandbox::default(), t.clone()),
             ["template.volumes[0]", "template.volumes[1]"]
         );
-        let mut sandbox = Sandbox::default();
-        sandbox.volume_kinds =
-            crate::domain::template::VolumeKinds::parse(&["emptyDir".into()]).unwrap();
+        let sandbox = Sandbox {
+            volume_kinds: crate::domain::template::VolumeKinds::parse(&["emptyDir".into()])
+                .unwrap(),
+            ..Sandbox::default()
+        };
         assert_eq!(refused(&sandbox, t), ["template.volumes[1]"]);
     }
 
