@@ -7,6 +7,8 @@
 mod common;
 
 use common::service::{jobs_of, scripted, KubeSim, Service, SimConfig};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -169,4 +171,51 @@ async fn a_secret_volume_follows_the_env_from_cluster_rule(db: PgPool) {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
+}
+
+/// A configMap volume of a missing ConfigMap: kubesim's kubelet holds the pod in
+/// `ContainerCreating` with a `FailedMount` Event, as a kubelet does (kubesim/tests/
+/// volume_mounts.rs). `ContainerCreating` is a reason that passes by itself, so the service
+/// shows no reason; after `MAX_PENDING_SECS` the run fails with `PendingTimeout`, never `lost`.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_config_map_volume_of_a_missing_config_map_fails_the_run_after_the_pending_limit(
+    db: PgPool,
+) {
+    let (sim, service) = start(
+        db,
+        &[
+            "--allowed-volume-kinds",
+            "configMap",
+            "--allow-env-from-cluster",
+            "all",
+            "--max-pending-secs",
+            "2",
+        ],
+    )
+    .await;
+    let id = service
+        .submit(scripted(
+            &[],
+            json!({
+                "volumes": [{"name": "conf", "configMap": {"name": "settings"}}],
+                "volumeMounts": [{"name": "conf", "mountPath": "/etc/app", "readOnly": true}]
+            }),
+        ))
+        .await;
+    let failed = service
+        .wait_for(&id, "failed", Duration::from_secs(30))
+        .await;
+    assert_eq!(failed["statusReason"], "PendingTimeout", "{failed:#}");
+    let mounts = Api::<Event>::namespaced(sim.client(), "default")
+        .list(&ListParams::default().fields("reason=FailedMount"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mounts.items[0].message.as_deref(),
+        Some(r#"MountVolume.SetUp failed for volume "conf" : configmap "settings" not found"#)
+    );
+    assert!(!service
+        .statuses_seen(&id)
+        .await
+        .contains(&"lost".to_string()));
 }
