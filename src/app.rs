@@ -235,6 +235,9 @@ fn policy(args: &ClusterArgs) -> anyhow::Result<RunPolicy> {
     })
     .map_err(anyhow::Error::msg)?;
     sandbox.env_from_cluster = args.sandbox.allow_env_from_cluster;
+    sandbox.volume_kinds =
+        crate::domain::template::VolumeKinds::parse(&args.sandbox.allowed_volume_kinds)
+            .map_err(anyhow::Error::msg)?;
     Ok(RunPolicy {
         namespaces: args.job_namespaces(),
         job_name_prefix: args.job_name_prefix.clone(),
@@ -377,4 +380,41 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tracing::info!("shutdown requested");
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Cli, Command};
+    use clap::Parser;
+
+    fn policy(extra: &[&str]) -> anyhow::Result<crate::domain::RunPolicy> {
+        let mut argv = vec![
+            "vfi-orchestrator",
+            "serve",
+            "--database-url",
+            "postgres://x",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(args) => super::policy(&args.cluster),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Issue 18: `ALLOWED_VOLUME_KINDS` is none by default; hostPath in it is a start-up error
+    /// (it is always refused), as is a kind the service does not know.
+    #[test]
+    fn allowed_volume_kinds_default_to_none_and_host_path_stops_the_start() {
+        use crate::domain::template::VolumeKind;
+        let kinds = policy(&[]).unwrap().sandbox.volume_kinds;
+        assert!(!kinds.allows(VolumeKind::EmptyDir));
+        let kinds = policy(&["--allowed-volume-kinds", "emptyDir,configMap"])
+            .unwrap()
+            .sandbox
+            .volume_kinds;
+        assert!(kinds.allows(VolumeKind::EmptyDir) && kinds.allows(VolumeKind::ConfigMap));
+        let error = policy(&["--allowed-volume-kinds", "emptyDir,hostPath"]).unwrap_err();
+        assert!(error.to_string().contains("always refused"), "{error}");
+        assert!(policy(&["--allowed-volume-kinds", "nfs"]).is_err());
+    }
 }

@@ -453,6 +453,12 @@ pub struct SandboxArgs {
         default_value = "tasks"
     )]
     pub allow_env_from_cluster: crate::domain::template::EnvFromCluster,
+    /// Volume kinds run templates may use beyond `scratch` (comma-separated: `emptyDir`,
+    /// `configMap`, `secret`, `persistentVolumeClaim`; empty: none). `hostPath` is always refused,
+    /// so naming it stops the service from starting. configMap and secret volumes also follow
+    /// `ALLOW_ENV_FROM_CLUSTER`.
+    #[arg(long, env = "ALLOWED_VOLUME_KINDS", value_delimiter = ',')]
+    pub allowed_volume_kinds: Vec<String>,
     /// Allow tolerations without a key (`operator: Exists`), which tolerate every taint.
     #[arg(long, env = "ALLOW_TOLERATE_ALL_TAINTS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_tolerate_all_taints: bool,

@@ -18,6 +18,7 @@ pub mod pods;
 pub mod render;
 mod render_env;
 pub mod render_failure;
+mod render_volumes;
 pub mod uninstall;
 pub mod watch;
 

@@ -72,7 +72,9 @@ pub fn kueue_labels(run: &Run) -> BTreeMap<String, String> {
 }
 
 /// The pod-level half of the Pod Security Standards' restricted profile. Templates cannot weaken
-/// it: they have no field for security settings, host namespaces or volumes.
+/// it: they have no field for security settings or host namespaces, and their volume kinds
+/// (emptyDir, configMap, secret, persistentVolumeClaim, ephemeral) are all ones the restricted
+/// profile allows (hostPath, which it does not, is refused at every door).
 fn pod_security(settings: &ClusterSettings) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: settings.run_as_non_root.then_some(true),
@@ -116,7 +118,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 .collect::<BTreeMap<_, _>>()
         })
     };
-    let (scratch_volumes, scratch_mounts) = super::render_env::scratch(t);
+    let (volumes, volume_mounts) = super::render_volumes::volumes(t);
     let mut container = Container {
         name: CONTAINER.into(),
         image: Some(t.image.clone()),
@@ -130,7 +132,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
                 .collect()
         }),
         env_from: super::render_env::env_from(t),
-        volume_mounts: scratch_mounts,
+        volume_mounts,
         working_dir: t.working_dir.clone(),
         security_context: Some(container_security()),
         resources: t.resources.as_ref().map(|r| ResourceRequirements {
@@ -148,7 +150,7 @@ pub fn render(settings: &ClusterSettings, run: &Run) -> Job {
     };
     let pod_spec = PodSpec {
         containers: vec![container],
-        volumes: scratch_volumes,
+        volumes,
         restart_policy: Some(restart_policy.into()),
         security_context: Some(pod_security(settings)),
         service_account_name: t.service_account_name.clone(),

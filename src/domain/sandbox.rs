@@ -115,6 +115,9 @@ pub struct Sandbox {
     /// Who may read env from Secrets and ConfigMaps (`ALLOW_ENV_FROM_CLUSTER`); ad-hoc runs
     /// are told apart at the front door, this refuses the fields everywhere when `None`.
     pub env_from_cluster: super::template::EnvFromCluster,
+    /// The volume kinds runs may use beyond scratch (`ALLOWED_VOLUME_KINDS`; none by default,
+    /// never hostPath, which template validation refuses).
+    pub volume_kinds: super::template::VolumeKinds,
 }
 
 /// The configured allowlists.
@@ -137,6 +140,7 @@ impl Sandbox {
                 .map_err(|e| format!("ALLOWED_NODE_SELECTORS: {e}"))?,
             tolerate_all_taints: settings.tolerate_all_taints,
             env_from_cluster: Default::default(),
+            volume_kinds: Default::default(),
         })
     }
 
@@ -171,8 +175,24 @@ impl Sandbox {
             for field in template.cluster_env_fields(at) {
                 errors.add(
                     field,
-                    "env from Secrets and ConfigMaps is turned off in this installation (ALLOW_ENV_FROM_CLUSTER=none)",
+                    "reading Secrets and ConfigMaps (env or volumes) is turned off in this installation (ALLOW_ENV_FROM_CLUSTER=none)",
                 );
+            }
+        }
+        for (i, volume) in template.volumes.iter().enumerate() {
+            // hostPath (never allowed) and a volume of no or two kinds are validation's to refuse.
+            if let [kind] = volume.kinds().as_slice() {
+                if *kind != super::template::VolumeKind::HostPath
+                    && !self.volume_kinds.allows(*kind)
+                {
+                    errors.add(
+                        format!("{at}.volumes[{i}]"),
+                        format!(
+                            "{kind} volumes are not allowed in this installation; allowed: {} (ALLOWED_VOLUME_KINDS)",
+                            self.volume_kinds.names()
+                        ),
+                    );
+                }
             }
         }
     }
@@ -293,6 +313,25 @@ mod tests {
                 "template.nodeSelector.zone"
             ]
         );
+    }
+
+    /// Issue 18: volume kinds beyond scratch need `ALLOWED_VOLUME_KINDS` (none by default).
+    #[test]
+    fn volume_kinds_are_refused_unless_the_installation_allows_them() {
+        let t = json!({"volumes": [
+            {"name": "a", "emptyDir": {}},
+            {"name": "b", "persistentVolumeClaim": {"claimName": "c"}}
+        ]});
+        assert_eq!(
+            refused(&Sandbox::default(), t.clone()),
+            ["template.volumes[0]", "template.volumes[1]"]
+        );
+        let sandbox = Sandbox {
+            volume_kinds: crate::domain::template::VolumeKinds::parse(&["emptyDir".into()])
+                .unwrap(),
+            ..Sandbox::default()
+        };
+        assert_eq!(refused(&sandbox, t), ["template.volumes[1]"]);
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl Submission {
             for field in template.cluster_env_fields("template") {
                 errors.add(
                     field,
-                    "only a task definition may read env from Secrets and ConfigMaps in this installation (ALLOW_ENV_FROM_CLUSTER=tasks); define a task, or ask an admin for ALLOW_ENV_FROM_CLUSTER=all",
+                    "only a task definition may read Secrets and ConfigMaps (env or volumes) in this installation (ALLOW_ENV_FROM_CLUSTER=tasks); define a task, or ask an admin for ALLOW_ENV_FROM_CLUSTER=all",
                 );
             }
             errors.finish()?;
@@ -299,6 +299,27 @@ mod tests {
         let refused = Submission::check(&p, Origin::api(Some("build"), None).by_service(), t, None)
             .unwrap_err();
         assert_eq!(refused.0[0].field, "template.env[0].valueFrom");
+    }
+
+    /// Issue 18: a secret or configMap volume reads the cluster like env from it, so the same
+    /// rule holds: with its kind allowed, a task's run may mount a Secret, an ad-hoc run may not.
+    #[test]
+    fn only_task_runs_may_mount_a_secret_under_the_env_from_cluster_rule() {
+        let t = template(serde_json::json!({
+            "volumes": [{"name": "creds", "secret": {"secretName": "db"}}]}));
+        let mut p = policy(&["default"]);
+        p.sandbox.volume_kinds =
+            crate::domain::template::VolumeKinds::parse(&["secret".into()]).unwrap();
+        assert!(Submission::check(
+            &p,
+            Origin::api(Some("build"), None).by_service(),
+            t.clone(),
+            None
+        )
+        .is_ok());
+        let refused =
+            Submission::check(&p, Origin::api(None, None).by_service(), t, None).unwrap_err();
+        assert_eq!(refused.0[0].field, "template.volumes[0]");
     }
 
     #[test]

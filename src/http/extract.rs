@@ -245,6 +245,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Issue 18: an unsupported volume kind is named by its volume (`volumes[i]`), and a bad
+    /// field inside a supported kind by its path.
+    #[test]
+    fn volume_kinds_and_their_fields_are_named_by_path() {
+        let field = |body: serde_json::Value| match parse::<crate::domain::RunTemplate>(
+            body.to_string().as_bytes(),
+        ) {
+            Err(Error::Invalid(invalid)) => invalid.0[0].field.clone(),
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            field(
+                json!({"image": "x", "volumes": [{"name": "n", "emptyDir": {}}, {"name": "m", "nfs": {}}]})
+            ),
+            "volumes[1]"
+        );
+        assert_eq!(
+            field(json!({"image": "x", "volumes": [{"name": "n", "emptyDir": {"bogus": 1}}]})),
+            "volumes[0].emptyDir.bogus"
+        );
+    }
+
     #[test]
     fn nul_is_found_by_its_json_path() {
         let body = json!({"template": {"image": "x", "env": [{"name": "A", "value": "ok"}, {"name": "B", "value": "a\u{0}b"}]}});

@@ -1113,6 +1113,7 @@ mod tests {
             terminating: false,
             disruption: None,
             written: true,
+            disruption: None,
         }
     }
 

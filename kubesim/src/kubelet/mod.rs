@@ -17,6 +17,7 @@ mod binding;
 pub mod env;
 mod exit;
 pub mod host;
+mod mount;
 pub mod runner;
 pub mod scripted;
 mod start;

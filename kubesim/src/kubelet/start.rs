@@ -37,6 +37,10 @@ impl Kubelet {
         if !self.bound.contains(uid) {
             return;
         }
+        // Volumes are set up before the image is pulled (`SyncPod`), see `mount`.
+        if self.mount_failed(key, uid, &pod, timers) {
+            return;
+        }
         if self.image_pull_failed(key, uid, &pod, timers) {
             return;
         }

@@ -10,6 +10,7 @@ mod env_from;
 mod failure;
 mod quantity;
 mod validate;
+mod volumes;
 
 pub use env_from::{
     EnvFromCluster, EnvFromSource, EnvVarSource, KeySelector, ObjectRef, Scratch, SCRATCH_PATH,
@@ -18,6 +19,11 @@ pub use env_from::{
 pub use failure::{
     OnExitCodes, OnPodCondition, PodFailurePolicy, PodFailurePolicyRule, Retry, CONTAINER_NAME,
     DISRUPTION_TARGET,
+};
+
+pub use volumes::{
+    ConfigMapVolume, EmptyDirVolume, KeyToPath, PersistentVolumeClaimVolume, SecretVolume, Volume,
+    VolumeKind, VolumeKinds, VolumeMount,
 };
 
 pub(crate) use quantity::is_extended;
@@ -71,6 +77,14 @@ pub struct RunTemplate {
     /// mounted at `/scratch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scratch: Option<Scratch>,
+    /// Volumes of the run's pods beyond scratch: emptyDir, configMap, secret or
+    /// persistentVolumeClaim, each only if the installation allows its kind
+    /// (`ALLOWED_VOLUME_KINDS`, none by default); hostPath is always refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Mounts of `volumes` (or of `scratch`) in the run's container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +222,8 @@ impl RunTemplate {
             env: Vec::new(),
             env_from: Vec::new(),
             scratch: None,
+            volumes: Vec::new(),
+            volume_mounts: Vec::new(),
             working_dir: None,
             resources: None,
             completions: None,
@@ -233,8 +249,8 @@ impl RunTemplate {
         }
     }
 
-    /// Whether the template reads anything from the cluster (`valueFrom`, `envFrom`): the
-    /// fields `ALLOW_ENV_FROM_CLUSTER` governs, by path.
+    /// Whether the template reads anything from the cluster (`valueFrom`, `envFrom`, configMap
+    /// and secret volumes): the fields `ALLOW_ENV_FROM_CLUSTER` governs, by path.
     pub fn cluster_env_fields(&self, at: &str) -> Vec<String> {
         let mut out: Vec<String> = (self.env.iter().enumerate())
             .filter(|(_, e)| e.value_from.is_some())
@@ -242,6 +258,11 @@ impl RunTemplate {
             .collect();
         if !self.env_from.is_empty() {
             out.push(format!("{at}.envFrom"));
+        }
+        for (i, volume) in self.volumes.iter().enumerate() {
+            if volume.kinds().iter().any(|k| k.reads_the_cluster()) {
+                out.push(format!("{at}.volumes[{i}]"));
+            }
         }
         out
     }
@@ -329,14 +350,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn templates_cannot_ask_for_privileges_host_access_or_volumes() {
+    fn templates_cannot_ask_for_privileges_or_host_access() {
         for field in [
             json!({"privileged": true}),
             json!({"securityContext": {"privileged": true}}),
             json!({"hostNetwork": true}),
             json!({"hostPID": true}),
             json!({"hostIPC": true}),
-            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
             json!({"hostPath": "/"}),
             json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
             json!({"runAsUser": 0}),

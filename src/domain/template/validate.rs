@@ -82,6 +82,13 @@ impl RunTemplate {
         if let Some(scratch) = &self.scratch {
             super::env_from::validate_scratch(errors, &field("scratch"), scratch);
         }
+        super::volumes::validate(
+            errors,
+            at,
+            &self.volumes,
+            &self.volume_mounts,
+            self.scratch.is_some(),
+        );
 
         non_negative(errors, &field("completions"), self.completions);
         non_negative(errors, &field("parallelism"), self.parallelism);
