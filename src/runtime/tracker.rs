@@ -1113,7 +1113,6 @@ mod tests {
             terminating: false,
             disruption: None,
             written: true,
-            disruption: None,
         }
     }
 
