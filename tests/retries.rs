@@ -443,3 +443,62 @@ async fn two_partial_reruns_at_once_rerun_each_failed_index_once(db: PgPool) {
     indexes.sort();
     assert_eq!(indexes, [1, 2]);
 }
+
+/// A one-index rerun that is lost and retried (`retry.onLost`) still counts for its index: the
+/// retry is linked to the lost rerun, not to the original, and a partial rerun while the retry
+/// runs (or after it succeeded) must not start the index again.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_lost_index_rerun_and_its_retry_count_for_the_index(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let client = sim.client();
+    let service = Service::start(db, client.clone(), &[]).await;
+    let dir = marker_dir();
+    // Index 1 fails the first time, hangs the second (its Job is deleted), succeeds the third.
+    let script = "if [ \"$JOB_COMPLETION_INDEX\" = 1 ]; then \
+          if [ ! -e \"$DIR/a\" ]; then touch \"$DIR/a\"; exit 1; fi; \
+          if [ ! -e \"$DIR/b\" ]; then touch \"$DIR/b\"; sleep 600; fi; \
+        fi; echo done";
+    let id = service
+        .submit(json!({
+            "image": "busybox",
+            "command": ["sh", "-c", script],
+            "env": [{"name": "DIR", "value": dir.to_str().unwrap()}],
+            "completions": 3, "parallelism": 3, "completionMode": "Indexed",
+            "backoffLimitPerIndex": 0, "retry": {"onLost": 1}
+        }))
+        .await;
+    service.wait_for(&id, "failed", WAIT).await;
+    let response = service
+        .post(
+            &format!("/v1/runs/{id}/rerun?only=failed-indexes"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let rerun_id = created["runs"][0]["id"].as_str().unwrap().to_string();
+    let rerun = service.wait_for(&rerun_id, "running", WAIT).await;
+    delete_job(&client, &rerun).await;
+    service.wait_for(&rerun_id, "lost", WAIT).await;
+    let retries = reruns_of(&service, &rerun_id).await;
+    assert_eq!(retries.len(), 1, "{retries:#?}");
+    let retry_id = retries[0]["id"].as_str().unwrap().to_string();
+
+    let again = service
+        .post(
+            &format!("/v1/runs/{id}/rerun?only=failed-indexes"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        again.status(),
+        StatusCode::CONFLICT,
+        "index 1 is running again in the retry"
+    );
+    service.wait_for(&retry_id, "succeeded", WAIT).await;
+    let after = service.get(&format!("/v1/runs/{id}/indexes")).await;
+    assert_eq!(after["succeeded"], 3, "{after:#}");
+    assert_eq!(after["indexes"][1]["run"], retry_id.as_str());
+    assert_eq!(reruns_of(&service, &id).await.len(), 1, "no second rerun");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -151,8 +151,15 @@ pub async fn index_outcomes(
     original: &Run,
 ) -> Result<IndexesView, sqlx::Error> {
     let reruns: Vec<(Uuid, i32, RunStatus)> = sqlx::query_as(
-        "SELECT id, (template->>'completionIndex')::int, status FROM runs
-         WHERE rerun_of = $1 AND template ? 'completionIndex'
+        // The one-index reruns, and the retries of those that were lost (`retry.onLost`,
+        // linked to the lost rerun, with its template): all of them ran the index.
+        "WITH RECURSIVE chain(id) AS (
+             SELECT id FROM runs WHERE rerun_of = $1 AND template ? 'completionIndex'
+             UNION ALL
+             SELECT r.id FROM runs r JOIN chain c ON r.rerun_of = c.id
+             WHERE r.retry_reason IS NOT NULL)
+         SELECT id, (template->>'completionIndex')::int, status FROM runs
+         WHERE id IN (SELECT id FROM chain) AND template ? 'completionIndex'
          ORDER BY created_at, id",
     )
     .bind(original.id)
