@@ -7,6 +7,7 @@
 
 use super::RunStatus;
 use serde::Serialize;
+use std::collections::HashMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -81,10 +82,21 @@ pub fn outcomes(
         not_run: 0,
         indexes: Vec::new(),
     };
+    // Grouped once by index (a run may have up to 100,000 completions).
+    let mut pods_by_index: HashMap<i32, Vec<&IndexPod>> = HashMap::new();
+    for pod in pods {
+        if let Some(index) = pod.index {
+            pods_by_index.entry(index).or_default().push(pod);
+        }
+    }
+    let mut reruns_by_index: HashMap<i32, Vec<&IndexRerun>> = HashMap::new();
+    for rerun in reruns {
+        reruns_by_index.entry(rerun.index).or_default().push(rerun);
+    }
     for index in 0..completions.max(0) {
-        let of_index: Vec<&IndexPod> = pods.iter().filter(|p| p.index == Some(index)).collect();
+        let of_index: &[&IndexPod] = pods_by_index.get(&index).map_or(&[], |v| v);
         let attempts = of_index.len() as i32;
-        let reruns_of: Vec<&IndexRerun> = reruns.iter().filter(|r| r.index == index).collect();
+        let reruns_of: &[&IndexRerun] = reruns_by_index.get(&index).map_or(&[], |v| v);
         let won = of_index
             .iter()
             .find(|p| p.phase == "Succeeded")
