@@ -905,3 +905,59 @@ async fn run_with_parameters_follows_the_pod_that_got_them_and_a_refused_value_e
     );
     assert!(refused.stdout.is_empty());
 }
+
+/// `vfi rerun -p` gives parameter values again: a run with a secret parameter cannot be rerun
+/// without it (exit 3 naming `params.token`), and is with it (exit 0, the value masked).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn rerun_gives_secret_values_again_with_p(db: PgPool) {
+    let sim = kubesim(RunnerKind::Host).await;
+    let service = Service::start(db, sim.client(), &[]).await;
+    let token = admin_token(&service).await;
+    service
+        .http
+        .put(service.url("/v1/tasks/deploy"))
+        .json(&json!({
+            "template": {"image": "busybox", "command": ["true"]},
+            "parameters": [{"name": "token", "type": "secret", "required": true}]
+        }))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let started = finish(vfi(&service.base, &token).args([
+        "run",
+        "deploy",
+        "-p",
+        "token=s3cret-value",
+        "--wait",
+        "-o",
+        "json",
+    ]))
+    .await;
+    assert_eq!(started.status.code(), Some(0), "{}", stderr(&started));
+    let runs = service.get("/v1/runs?task=deploy").await;
+    let id = runs["items"][0]["id"].as_str().unwrap().to_string();
+
+    let without = finish(vfi(&service.base, &token).args(["rerun", &id])).await;
+    assert_eq!(without.status.code(), Some(3), "{}", stderr(&without));
+    assert!(
+        stderr(&without).contains("params.token"),
+        "{}",
+        stderr(&without)
+    );
+    let with = finish(vfi(&service.base, &token).args([
+        "rerun",
+        &id,
+        "-p",
+        "token=s3cret-value",
+        "-o",
+        "json",
+    ]))
+    .await;
+    assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
+    let runs = service.get("/v1/runs?task=deploy").await;
+    let items = runs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "one rerun stored: {runs}");
+    assert_eq!(items[0]["params"], json!({"token": "***"}));
+}

@@ -155,6 +155,10 @@ pub struct RerunArgs {
     /// Only the failed indexes of an Indexed run.
     #[arg(long)]
     pub failed_indexes: bool,
+    /// A parameter value replacing the original's (repeatable); secret values are never kept,
+    /// so a run with secret parameters is rerun only with each given again.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -124,8 +124,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 vec![]
             };
+            let body = params_body(&args.params);
             let answer = api
-                .create(&format!("/v1/runs/{}/rerun", args.run), &query, None)
+                .create(
+                    &format!("/v1/runs/{}/rerun", args.run),
+                    &query,
+                    body.as_ref(),
+                )
                 .await?;
             // One run, or `{"runs": [...]}` for failed indexes.
             match answer.get("runs") {
@@ -139,20 +144,24 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// `{"params": {...}}` from `-p name=value` options (values as text; the server reads integers
+/// and booleans from text), or no body.
+fn params_body(params: &[(String, String)]) -> Option<Value> {
+    if params.is_empty() {
+        return None;
+    }
+    let params: Map<String, Value> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    Some(json!({ "params": params }))
+}
+
 /// `vfi run`: submit, then maybe follow or wait, and exit with the run's outcome.
 async fn start(api: &Api, args: RunArgs, output: Output) -> anyhow::Result<u8> {
     let run = match (&args.task, &args.image) {
         (Some(task), _) => {
-            let body = if args.params.is_empty() {
-                None
-            } else {
-                let params: Map<String, Value> = args
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect();
-                Some(json!({ "params": params }))
-            };
+            let body = params_body(&args.params);
             api.create(&format!("/v1/tasks/{task}/runs"), &[], body.as_ref())
                 .await?
         }
