@@ -119,15 +119,7 @@ async fn a_failing_run_exits_1_and_an_ad_hoc_run_that_succeeds_0(db: PgPool) {
     let sim = kubesim(RunnerKind::Host).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
-    service
-        .http
-        .put(service.url("/v1/tasks/fails"))
-        .json(&json!({"template": {"image": "busybox", "command": ["sh", "-c", "echo oh no; exit 3"], "backoffLimit": 0}}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    put_task(&service, "fails", &json!({"template": {"image": "busybox", "command": ["sh", "-c", "echo oh no; exit 3"], "backoffLimit": 0}})).await;
 
     let waited = finish(vfi(&service.base, &token).args(["run", "fails", "--wait"])).await;
     let followed = finish(vfi(&service.base, &token).args(["run", "fails", "--follow"])).await;
@@ -177,6 +169,19 @@ async fn spawn_and_read_run_id(
     (child, id)
 }
 
+/// Creates (or replaces) task `name` as an admin would, failing the test on a refusal.
+async fn put_task(service: &Service, name: &str, spec: &Value) {
+    service
+        .http
+        .put(service.url(&format!("/v1/tasks/{name}")))
+        .json(spec)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}
+
 // Acceptance 4: a cancelled run exits 2.
 #[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
 async fn a_run_cancelled_while_followed_exits_2(db: PgPool) {
@@ -184,15 +189,7 @@ async fn a_run_cancelled_while_followed_exits_2(db: PgPool) {
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
     let template = scripted(&[("KUBESIM_DURATION_MS", "600000")], json!({}));
-    service
-        .http
-        .put(service.url("/v1/tasks/long"))
-        .json(&json!({ "template": template }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    put_task(&service, "long", &json!({ "template": template })).await;
 
     let (child, id) =
         spawn_and_read_run_id(vfi(&service.base, &token).args(["run", "long", "--follow"])).await;
@@ -217,15 +214,7 @@ async fn ctrl_c_while_following_stops_the_client_and_the_run_goes_on(db: PgPool)
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
     let template = scripted(&[("KUBESIM_DURATION_MS", "8000")], json!({}));
-    service
-        .http
-        .put(service.url("/v1/tasks/slow"))
-        .json(&json!({ "template": template }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    put_task(&service, "slow", &json!({ "template": template })).await;
 
     let (child, id) =
         spawn_and_read_run_id(vfi(&service.base, &token).args(["run", "slow", "--follow"])).await;
@@ -368,15 +357,7 @@ async fn logs_last_reads_the_archive_after_the_ttl_deleted_job_and_pods(db: PgPo
     let token = admin_token(&service).await;
     let mut template = calculatepi();
     template["ttlSecondsAfterFinished"] = json!(0);
-    service
-        .http
-        .put(service.url("/v1/tasks/calculatepi"))
-        .json(&json!({ "template": template }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    put_task(&service, "calculatepi", &json!({ "template": template })).await;
     let started =
         finish(vfi(&service.base, &token).args(["-o", "json", "run", "calculatepi"])).await;
     assert_eq!(started.status.code(), Some(0), "{}", stderr(&started));
@@ -728,15 +709,12 @@ async fn get_shows_queue_position_rerun_links_and_tokens_are_managed(db: PgPool)
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
     let template = scripted(&[("KUBESIM_DURATION_MS", "600000")], json!({}));
-    service
-        .http
-        .put(service.url("/v1/tasks/one-at-a-time"))
-        .json(&json!({ "template": template, "concurrency": {"limit": 1} }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    put_task(
+        &service,
+        "one-at-a-time",
+        &json!({ "template": template, "concurrency": {"limit": 1} }),
+    )
+    .await;
     let first =
         finish(vfi(&service.base, &token).args(["-o", "json", "run", "one-at-a-time"])).await;
     let first: Value = serde_json::from_slice(&first.stdout).unwrap();
@@ -796,15 +774,12 @@ async fn a_run_whose_answer_was_lost_is_retried_and_recorded_once(db: PgPool) {
     let sim = kubesim(RunnerKind::Scripted).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
-    service
-        .http
-        .put(service.url("/v1/tasks/once"))
-        .json(&json!({ "template": scripted(&[], json!({})) }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    put_task(
+        &service,
+        "once",
+        &json!({ "template": scripted(&[], json!({})) }),
+    )
+    .await;
     let (proxy, cuts) = cutting_proxy(
         service.base.trim_start_matches("http://").to_string(),
         "POST /v1/tasks/once/runs",
@@ -860,21 +835,18 @@ async fn run_with_parameters_follows_the_pod_that_got_them_and_a_refused_value_e
     let sim = kubesim(RunnerKind::Host).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
-    service
-        .http
-        .put(service.url("/v1/tasks/deploy"))
-        .json(&json!({
+    put_task(
+        &service,
+        "deploy",
+        &json!({
             "template": {"image": "busybox", "command": ["sh", "-c", "echo $VFI_PARAM_TARGET"]},
             "parameters": [
                 {"name": "target", "type": "enum", "enum": ["dev", "staging"], "required": true},
                 {"name": "n", "type": "integer", "minimum": 1, "maximum": 5, "default": 1}
             ]
-        }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+        }),
+    )
+    .await;
 
     let followed = finish(vfi(&service.base, &token).args([
         "run",
@@ -913,18 +885,15 @@ async fn rerun_gives_secret_values_again_with_p(db: PgPool) {
     let sim = kubesim(RunnerKind::Host).await;
     let service = Service::start(db, sim.client(), &[]).await;
     let token = admin_token(&service).await;
-    service
-        .http
-        .put(service.url("/v1/tasks/deploy"))
-        .json(&json!({
+    put_task(
+        &service,
+        "deploy",
+        &json!({
             "template": {"image": "busybox", "command": ["true"]},
             "parameters": [{"name": "token", "type": "secret", "required": true}]
-        }))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+        }),
+    )
+    .await;
     let started = finish(vfi(&service.base, &token).args([
         "run",
         "deploy",
