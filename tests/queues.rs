@@ -984,6 +984,21 @@ async fn listed_waiting(service: &Service, task: &str) -> HashMap<String, (i64, 
         .collect()
 }
 
+/// Starts a run of `task` that runs for ten minutes and waits until it runs: it holds one of the
+/// key's slots for the rest of the test.
+async fn start_holder(service: &Service, task: &str) -> String {
+    let holder = id(&start(
+        service,
+        task,
+        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
+    )
+    .await);
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    holder
+}
+
 /// Why-waiting in the list and the event stream: `GET /v1/runs` shows each waiting run's
 /// `queue` as `GET /v1/runs/{id}` does; every change of a key's queue (a waiting run cancelled,
 /// a run admitted) is one `queue.moved` event for the key, not one per waiting run, with how
@@ -1000,15 +1015,7 @@ async fn waiting_runs_show_their_place_in_the_list_and_each_queue_change_is_one_
         json!({"template": template(300), "concurrency": {"limit": 1}}),
     )
     .await;
-    let holder = id(&start(
-        &service,
-        "listed",
-        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
-    )
-    .await);
-    service
-        .wait_for(&holder, "running", Duration::from_secs(30))
-        .await;
+    let holder = start_holder(&service, "listed").await;
     let mut events = EventStream::open(&service, "?task=listed").await;
     let mut waiting = Vec::new();
     for _ in 0..5 {
@@ -1185,15 +1192,7 @@ async fn metrics_count_waiting_runs_per_key_and_reason_and_time_each_admission(d
         json!({"template": template(200), "concurrency": {"limit": 1}}),
     )
     .await;
-    let holder = id(&start(
-        &service,
-        "metered",
-        json!({"env": [{"name": "KUBESIM_DURATION_MS", "value": "600000"}]}),
-    )
-    .await);
-    service
-        .wait_for(&holder, "running", Duration::from_secs(30))
-        .await;
+    let holder = start_holder(&service, "metered").await;
     let mut ids = Vec::new();
     for _ in 0..2 {
         ids.push(id(&start(&service, "metered", json!({})).await));
