@@ -1279,3 +1279,120 @@ async fn queue_events_older_than_the_history_age_limit_are_pruned(db: PgPool) {
     assert_eq!(deleted, 1);
     assert_eq!(count(&db, "queue_events").await, 1, "the newer one stays");
 }
+
+/// Lock order (`store::queue`'s header): a lost run's retry (`retry.onLost`, written in the
+/// transaction that records the loss) and a `CancelInProgress` submission of the same key race
+/// many times. The submission takes the key's lock, then the key's run rows (to supersede
+/// them); the loss took the run's row, then (for the retry's submission) the key's lock, so the
+/// two could wait on each other until PostgreSQL aborted one with 40P01 (deadlock_detected).
+/// Every path now takes the key's lock first: no call fails, and every lost run is accounted
+/// for (superseded before the loss was recorded, or lost with exactly one retry).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_lost_runs_retry_and_a_cancel_in_progress_submission_of_its_key_never_deadlock(
+    db: PgPool,
+) {
+    use vfi_orchestrator::domain::{
+        Caps, Origin, PodCounts, RunPolicy, RunStatus, RunTemplate, Submission, TaskSpec,
+    };
+    use vfi_orchestrator::store::runs::{observe_with, Observation};
+    let policy = RunPolicy {
+        namespaces: vec!["default".into()],
+        service_accounts: vec!["default".into()],
+        job_name_prefix: String::new(),
+        limits: Default::default(),
+        sandbox: Default::default(),
+    };
+    let mut spec = template(1000);
+    spec["retry"] = json!({"onLost": 1});
+    let template: RunTemplate = serde_json::from_value(spec.clone()).unwrap();
+    let task_spec: TaskSpec = serde_json::from_value(json!({
+        "template": spec,
+        "concurrency": {"limit": 1, "policy": "CancelInProgress"},
+    }))
+    .unwrap();
+    let submit = |task: String| {
+        let (db, policy, template, concurrency) = (
+            db.clone(),
+            policy.clone(),
+            template.clone(),
+            task_spec.concurrency.clone(),
+        );
+        async move {
+            let submission = Submission::check(
+                &policy,
+                Origin::api(Some(&task), None).by_service(),
+                template,
+                None,
+            )
+            .unwrap()
+            .queued(concurrency.as_ref(), None, None, None)
+            .unwrap();
+            let mut tx = db.begin().await?;
+            let run = store::runs::submit(&mut tx, &submission, Caps::default())
+                .await?
+                .unwrap();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(run)
+        }
+    };
+    for round in 0..40 {
+        let task = format!("locked-{round}");
+        store::tasks::upsert(&db, &task, &task_spec).await.unwrap();
+        let first = submit(task.clone()).await.unwrap();
+        sqlx::query("UPDATE runs SET status = 'running', started_at = now() WHERE id = $1")
+            .bind(first.id)
+            .execute(&db)
+            .await
+            .unwrap();
+        let seen = Observation {
+            status: RunStatus::Lost,
+            reason: Some("JobMissing"),
+            message: Some("the Job was no longer in the cluster"),
+            counts: PodCounts::default(),
+            started_at: None,
+            finished_at: None,
+            job: None,
+        };
+        let (lost, newer) = tokio::join!(
+            observe_with(&db, first.id, &seen, Some(&policy)),
+            submit(task.clone())
+        );
+        let lost = lost.unwrap_or_else(|e| panic!("round {round}: recording the loss: {e}"));
+        let newer = newer.unwrap_or_else(|e| panic!("round {round}: the submission: {e}"));
+        let (status, reason): (String, Option<String>) =
+            sqlx::query_as("SELECT status, status_reason FROM runs WHERE id = $1")
+                .bind(first.id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        let retries: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE rerun_of = $1")
+                .bind(first.id)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        match status.as_str() {
+            "cancelled" => {
+                assert_eq!(reason.as_deref(), Some("Superseded"), "round {round}");
+                assert!(
+                    retries.is_empty(),
+                    "round {round}: a superseded run is not retried"
+                );
+            }
+            "lost" => {
+                assert_eq!(retries.len(), 1, "round {round}: one retry per loss");
+                assert_eq!(lost.unwrap().retry, Some(retries[0]), "round {round}");
+            }
+            other => panic!("round {round}: the first run ended {other}"),
+        }
+        let newer_status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(newer.id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            newer_status, "queued",
+            "round {round}: the newest run of the key waits"
+        );
+    }
+}

@@ -6,9 +6,17 @@
 //! `runs` each time, under a lock held until the transaction that changes them commits. So a
 //! restart, a crash between admission and Job creation (the run stays `creating`, holding its
 //! slot, until another launcher takes over its lapsed lease and adopts or creates the Job), or
-//! several replicas never break a limit. Locks are taken in one order (the admission lock, then
-//! nothing; a submission takes its keys' locks in key order and never the admission lock), so
-//! they never deadlock.
+//! several replicas never break a limit.
+//!
+//! Lock order, so that they never deadlock: a transaction takes a concurrency key's advisory
+//! lock ([`lock_keys`]) before any row of `runs`, and keys in key order; the admission lock
+//! ([`admissible`]) is never taken with a key's lock. A submission takes its keys' locks, then
+//! (`CancelInProgress`, `CancelPending`) the rows of the key's runs it supersedes; so every
+//! other path that may submit while it holds a run's row takes the key's lock first: the
+//! record of a lost run, which resubmits it under `retry.onLost` in the same transaction
+//! (`runs::observe_with` locks the run's key before its row). (A retry whose task's key
+//! changed since takes the new key's lock after the lost run's row; no transaction waits on
+//! that row while holding the new key's lock, since the new key's runs do not include it.)
 
 use crate::domain::queue::{
     waiting_by_reason, Admission, KeyStanding, Occupancy, QueueState, WaitReason, WaitingGroup,
