@@ -1396,3 +1396,84 @@ async fn a_lost_runs_retry_and_a_cancel_in_progress_submission_of_its_key_never_
         );
     }
 }
+
+/// The cancel-while-creating window under `CancelInProgress`: a run superseded by a newer run
+/// of its key while its Job create hangs in the API server (kubesim's `hang` fault: the create
+/// is carried out when the hang ends) keeps its slot under its launcher's lease, as a run
+/// cancelled through the API does, so the newer run is not admitted while the old Job may
+/// still appear (limit 1 would hold two Jobs); the late Job is recorded on the superseded run
+/// and deleted, never left running; and then the newer run goes ahead.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_superseded_while_its_job_create_hangs_keeps_its_slot_and_its_late_job_is_deleted(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "hung-superseded",
+        json!({"template": template(300),
+               "concurrency": {"limit": 1, "policy": "CancelInProgress"}}),
+    )
+    .await;
+    let mut hang = kubesim::faults::Fault::new(kubesim::faults::FaultKind::Hang);
+    hang.count = Some(1);
+    hang.seconds = Some(3.0);
+    hang.verb = Some("POST".into());
+    hang.path = Some("/apis/batch/v1/namespaces/default/jobs".into());
+    sim.faults().add(hang).unwrap();
+    let superseded = id(&start(&service, "hung-superseded", json!({})).await);
+    service
+        .wait_for(&superseded, "creating", Duration::from_secs(10))
+        .await;
+
+    let newer = id(&start(&service, "hung-superseded", json!({})).await);
+    let old = service.run(&superseded).await;
+    assert_eq!(old["status"], "cancelled", "{old:#}");
+    assert_eq!(old["statusReason"], "Superseded", "{old:#}");
+
+    // While the create hangs, the superseded run holds the slot: the newer one waits for it.
+    let mut readings = 0;
+    while !sim.faults().list().is_empty() {
+        let run = service.run(&newer).await;
+        assert_eq!(run["status"], "queued", "admitted during the hang: {run:#}");
+        assert_eq!(run["queue"]["blockedBy"], json!([superseded]), "{run:#}");
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(readings > 0, "the hang was observed");
+
+    service
+        .wait_for(&newer, "succeeded", Duration::from_secs(30))
+        .await;
+    let client = sim.client();
+    eventually(
+        "the late Job of the superseded run to be deleted",
+        Duration::from_secs(10),
+        || {
+            let (client, superseded) = (client.clone(), superseded.clone());
+            async move {
+                let jobs = jobs_of(&client, &superseded).await;
+                jobs.iter()
+                    .all(|job| job.metadata.deletion_timestamp.is_some())
+            }
+        },
+    )
+    .await;
+    let seen = service.statuses_seen(&superseded).await;
+    assert!(
+        !seen.iter().any(|s| s == "pending" || s == "running"),
+        "the superseded run never started: {seen:?}"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE id = $1::uuid AND job_name IS NOT NULL",
+    )
+    .bind(&superseded)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, 1,
+        "the late Job is recorded on the superseded run"
+    );
+}

@@ -36,7 +36,7 @@ const KEY_LOCK_SPACE: i32 = 0x7166; // "qf"
 /// SQL: the run `r` holds a slot of its key and of the installation: its Job has not finished,
 /// or is a cancelled run's Job the canceller has not deleted yet, or it was cancelled while its
 /// launcher's create was in flight (`creating`: the cancellation keeps the launcher's lease, see
-/// `runs::cancel_with`), so its Job may still appear: until the launcher records that Job (then
+/// `store::status::write`), so its Job may still appear: until the launcher records that Job (then
 /// the clause before holds it until deleted) or says none came, or its lease lapses.
 pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'admitting', 'pending', 'running')
     OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested)
