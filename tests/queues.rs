@@ -1477,3 +1477,91 @@ async fn a_run_superseded_while_its_job_create_hangs_keeps_its_slot_and_its_late
         "the late Job is recorded on the superseded run"
     );
 }
+
+/// A launch that times out (`MAX_QUEUE_WAIT_SECS`) on a hung create whose run was cancelled
+/// meanwhile: the `LaunchTimeout` is refused (the cancellation wins), but the abandoned create
+/// can still be carried out by the API server (kubesim's `hang` fault carries it out when the
+/// hang ends). The Job that lands late is recorded on the cancelled run and deleted (no orphan
+/// Job), and the run keeps its key's slot while it may land, so the next run of the key waits.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_cancelled_run_whose_launch_timed_out_still_records_and_deletes_its_late_job(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-queue-wait-secs", "2"]).await;
+    put_task(
+        &service,
+        "timed-out",
+        json!({"template": template(300), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let mut hang = kubesim::faults::Fault::new(kubesim::faults::FaultKind::Hang);
+    hang.count = Some(1);
+    hang.seconds = Some(5.0);
+    hang.verb = Some("POST".into());
+    hang.path = Some("/apis/batch/v1/namespaces/default/jobs".into());
+    sim.faults().add(hang).unwrap();
+    let cancelled = id(&start(&service, "timed-out", json!({})).await);
+    service
+        .wait_for(&cancelled, "creating", Duration::from_secs(10))
+        .await;
+    let response = service
+        .post(&format!("/v1/runs/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let behind = id(&start(&service, "timed-out", json!({})).await);
+
+    // Past the launch deadline (2 s) and until the hang ends (5 s): the cancelled run holds
+    // the slot, since its create may still land.
+    let mut readings = 0;
+    while !sim.faults().list().is_empty() {
+        let run = service.run(&behind).await;
+        assert_eq!(run["status"], "queued", "admitted during the hang: {run:#}");
+        assert_eq!(run["queue"]["blockedBy"], json!([cancelled]), "{run:#}");
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(readings > 0, "the hang was observed");
+
+    let client = sim.client();
+    eventually(
+        "the late Job of the cancelled run to be recorded",
+        Duration::from_secs(10),
+        || {
+            let (db, cancelled) = (db.clone(), cancelled.clone());
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM runs WHERE id = $1::uuid AND job_name IS NOT NULL",
+                )
+                .bind(&cancelled)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    service
+        .wait_for(&behind, "succeeded", Duration::from_secs(30))
+        .await;
+    eventually(
+        "the late Job of the cancelled run to be deleted",
+        Duration::from_secs(10),
+        || {
+            let (client, cancelled) = (client.clone(), cancelled.clone());
+            async move {
+                let jobs = jobs_of(&client, &cancelled).await;
+                jobs.iter().all(|j| j.metadata.deletion_timestamp.is_some())
+            }
+        },
+    )
+    .await;
+    let run = service.run(&cancelled).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    let seen = service.statuses_seen(&cancelled).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s == "pending" || s == "running" || s == "failed"),
+        "the cancelled run never started nor failed: {seen:?}"
+    );
+}
