@@ -1565,3 +1565,101 @@ async fn a_cancelled_run_whose_launch_timed_out_still_records_and_deletes_its_la
         "the cancelled run never started nor failed: {seen:?}"
     );
 }
+
+/// Issue 16, `/v1/events` carries queue changes: a run superseded while it waits
+/// (`CancelPending`) leaves its key's queue, so the run that superseded it moves up behind the
+/// holder; each superseding submission is one `queue.moved` event for the key (`Cancelled`,
+/// one run left, one still waits), in the submission's own transaction.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn waiting_runs_superseded_by_cancel_pending_send_one_queue_moved_event_per_submission(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "replaced",
+        json!({"template": template(300),
+               "concurrency": {"limit": 1, "policy": "CancelPending"}}),
+    )
+    .await;
+    let _holder = start_holder(&service, "replaced").await;
+    let mut events = EventStream::open(&service, "?task=replaced").await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(id(&start(&service, "replaced", json!({})).await));
+    }
+    let mut moves = Vec::new();
+    while moves.len() < 2 {
+        let event = events.next().await;
+        if event["type"] == "queue.moved" {
+            moves.push((
+                event["key"].clone(),
+                event["reason"].clone(),
+                event["left"].clone(),
+                event["waiting"].clone(),
+            ));
+        }
+    }
+    let expected = (json!("replaced"), json!("Cancelled"), json!(1), json!(1));
+    assert_eq!(moves, vec![expected.clone(), expected]);
+    for superseded in &waiting[..2] {
+        let run = service.run(superseded).await;
+        assert_eq!(run["status"], "cancelled", "{run:#}");
+        assert_eq!(run["statusReason"], "Superseded", "{run:#}");
+    }
+    assert_eq!(service.run(&waiting[2]).await["queue"]["position"], 1);
+}
+
+/// Issue 16, `/v1/events` carries queue changes for runs held only by an installation limit:
+/// runs without a key waiting under `MAX_ACTIVE_RUNS` move up when one ahead of them is
+/// admitted, and each admission pass is one `queue.moved` event without a key (`Admitted`,
+/// with how many still wait).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn runs_held_by_the_installation_limit_send_queue_moved_when_they_move_up(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "1"]).await;
+    let holder = service.submit(template(600_000)).await;
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut events = EventStream::open(&service, "").await;
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        waiting.push(service.submit(template(200)).await);
+    }
+    for id in &waiting {
+        assert_eq!(
+            service.run(id).await["queue"]["reason"],
+            "InstallationLimit"
+        );
+    }
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut moves = Vec::new();
+    while moves.len() < 2 {
+        let event = events.next().await;
+        if event["type"] == "queue.moved" {
+            assert!(event.get("key").is_none(), "{event}");
+            moves.push((
+                event["reason"].clone(),
+                event["left"].clone(),
+                event["waiting"].clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        moves,
+        vec![
+            (json!("Admitted"), json!(1), json!(1)),
+            (json!("Admitted"), json!(1), json!(0)),
+        ]
+    );
+    for id in &waiting {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(30))
+            .await;
+    }
+}

@@ -128,7 +128,8 @@ impl Left {
 /// Records that the runs `ids` just left their keys' queues (call in the transaction that
 /// moved them): one `queue.moved` event per key and task, with how many left and how many
 /// still wait, instead of an event per waiting run whose place changed. Runs without a key are
-/// ignored.
+/// counted in the installation's queue (an event without a key): pass them only when
+/// installation limits hold such runs (the admission pass admits them only then).
 pub async fn note_left(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
@@ -137,11 +138,15 @@ pub async fn note_left(
     sqlx::query(
         "WITH l AS (
             SELECT queue_key, task_name, count(*) AS n FROM runs
-            WHERE id = ANY($1) AND queue_key IS NOT NULL GROUP BY queue_key, task_name
+            WHERE id = ANY($1) GROUP BY queue_key, task_name
          ), e AS (
             INSERT INTO queue_events (queue_key, task_name, kind, reason, left_queue, waiting)
             SELECT l.queue_key, l.task_name, 'moved', $2, l.n,
-                   (SELECT count(*) FROM runs w WHERE w.status = 'queued' AND w.queue_key = l.queue_key)
+                   CASE WHEN l.queue_key IS NULL
+                        THEN (SELECT count(*) FROM runs w
+                              WHERE w.status = 'queued' AND w.queue_key IS NULL)
+                        ELSE (SELECT count(*) FROM runs w
+                              WHERE w.status = 'queued' AND w.queue_key = l.queue_key) END
             FROM l RETURNING id)
          SELECT pg_notify('vfi_run_events', '') FROM e LIMIT 1",
     )
