@@ -1663,3 +1663,57 @@ async fn runs_held_by_the_installation_limit_send_queue_moved_when_they_move_up(
             .await;
     }
 }
+
+/// Issue 16, `/v1/events` carries queue changes: a waiting run whose reason changes without a
+/// change of position says so once. With `MAX_ACTIVE_RUNS` 1, run A of key K waits behind K's
+/// holder (`ConcurrencyLimit`, announced when queued); when the holder is cancelled, an older
+/// run of another key takes the installation's one slot, so A, still first on K, now waits for
+/// the installation (`InstallationLimit`): one `run.queue` event for A with the new reason,
+/// and no repeat on later admission passes.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_waiting_run_whose_reason_changes_in_place_gets_one_run_queue_event(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "1"]).await;
+    for task in ["k-task", "l-task"] {
+        put_task(
+            &service,
+            task,
+            json!({"template": template(600_000), "concurrency": {"limit": 1}}),
+        )
+        .await;
+    }
+    let holder = start_holder(&service, "k-task").await;
+    let mut events = EventStream::open(&service, "?task=k-task").await;
+    let older = id(&start(&service, "l-task", json!({})).await);
+    let a = id(&start(&service, "k-task", json!({})).await);
+    assert_eq!(service.run(&a).await["queue"]["reason"], "ConcurrencyLimit");
+
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    service
+        .wait_for(&older, "running", Duration::from_secs(30))
+        .await;
+    let mut reasons = Vec::new();
+    while reasons.last().map(String::as_str) != Some("InstallationLimit") {
+        let event = events.next().await;
+        if event["type"] == "run.queue" && event["runId"] == json!(a) {
+            reasons.push(event["reason"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(reasons, ["ConcurrencyLimit", "InstallationLimit"]);
+    let run = service.run(&a).await;
+    assert_eq!(run["queue"]["reason"], "InstallationLimit", "{run:#}");
+    assert_eq!(run["queue"]["position"], 1, "{run:#}");
+    // Later passes (the launcher polls) see the same reason: no second event.
+    let announced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM run_events
+         WHERE run_id = $1::uuid AND kind = 'queue' AND reason = 'InstallationLimit'",
+    )
+    .bind(&a)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(announced, 1);
+}

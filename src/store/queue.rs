@@ -97,7 +97,8 @@ pub async fn note_queued(
     sqlx::query(
         "WITH e AS (
             INSERT INTO run_events (run_id, task_name, kind, status, reason, message)
-            VALUES ($1, $2, 'queue', 'queued', $3, $4) RETURNING id)
+            VALUES ($1, $2, 'queue', 'queued', $3, $4) RETURNING id
+         ), r AS (UPDATE runs SET queue_reason = $3 WHERE id = $1)
          SELECT pg_notify('vfi_run_events', '') FROM e",
     )
     .bind(run.id)
@@ -157,6 +158,51 @@ pub async fn note_left(
     Ok(())
 }
 
+/// Records the reason each of `held` (queued runs and why they wait now) waits, as a `queue`
+/// event of the run (`run.queue` on the event stream), for those whose reason is not the one
+/// last announced: one event per run per change, in one statement, in the caller's
+/// transaction. A run no longer queued is left alone.
+pub async fn note_reasons(
+    db: impl PgExecutor<'_>,
+    held: &[(Uuid, WaitReason)],
+    admission: &Admission,
+) -> Result<(), sqlx::Error> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = held.iter().map(|(id, _)| *id).collect();
+    let reasons: Vec<&str> = held.iter().map(|(_, r)| r.as_str()).collect();
+    sqlx::query(
+        "WITH c AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[]) AS c(id, reason)
+         ), u AS (
+            UPDATE runs r SET queue_reason = c.reason FROM c
+            WHERE r.id = c.id AND r.status = 'queued' AND r.queue_reason IS DISTINCT FROM c.reason
+            RETURNING r.id, r.task_name, c.reason,
+                      coalesce(r.template->>'namespace', $3) AS namespace
+         ), e AS (
+            INSERT INTO run_events (run_id, task_name, kind, status, reason, message)
+            SELECT u.id, u.task_name, 'queue', 'queued', u.reason,
+                   CASE u.reason
+                     WHEN 'InstallationLimit' THEN
+                       'waits for a free slot of the installation (MAX_ACTIVE_RUNS ' || $4 || ' runs active)'
+                     WHEN 'NamespaceLimit' THEN
+                       'waits for a free slot of namespace ' || u.namespace
+                       || ' (MAX_ACTIVE_RUNS_PER_NAMESPACE ' || $5 || ' runs active)'
+                     ELSE 'waits: ' || u.reason END
+            FROM u RETURNING id)
+         SELECT pg_notify('vfi_run_events', '') FROM e LIMIT 1",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .bind(&admission.default_namespace)
+    .bind(admission.max_active.to_string())
+    .bind(admission.max_active_per_namespace.to_string())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Deletes up to `limit` `queue.moved` events from before `before` (the pruner, with the run
 /// history's age limit); returns how many.
 pub async fn prune_events(
@@ -185,18 +231,29 @@ struct Candidate {
     namespace: String,
 }
 
+/// What an admission pass decided.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// The runs that may start now, in admission order.
+    pub ids: Vec<Uuid>,
+    /// Runs their key lets through that an installation or namespace limit holds, and which
+    /// (for [`note_reasons`]).
+    pub held: Vec<(Uuid, WaitReason)>,
+}
+
 /// The admission pass: under the admission lock (held until `conn`'s transaction ends), the
 /// ids of up to `free` due queued runs that may start now, in admission order (effective
 /// priority, then submission). A run of a key is admissible when fewer than its limit of the
 /// key's runs hold a slot, counting those admitted before it in the same pass; with
 /// installation limits, every run also needs a free slot of its namespace and of the
-/// installation. Without installation limits only keyed runs are considered (the others need
+/// installation (those looked at that lack one are returned as `held`, with the limit that
+/// holds them). Without installation limits only keyed runs are considered (the others need
 /// no admission). The caller moves the ids to `creating` in the same transaction.
 pub async fn admissible(
     conn: &mut PgConnection,
     admission: &Admission,
     free: i64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Admitted, sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(ADMISSION_LOCK)
         .execute(&mut *conn)
@@ -227,31 +284,40 @@ pub async fn admissible(
     .fetch_all(&mut *conn)
     .await?;
     if !admission.limited() {
-        return Ok(candidates
-            .into_iter()
-            .map(|c| c.id)
-            .take(free as usize)
-            .collect());
+        return Ok(Admitted {
+            ids: candidates
+                .into_iter()
+                .map(|c| c.id)
+                .take(free as usize)
+                .collect(),
+            held: Vec::new(),
+        });
     }
     let (mut total, mut per_namespace) =
         active_by_namespace(&mut *conn, &admission.default_namespace).await?;
-    let mut admitted = Vec::new();
+    let mut admitted = Admitted::default();
     for candidate in candidates {
-        if admitted.len() as i64 >= free {
+        if admitted.ids.len() as i64 >= free {
             break;
         }
         if admission.max_active > 0 && total >= i64::from(admission.max_active) {
-            break;
+            admitted
+                .held
+                .push((candidate.id, WaitReason::InstallationLimit));
+            continue;
         }
         let in_namespace = per_namespace.entry(candidate.namespace).or_insert(0);
         if admission.max_active_per_namespace > 0
             && *in_namespace >= i64::from(admission.max_active_per_namespace)
         {
+            admitted
+                .held
+                .push((candidate.id, WaitReason::NamespaceLimit));
             continue;
         }
         *in_namespace += 1;
         total += 1;
-        admitted.push(candidate.id);
+        admitted.ids.push(candidate.id);
     }
     Ok(admitted)
 }
