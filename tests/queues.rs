@@ -1279,3 +1279,441 @@ async fn queue_events_older_than_the_history_age_limit_are_pruned(db: PgPool) {
     assert_eq!(deleted, 1);
     assert_eq!(count(&db, "queue_events").await, 1, "the newer one stays");
 }
+
+/// Lock order (`store::queue`'s header): a lost run's retry (`retry.onLost`, written in the
+/// transaction that records the loss) and a `CancelInProgress` submission of the same key race
+/// many times. The submission takes the key's lock, then the key's run rows (to supersede
+/// them); the loss took the run's row, then (for the retry's submission) the key's lock, so the
+/// two could wait on each other until PostgreSQL aborted one with 40P01 (deadlock_detected).
+/// Every path now takes the key's lock first: no call fails, and every lost run is accounted
+/// for (superseded before the loss was recorded, or lost with exactly one retry).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_lost_runs_retry_and_a_cancel_in_progress_submission_of_its_key_never_deadlock(
+    db: PgPool,
+) {
+    use vfi_orchestrator::domain::{
+        Caps, Origin, PodCounts, RunPolicy, RunStatus, RunTemplate, Submission, TaskSpec,
+    };
+    use vfi_orchestrator::store::runs::{observe_with, Observation};
+    let policy = RunPolicy {
+        namespaces: vec!["default".into()],
+        service_accounts: vec!["default".into()],
+        job_name_prefix: String::new(),
+        limits: Default::default(),
+        sandbox: Default::default(),
+    };
+    let mut spec = template(1000);
+    spec["retry"] = json!({"onLost": 1});
+    let template: RunTemplate = serde_json::from_value(spec.clone()).unwrap();
+    let task_spec: TaskSpec = serde_json::from_value(json!({
+        "template": spec,
+        "concurrency": {"limit": 1, "policy": "CancelInProgress"},
+    }))
+    .unwrap();
+    let submit = |task: String| {
+        let (db, policy, template, concurrency) = (
+            db.clone(),
+            policy.clone(),
+            template.clone(),
+            task_spec.concurrency.clone(),
+        );
+        async move {
+            let submission = Submission::check(
+                &policy,
+                Origin::api(Some(&task), None).by_service(),
+                template,
+                None,
+            )
+            .unwrap()
+            .queued(concurrency.as_ref(), None, None, None)
+            .unwrap();
+            let mut tx = db.begin().await?;
+            let run = store::runs::submit(&mut tx, &submission, Caps::default())
+                .await?
+                .unwrap();
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(run)
+        }
+    };
+    for round in 0..40 {
+        let task = format!("locked-{round}");
+        store::tasks::upsert(&db, &task, &task_spec).await.unwrap();
+        let first = submit(task.clone()).await.unwrap();
+        sqlx::query("UPDATE runs SET status = 'running', started_at = now() WHERE id = $1")
+            .bind(first.id)
+            .execute(&db)
+            .await
+            .unwrap();
+        let seen = Observation {
+            status: RunStatus::Lost,
+            reason: Some("JobMissing"),
+            message: Some("the Job was no longer in the cluster"),
+            counts: PodCounts::default(),
+            started_at: None,
+            finished_at: None,
+            job: None,
+        };
+        let (lost, newer) = tokio::join!(
+            observe_with(&db, first.id, &seen, Some(&policy)),
+            submit(task.clone())
+        );
+        let lost = lost.unwrap_or_else(|e| panic!("round {round}: recording the loss: {e}"));
+        let newer = newer.unwrap_or_else(|e| panic!("round {round}: the submission: {e}"));
+        let (status, reason): (String, Option<String>) =
+            sqlx::query_as("SELECT status, status_reason FROM runs WHERE id = $1")
+                .bind(first.id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        let retries: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE rerun_of = $1")
+                .bind(first.id)
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        match status.as_str() {
+            "cancelled" => {
+                assert_eq!(reason.as_deref(), Some("Superseded"), "round {round}");
+                assert!(
+                    retries.is_empty(),
+                    "round {round}: a superseded run is not retried"
+                );
+            }
+            "lost" => {
+                assert_eq!(retries.len(), 1, "round {round}: one retry per loss");
+                assert_eq!(lost.unwrap().retry, Some(retries[0]), "round {round}");
+            }
+            other => panic!("round {round}: the first run ended {other}"),
+        }
+        let newer_status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+            .bind(newer.id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(
+            newer_status, "queued",
+            "round {round}: the newest run of the key waits"
+        );
+    }
+}
+
+/// The cancel-while-creating window under `CancelInProgress`: a run superseded by a newer run
+/// of its key while its Job create hangs in the API server (kubesim's `hang` fault: the create
+/// is carried out when the hang ends) keeps its slot under its launcher's lease, as a run
+/// cancelled through the API does, so the newer run is not admitted while the old Job may
+/// still appear (limit 1 would hold two Jobs); the late Job is recorded on the superseded run
+/// and deleted, never left running; and then the newer run goes ahead.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_run_superseded_while_its_job_create_hangs_keeps_its_slot_and_its_late_job_is_deleted(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "hung-superseded",
+        json!({"template": template(300),
+               "concurrency": {"limit": 1, "policy": "CancelInProgress"}}),
+    )
+    .await;
+    let mut hang = kubesim::faults::Fault::new(kubesim::faults::FaultKind::Hang);
+    hang.count = Some(1);
+    hang.seconds = Some(3.0);
+    hang.verb = Some("POST".into());
+    hang.path = Some("/apis/batch/v1/namespaces/default/jobs".into());
+    sim.faults().add(hang).unwrap();
+    let superseded = id(&start(&service, "hung-superseded", json!({})).await);
+    service
+        .wait_for(&superseded, "creating", Duration::from_secs(10))
+        .await;
+
+    let newer = id(&start(&service, "hung-superseded", json!({})).await);
+    let old = service.run(&superseded).await;
+    assert_eq!(old["status"], "cancelled", "{old:#}");
+    assert_eq!(old["statusReason"], "Superseded", "{old:#}");
+
+    // While the create hangs, the superseded run holds the slot: the newer one waits for it.
+    let mut readings = 0;
+    while !sim.faults().list().is_empty() {
+        let run = service.run(&newer).await;
+        assert_eq!(run["status"], "queued", "admitted during the hang: {run:#}");
+        assert_eq!(run["queue"]["blockedBy"], json!([superseded]), "{run:#}");
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(readings > 0, "the hang was observed");
+
+    service
+        .wait_for(&newer, "succeeded", Duration::from_secs(30))
+        .await;
+    let client = sim.client();
+    eventually(
+        "the late Job of the superseded run to be deleted",
+        Duration::from_secs(10),
+        || {
+            let (client, superseded) = (client.clone(), superseded.clone());
+            async move {
+                let jobs = jobs_of(&client, &superseded).await;
+                jobs.iter()
+                    .all(|job| job.metadata.deletion_timestamp.is_some())
+            }
+        },
+    )
+    .await;
+    let seen = service.statuses_seen(&superseded).await;
+    assert!(
+        !seen.iter().any(|s| s == "pending" || s == "running"),
+        "the superseded run never started: {seen:?}"
+    );
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE id = $1::uuid AND job_name IS NOT NULL",
+    )
+    .bind(&superseded)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded, 1,
+        "the late Job is recorded on the superseded run"
+    );
+}
+
+/// A launch that times out (`MAX_QUEUE_WAIT_SECS`) on a hung create whose run was cancelled
+/// meanwhile: the `LaunchTimeout` is refused (the cancellation wins), but the abandoned create
+/// can still be carried out by the API server (kubesim's `hang` fault carries it out when the
+/// hang ends). The Job that lands late is recorded on the cancelled run and deleted (no orphan
+/// Job), and the run keeps its key's slot while it may land, so the next run of the key waits.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_cancelled_run_whose_launch_timed_out_still_records_and_deletes_its_late_job(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-queue-wait-secs", "2"]).await;
+    put_task(
+        &service,
+        "timed-out",
+        json!({"template": template(300), "concurrency": {"limit": 1}}),
+    )
+    .await;
+    let mut hang = kubesim::faults::Fault::new(kubesim::faults::FaultKind::Hang);
+    hang.count = Some(1);
+    hang.seconds = Some(5.0);
+    hang.verb = Some("POST".into());
+    hang.path = Some("/apis/batch/v1/namespaces/default/jobs".into());
+    sim.faults().add(hang).unwrap();
+    let cancelled = id(&start(&service, "timed-out", json!({})).await);
+    service
+        .wait_for(&cancelled, "creating", Duration::from_secs(10))
+        .await;
+    let response = service
+        .post(&format!("/v1/runs/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let behind = id(&start(&service, "timed-out", json!({})).await);
+
+    // Past the launch deadline (2 s) and until the hang ends (5 s): the cancelled run holds
+    // the slot, since its create may still land.
+    let mut readings = 0;
+    while !sim.faults().list().is_empty() {
+        let run = service.run(&behind).await;
+        assert_eq!(run["status"], "queued", "admitted during the hang: {run:#}");
+        assert_eq!(run["queue"]["blockedBy"], json!([cancelled]), "{run:#}");
+        readings += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(readings > 0, "the hang was observed");
+
+    let client = sim.client();
+    eventually(
+        "the late Job of the cancelled run to be recorded",
+        Duration::from_secs(10),
+        || {
+            let (db, cancelled) = (db.clone(), cancelled.clone());
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM runs WHERE id = $1::uuid AND job_name IS NOT NULL",
+                )
+                .bind(&cancelled)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    service
+        .wait_for(&behind, "succeeded", Duration::from_secs(30))
+        .await;
+    eventually(
+        "the late Job of the cancelled run to be deleted",
+        Duration::from_secs(10),
+        || {
+            let (client, cancelled) = (client.clone(), cancelled.clone());
+            async move {
+                let jobs = jobs_of(&client, &cancelled).await;
+                jobs.iter().all(|j| j.metadata.deletion_timestamp.is_some())
+            }
+        },
+    )
+    .await;
+    let run = service.run(&cancelled).await;
+    assert_eq!(run["status"], "cancelled", "{run:#}");
+    let seen = service.statuses_seen(&cancelled).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s == "pending" || s == "running" || s == "failed"),
+        "the cancelled run never started nor failed: {seen:?}"
+    );
+}
+
+/// Issue 16, `/v1/events` carries queue changes: a run superseded while it waits
+/// (`CancelPending`) leaves its key's queue, so the run that superseded it moves up behind the
+/// holder; each superseding submission is one `queue.moved` event for the key (`Cancelled`,
+/// one run left, one still waits), in the submission's own transaction.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn waiting_runs_superseded_by_cancel_pending_send_one_queue_moved_event_per_submission(
+    db: PgPool,
+) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &[]).await;
+    put_task(
+        &service,
+        "replaced",
+        json!({"template": template(300),
+               "concurrency": {"limit": 1, "policy": "CancelPending"}}),
+    )
+    .await;
+    let _holder = start_holder(&service, "replaced").await;
+    let mut events = EventStream::open(&service, "?task=replaced").await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(id(&start(&service, "replaced", json!({})).await));
+    }
+    let mut moves = Vec::new();
+    while moves.len() < 2 {
+        let event = events.next().await;
+        if event["type"] == "queue.moved" {
+            moves.push((
+                event["key"].clone(),
+                event["reason"].clone(),
+                event["left"].clone(),
+                event["waiting"].clone(),
+            ));
+        }
+    }
+    let expected = (json!("replaced"), json!("Cancelled"), json!(1), json!(1));
+    assert_eq!(moves, vec![expected.clone(), expected]);
+    for superseded in &waiting[..2] {
+        let run = service.run(superseded).await;
+        assert_eq!(run["status"], "cancelled", "{run:#}");
+        assert_eq!(run["statusReason"], "Superseded", "{run:#}");
+    }
+    assert_eq!(service.run(&waiting[2]).await["queue"]["position"], 1);
+}
+
+/// Issue 16, `/v1/events` carries queue changes for runs held only by an installation limit:
+/// runs without a key waiting under `MAX_ACTIVE_RUNS` move up when one ahead of them is
+/// admitted, and each admission pass is one `queue.moved` event without a key (`Admitted`,
+/// with how many still wait).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn runs_held_by_the_installation_limit_send_queue_moved_when_they_move_up(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "1"]).await;
+    let holder = service.submit(template(600_000)).await;
+    service
+        .wait_for(&holder, "running", Duration::from_secs(30))
+        .await;
+    let mut events = EventStream::open(&service, "").await;
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        waiting.push(service.submit(template(200)).await);
+    }
+    for id in &waiting {
+        assert_eq!(
+            service.run(id).await["queue"]["reason"],
+            "InstallationLimit"
+        );
+    }
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut moves = Vec::new();
+    while moves.len() < 2 {
+        let event = events.next().await;
+        if event["type"] == "queue.moved" {
+            assert!(event.get("key").is_none(), "{event}");
+            moves.push((
+                event["reason"].clone(),
+                event["left"].clone(),
+                event["waiting"].clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        moves,
+        vec![
+            (json!("Admitted"), json!(1), json!(1)),
+            (json!("Admitted"), json!(1), json!(0)),
+        ]
+    );
+    for id in &waiting {
+        service
+            .wait_for(id, "succeeded", Duration::from_secs(30))
+            .await;
+    }
+}
+
+/// Issue 16, `/v1/events` carries queue changes: a waiting run whose reason changes without a
+/// change of position says so once. With `MAX_ACTIVE_RUNS` 1, run A of key K waits behind K's
+/// holder (`ConcurrencyLimit`, announced when queued); when the holder is cancelled, an older
+/// run of another key takes the installation's one slot, so A, still first on K, now waits for
+/// the installation (`InstallationLimit`): one `run.queue` event for A with the new reason,
+/// and no repeat on later admission passes.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_waiting_run_whose_reason_changes_in_place_gets_one_run_queue_event(db: PgPool) {
+    let sim = kubesim(RunnerKind::Scripted).await;
+    let service = Service::start(db.clone(), sim.client(), &["--max-active-runs", "1"]).await;
+    for task in ["k-task", "l-task"] {
+        put_task(
+            &service,
+            task,
+            json!({"template": template(600_000), "concurrency": {"limit": 1}}),
+        )
+        .await;
+    }
+    let holder = start_holder(&service, "k-task").await;
+    let mut events = EventStream::open(&service, "?task=k-task").await;
+    let older = id(&start(&service, "l-task", json!({})).await);
+    let a = id(&start(&service, "k-task", json!({})).await);
+    assert_eq!(service.run(&a).await["queue"]["reason"], "ConcurrencyLimit");
+
+    let response = service
+        .post(&format!("/v1/runs/{holder}/cancel"), &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    service
+        .wait_for(&older, "running", Duration::from_secs(30))
+        .await;
+    let mut reasons = Vec::new();
+    while reasons.last().map(String::as_str) != Some("InstallationLimit") {
+        let event = events.next().await;
+        if event["type"] == "run.queue" && event["runId"] == json!(a) {
+            reasons.push(event["reason"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(reasons, ["ConcurrencyLimit", "InstallationLimit"]);
+    let run = service.run(&a).await;
+    assert_eq!(run["queue"]["reason"], "InstallationLimit", "{run:#}");
+    assert_eq!(run["queue"]["position"], 1, "{run:#}");
+    // Later passes (the launcher polls) see the same reason: no second event.
+    let announced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM run_events
+         WHERE run_id = $1::uuid AND kind = 'queue' AND reason = 'InstallationLimit'",
+    )
+    .bind(&a)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(announced, 1);
+}

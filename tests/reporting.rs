@@ -945,3 +945,183 @@ async fn a_rerun_of_a_webhook_run_through_the_api_reports_on_the_same_commit(db:
     .await;
     assert_eq!(service.run(&rerun).await["report"]["sha"], GITHUB_SHA);
 }
+
+/// Issue 17: a Slack incoming-webhook URL is its own credential, so the API never shows it
+/// whole: `GET /v1/tasks/{name}` (and the list) and a run's deliveries show only
+/// `scheme://host/***`, while a JSON receiver's URL (whose bodies are signed) is shown whole.
+/// The notification still goes to the whole URL; a `PUT` that sends the redacted value back
+/// unchanged keeps the stored URL; a redacted value that matches nothing stored is 422 naming
+/// the field, and changes nothing.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_slack_webhook_url_is_never_shown_and_a_put_of_the_redacted_value_keeps_it(db: PgPool) {
+    let receiver = FakeHost::start().await;
+    let (_sim, service) = start(db.clone(), &[]).await;
+    let slack_url = format!("{}/services/T000/B000/slack-credential-part", receiver.url);
+    let json_url = format!("{}/json-hook", receiver.url);
+    let notify = json!([
+        {"on": ["failed"], "url": slack_url, "secret": NOTIFY_SECRET, "format": "slack"},
+        {"on": ["succeeded"], "url": json_url, "secret": NOTIFY_SECRET},
+    ]);
+    let response = put(
+        &service,
+        "/v1/tasks/chat",
+        &json!({"template": template(1, 100), "notify": notify}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let redacted = format!("{}/***", receiver.url);
+    for shown in [
+        created,
+        service.get("/v1/tasks/chat").await,
+        service.get("/v1/tasks").await,
+    ] {
+        assert!(
+            !shown.to_string().contains("slack-credential-part"),
+            "{shown}"
+        );
+        assert!(shown.to_string().contains(&redacted), "{shown}");
+        assert!(shown.to_string().contains(&json_url), "{shown}");
+    }
+
+    // GET, add the write-only secrets, PUT back: the stored URL stays whole.
+    let mut spec = service.get("/v1/tasks/chat").await;
+    for entry in spec["notify"].as_array_mut().unwrap() {
+        entry["secret"] = json!(NOTIFY_SECRET);
+    }
+    let round_trip = json!({"template": spec["template"], "notify": spec["notify"],
+                            "description": "edited"});
+    let response = put(&service, "/v1/tasks/chat", &round_trip).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let stored: String =
+        sqlx::query_scalar("SELECT spec -> 'notify' -> 0 ->> 'url' FROM tasks WHERE name = 'chat'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(stored, slack_url);
+
+    // A redacted value that matches no stored entry is refused, naming the field.
+    let mut unknown = round_trip.clone();
+    unknown["notify"][0]["url"] = json!("https://hooks.slack.example/***");
+    let response = put(&service, "/v1/tasks/chat", &unknown).await;
+    assert_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("notify[0].url"),
+    )
+    .await;
+    let stored: String =
+        sqlx::query_scalar("SELECT spec -> 'notify' -> 0 ->> 'url' FROM tasks WHERE name = 'chat'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(stored, slack_url, "a refused PUT changes nothing");
+
+    // The notification goes to the whole URL; its delivery shows it redacted.
+    let run = start_task_run(&service, "chat", 1).await;
+    service.wait_for(&run, "failed", WAIT).await;
+    eventually("the Slack notification", WAIT, || async {
+        !receiver.received().is_empty()
+    })
+    .await;
+    assert_eq!(
+        receiver.received()[0].path,
+        "/services/T000/B000/slack-credential-part"
+    );
+    let deliveries = service.get(&format!("/v1/runs/{run}/deliveries")).await;
+    assert!(
+        !deliveries.to_string().contains("slack-credential-part"),
+        "{deliveries}"
+    );
+    assert_eq!(deliveries[0]["target"], redacted, "{deliveries}");
+}
+
+/// Issue 17: `outbox_keys` rows go with the messages they order. A key with a message due, or
+/// with a message still in the outbox, stays; once its run (and with it its messages) is pruned,
+/// the pruner's cleanup deletes the key. A message written for an idle key while the cleanup
+/// runs keeps its key (`outbox_put` locks or creates the key's row in one statement).
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn outbox_keys_are_deleted_once_their_messages_are_pruned_and_never_under_a_new_message(
+    db: PgPool,
+) {
+    use vfi_orchestrator::store::outbox::prune_keys;
+    let template = serde_json::from_value(json!({"image": "busybox"})).unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    let run = common::queue_run(&mut conn, None, &template).await;
+    drop(conn);
+    let put_message = |key: &'static str| {
+        sqlx::query(
+            "SELECT outbox_put($1, $2, 'notification', 'failed', NULL, NULL,
+                               '{\"url\": \"http://x.example\", \"format\": \"json\"}', 's')",
+        )
+        .bind(key)
+        .bind(run.id)
+    };
+    put_message("notify:a").execute(&db).await.unwrap();
+    let keys = |db: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_keys")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(prune_keys(&db, 100).await.unwrap(), 0, "a message is due");
+
+    // Delivered: nothing due, but the message is still in the outbox.
+    sqlx::query(
+        "UPDATE outbox_keys SET delivered_id = pending_id, pending_id = NULL WHERE key = 'notify:a'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox SET state = 'delivered' WHERE key = 'notify:a'")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        prune_keys(&db, 100).await.unwrap(),
+        0,
+        "its message is kept"
+    );
+
+    // The run is pruned, its messages with it: the key goes too.
+    sqlx::query("DELETE FROM runs WHERE id = $1")
+        .bind(run.id)
+        .execute(&db)
+        .await
+        .unwrap();
+    assert_eq!(prune_keys(&db, 100).await.unwrap(), 1);
+    assert_eq!(keys(db.clone()).await, 0);
+
+    // An idle key (nothing due, no message left) that gets a new message while the cleanup
+    // runs keeps it: the cleanup skips the row the writer holds.
+    let mut conn = db.acquire().await.unwrap();
+    let run = common::queue_run(&mut conn, None, &template).await;
+    drop(conn);
+    let put_message = |key: &'static str| {
+        sqlx::query(
+            "SELECT outbox_put($1, $2, 'notification', 'failed', NULL, NULL,
+                               '{\"url\": \"http://x.example\", \"format\": \"json\"}', 's')",
+        )
+        .bind(key)
+        .bind(run.id)
+    };
+    sqlx::query("INSERT INTO outbox_keys (key, delivered_id) VALUES ('notify:b', 1)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut writer = db.begin().await.unwrap();
+    put_message("notify:b").execute(&mut *writer).await.unwrap();
+    assert_eq!(
+        prune_keys(&db, 100).await.unwrap(),
+        0,
+        "the writer holds it"
+    );
+    writer.commit().await.unwrap();
+    let pending: Option<i64> =
+        sqlx::query_scalar("SELECT pending_id FROM outbox_keys WHERE key = 'notify:b'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(pending.is_some(), "the new message is due on its key");
+    assert_eq!(prune_keys(&db, 100).await.unwrap(), 0);
+}

@@ -304,11 +304,14 @@ pub struct NotifySpec {
     pub format: NotifyFormat,
 }
 
-/// A `notify` entry as the API shows it: without its secret.
+/// A `notify` entry as the API shows it: without its secret, and a Slack URL redacted.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotifyView {
     pub on: Vec<NotifyEvent>,
+    /// Where the POST goes; for `format: slack`, only its scheme and host followed by `/***`
+    /// (a Slack incoming-webhook URL is its own credential). A `PUT` may send the redacted
+    /// value back unchanged to keep the stored URL.
     pub url: String,
     pub format: NotifyFormat,
 }
@@ -317,8 +320,53 @@ impl From<&NotifySpec> for NotifyView {
     fn from(spec: &NotifySpec) -> Self {
         NotifyView {
             on: spec.on.clone(),
-            url: spec.url.clone(),
+            url: shown_url(&spec.url, spec.format),
             format: spec.format,
+        }
+    }
+}
+
+/// What stands for the hidden part of a redacted URL.
+pub const REDACTED: &str = "***";
+
+/// A receiver URL as the API shows it: whole for `json` receivers (their bodies are signed
+/// with the entry's secret, so the URL grants nothing), and for `slack`, whose incoming-webhook
+/// URL is the credential itself, only `scheme://host[:port]/***` (no user, path or query).
+pub fn shown_url(url: &str, format: NotifyFormat) -> String {
+    match format {
+        NotifyFormat::Json => url.to_string(),
+        NotifyFormat::Slack => match url::Url::parse(url) {
+            Ok(parsed) => {
+                let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+                format!(
+                    "{}://{}{port}/{REDACTED}",
+                    parsed.scheme(),
+                    parsed.host_str().unwrap_or_default()
+                )
+            }
+            Err(_) => REDACTED.to_string(),
+        },
+    }
+}
+
+/// A `PUT` of a task that sends back a redacted URL as the API showed it keeps the stored
+/// URL: each entry of `entries` whose `url` is exactly the redaction of a stored Slack entry's
+/// URL (the same index first, else the first other stored entry it matches) gets that URL.
+/// A redacted URL that matches none stays as given, and [`check_notify`] refuses it.
+pub fn keep_redacted_urls(entries: &mut [NotifySpec], stored: &[NotifySpec]) {
+    for (i, entry) in entries.iter_mut().enumerate() {
+        if entry.format != NotifyFormat::Slack || !entry.url.ends_with(REDACTED) {
+            continue;
+        }
+        let matches = |s: &&NotifySpec| {
+            s.format == NotifyFormat::Slack && shown_url(&s.url, s.format) == entry.url
+        };
+        let found = stored
+            .get(i)
+            .filter(|s| matches(s))
+            .or_else(|| stored.iter().find(|s| matches(s)));
+        if let Some(found) = found {
+            entry.url = found.url.clone();
         }
     }
 }
@@ -335,6 +383,12 @@ pub fn check_notify(entries: &[NotifySpec], errors: &mut Errors) {
             errors.add(format!("notify[{i}].on"), "must name at least one event");
         }
         errors.check(format!("notify[{i}].url"), http_url(&entry.url));
+        if entry.format == NotifyFormat::Slack && entry.url == shown_url(&entry.url, entry.format) {
+            errors.add(
+                format!("notify[{i}].url"),
+                "is a redacted URL that matches no stored entry of this task; give the whole URL",
+            );
+        }
         let length = entry.secret.chars().count();
         if !(super::webhook::MIN_SECRET..=super::webhook::MAX_SECRET).contains(&length) {
             errors.add(
@@ -455,6 +509,59 @@ mod tests {
     use super::*;
     use crate::domain::webhook::Provider;
     use RunStatus::*;
+
+    fn slack(url: &str) -> NotifySpec {
+        NotifySpec {
+            on: vec![NotifyEvent::Failed],
+            url: url.to_string(),
+            secret: "0123456789abcdef".into(),
+            format: NotifyFormat::Slack,
+        }
+    }
+
+    #[test]
+    fn a_slack_url_is_shown_as_its_scheme_and_host_only_and_a_json_url_whole() {
+        let url = "https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX";
+        assert_eq!(
+            shown_url(url, NotifyFormat::Slack),
+            "https://hooks.slack.com/***"
+        );
+        assert_eq!(
+            shown_url("http://user:pw@127.0.0.1:8080/a?b=c", NotifyFormat::Slack),
+            "http://127.0.0.1:8080/***"
+        );
+        assert_eq!(shown_url(url, NotifyFormat::Json), url);
+        assert_eq!(shown_url("not a url", NotifyFormat::Slack), "***");
+    }
+
+    #[test]
+    fn a_redacted_url_sent_back_keeps_the_stored_one_and_an_unknown_one_is_refused() {
+        let stored = vec![
+            slack("https://hooks.slack.com/services/T/B/one"),
+            slack("https://other.example/services/T/B/two"),
+        ];
+        let mut sent = vec![
+            slack("https://other.example/***"),
+            slack("https://hooks.slack.com/***"),
+            slack("https://unknown.example/***"),
+            slack("https://hooks.slack.com/services/T/B/new"),
+        ];
+        keep_redacted_urls(&mut sent, &stored);
+        assert_eq!(sent[0].url, stored[1].url);
+        assert_eq!(sent[1].url, stored[0].url);
+        assert_eq!(sent[2].url, "https://unknown.example/***");
+        assert_eq!(sent[3].url, "https://hooks.slack.com/services/T/B/new");
+        let mut errors = Errors::new();
+        check_notify(&sent, &mut errors);
+        let refused: Vec<String> = errors
+            .finish()
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.field.clone())
+            .collect();
+        assert_eq!(refused, ["notify[2].url"]);
+    }
 
     #[test]
     fn states_map_as_the_readme_table_says() {

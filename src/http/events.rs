@@ -37,8 +37,10 @@ pub struct ChangeEvent {
     /// `run.waiting` (why a pending run cannot start, or Kueue's message for an `admitting` run),
     /// `run.queue` (a queued run must wait on its concurrency key: `reason` and `message` say for
     /// what), `run.pruned`, `task.created`, `task.updated`, `task.deleted`, or `queue.moved` (runs
-    /// of a concurrency key left its queue, so the runs still waiting on `key` moved up: one
-    /// event per key and task each time, not one per waiting run).
+    /// of a concurrency key left its queue, admitted, cancelled or superseded while waiting, so
+    /// the runs still waiting on `key` moved up: one event per key and task each time, not one
+    /// per waiting run; without `key`: runs without one left the installation's queue, under
+    /// installation limits).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,14 +59,16 @@ pub struct ChangeEvent {
     /// The task's generation (task events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
-    /// The concurrency key (`queue.moved`).
+    /// The concurrency key (`queue.moved`; absent for runs without a key, which wait in the
+    /// installation's queue under `MAX_ACTIVE_RUNS` / `MAX_ACTIVE_RUNS_PER_NAMESPACE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// How many runs of the key (and task) left its queue (`queue.moved`; `reason` says why:
     /// `Admitted` or `Cancelled`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub left: Option<i32>,
-    /// How many runs still wait on the key afterwards (`queue.moved`).
+    /// How many runs still wait on the key afterwards (`queue.moved`; without a key: the runs
+    /// without one that wait).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<i64>,
 }
@@ -85,9 +89,13 @@ impl From<&StoredEvent> for ChangeEvent {
             status: e.status,
             reason: e.reason.clone(),
             generation: e.generation,
-            message: match (&e.queue_key, e.left_queue, e.waiting) {
-                (Some(key), Some(left), Some(waiting)) => Some(format!(
+            message: match (e.subject.as_str(), &e.queue_key, e.left_queue, e.waiting) {
+                ("queue", Some(key), Some(left), Some(waiting)) => Some(format!(
                     "{left} run(s) of key {key} left the queue ({}); {waiting} wait",
+                    e.reason.as_deref().unwrap_or("")
+                )),
+                ("queue", None, Some(left), Some(waiting)) => Some(format!(
+                    "{left} run(s) without a concurrency key left the installation's queue ({}); {waiting} wait",
                     e.reason.as_deref().unwrap_or("")
                 )),
                 _ => e.message.clone(),

@@ -43,10 +43,19 @@ pub async fn put_task(
     State(db): State<PgPool>,
     State(policy): State<Arc<RunPolicy>>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(spec): ApiJson<TaskSpec>,
+    ApiJson(mut spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>)> {
     let name = parse_name(name)?;
     auth.task(Some(name.as_str()))?;
+    // A Slack URL the API showed redacted and that comes back unchanged keeps the stored one.
+    if spec
+        .notify
+        .iter()
+        .any(|n| n.url.ends_with(crate::domain::report::REDACTED))
+    {
+        let stored = store::tasks::stored_notify(&db, name.as_str()).await?;
+        crate::domain::report::keep_redacted_urls(&mut spec.notify, &stored);
+    }
     spec.validate()?;
     policy.check(&spec.template, spec.limits.as_ref(), "template")?;
     let (task, created) = store::tasks::upsert(&db, name.as_str(), &spec).await?;

@@ -27,7 +27,9 @@
 //! abandoned request may still be carried out by the API server later. It cannot make a second
 //! Job (the name is deterministic) nor bring the run back (`mark_created` moves only `creating`
 //! runs, and the tracker never moves a final run); the tracker deletes a Job that is still
-//! active while its run is already final, so the late Job does not run on unrecorded.
+//! active while its run is already final, so the late Job does not run on unrecorded. A run
+//! cancelled meanwhile keeps its slot while the create may land: the launcher awaits the
+//! abandoned create until its lease ends and records the Job that came for the canceller.
 
 use super::Runtime;
 use crate::cluster::jobs::{CreateError, Created};
@@ -171,8 +173,12 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
         name: render::job_name(settings, run),
         uid: None,
     };
+    // This launcher's lease on the run ends about then (it was claimed just before).
+    let lease_ends = tokio::time::Instant::now() + runtime.settings.launch_lease;
+    let create = runtime.cluster.create_job(run.id, &job);
+    tokio::pin!(create);
     let outcome = tokio::select! {
-        outcome = runtime.cluster.create_job(run.id, &job) => outcome,
+        outcome = &mut create => outcome,
         _ = tokio::time::sleep_until(deadline(runtime, run)) => {
             // The create is abandoned (see the module's exactly-once note).
             metrics::counter!("vfi_launcher_errors_total", "kind" => "timeout").increment(1);
@@ -181,7 +187,8 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
                 "the Job could not be created within {} s; the Kubernetes API did not answer in time",
                 runtime.settings.max_queue_wait.as_secs()
             );
-            return fail(runtime, run, "LaunchTimeout", &message).await;
+            fail(runtime, run, "LaunchTimeout", &message).await?;
+            return wait_for_late_job(runtime, run, &job_ref, create, lease_ends).await;
         }
     };
     match outcome {
@@ -260,6 +267,37 @@ async fn launch(runtime: &Runtime, run: &Run) -> Result<(), sqlx::Error> {
             // Cancelled meanwhile, and no Job came: its slot is free.
             runs::late_job(&runtime.db, run.id, None).await?;
         }
+    }
+    Ok(())
+}
+
+/// After a launch timed out: a run cancelled meanwhile (so the `LaunchTimeout` was refused)
+/// holds its slot under this launcher's lease while its create may still be carried out. The
+/// create is awaited until the lease ends, and what came of it is recorded (`runs::late_job`):
+/// a Job, for the canceller to delete, or none, giving the slot back. A create still unanswered
+/// then is given up: the lease lapses, and a Job that lands later still belongs to a final run,
+/// which the tracker deletes on sight.
+async fn wait_for_late_job(
+    runtime: &Runtime,
+    run: &Run,
+    job_ref: &JobRef,
+    create: std::pin::Pin<&mut impl std::future::Future<Output = Result<Created, CreateError>>>,
+    lease_ends: tokio::time::Instant,
+) -> Result<(), sqlx::Error> {
+    let now = runs::get(&runtime.db, run.id).await?;
+    if !now.is_some_and(|now| now.status == RunStatus::Cancelled && now.job.is_none()) {
+        return Ok(());
+    }
+    let job = match tokio::time::timeout_at(lease_ends, create).await {
+        Ok(Ok(Created::New { uid } | Created::Adopted { uid })) => Some(JobRef {
+            uid,
+            ..job_ref.clone()
+        }),
+        Ok(Err(_)) => None,
+        Err(_) => return Ok(()),
+    };
+    if runs::late_job(&runtime.db, run.id, job.as_ref()).await? && job.is_some() {
+        tracing::info!(job = %job_ref.name, "the run was cancelled while its Job was being created; the Job that came after the launch timed out is deleted");
     }
     Ok(())
 }

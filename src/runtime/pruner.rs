@@ -41,6 +41,8 @@ pub struct PruneReport {
     pub jobs: u64,
     /// Schedule records deleted.
     pub schedule_records: u64,
+    /// Outbox ordering keys deleted (their messages were gone).
+    pub outbox_keys: u64,
     /// False when another replica held the lock and this pass did nothing.
     pub ran: bool,
 }
@@ -60,6 +62,7 @@ pub async fn run(runtime: Runtime, shutdown: CancellationToken) {
                     by_rule = ?report.runs,
                     jobs = report.jobs,
                     schedule_records = report.schedule_records,
+                    outbox_keys = report.outbox_keys,
                     "pruned run history"
                 );
             }
@@ -172,6 +175,16 @@ async fn prune_locked(
                 tokio::time::sleep(settings.pause).await;
             }
         }
+    }
+
+    // The outbox's ordering keys whose messages went with their runs.
+    loop {
+        let deleted = crate::store::outbox::prune_keys(&runtime.db, batch).await?;
+        report.outbox_keys += deleted;
+        if deleted < batch as u64 || shutdown.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(settings.pause).await;
     }
 
     let before = chrono::Utc::now()

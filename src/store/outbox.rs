@@ -273,6 +273,27 @@ pub async fn drop_missing(
     Ok(())
 }
 
+/// Deletes up to `limit` ordering keys that have nothing left to order: no message due, no
+/// reporter's lease, and none of their messages left in the outbox (messages go with their
+/// runs when the pruner deletes them). Returns how many. A message written for such a key
+/// meanwhile is safe: `outbox_put` creates or locks the key's row in one statement, so a
+/// deletion either commits first (the message then makes a fresh row) or finds the row locked
+/// (skipped) or pointing at the new message (`pending_id` no longer NULL: left alone).
+pub async fn prune_keys(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM outbox_keys WHERE key IN (
+            SELECT k.key FROM outbox_keys k
+            WHERE k.pending_id IS NULL AND (k.lease_until IS NULL OR k.lease_until < now())
+              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.key = k.key)
+            LIMIT $1 FOR UPDATE SKIP LOCKED)
+         AND pending_id IS NULL",
+    )
+    .bind(limit)
+    .execute(db)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
 /// Messages not yet delivered, and the age in seconds of the oldest.
 pub async fn depth(db: impl PgExecutor<'_>) -> Result<(i64, f64), sqlx::Error> {
     sqlx::query_as(
@@ -317,8 +338,12 @@ pub struct Delivery {
     /// `pending` (not delivered yet), `delivered`, `superseded` (a newer state was sent instead)
     /// or `failed` (refused for good).
     pub state: String,
-    /// `github`, `gitlab`, `gitea`, or the notification's receiver URL.
+    /// `github`, `gitlab`, `gitea`, or the notification's receiver URL (a Slack URL redacted
+    /// as on the task: `scheme://host/***`).
     pub target: String,
+    /// The notification's format (`json`, `slack`).
+    #[serde(skip)]
+    pub target_format: Option<String>,
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
@@ -336,13 +361,21 @@ pub async fn deliveries(db: &PgPool, run: Uuid) -> Result<Vec<Delivery>, sqlx::E
     let mut deliveries: Vec<Delivery> = sqlx::query_as(
         "SELECT ('vfi-' || o.id) AS id, o.id AS outbox_id, o.kind, o.status, o.state,
                 coalesce(o.target ->> 'url', s.report_provider, '') AS target,
-                o.created_at, o.finished_at
+                o.target ->> 'format' AS target_format, o.created_at, o.finished_at
          FROM outbox o LEFT JOIN run_sources s ON s.run_id = o.run_id AND o.kind = 'status'
          WHERE o.run_id = $1 ORDER BY o.id",
     )
     .bind(run)
     .fetch_all(db)
     .await?;
+    for delivery in &mut deliveries {
+        if delivery.target_format.as_deref() == Some("slack") {
+            delivery.target = crate::domain::report::shown_url(
+                &delivery.target,
+                crate::domain::report::NotifyFormat::Slack,
+            );
+        }
+    }
     let attempts: Vec<DeliveryAttempt> = sqlx::query_as(
         "SELECT a.outbox_id, a.at, a.http_status, a.answer, a.result, a.duration_ms
          FROM outbox_attempts a JOIN outbox o ON o.id = a.outbox_id

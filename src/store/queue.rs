@@ -6,9 +6,17 @@
 //! `runs` each time, under a lock held until the transaction that changes them commits. So a
 //! restart, a crash between admission and Job creation (the run stays `creating`, holding its
 //! slot, until another launcher takes over its lapsed lease and adopts or creates the Job), or
-//! several replicas never break a limit. Locks are taken in one order (the admission lock, then
-//! nothing; a submission takes its keys' locks in key order and never the admission lock), so
-//! they never deadlock.
+//! several replicas never break a limit.
+//!
+//! Lock order, so that they never deadlock: a transaction takes a concurrency key's advisory
+//! lock ([`lock_keys`]) before any row of `runs`, and keys in key order; the admission lock
+//! ([`admissible`]) is never taken with a key's lock. A submission takes its keys' locks, then
+//! (`CancelInProgress`, `CancelPending`) the rows of the key's runs it supersedes; so every
+//! other path that may submit while it holds a run's row takes the key's lock first: the
+//! record of a lost run, which resubmits it under `retry.onLost` in the same transaction
+//! (`runs::observe_with` locks the run's key before its row). (A retry whose task's key
+//! changed since takes the new key's lock after the lost run's row; no transaction waits on
+//! that row while holding the new key's lock, since the new key's runs do not include it.)
 
 use crate::domain::queue::{
     waiting_by_reason, Admission, KeyStanding, Occupancy, QueueState, WaitReason, WaitingGroup,
@@ -28,7 +36,7 @@ const KEY_LOCK_SPACE: i32 = 0x7166; // "qf"
 /// SQL: the run `r` holds a slot of its key and of the installation: its Job has not finished,
 /// or is a cancelled run's Job the canceller has not deleted yet, or it was cancelled while its
 /// launcher's create was in flight (`creating`: the cancellation keeps the launcher's lease, see
-/// `runs::cancel_with`), so its Job may still appear: until the launcher records that Job (then
+/// `store::status::write`), so its Job may still appear: until the launcher records that Job (then
 /// the clause before holds it until deleted) or says none came, or its lease lapses.
 pub const HOLDS_SLOT: &str = "(r.status IN ('creating', 'admitting', 'pending', 'running')
     OR (r.status = 'cancelled' AND r.job_name IS NOT NULL AND NOT r.job_delete_requested)
@@ -89,7 +97,8 @@ pub async fn note_queued(
     sqlx::query(
         "WITH e AS (
             INSERT INTO run_events (run_id, task_name, kind, status, reason, message)
-            VALUES ($1, $2, 'queue', 'queued', $3, $4) RETURNING id)
+            VALUES ($1, $2, 'queue', 'queued', $3, $4) RETURNING id
+         ), r AS (UPDATE runs SET queue_reason = $3 WHERE id = $1)
          SELECT pg_notify('vfi_run_events', '') FROM e",
     )
     .bind(run.id)
@@ -120,7 +129,8 @@ impl Left {
 /// Records that the runs `ids` just left their keys' queues (call in the transaction that
 /// moved them): one `queue.moved` event per key and task, with how many left and how many
 /// still wait, instead of an event per waiting run whose place changed. Runs without a key are
-/// ignored.
+/// counted in the installation's queue (an event without a key): pass them only when
+/// installation limits hold such runs (the admission pass admits them only then).
 pub async fn note_left(
     db: impl PgExecutor<'_>,
     ids: &[Uuid],
@@ -129,16 +139,65 @@ pub async fn note_left(
     sqlx::query(
         "WITH l AS (
             SELECT queue_key, task_name, count(*) AS n FROM runs
-            WHERE id = ANY($1) AND queue_key IS NOT NULL GROUP BY queue_key, task_name
+            WHERE id = ANY($1) GROUP BY queue_key, task_name
          ), e AS (
             INSERT INTO queue_events (queue_key, task_name, kind, reason, left_queue, waiting)
             SELECT l.queue_key, l.task_name, 'moved', $2, l.n,
-                   (SELECT count(*) FROM runs w WHERE w.status = 'queued' AND w.queue_key = l.queue_key)
+                   CASE WHEN l.queue_key IS NULL
+                        THEN (SELECT count(*) FROM runs w
+                              WHERE w.status = 'queued' AND w.queue_key IS NULL)
+                        ELSE (SELECT count(*) FROM runs w
+                              WHERE w.status = 'queued' AND w.queue_key = l.queue_key) END
             FROM l RETURNING id)
          SELECT pg_notify('vfi_run_events', '') FROM e LIMIT 1",
     )
     .bind(ids)
     .bind(why.as_str())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records the reason each of `held` (queued runs and why they wait now) waits, as a `queue`
+/// event of the run (`run.queue` on the event stream), for those whose reason is not the one
+/// last announced: one event per run per change, in one statement, in the caller's
+/// transaction. A run no longer queued is left alone.
+pub async fn note_reasons(
+    db: impl PgExecutor<'_>,
+    held: &[(Uuid, WaitReason)],
+    admission: &Admission,
+) -> Result<(), sqlx::Error> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = held.iter().map(|(id, _)| *id).collect();
+    let reasons: Vec<&str> = held.iter().map(|(_, r)| r.as_str()).collect();
+    sqlx::query(
+        "WITH c AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[]) AS c(id, reason)
+         ), u AS (
+            UPDATE runs r SET queue_reason = c.reason FROM c
+            WHERE r.id = c.id AND r.status = 'queued' AND r.queue_reason IS DISTINCT FROM c.reason
+            RETURNING r.id, r.task_name, c.reason,
+                      coalesce(r.template->>'namespace', $3) AS namespace
+         ), e AS (
+            INSERT INTO run_events (run_id, task_name, kind, status, reason, message)
+            SELECT u.id, u.task_name, 'queue', 'queued', u.reason,
+                   CASE u.reason
+                     WHEN 'InstallationLimit' THEN
+                       'waits for a free slot of the installation (MAX_ACTIVE_RUNS ' || $4 || ' runs active)'
+                     WHEN 'NamespaceLimit' THEN
+                       'waits for a free slot of namespace ' || u.namespace
+                       || ' (MAX_ACTIVE_RUNS_PER_NAMESPACE ' || $5 || ' runs active)'
+                     ELSE 'waits: ' || u.reason END
+            FROM u RETURNING id)
+         SELECT pg_notify('vfi_run_events', '') FROM e LIMIT 1",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .bind(&admission.default_namespace)
+    .bind(admission.max_active.to_string())
+    .bind(admission.max_active_per_namespace.to_string())
     .execute(db)
     .await?;
     Ok(())
@@ -172,18 +231,29 @@ struct Candidate {
     namespace: String,
 }
 
+/// What an admission pass decided.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// The runs that may start now, in admission order.
+    pub ids: Vec<Uuid>,
+    /// Runs their key lets through that an installation or namespace limit holds, and which
+    /// (for [`note_reasons`]).
+    pub held: Vec<(Uuid, WaitReason)>,
+}
+
 /// The admission pass: under the admission lock (held until `conn`'s transaction ends), the
 /// ids of up to `free` due queued runs that may start now, in admission order (effective
 /// priority, then submission). A run of a key is admissible when fewer than its limit of the
 /// key's runs hold a slot, counting those admitted before it in the same pass; with
 /// installation limits, every run also needs a free slot of its namespace and of the
-/// installation. Without installation limits only keyed runs are considered (the others need
+/// installation (those looked at that lack one are returned as `held`, with the limit that
+/// holds them). Without installation limits only keyed runs are considered (the others need
 /// no admission). The caller moves the ids to `creating` in the same transaction.
 pub async fn admissible(
     conn: &mut PgConnection,
     admission: &Admission,
     free: i64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Admitted, sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(ADMISSION_LOCK)
         .execute(&mut *conn)
@@ -214,31 +284,40 @@ pub async fn admissible(
     .fetch_all(&mut *conn)
     .await?;
     if !admission.limited() {
-        return Ok(candidates
-            .into_iter()
-            .map(|c| c.id)
-            .take(free as usize)
-            .collect());
+        return Ok(Admitted {
+            ids: candidates
+                .into_iter()
+                .map(|c| c.id)
+                .take(free as usize)
+                .collect(),
+            held: Vec::new(),
+        });
     }
     let (mut total, mut per_namespace) =
         active_by_namespace(&mut *conn, &admission.default_namespace).await?;
-    let mut admitted = Vec::new();
+    let mut admitted = Admitted::default();
     for candidate in candidates {
-        if admitted.len() as i64 >= free {
+        if admitted.ids.len() as i64 >= free {
             break;
         }
         if admission.max_active > 0 && total >= i64::from(admission.max_active) {
-            break;
+            admitted
+                .held
+                .push((candidate.id, WaitReason::InstallationLimit));
+            continue;
         }
         let in_namespace = per_namespace.entry(candidate.namespace).or_insert(0);
         if admission.max_active_per_namespace > 0
             && *in_namespace >= i64::from(admission.max_active_per_namespace)
         {
+            admitted
+                .held
+                .push((candidate.id, WaitReason::NamespaceLimit));
             continue;
         }
         *in_namespace += 1;
         total += 1;
-        admitted.push(candidate.id);
+        admitted.ids.push(candidate.id);
     }
     Ok(admitted)
 }

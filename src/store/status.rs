@@ -280,52 +280,21 @@ pub async fn write(
                 .push("), launch_attempts = r.launch_attempts + 1")
                 .push(", admitted_at = coalesce(r.admitted_at, now())");
         }
+        other if change.to == RunStatus::Cancelled => {
+            // Cancelled (through the API, a schedule's Replace, or superseded by a newer run of
+            // its key) while its launcher's create may be in flight: the launcher keeps its
+            // lease, so the run keeps its slot (`queue::HOLDS_SLOT`) until the launcher records
+            // the Job that came for the canceller to delete, or that none came
+            // (`runs::late_job`), or the lease lapses.
+            query.push(
+                ", lease_owner = CASE WHEN target.previous = 'creating' THEN r.lease_owner END,
+                   lease_until = CASE WHEN target.previous = 'creating' THEN r.lease_until END",
+            );
+            push_also(&mut query, other);
+        }
         other => {
             query.push(", lease_owner = NULL, lease_until = NULL");
-            match other {
-                Also::Created(job) => {
-                    query
-                        .push(", job_namespace = ")
-                        .push_bind(job.namespace.clone())
-                        .push(", job_name = ")
-                        .push_bind(job.name.clone())
-                        .push(", job_uid = coalesce(")
-                        .push_bind(job.uid.clone())
-                        .push(", r.job_uid), launch_error = NULL, launch_not_before = NULL");
-                }
-                Also::RetryLater { error, not_before } => {
-                    query
-                        .push(", launch_error = ")
-                        .push_bind(error.to_owned())
-                        .push(", launch_not_before = ")
-                        .push_bind(not_before);
-                }
-                Also::Observed { counts, job } => {
-                    query
-                        .push(", pods_active = ")
-                        .push_bind(counts.active)
-                        .push(", pods_ready = ")
-                        .push_bind(counts.ready)
-                        .push(", pods_succeeded = ")
-                        .push_bind(counts.succeeded)
-                        .push(", pods_failed = ")
-                        .push_bind(counts.failed);
-                    if let Some(job) = job {
-                        query
-                            .push(", job_namespace = coalesce(r.job_namespace, ")
-                            .push_bind(job.namespace.clone())
-                            .push("), job_name = coalesce(r.job_name, ")
-                            .push_bind(job.name.clone())
-                            .push("), job_uid = coalesce(r.job_uid, ")
-                            .push_bind(job.uid.clone())
-                            .push(")");
-                    }
-                }
-                Also::Superseded(newer) => {
-                    query.push(", superseded_by = ").push_bind(newer);
-                }
-                Also::Nothing | Also::Claim { .. } => {}
-            }
+            push_also(&mut query, other);
         }
     }
     query
@@ -349,6 +318,54 @@ pub async fn write(
         record(moved);
     }
     Ok(moved)
+}
+
+/// The columns a change writes besides its status and lease (see [`Also`]).
+fn push_also<'q>(query: &mut QueryBuilder<'q, Postgres>, also: Also<'_>) {
+    match also {
+        Also::Created(job) => {
+            query
+                .push(", job_namespace = ")
+                .push_bind(job.namespace.clone())
+                .push(", job_name = ")
+                .push_bind(job.name.clone())
+                .push(", job_uid = coalesce(")
+                .push_bind(job.uid.clone())
+                .push(", r.job_uid), launch_error = NULL, launch_not_before = NULL");
+        }
+        Also::RetryLater { error, not_before } => {
+            query
+                .push(", launch_error = ")
+                .push_bind(error.to_owned())
+                .push(", launch_not_before = ")
+                .push_bind(not_before);
+        }
+        Also::Observed { counts, job } => {
+            query
+                .push(", pods_active = ")
+                .push_bind(counts.active)
+                .push(", pods_ready = ")
+                .push_bind(counts.ready)
+                .push(", pods_succeeded = ")
+                .push_bind(counts.succeeded)
+                .push(", pods_failed = ")
+                .push_bind(counts.failed);
+            if let Some(job) = job {
+                query
+                    .push(", job_namespace = coalesce(r.job_namespace, ")
+                    .push_bind(job.namespace.clone())
+                    .push("), job_name = coalesce(r.job_name, ")
+                    .push_bind(job.name.clone())
+                    .push("), job_uid = coalesce(r.job_uid, ")
+                    .push_bind(job.uid.clone())
+                    .push(")");
+            }
+        }
+        Also::Superseded(newer) => {
+            query.push(", superseded_by = ").push_bind(newer);
+        }
+        Also::Nothing | Also::Claim { .. } => {}
+    }
 }
 
 /// The metrics of one status change.

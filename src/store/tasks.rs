@@ -1,6 +1,6 @@
 //! SQL for tasks.
 
-use crate::domain::report::NotifyView;
+use crate::domain::report::{NotifySpec, NotifyView};
 use crate::domain::{Task, TaskSpec};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -73,6 +73,20 @@ pub async fn upsert(
     .fetch_one(db)
     .await?;
     Ok((row.task.into(), row.created))
+}
+
+/// The task's `notify` entries as stored (URLs whole, secrets included): for a `PUT` that sends
+/// back a redacted URL ([`crate::domain::report::keep_redacted_urls`]). Never returned.
+pub async fn stored_notify(
+    db: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Vec<NotifySpec>, sqlx::Error> {
+    let stored: Option<Option<Json<Vec<NotifySpec>>>> =
+        sqlx::query_scalar("SELECT spec -> 'notify' FROM tasks WHERE name = $1")
+            .bind(name)
+            .fetch_optional(db)
+            .await?;
+    Ok(stored.flatten().map(|n| n.0).unwrap_or_default())
 }
 
 pub async fn get(db: impl PgExecutor<'_>, name: &str) -> Result<Option<Task>, sqlx::Error> {

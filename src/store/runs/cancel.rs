@@ -35,32 +35,13 @@ pub async fn cancel_with(
         ..Change::to(RunStatus::Cancelled, &from)
     };
     let mut tx = db.begin().await?;
-    // A launcher may be creating its Job right now: its lease is kept (see below).
-    let lease: Option<(Option<String>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
-        "SELECT lease_owner, lease_until FROM runs WHERE id = $1 AND status = 'creating' FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    // A run cancelled while its launcher's create may be in flight keeps the launcher's lease
+    // (the status writer keeps it), so it keeps its slot until the launcher records the Job
+    // that came for the canceller to delete (`late_job`) or that none came, or the lease lapses.
     if let Some(moved) = status::write(&mut *tx, Which::Run(id), change).await?.pop() {
         if moved.previous == RunStatus::Queued && moved.run.queue_key.is_some() {
             // The runs behind it on its key move up.
             queue::note_left(&mut *tx, &[id], queue::Left::Cancelled).await?;
-        }
-        if let (RunStatus::Creating, Some((Some(owner), Some(until)))) = (moved.previous, lease) {
-            // Cancelled while its Job create may be in flight: the Job can still appear. The
-            // run keeps its slot (`queue::HOLDS_SLOT`) under the launcher's lease until the
-            // launcher records the Job for the canceller to delete (`late_job`) or that none
-            // came, or the lease lapses.
-            sqlx::query(
-                "UPDATE runs SET lease_owner = $2, lease_until = $3
-                 WHERE id = $1 AND status = 'cancelled' AND job_name IS NULL",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(until)
-            .execute(&mut *tx)
-            .await?;
         }
         tx.commit().await?;
         return Ok(Some(Ok(moved.run)));

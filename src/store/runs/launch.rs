@@ -68,14 +68,19 @@ pub async fn claim_admitted(
     let left = limit - claimed.len() as i64;
     if left > 0 && (admission.limited() || keyed_waiting(db).await?) {
         let mut tx = db.begin().await?;
-        let ids = queue::admissible(&mut tx, admission, left).await?;
-        if !ids.is_empty() {
-            let moved = status::write(&mut *tx, Which::Ids(&ids), claim()).await?;
+        let pass = queue::admissible(&mut tx, admission, left).await?;
+        // Runs their key lets through but an installation limit holds: a changed reason is
+        // announced (`run.queue`), once per change.
+        queue::note_reasons(&mut *tx, &pass.held, admission).await?;
+        if !pass.ids.is_empty() {
+            let moved = status::write(&mut *tx, Which::Ids(&pass.ids), claim()).await?;
             let admitted: Vec<Uuid> = moved.iter().map(|m| m.run.id).collect();
             queue::note_left(&mut *tx, &admitted, queue::Left::Admitted).await?;
             tx.commit().await?;
             record_admissions(&moved);
             claimed.extend(moved.into_iter().map(|moved| moved.run));
+        } else if !pass.held.is_empty() {
+            tx.commit().await?;
         }
     }
     Ok(claimed)

@@ -196,6 +196,15 @@ async fn after_insert(
                 metrics::counter!("vfi_queue_superseded_total").increment(1);
                 tracing::info!(run_id = %moved.run.id, newer = %newest.id, key, "run superseded");
             }
+            // Waiting runs that left the key's queue: the runs behind them moved up.
+            let left: Vec<Uuid> = cancelled
+                .iter()
+                .filter(|m| m.previous == RunStatus::Queued)
+                .map(|m| m.run.id)
+                .collect();
+            if !left.is_empty() {
+                queue::note_left(&mut *conn, &left, queue::Left::Cancelled).await?;
+            }
             // Cancelled runs keep their slot until their Jobs are deleted.
             active += cancelled
                 .iter()

@@ -67,6 +67,20 @@ pub async fn observe_with(
     policy: Option<&crate::domain::RunPolicy>,
 ) -> Result<Option<Observed>, sqlx::Error> {
     let mut tx = db.begin().await?;
+    if policy.is_some() && seen.status == RunStatus::Lost {
+        // A loss may resubmit the run under its concurrency key (`retry.onLost`), which takes
+        // the key's lock: taken here, before the run's row, in the lock order of
+        // `store::queue` (a `CancelInProgress` submission holds the key's lock while it
+        // cancels the key's runs, so the other order deadlocks).
+        let key: Option<Option<String>> =
+            sqlx::query_scalar("SELECT queue_key FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(Some(key)) = key {
+            crate::store::queue::lock_keys(&mut tx, &[key.as_str()]).await?;
+        }
+    }
     let Some((locked, job_recorded)) = lock(&mut tx, id).await? else {
         return Ok(None);
     };
