@@ -302,3 +302,53 @@ async fn each_change_records_its_history_entry_and_metrics(db: PgPool) {
         "{rendered}"
     );
 }
+
+/// A status change locks its run `FOR NO KEY UPDATE`, as PostgreSQL's own `UPDATE` does: other
+/// writers of the run wait for it, but a row inserted for the run meanwhile (a pod's record, a
+/// log capture) only needs the run to exist (its foreign key check takes `FOR KEY SHARE`) and
+/// does not wait for the status transaction to end. Under `FOR UPDATE` the tracker's and the
+/// launcher's status transactions held up every pod and log capture of the run they wrote.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn a_pods_record_is_not_held_up_by_a_status_change_of_its_run_in_progress(db: PgPool) {
+    let id = run_in(&db, RunStatus::Pending).await;
+    let mut tx = db.begin().await.unwrap();
+    let moved = status::write(
+        &mut *tx,
+        Which::Run(id),
+        Change::to(RunStatus::Running, &[RunStatus::Pending]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.len(), 1);
+
+    // While that transaction is open, another connection records a pod of the run.
+    let pod = vfi_orchestrator::domain::PodRecord {
+        name: "run-job-abcde".into(),
+        uid: "pod-uid".into(),
+        completion_index: None,
+        node_name: None,
+        phase: "Running".into(),
+        exit_code: None,
+        reason: None,
+        message: None,
+        restarts: 0,
+        created_at: None,
+        started_at: None,
+        finished_at: None,
+        deleted: false,
+    };
+    let recorded = tokio::time::timeout(
+        Duration::from_secs(10),
+        vfi_orchestrator::store::pods::upsert(&db, id, &pod),
+    )
+    .await;
+    assert!(
+        matches!(recorded, Ok(Ok(()))),
+        "the pod's record waited for the status transaction: {recorded:?}"
+    );
+    tx.commit().await.unwrap();
+    let pods = vfi_orchestrator::store::pods::list(&db, id).await.unwrap();
+    assert_eq!(pods, vec![pod]);
+    let run = runs::get(&db, id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Running);
+}

@@ -443,7 +443,12 @@ impl Tracker {
                 if let Some(listed) = self.pods_listed.as_mut() {
                     listed.insert(pod.name_any());
                 }
-                self.runtime.archiver.observe(&pod, shutdown);
+                // A settled pod's log is stored (or given up on): its capture's finalizer is
+                // gone. Its later events (that removal itself, on every replica) would each cost
+                // the archiver a futile claim, a read of the capture and a GET of the pod.
+                if !settled_pod(&pod) {
+                    self.runtime.archiver.observe(&pod, shutdown);
+                }
                 self.pod_seen(&pod, false);
             }
             Ok(Event::Delete(pod)) => self.pod_seen(&pod, true),

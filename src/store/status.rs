@@ -171,6 +171,12 @@ fn push_text(query: &mut QueryBuilder<'_, Postgres>, column: &str, text: Text<'_
 
 /// Makes `change` for the runs `which` selects that are in one of `change.from`; any other run
 /// is left as it is (a stale writer moves nothing). Returns the runs moved.
+///
+/// The rows are locked `FOR NO KEY UPDATE`, the lock PostgreSQL's own `UPDATE` takes when no key
+/// column changes: it serializes every writer of a run as `FOR UPDATE` did, but not the foreign
+/// key checks (`FOR KEY SHARE`) of rows inserted for the run meanwhile (its pods, log captures,
+/// history): under `FOR UPDATE` each such insert waited for the status transaction to end (in
+/// the queue bench, 3,900 such checks waited 5.8 ms each on average).
 pub async fn write(
     db: impl PgExecutor<'_>,
     which: Which<'_>,
@@ -201,7 +207,10 @@ pub async fn write(
     ));
     match which {
         Which::Run(id) => {
-            query.push(" AND t.id = ").push_bind(id).push(" FOR UPDATE");
+            query
+                .push(" AND t.id = ")
+                .push_bind(id)
+                .push(" FOR NO KEY UPDATE");
         }
         Which::Leased { id, owner } => {
             query
@@ -209,7 +218,7 @@ pub async fn write(
                 .push_bind(id)
                 .push(" AND t.lease_owner = ")
                 .push_bind(owner.to_owned())
-                .push(" FOR UPDATE");
+                .push(" FOR NO KEY UPDATE");
         }
         Which::Due { limit, aging_secs } => {
             query
@@ -223,13 +232,13 @@ pub async fn write(
                 .push_bind(aging_secs.max(1) as f64)
                 .push(")::int ELSE 0 END DESC, t.id LIMIT ")
                 .push_bind(limit)
-                .push(" FOR UPDATE SKIP LOCKED");
+                .push(" FOR NO KEY UPDATE SKIP LOCKED");
         }
         Which::Ids(ids) => {
             query
                 .push(" AND t.id = ANY(")
                 .push_bind(ids.to_vec())
-                .push(") FOR UPDATE SKIP LOCKED");
+                .push(") FOR NO KEY UPDATE SKIP LOCKED");
         }
         Which::OfKey { key, except } => {
             query
@@ -237,7 +246,7 @@ pub async fn write(
                 .push_bind(key.to_owned())
                 .push(" AND t.id <> ")
                 .push_bind(except)
-                .push(" FOR UPDATE");
+                .push(" FOR NO KEY UPDATE");
         }
         Which::StuckFor(limit) => {
             query
@@ -247,7 +256,7 @@ pub async fn write(
                         t.updated_at) < now() - make_interval(secs => ",
                 )
                 .push_bind(limit.as_secs().max(1) as f64)
-                .push(") FOR UPDATE SKIP LOCKED");
+                .push(") FOR NO KEY UPDATE SKIP LOCKED");
         }
     }
     query

@@ -84,8 +84,25 @@ pub async fn observe_with(
     let Some((locked, job_recorded)) = lock(&mut tx, id).await? else {
         return Ok(None);
     };
-    let stepped = step_through_pending(&mut tx, id, seen.status).await?;
-    let ran = step_through_running(&mut tx, id, seen).await?;
+    if locked.is_final() {
+        // A final run is never touched (every write below is guarded so): a Job's events after
+        // its run was recorded (the finalizer's release, the TTL) cost this lookup alone.
+        tx.commit().await?;
+        return Ok(Some(observed(locked, None, &[], job_recorded)));
+    }
+    // The run is locked: its status is `locked` until this transaction ends, so the steps and
+    // the write that could not match it are not sent.
+    let stepped =
+        locked == RunStatus::Creating && step_through_pending(&mut tx, id, seen.status).await?;
+    let ran = (locked == RunStatus::Pending || stepped)
+        && step_through_running(&mut tx, id, seen).await?;
+    let now = if ran {
+        RunStatus::Running
+    } else if stepped {
+        RunStatus::Pending
+    } else {
+        locked
+    };
     // Entering pending keeps a reason noted while creating (not Kueue's, once it admitted).
     let text = |value| match (locked, seen.status) {
         (RunStatus::Creating, RunStatus::Pending) => Text::Prefer(value),
@@ -104,7 +121,11 @@ pub async fn observe_with(
             job: seen.job,
         },
     };
-    let moved = status::write(&mut *tx, Which::Run(id), change).await?;
+    let moved = if from.contains(&now) {
+        status::write(&mut *tx, Which::Run(id), change).await?
+    } else {
+        Vec::new()
+    };
     if moved.is_empty() && seen.status == RunStatus::Admitting {
         // Still held by Kueue: the Workload's message may have changed (recorded as a
         // `waiting` entry of the history when it did).
@@ -176,7 +197,9 @@ pub async fn observe_with(
 
 /// Locks the run for a multi-statement change: its status and whether it has a Job recorded.
 async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<(RunStatus, bool)>, sqlx::Error> {
-    sqlx::query_as("SELECT status, job_name IS NOT NULL FROM runs WHERE id = $1 FOR UPDATE")
+    // `FOR NO KEY UPDATE`, as `status::write` locks: rows inserted for the run meanwhile (pods,
+    // log captures) need not wait for this transaction.
+    sqlx::query_as("SELECT status, job_name IS NOT NULL FROM runs WHERE id = $1 FOR NO KEY UPDATE")
         .bind(id)
         .fetch_optional(conn)
         .await
@@ -266,7 +289,8 @@ pub async fn advance(
     let Some((locked, job_recorded)) = lock(&mut tx, id).await? else {
         return Ok(None);
     };
-    let stepped = step_through_pending(&mut tx, id, to).await?;
+    let stepped = locked == RunStatus::Creating && step_through_pending(&mut tx, id, to).await?;
+    let now = if stepped { RunStatus::Pending } else { locked };
     // Why it waited no longer holds once it moves on; a final status keeps it.
     let text = if to.is_final() {
         Text::Keep
@@ -279,7 +303,12 @@ pub async fn advance(
         message: text,
         ..Change::to(to, &from)
     };
-    let moved = status::write(&mut *tx, Which::Run(id), change).await?;
+    // Not sent when it could not match: the run is locked in `now` (already running, or final).
+    let moved = if from.contains(&now) {
+        status::write(&mut *tx, Which::Run(id), change).await?
+    } else {
+        Vec::new()
+    };
     tx.commit().await?;
     Ok((stepped || !moved.is_empty()).then(|| {
         observed(
