@@ -472,7 +472,10 @@ async fn archived_log() {
             bytes += piece.unwrap().len();
         }
         served_times.push(t0.elapsed());
-        assert!(served_bytes == 0 || served_bytes == bytes, "every round serves the same log");
+        assert!(
+            served_bytes == 0 || served_bytes == bytes,
+            "every round serves the same log"
+        );
         served_bytes = bytes;
         let t0 = Instant::now();
         copied_bytes = copy_chunks(&bench.db, &id).await;
