@@ -413,7 +413,7 @@ pub async fn chunks(
     from_seq: i32,
     limit: i64,
 ) -> Result<Vec<Chunk>, sqlx::Error> {
-    let rows: Vec<(i32, String, i64, i32, i32, i16, Vec<u8>)> = sqlx::query_as(
+    let rows: Vec<StoredChunk> = sqlx::query_as(
         "SELECT seq, part, first_line, line_count, raw_len, encoding, data FROM log_chunks
          WHERE run_id = $1 AND pod_name = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
     )
@@ -424,19 +424,29 @@ pub async fn chunks(
     .fetch_all(db)
     .await?;
     rows.into_iter()
-        .map(
-            |(seq, part, first_line, line_count, raw_len, encoding, data)| {
-                Ok(Chunk {
-                    seq,
-                    part,
-                    first_line,
-                    line_count,
-                    data: decode(encoding, data, usize::try_from(raw_len).ok())
-                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
-                })
-            },
-        )
+        .map(|row| {
+            Ok(Chunk {
+                seq: row.seq,
+                part: row.part,
+                first_line: row.first_line,
+                line_count: row.line_count,
+                data: decode(row.encoding, row.data, usize::try_from(row.raw_len).ok())
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
+            })
+        })
         .collect()
+}
+
+/// A chunk's row as stored (its data possibly deflated).
+#[derive(sqlx::FromRow)]
+struct StoredChunk {
+    seq: i32,
+    part: String,
+    first_line: i64,
+    line_count: i32,
+    raw_len: i32,
+    encoding: i16,
+    data: Vec<u8>,
 }
 
 /// Deletes archives of pods whose capture ended before `before` (the log age limit).
