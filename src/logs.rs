@@ -6,7 +6,7 @@
 use crate::cluster::jobs::Cluster;
 use crate::cluster::pods::{main_instance, Instance, LogRead};
 use crate::domain::attempt::{self, Archived, PodWithAttempts};
-use crate::domain::loglines::{lines, split_timestamp, LineSplitter};
+use crate::domain::loglines::{lines, split_timestamp, LineSplitter, TextStart};
 use crate::domain::masking::MaskedLines;
 use crate::domain::{PodRecord, Run};
 use crate::store;
@@ -565,9 +565,11 @@ fn pod_ended(pod: &PodRecord) -> bool {
 
 /// The text (timestamps removed) of a stored chunk's lines numbered in `[start, end)`, the
 /// chunk's first line being `first_line`, as one buffer; and whether the chunk reaches `end`.
-/// The same lines and text as [`LineSplitter`] and [`split_timestamp`] make of the chunk.
+/// The same lines and text as [`LineSplitter`] and [`split_timestamp`] make of the chunk (each
+/// line's timestamp found by [`TextStart`], never parsed into a time).
 fn chunk_text(data: &[u8], first_line: i64, start: i64, end: i64) -> (Bytes, bool) {
     let mut text = Vec::with_capacity(data.len());
+    let mut text_start = TextStart::default();
     for (i, raw) in lines(data).enumerate() {
         let number = first_line + i as i64;
         if number < start {
@@ -576,7 +578,7 @@ fn chunk_text(data: &[u8], first_line: i64, start: i64, end: i64) -> (Bytes, boo
         if number >= end {
             return (Bytes::from(text), true);
         }
-        text.extend_from_slice(split_timestamp(raw).1);
+        text.extend_from_slice(&raw[text_start.of(raw)..]);
     }
     (Bytes::from(text), false)
 }
@@ -594,4 +596,87 @@ fn line_item(pod: &str, number: Option<i64>, raw: &[u8], query: &LogQuery) -> Op
         time,
         text: Bytes::copy_from_slice(text),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::loglines::MAX_LINE;
+
+    /// What the line path (`since`, `timestamps`, event streams) makes of a stored chunk's
+    /// lines numbered in `[start, end)`: each piece's text, as [`line_item`] gives it.
+    fn line_path_text(data: &[u8], first_line: i64, start: i64, end: i64) -> Vec<u8> {
+        let query = LogQuery::default();
+        let mut splitter = LineSplitter::default();
+        let mut pieces = splitter.push(data);
+        pieces.extend(splitter.finish());
+        let mut text = Vec::new();
+        for (i, raw) in pieces.iter().enumerate() {
+            let number = first_line + i as i64;
+            if number < start || number >= end {
+                continue;
+            }
+            match line_item("pod", Some(number), raw, &query) {
+                Some(LogItem::Line { text: line, .. }) => text.extend_from_slice(&line),
+                other => panic!("{other:?}"),
+            }
+        }
+        text
+    }
+
+    /// Content that a plain read might get wrong if it took any shortcut: lines whose text
+    /// starts with a time (the kubelet's prefix goes, the text's own stays), first words that
+    /// only look like times (invalid dates, leap seconds, offsets, lower case), CRLF, bytes
+    /// that are not UTF-8, a line longer than 64 KiB whose cut falls inside a two-byte
+    /// character and whose next piece starts with something time-like, and no final newline.
+    fn tricky_chunk() -> Vec<u8> {
+        let mut data = Vec::new();
+        let mut line = |text: &[u8]| data.extend_from_slice(text);
+        line(b"2026-12-03T08:00:00.123456789Z 2026-12-03T08:00:00Z a time as text\n");
+        line(b"2026-12-03T08:00:00.5Z plain\r\n");
+        line(b"2026-12-03T08:00:01Z \n");
+        line(b"2026-12-03T08:00:01Z\n");
+        line(b"2026-02-29T08:00:01Z not a date this year\n");
+        line(b"2024-02-29T08:00:01Z a date that year\n");
+        line(b"2016-12-31T23:59:60Z leap second\n");
+        line(b"2026-12-03T08:00:02+01:00 an offset\n");
+        line(b"2026-12-03t08:00:02z lower case\n");
+        line(b"2026-12-03T08:00:02.1234567890Z ten digits\n");
+        line(b"2026-12-03T24:00:02Z hour 24\n");
+        line(b"2026-12-03T08:00:02Z not \xff\xfe utf-8\r\n");
+        // 31 bytes of time, then two-byte characters: the 64 KiB cut splits one; the next cut
+        // is followed by a time-like word.
+        let mut long = b"2026-12-03T08:00:03.000000001Z ".to_vec();
+        while long.len() < MAX_LINE {
+            long.extend_from_slice("é".as_bytes());
+        }
+        assert_eq!(long.len(), MAX_LINE + 1, "the cut falls inside a character");
+        long.resize(2 * MAX_LINE, b'x');
+        long.extend_from_slice(b"2026-12-03T08:00:03Z after the second cut\n");
+        line(&long);
+        line(b"2026-12-03T08:00:04Z no final newline");
+        data
+    }
+
+    #[test]
+    fn plain_text_of_a_chunk_is_the_line_paths_text_byte_for_byte() {
+        let data = tricky_chunk();
+        let count = lines(&data).count() as i64;
+        assert_eq!(count, 16, "the long line is three pieces");
+        for first_line in [0, 100] {
+            for start in 0..=count {
+                for end in [start, start + 1, count - 1, count, count + 5] {
+                    let (start, end) = (first_line + start, first_line + end);
+                    let (text, past_end) = chunk_text(&data, first_line, start, end);
+                    assert_eq!(
+                        text.as_ref(),
+                        line_path_text(&data, first_line, start, end),
+                        "lines [{start}, {end}) of a chunk starting at {first_line}"
+                    );
+                    // It says so once it meets a line at or past both ends.
+                    assert_eq!(past_end, start.max(end) < first_line + count);
+                }
+            }
+        }
+    }
 }

@@ -20,7 +20,7 @@ impl LineSplitter {
         while !bytes.is_empty() {
             let room = MAX_LINE - self.pending.len();
             let window = &bytes[..bytes.len().min(room)];
-            match window.iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', window) {
                 Some(i) => {
                     self.pending.extend_from_slice(&window[..=i]);
                     lines.push(std::mem::take(&mut self.pending));
@@ -52,7 +52,7 @@ pub fn lines(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
             return None;
         }
         let window = &bytes[..bytes.len().min(MAX_LINE)];
-        let len = match window.iter().position(|b| *b == b'\n') {
+        let len = match memchr::memchr(b'\n', window) {
             Some(i) => i + 1,
             None => window.len(),
         };
@@ -74,6 +74,84 @@ pub fn split_timestamp(line: &[u8]) -> (Option<DateTime<Utc>>, &[u8]) {
         Some(time) => (Some(time.with_timezone(&Utc)), &line[space + 1..]),
         None => (None, line),
     }
+}
+
+/// Where the text of a line starts, for readers that want the text alone: just after its
+/// timestamp and the space that follows it, or 0 when it has none. Always the same split as
+/// [`split_timestamp`], without building the time (issue 15: a plain archived read spent most
+/// of its time parsing each line's time only to drop it).
+///
+/// The kubelet writes Go's RFC3339Nano in UTC (`2006-01-02T15:04:05.999999999Z`): a first word
+/// of exactly that shape, with seconds `00`-`59` and one to nine fraction digits, is a time
+/// chrono accepts if and only if its date, hour and minute are valid, which depend on its first
+/// 16 bytes alone; those are checked through chrono once and remembered, since a log's lines
+/// share them for a minute at a time. Any other first word (a leap second, another offset,
+/// lower-case `t` or `z`, ten fraction digits, no time at all) is given to
+/// [`split_timestamp`] as before, so what counts as a time is chrono's word, not ours.
+#[derive(Debug, Default, Clone)]
+pub struct TextStart {
+    /// The last date, hour and minute checked, and whether chrono accepted them.
+    known: Option<([u8; 16], bool)>,
+}
+
+impl TextStart {
+    pub fn of(&mut self, line: &[u8]) -> usize {
+        let Some(space) = kubelet_time_len(line) else {
+            return line.len() - split_timestamp(line).1.len();
+        };
+        let prefix: [u8; 16] = line[..16].try_into().expect("the shape is longer");
+        let valid = match self.known {
+            Some((known, valid)) if known == prefix => valid,
+            _ => {
+                let valid = split_timestamp(line).0.is_some();
+                self.known = Some((prefix, valid));
+                valid
+            }
+        };
+        if valid {
+            space + 1
+        } else {
+            0
+        }
+    }
+}
+
+/// The length of `line`'s first word when it has the kubelet's time shape and a space after it
+/// (see [`TextStart`]): `dddd-dd-ddTdd:dd:[0-5]d`, then `Z` or `.` with 1 to 9 digits and `Z`.
+fn kubelet_time_len(line: &[u8]) -> Option<usize> {
+    let digits = |range: std::ops::Range<usize>| line[range].iter().all(u8::is_ascii_digit);
+    if line.len() < 21
+        || !digits(0..4)
+        || line[4] != b'-'
+        || !digits(5..7)
+        || line[7] != b'-'
+        || !digits(8..10)
+        || line[10] != b'T'
+        || !digits(11..13)
+        || line[13] != b':'
+        || !digits(14..16)
+        || line[16] != b':'
+        || !(b'0'..=b'5').contains(&line[17])
+        || !line[18].is_ascii_digit()
+    {
+        return None;
+    }
+    let zone = match line[19] {
+        b'Z' => 19,
+        b'.' => {
+            let fraction = line[20..]
+                .iter()
+                .take(10)
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if !(1..=9).contains(&fraction) {
+                return None;
+            }
+            20 + fraction
+        }
+        _ => return None,
+    };
+    (line.get(zone) == Some(&b'Z') && line.get(zone + 1) == Some(&b' ')).then_some(zone + 1)
 }
 
 /// The time of the line each piece belongs to, for pieces in the order a stream (or the archive)
@@ -377,6 +455,72 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines.iter().all(|l| l.len() == MAX_LINE));
         assert_eq!(splitter.finish().unwrap().len(), 10);
+    }
+
+    /// [`TextStart`] against [`split_timestamp`] (chrono) over first words near the kubelet's
+    /// shape: every date, hour, minute and second edge, fractions of 0 to 10 digits, other
+    /// offsets and separators, taken in an order that keeps the same date, hour and minute for
+    /// runs of lines (what the cache remembers) with valid and invalid seconds mixed in.
+    #[test]
+    fn text_start_is_where_split_timestamp_puts_the_text() {
+        let mut text_start = TextStart::default();
+        let mut checked = 0;
+        for year in ["2024", "2023", "2000", "1900"] {
+            for month in ["00", "01", "02", "04", "12", "13", "1a"] {
+                for day in ["00", "01", "28", "29", "30", "31", "32"] {
+                    for hour in ["00", "23", "24", "99"] {
+                        for minute in ["00", "59", "60"] {
+                            for second in ["00", "59", "60", "5"] {
+                                for fraction in ["", ".", ".1", ".123456789", ".1234567890"] {
+                                    for zone in ["Z", "z", "+00:00", ""] {
+                                        for sep in ["T", "t"] {
+                                            let word = format!(
+                                                "{year}-{month}-{day}{sep}{hour}:{minute}:{second}{fraction}{zone}"
+                                            );
+                                            for line in
+                                                [format!("{word} text\n"), format!("{word}\n")]
+                                            {
+                                                let line = line.as_bytes();
+                                                let expected =
+                                                    line.len() - split_timestamp(line).1.len();
+                                                assert_eq!(
+                                                    text_start.of(line),
+                                                    expected,
+                                                    "{:?}",
+                                                    String::from_utf8_lossy(line)
+                                                );
+                                                checked += 1;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000);
+        let odd: &[&[u8]] = &[
+            b"",
+            b"\n",
+            b" leading space\n",
+            b"2026-12-03T08:00:00Z",
+            b"2026-12-03T08:00:00.Z x\n",
+            b"2026-12-03T08:00:00.123456789Z\xff\xfe x\n",
+            b"\xff\xfe\xfd 2026-12-03T08:00:00Z x\n",
+            b"2026-12-03T08:00:00.000000001Z2026-12-03T08:00:00Z x\n",
+            b"2026-12-03 08:00:00Z x\n",
+            b"2026-12-03T08:00:00Z ",
+            b"2026-12-03T08:00:00Z0 x\n",
+            b"0000-01-01T00:00:00Z x\n",
+            b"9999-12-31T23:59:59.999999999Z x\n",
+            b"2026-12-03T08:00:61Z x\n",
+        ];
+        for &line in odd {
+            let expected = line.len() - split_timestamp(line).1.len();
+            assert_eq!(TextStart::default().of(line), expected, "{line:?}");
+        }
     }
 
     #[test]

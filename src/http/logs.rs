@@ -242,7 +242,8 @@ fn text_response(
         // chunked encoding) each: an archived log is served about as fast as it is read
         // (issue 15). A following reader gets each line as soon as it comes, as before.
         .ready_chunks(LINES_PER_FRAME)
-        .map(|pieces| Ok::<_, std::convert::Infallible>(Bytes::from(pieces.concat())));
+        .flat_map(|pieces| futures::stream::iter(frames(pieces)))
+        .map(Ok::<_, std::convert::Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -254,6 +255,30 @@ fn text_response(
     );
     response
 }
+
+/// Pieces at hand as body frames: runs of small pieces (lines) joined into one frame, a piece
+/// of [`BIG_PIECE`] or more (an archived chunk's text) sent as it is, without copying it again.
+fn frames(pieces: Vec<Bytes>) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut small: Vec<Bytes> = Vec::new();
+    for piece in pieces {
+        if piece.len() >= BIG_PIECE {
+            if !small.is_empty() {
+                frames.push(Bytes::from(std::mem::take(&mut small).concat()));
+            }
+            frames.push(piece);
+        } else if !piece.is_empty() {
+            small.push(piece);
+        }
+    }
+    if !small.is_empty() {
+        frames.push(Bytes::from(small.concat()));
+    }
+    frames
+}
+
+/// A piece this long is a frame of its own (see [`frames`]).
+const BIG_PIECE: usize = 16 * 1024;
 
 fn sse_response(
     items: impl futures::Stream<Item = Result<LogItem, logs::LogError>> + Send + 'static,

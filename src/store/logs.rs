@@ -257,7 +257,7 @@ pub async fn last_line(
     // The anchor, and the earliest piece of its line found so far.
     let mut found: Option<(Vec<u8>, Vec<u8>)> = None;
     while let Some((encoding, data)) = rows.try_next().await? {
-        let data = decode(encoding, data).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        let data = decode(encoding, data, None).map_err(|e| sqlx::Error::Decode(e.into()))?;
         let pieces: Vec<&[u8]> = crate::domain::loglines::lines(&data).collect();
         for piece in pieces.into_iter().rev() {
             match &mut found {
@@ -413,8 +413,8 @@ pub async fn chunks(
     from_seq: i32,
     limit: i64,
 ) -> Result<Vec<Chunk>, sqlx::Error> {
-    let rows: Vec<(i32, String, i64, i32, i16, Vec<u8>)> = sqlx::query_as(
-        "SELECT seq, part, first_line, line_count, encoding, data FROM log_chunks
+    let rows: Vec<StoredChunk> = sqlx::query_as(
+        "SELECT seq, part, first_line, line_count, raw_len, encoding, data FROM log_chunks
          WHERE run_id = $1 AND pod_name = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
     )
     .bind(run_id)
@@ -424,16 +424,29 @@ pub async fn chunks(
     .fetch_all(db)
     .await?;
     rows.into_iter()
-        .map(|(seq, part, first_line, line_count, encoding, data)| {
+        .map(|row| {
             Ok(Chunk {
-                seq,
-                part,
-                first_line,
-                line_count,
-                data: decode(encoding, data).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                seq: row.seq,
+                part: row.part,
+                first_line: row.first_line,
+                line_count: row.line_count,
+                data: decode(row.encoding, row.data, usize::try_from(row.raw_len).ok())
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?,
             })
         })
         .collect()
+}
+
+/// A chunk's row as stored (its data possibly deflated).
+#[derive(sqlx::FromRow)]
+struct StoredChunk {
+    seq: i32,
+    part: String,
+    first_line: i64,
+    line_count: i32,
+    raw_len: i32,
+    encoding: i16,
+    data: Vec<u8>,
 }
 
 /// Deletes archives of pods whose capture ended before `before` (the log age limit).
@@ -467,11 +480,14 @@ fn encode(data: &[u8]) -> (i16, Vec<u8>) {
     (0, data.to_vec())
 }
 
-fn decode(encoding: i16, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+/// `raw_len`: the stored length before deflating, when known (the buffer is then allocated once
+/// instead of grown while inflating).
+fn decode(encoding: i16, data: Vec<u8>, raw_len: Option<usize>) -> std::io::Result<Vec<u8>> {
     match encoding {
         0 => Ok(data),
         1 => {
-            let mut out = Vec::with_capacity(data.len() * 3);
+            // Bounded: a chunk is at most about two 64-KiB pieces, whatever a row claims.
+            let mut out = Vec::with_capacity(raw_len.unwrap_or(data.len() * 3).min(1 << 20));
             DeflateDecoder::new(&data[..]).read_to_end(&mut out)?;
             Ok(out)
         }
@@ -491,13 +507,17 @@ mod tests {
         let (encoding, stored) = encode(&text);
         assert_eq!(encoding, 1);
         assert!(stored.len() < text.len() / 5);
-        assert_eq!(decode(encoding, stored).unwrap(), text);
+        assert_eq!(decode(encoding, stored.clone(), None).unwrap(), text);
+        assert_eq!(decode(encoding, stored, Some(text.len())).unwrap(), text);
 
         let random: Vec<u8> = (0..64u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         let (encoding, stored) = encode(&random);
         assert_eq!(encoding, 0, "incompressible data is stored as is");
-        assert_eq!(decode(encoding, stored).unwrap(), random);
+        assert_eq!(
+            decode(encoding, stored, Some(random.len())).unwrap(),
+            random
+        );
     }
 }
