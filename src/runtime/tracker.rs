@@ -30,7 +30,7 @@
 use super::requeue::Requeue;
 use super::Runtime;
 use crate::cluster::kueue::{self, Hold, Workload};
-use crate::cluster::watch::{self, Event, Watch, WatchError};
+use crate::cluster::watch::{self, Event, SlimJob, Watch, WatchError};
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, PodRecord, RunStatus};
 use crate::store::{self, runs::Observation};
@@ -145,9 +145,11 @@ impl WorkQueue {
 #[derive(Default)]
 struct Tracked {
     /// The Job as its watch last reported it; none before its first event and after it is gone.
-    job: Option<Job>,
+    /// Slim and boxed: one per active run, and the map's table holds a slot per entry and
+    /// half as many again free (issue 15: memory per active run).
+    job: Option<Box<SlimJob>>,
     /// The Job's last state, from its `Delete` event, until its reconcile records it.
-    deleted: Option<Job>,
+    deleted: Option<Box<SlimJob>>,
     /// The Job changed since its last successful reconcile.
     job_changed: bool,
     /// A check found this run unfinished and its Job not in the cache: look the Job up.
@@ -333,7 +335,7 @@ impl Tracker {
                     let name = job.name_any();
                     let tracked = self.cache.entry(name.clone()).or_default();
                     tracked.job = None;
-                    tracked.deleted = Some(job);
+                    tracked.deleted = Some(Box::new(SlimJob::from(job)));
                     tracked.job_changed = true;
                     tracked.generation += 1;
                     self.queue.add(Key::Job(name));
@@ -347,14 +349,11 @@ impl Tracker {
             self.wants_workloads = true;
         }
         let tracked = self.cache.entry(name.clone()).or_default();
-        let version = |job: &Option<Job>| {
-            job.as_ref()
-                .and_then(|j| j.metadata.resource_version.clone())
-        };
         let unchanged = job.metadata.resource_version.is_some()
-            && version(&tracked.job) == job.metadata.resource_version
+            && tracked.job.as_ref().map(|j| &j.metadata.resource_version)
+                == Some(&job.metadata.resource_version)
             && !tracked.job_changed;
-        tracked.job = Some(job);
+        tracked.job = Some(Box::new(SlimJob::from(job)));
         tracked.deleted = None;
         if !unchanged {
             tracked.generation += 1;
@@ -512,22 +511,23 @@ impl Tracker {
         let tracked = self.cache.get(name)?;
         let hold = self.holds.get(name).cloned();
         // While Kueue holds the Job, only the Job unsuspended moves its run on.
-        let held = tracked.job.as_ref().is_some_and(kueue::held);
+        let current = tracked.job.as_ref().map(|job| job.to_job());
+        let held = current.as_ref().is_some_and(kueue::held);
         let pods: Vec<TrackedPod> = (tracked.pods.values())
             .filter(|p| !p.written)
             .cloned()
             .collect();
         let job = if !(tracked.job_changed || tracked.check.is_some()) {
             JobWork::Nothing
-        } else if let Some(job) = &tracked.job {
+        } else if let Some(job) = current {
             JobWork::Changed {
-                job: job.clone(),
-                hold,
                 // Every pod of the cache is written before the Job's status.
-                pods_recorded: pods_accounted_for(job, tracked.pods.values()),
+                pods_recorded: pods_accounted_for(&job, tracked.pods.values()),
+                job,
+                hold,
             }
         } else if let Some(job) = &tracked.deleted {
-            JobWork::Gone(job.clone())
+            JobWork::Gone(job.to_job())
         } else if let Some(run_id) = tracked.check {
             JobWork::Check { run_id, hold }
         } else {
@@ -604,7 +604,7 @@ impl Tracker {
             return Action::AwaitChange;
         }
         // What is left to keep: an unsettled Job, or pods whose next change must be written.
-        let keep_job = tracked.job.as_ref().is_some_and(|job| !settled_job(job));
+        let keep_job = (tracked.job.as_ref()).is_some_and(|job| !settled_job(&job.to_job()));
         if keep_job || !tracked.pods.is_empty() {
             if !keep_job {
                 tracked.job = None;
