@@ -157,7 +157,52 @@ struct Tracked {
     /// Counts the changes to the four fields above: a reconcile that started from an older
     /// count leaves their flags for the next one.
     generation: u64,
-    pods: HashMap<String, TrackedPod>,
+    pods: Pods,
+}
+
+/// A Job's pods, by name. Mostly one: a vector sized to them, where a hash map's smallest
+/// table holds four (about 1.4 KB per active run; issue 15: memory per active run). A Job with
+/// many pods is searched through, a few hundred comparisons of short names per event at most.
+#[derive(Default)]
+struct Pods(Vec<TrackedPod>);
+
+impl Pods {
+    fn get(&self, name: &str) -> Option<&TrackedPod> {
+        self.0.iter().find(|p| p.record.name == name)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut TrackedPod> {
+        self.0.iter_mut().find(|p| p.record.name == name)
+    }
+
+    /// Adds `pod`, or replaces the one of its name.
+    fn insert(&mut self, pod: TrackedPod) {
+        if let Some(known) = self.get_mut(&pod.record.name) {
+            *known = pod;
+            return;
+        }
+        if self.0.len() < 4 {
+            // Room for exactly one more, not the four a first push reserves.
+            self.0.reserve_exact(1);
+        }
+        self.0.push(pod);
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|p| p.record.name != name);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&TrackedPod) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn values(&self) -> impl Iterator<Item = &TrackedPod> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A pod as last reported, and whether that is written.
@@ -433,7 +478,7 @@ impl Tracker {
                 // Pods the re-list did not show are gone; nothing more will be written of them.
                 let listed = self.pods_listed.take().unwrap_or_default();
                 for tracked in self.cache.values_mut() {
-                    tracked.pods.retain(|name, _| listed.contains(name));
+                    tracked.pods.retain(|pod| listed.contains(&pod.record.name));
                 }
             }
             // A re-list (after a restart: every retained pod) skips settled pods.
@@ -460,23 +505,19 @@ impl Tracker {
         let record = observe::pod_record(pod, deleted);
         let waiting = (!deleted).then(|| observe::pod_waiting(pod)).flatten();
         let tracked = self.cache.entry(job.clone()).or_default();
-        let name = record.name.clone();
         let disruption = observe::pod_disruption(pod);
-        let unchanged = tracked.pods.get(&name).is_some_and(|p| {
+        let unchanged = tracked.pods.get(&record.name).is_some_and(|p| {
             p.record == record && p.waiting == waiting && p.disruption == disruption
         });
         if !unchanged {
-            tracked.pods.insert(
-                name,
-                TrackedPod {
-                    run_id,
-                    record,
-                    waiting,
-                    terminating: pod.metadata.deletion_timestamp.is_some(),
-                    disruption,
-                    written: false,
-                },
-            );
+            tracked.pods.insert(TrackedPod {
+                run_id,
+                record,
+                waiting,
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+                disruption,
+                written: false,
+            });
             self.queue.add(Key::Job(job));
         }
     }
