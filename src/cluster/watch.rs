@@ -3,14 +3,16 @@
 //! short backoff. What the stream says is left to the caller (the tracker). Jobs and pods come
 //! trimmed to what the tracker and the archiver read ([`trim_job`], [`trim_pod`]): a Job's pod
 //! template, managed fields and annotations are most of its size, and the tracker keeps one of
-//! each per active run.
+//! each per active run, a Job as a [`SlimJob`] (k8s-openapi's `Job` is about 4 KB before a
+//! single field is set, nearly all of it the empty pod template's inline structs).
 
 use super::jobs::Cluster;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus, PodFailurePolicy};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -109,17 +111,61 @@ impl Cluster {
 
 /// Keeps of a Job what the tracker reads: its identity, labels, finalizers, deletion, its own
 /// `ttlSecondsAfterFinished` (see [`Cluster::release_job`]), `suspend` (Kueue holds a suspended
-/// Job) and its status. The pod template, annotations and managed fields go.
+/// Job), its `podFailurePolicy` (an `Ignore` rule means the Job controller does not count every
+/// finished pod; the tracker's `pods_accounted_for` reads it) and its status. The pod template,
+/// annotations and managed fields go.
 pub fn trim_job(job: &mut Job) {
     trim_meta(&mut job.metadata);
-    let spec = job.spec.as_ref();
-    let ttl = spec.and_then(|s| s.ttl_seconds_after_finished);
-    let suspend = spec.and_then(|s| s.suspend);
-    job.spec = Some(k8s_openapi::api::batch::v1::JobSpec {
-        ttl_seconds_after_finished: ttl,
-        suspend,
+    let spec = job.spec.take().unwrap_or_default();
+    job.spec = Some(JobSpec {
+        ttl_seconds_after_finished: spec.ttl_seconds_after_finished,
+        suspend: spec.suspend,
+        pod_failure_policy: spec.pod_failure_policy,
         ..Default::default()
     });
+}
+
+/// What [`trim_job`] keeps of a Job, without the Job's inline spec: the form the tracker holds
+/// a Job in between its events, one per active run (issue 15: memory per active run; a trimmed
+/// `Job` still takes about 4 KB, this about 0.6 KB plus its strings). [`SlimJob::to_job`] gives
+/// the trimmed Job back for the code that reads Jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlimJob {
+    pub metadata: ObjectMeta,
+    ttl_seconds_after_finished: Option<i32>,
+    suspend: Option<bool>,
+    pod_failure_policy: Option<PodFailurePolicy>,
+    status: Option<JobStatus>,
+}
+
+impl From<Job> for SlimJob {
+    fn from(mut job: Job) -> Self {
+        trim_meta(&mut job.metadata);
+        let spec = job.spec.unwrap_or_default();
+        SlimJob {
+            metadata: job.metadata,
+            ttl_seconds_after_finished: spec.ttl_seconds_after_finished,
+            suspend: spec.suspend,
+            pod_failure_policy: spec.pod_failure_policy,
+            status: job.status,
+        }
+    }
+}
+
+impl SlimJob {
+    /// The Job as [`trim_job`] leaves it.
+    pub fn to_job(&self) -> Job {
+        Job {
+            metadata: self.metadata.clone(),
+            spec: Some(JobSpec {
+                ttl_seconds_after_finished: self.ttl_seconds_after_finished,
+                suspend: self.suspend,
+                pod_failure_policy: self.pod_failure_policy.clone(),
+                ..Default::default()
+            }),
+            status: self.status.clone(),
+        }
+    }
 }
 
 /// Keeps of a pod what the tracker's record and the archiver read: identity, labels, the
@@ -140,7 +186,7 @@ pub fn trim_pod(pod: &mut Pod) {
 /// The annotation an Indexed Job's pods carry their index in (also a label since 1.28).
 const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
-fn trim_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+fn trim_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.generate_name = None;
     if let Some(owners) = meta.owner_references.as_mut() {
@@ -169,7 +215,10 @@ mod tests {
                 "labels": {"vfi-orchestrator.io/run-id": "r"}, "finalizers": ["f"],
                 "annotations": {"vfi-orchestrator.io/run-number": "3"},
                 "managedFields": [{"manager": "m", "operation": "Update"}]},
-            "spec": {"ttlSecondsAfterFinished": 60, "suspend": true, "template": {"spec": {"containers": [
+            "spec": {"ttlSecondsAfterFinished": 60, "suspend": true,
+                "podFailurePolicy": {"rules": [{"action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+                "template": {"spec": {"containers": [
                 {"name": "main", "image": "x", "env": [{"name": "A", "value": "1"}]}]}}},
             "status": {"active": 1, "ready": 1}
         }))
@@ -191,10 +240,18 @@ mod tests {
             Some(true),
             "Kueue's hold"
         );
-        assert!(trimmed.spec.unwrap().template.spec.is_none());
+        assert_eq!(
+            trimmed.spec.as_ref().unwrap().pod_failure_policy,
+            full.spec.as_ref().unwrap().pod_failure_policy,
+            "an Ignore rule changes which finished pods the Job controller counts"
+        );
+        assert!(trimmed.spec.as_ref().unwrap().template.spec.is_none());
         assert!(
             trimmed.metadata.managed_fields.is_none() && trimmed.metadata.annotations.is_none()
         );
+        // The tracker's form of it holds the same fields, in a fraction of a Job's inline size.
+        assert_eq!(SlimJob::from(full.clone()).to_job(), trimmed);
+        assert!(std::mem::size_of::<SlimJob>() * 4 < std::mem::size_of::<Job>());
 
         let full: Pod = serde_json::from_value(json!({
             "metadata": {"name": "j-0-x", "namespace": "batch", "uid": "p",

@@ -33,6 +33,9 @@ const ROTATED: &str = "the kubelet rotated the log while it was not being read";
 /// Chunks are written when they reach this size, or after `flush_interval`.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// What one read of a log stream takes at most; each open capture holds a buffer of this size.
+const READ_BYTES: usize = 8 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct LogSettings {
     /// Largest log kept per pod; beyond it the head and the tail are kept, with a marker between.
@@ -94,12 +97,12 @@ struct Inner {
     settings: LogSettings,
     instance: String,
     active: Mutex<HashSet<(Uuid, String)>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl Archiver {
     pub fn new(db: PgPool, cluster: Cluster, settings: LogSettings, instance: String) -> Self {
-        let permits = Semaphore::new(settings.concurrency.max(1));
+        let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Archiver {
             inner: Arc::new(Inner {
                 db,
@@ -129,13 +132,11 @@ impl Archiver {
             return;
         }
         let this = self.clone();
-        let pod = pod.clone();
         let shutdown = shutdown.clone();
-        // The task waits for a capture slot before the capture's state exists, and holds it
-        // boxed: a capture's future is many KB, and with thousands of pods running most of
-        // them wait for a slot (issue 15: memory per active run).
-        tokio::spawn(async move {
-            if never_ran {
+        // A capture's future is many KB: it is boxed, and made only once the capture has a slot.
+        if never_ran {
+            let pod = pod.clone();
+            tokio::spawn(async move {
                 Box::pin(this.give_up(
                     &key,
                     &pod,
@@ -143,11 +144,59 @@ impl Archiver {
                     "the pod was deleted before its container started",
                 ))
                 .await;
-            } else if let Ok(_permit) = this.inner.permits.acquire().await {
+                this.inner.active.lock().unwrap().remove(&key);
+            });
+            return;
+        }
+        if let Ok(permit) = self.inner.permits.clone().try_acquire_owned() {
+            let pod = pod.clone();
+            tokio::spawn(async move {
                 Box::pin(this.capture(&key, &pod, &shutdown)).await;
+                drop(permit);
+                this.inner.active.lock().unwrap().remove(&key);
+            });
+            return;
+        }
+        // Every slot is taken, each maybe by a pod running for hours: with thousands of pods
+        // running, most wait here (issue 15: memory per active run). A waiting pod keeps only
+        // its name, not a copy of the pod (a few KB each), and is read again when its turn
+        // comes, as it is then.
+        let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+        tokio::spawn(async move {
+            // The task's own future is what waits: kept to a few hundred bytes, with the pod's
+            // read and its capture boxed once the slot is there.
+            if let Ok(_permit) = this.inner.permits.acquire().await {
+                Box::pin(this.read_and_capture(&key, namespace, &shutdown)).await;
             }
             this.inner.active.lock().unwrap().remove(&key);
         });
+    }
+
+    /// Reads the pod whose turn came, and captures its log.
+    async fn read_and_capture(
+        &self,
+        key: &(Uuid, String),
+        namespace: String,
+        shutdown: &CancellationToken,
+    ) {
+        match self.inner.cluster.get_pod(&namespace, &key.1).await {
+            Ok(current) => {
+                // A pod gone meanwhile goes through the capture as a stale copy would: its log
+                // is found gone and recorded as missing.
+                let pod = current.unwrap_or_else(|| Pod {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(key.1.clone()),
+                        namespace: Some(namespace),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+                self.capture(key, &pod, shutdown).await;
+            }
+            Err(error) => {
+                tracing::warn!(run_id = %key.0, pod = %key.1, error = %crate::error::chain(&error), "reading a pod to capture its log failed; the next pod event retries");
+            }
+        }
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %key.0, pod = %key.1))]
@@ -457,11 +506,14 @@ impl Archiver {
         let mut first_of_instance = cursor.next_line == 0 && cursor.last.is_none();
         let mut splitter = LineSplitter::default();
         let mut masked = MaskedLines::new(cursor.masks.clone());
-        let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+        // Grown as lines come, not made whole at once: up to `log_capture_concurrency` captures
+        // are open, most of them of quiet pods (issue 15: a full chunk and read buffer for each
+        // of 256 open captures was 25 MB).
+        let mut chunk = Vec::new();
         let mut chunk_lines = 0i32;
         // Where the chunk's last line starts (it becomes the cursor's anchor when stored).
         let mut last_start = 0usize;
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; READ_BYTES];
         let mut deadline = Instant::now() + inner.settings.flush_interval;
         let mut stall_at = Instant::now() + inner.settings.stall_timeout;
         let mut renewed = Instant::now();

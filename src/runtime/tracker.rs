@@ -30,7 +30,7 @@
 use super::requeue::Requeue;
 use super::Runtime;
 use crate::cluster::kueue::{self, Hold, Workload};
-use crate::cluster::watch::{self, Event, Watch, WatchError};
+use crate::cluster::watch::{self, Event, SlimJob, Watch, WatchError};
 use crate::cluster::{keys, observe};
 use crate::domain::{JobRef, PodRecord, RunStatus};
 use crate::store::{self, runs::Observation};
@@ -145,9 +145,11 @@ impl WorkQueue {
 #[derive(Default)]
 struct Tracked {
     /// The Job as its watch last reported it; none before its first event and after it is gone.
-    job: Option<Job>,
+    /// Slim and boxed: one per active run, and the map's table holds a slot per entry and
+    /// half as many again free (issue 15: memory per active run).
+    job: Option<Box<SlimJob>>,
     /// The Job's last state, from its `Delete` event, until its reconcile records it.
-    deleted: Option<Job>,
+    deleted: Option<Box<SlimJob>>,
     /// The Job changed since its last successful reconcile.
     job_changed: bool,
     /// A check found this run unfinished and its Job not in the cache: look the Job up.
@@ -155,7 +157,52 @@ struct Tracked {
     /// Counts the changes to the four fields above: a reconcile that started from an older
     /// count leaves their flags for the next one.
     generation: u64,
-    pods: HashMap<String, TrackedPod>,
+    pods: Pods,
+}
+
+/// A Job's pods, by name. Mostly one: a vector sized to them, where a hash map's smallest
+/// table holds four (about 1.4 KB per active run; issue 15: memory per active run). A Job with
+/// many pods is searched through, a few hundred comparisons of short names per event at most.
+#[derive(Default)]
+struct Pods(Vec<TrackedPod>);
+
+impl Pods {
+    fn get(&self, name: &str) -> Option<&TrackedPod> {
+        self.0.iter().find(|p| p.record.name == name)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut TrackedPod> {
+        self.0.iter_mut().find(|p| p.record.name == name)
+    }
+
+    /// Adds `pod`, or replaces the one of its name.
+    fn insert(&mut self, pod: TrackedPod) {
+        if let Some(known) = self.get_mut(&pod.record.name) {
+            *known = pod;
+            return;
+        }
+        if self.0.len() < 4 {
+            // Room for exactly one more, not the four a first push reserves.
+            self.0.reserve_exact(1);
+        }
+        self.0.push(pod);
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|p| p.record.name != name);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&TrackedPod) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn values(&self) -> impl Iterator<Item = &TrackedPod> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A pod as last reported, and whether that is written.
@@ -333,7 +380,7 @@ impl Tracker {
                     let name = job.name_any();
                     let tracked = self.cache.entry(name.clone()).or_default();
                     tracked.job = None;
-                    tracked.deleted = Some(job);
+                    tracked.deleted = Some(Box::new(SlimJob::from(job)));
                     tracked.job_changed = true;
                     tracked.generation += 1;
                     self.queue.add(Key::Job(name));
@@ -347,14 +394,11 @@ impl Tracker {
             self.wants_workloads = true;
         }
         let tracked = self.cache.entry(name.clone()).or_default();
-        let version = |job: &Option<Job>| {
-            job.as_ref()
-                .and_then(|j| j.metadata.resource_version.clone())
-        };
         let unchanged = job.metadata.resource_version.is_some()
-            && version(&tracked.job) == job.metadata.resource_version
+            && tracked.job.as_ref().map(|j| &j.metadata.resource_version)
+                == Some(&job.metadata.resource_version)
             && !tracked.job_changed;
-        tracked.job = Some(job);
+        tracked.job = Some(Box::new(SlimJob::from(job)));
         tracked.deleted = None;
         if !unchanged {
             tracked.generation += 1;
@@ -434,7 +478,7 @@ impl Tracker {
                 // Pods the re-list did not show are gone; nothing more will be written of them.
                 let listed = self.pods_listed.take().unwrap_or_default();
                 for tracked in self.cache.values_mut() {
-                    tracked.pods.retain(|name, _| listed.contains(name));
+                    tracked.pods.retain(|pod| listed.contains(&pod.record.name));
                 }
             }
             // A re-list (after a restart: every retained pod) skips settled pods.
@@ -466,23 +510,19 @@ impl Tracker {
         let record = observe::pod_record(pod, deleted);
         let waiting = (!deleted).then(|| observe::pod_waiting(pod)).flatten();
         let tracked = self.cache.entry(job.clone()).or_default();
-        let name = record.name.clone();
         let disruption = observe::pod_disruption(pod);
-        let unchanged = tracked.pods.get(&name).is_some_and(|p| {
+        let unchanged = tracked.pods.get(&record.name).is_some_and(|p| {
             p.record == record && p.waiting == waiting && p.disruption == disruption
         });
         if !unchanged {
-            tracked.pods.insert(
-                name,
-                TrackedPod {
-                    run_id,
-                    record,
-                    waiting,
-                    terminating: pod.metadata.deletion_timestamp.is_some(),
-                    disruption,
-                    written: false,
-                },
-            );
+            tracked.pods.insert(TrackedPod {
+                run_id,
+                record,
+                waiting,
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+                disruption,
+                written: false,
+            });
             self.queue.add(Key::Job(job));
         }
     }
@@ -517,22 +557,23 @@ impl Tracker {
         let tracked = self.cache.get(name)?;
         let hold = self.holds.get(name).cloned();
         // While Kueue holds the Job, only the Job unsuspended moves its run on.
-        let held = tracked.job.as_ref().is_some_and(kueue::held);
+        let current = tracked.job.as_ref().map(|job| job.to_job());
+        let held = current.as_ref().is_some_and(kueue::held);
         let pods: Vec<TrackedPod> = (tracked.pods.values())
             .filter(|p| !p.written)
             .cloned()
             .collect();
         let job = if !(tracked.job_changed || tracked.check.is_some()) {
             JobWork::Nothing
-        } else if let Some(job) = &tracked.job {
+        } else if let Some(job) = current {
             JobWork::Changed {
-                job: job.clone(),
-                hold,
                 // Every pod of the cache is written before the Job's status.
-                pods_recorded: pods_accounted_for(job, tracked.pods.values()),
+                pods_recorded: pods_accounted_for(&job, tracked.pods.values()),
+                job,
+                hold,
             }
         } else if let Some(job) = &tracked.deleted {
-            JobWork::Gone(job.clone())
+            JobWork::Gone(job.to_job())
         } else if let Some(run_id) = tracked.check {
             JobWork::Check { run_id, hold }
         } else {
@@ -609,7 +650,7 @@ impl Tracker {
             return Action::AwaitChange;
         }
         // What is left to keep: an unsettled Job, or pods whose next change must be written.
-        let keep_job = tracked.job.as_ref().is_some_and(|job| !settled_job(job));
+        let keep_job = (tracked.job.as_ref()).is_some_and(|job| !settled_job(&job.to_job()));
         if keep_job || !tracked.pods.is_empty() {
             if !keep_job {
                 tracked.job = None;
