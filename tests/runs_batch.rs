@@ -251,3 +251,41 @@ async fn a_batch_needs_the_run_scope(db: PgPool) {
     assert_problem(response, StatusCode::FORBIDDEN, None).await;
     assert_eq!(app.count("runs").await, 0);
 }
+
+/// Ad-hoc runs are numbered from a sequence (issue 15: no shared counter row that concurrent
+/// submitters queue on): batches and single runs sent at once still get distinct numbers, every
+/// batch's in the order given, and none is skipped when every submission succeeds.
+#[sqlx::test(migrator = "vfi_orchestrator::store::MIGRATOR")]
+async fn concurrent_ad_hoc_submissions_get_distinct_numbers_in_order(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let batch = batch_of(&vec![calculatepi(); 5]);
+    let single = calculatepi();
+
+    let (a, b, c, d) = tokio::join!(
+        app.post_json("/v1/runs/batch", &batch),
+        app.post_json("/v1/runs/batch", &batch),
+        app.submit(&single),
+        app.submit(&single),
+    );
+
+    let mut numbers = Vec::new();
+    for response in [a, b] {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        let of_batch: Vec<i64> = body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["number"].as_i64().unwrap())
+            .collect();
+        assert!(
+            of_batch.windows(2).all(|w| w[0] < w[1]),
+            "a batch is numbered in the order given: {of_batch:?}"
+        );
+        numbers.extend(of_batch);
+    }
+    numbers.push(c["number"].as_i64().unwrap());
+    numbers.push(d["number"].as_i64().unwrap());
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=12).collect::<Vec<i64>>());
+}

@@ -3,8 +3,10 @@
 //!
 //! A submission is one statement per task sequence (the counter, the rows and the NOTIFY
 //! together), and a batch of any size is that same statement: round trips, not rows, are what
-//! a submission costs (issue 15). The counter row each statement updates is locked until
-//! commit, so the statement comes last and transactions hold it as briefly as they can.
+//! a submission costs (issue 15). The counter row a task's statement updates is locked until
+//! commit, so the statement comes last and transactions hold it as briefly as they can; ad-hoc
+//! runs, which every `POST /v1/runs` and batch makes, are numbered from a sequence and lock no
+//! shared row, so concurrent submitters never queue behind each other's COMMIT.
 
 use super::RunRow;
 use super::COLUMNS;
@@ -306,18 +308,36 @@ async fn insert_all(
             .filter(|(_, s)| s.origin().task.as_deref() == scope)
             .unzip();
         let origins = group.iter().map(|s| s.origin());
+        // A task's runs are numbered by its counter row, locked until commit (the per-task
+        // queue cap counts under that lock); ad-hoc runs by a sequence, which never waits (see
+        // migrations/20261205002000_adhoc_run_numbers.sql), its values for this statement
+        // given to the runs in order (consecutive unless another submission took some
+        // meanwhile).
+        let (numbers, number) = match scope {
+            Some(_) => (
+                "numbers AS (
+                    INSERT INTO run_counters (scope, last_number) VALUES ($1, $2)
+                    ON CONFLICT (scope) DO UPDATE SET last_number = run_counters.last_number + $2
+                    RETURNING last_number - $2 AS before
+                 )",
+                "numbers.before + i.n",
+            ),
+            None => (
+                "numbers AS (
+                    SELECT array_agg(v ORDER BY v) AS taken, $1::text AS scope FROM (
+                        SELECT nextval('adhoc_run_numbers') AS v FROM generate_series(1, $2)) s
+                 )",
+                "numbers.taken[i.n]",
+            ),
+        };
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
-            "WITH counter AS (
-                INSERT INTO run_counters (scope, last_number) VALUES ($1, $2)
-                ON CONFLICT (scope) DO UPDATE SET last_number = run_counters.last_number + $2
-                RETURNING last_number - $2 AS before
-             ), wake AS (SELECT pg_notify($3, ''))
+            "WITH {numbers}, wake AS (SELECT pg_notify($3, ''))
              INSERT INTO runs (id, task_name, number, status, trigger, rerun_of, template,
                 labels, scheduled_time, token_id, priority, queue_key, queue_limit, params)
-             SELECT i.id, $4, counter.before + i.n, 'queued', i.trigger, i.rerun_of, i.template,
+             SELECT i.id, $4, {number}, 'queued', i.trigger, i.rerun_of, i.template,
                 i.labels, i.scheduled_time, i.token_id, i.priority, i.queue_key, i.queue_limit,
                 i.params
-             FROM counter, wake,
+             FROM numbers, wake,
                 unnest($5::uuid[], $6::text[], $7::uuid[], $8::jsonb[], $9::jsonb[],
                        $10::timestamptz[], $11::uuid[], $12::int[], $13::text[], $14::int[],
                        $15::jsonb[])
