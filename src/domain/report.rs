@@ -311,7 +311,8 @@ pub struct NotifyView {
     pub on: Vec<NotifyEvent>,
     /// Where the POST goes; for `format: slack`, only its scheme and host followed by `/***`
     /// (a Slack incoming-webhook URL is its own credential). A `PUT` may send the redacted
-    /// value back unchanged to keep the stored URL.
+    /// value back unchanged to keep the stored URL, when only one stored Slack URL has that
+    /// host (else it is refused: give the URLs whole).
     pub url: String,
     pub format: NotifyFormat,
 }
@@ -350,23 +351,23 @@ pub fn shown_url(url: &str, format: NotifyFormat) -> String {
 }
 
 /// A `PUT` of a task that sends back a redacted URL as the API showed it keeps the stored
-/// URL: each entry of `entries` whose `url` is exactly the redaction of a stored Slack entry's
-/// URL (the same index first, else the first other stored entry it matches) gets that URL.
-/// A redacted URL that matches none stays as given, and [`check_notify`] refuses it.
+/// URL: each entry of `entries` whose `url` is exactly the redaction of ONE stored Slack
+/// entry's URL gets that URL. A redaction shows only scheme and host, so two stored URLs on one
+/// host (two channels' webhooks on hooks.slack.com) look the same: which one a redacted value
+/// meant cannot be known (after an entry was removed or the list reordered, taking the one at
+/// the same index would send one channel's events to another), so such a value, like one that
+/// matches nothing, stays as given and [`check_notify`] refuses it: the caller gives the URLs.
 pub fn keep_redacted_urls(entries: &mut [NotifySpec], stored: &[NotifySpec]) {
-    for (i, entry) in entries.iter_mut().enumerate() {
+    for entry in entries.iter_mut() {
         if entry.format != NotifyFormat::Slack || !entry.url.ends_with(REDACTED) {
             continue;
         }
         let matches = |s: &&NotifySpec| {
             s.format == NotifyFormat::Slack && shown_url(&s.url, s.format) == entry.url
         };
-        let found = stored
-            .get(i)
-            .filter(|s| matches(s))
-            .or_else(|| stored.iter().find(|s| matches(s)));
-        if let Some(found) = found {
-            entry.url = found.url.clone();
+        let mut found = stored.iter().filter(|s| matches(s));
+        if let (Some(only), None) = (found.next(), found.next()) {
+            entry.url = only.url.clone();
         }
     }
 }
@@ -386,7 +387,7 @@ pub fn check_notify(entries: &[NotifySpec], errors: &mut Errors) {
         if entry.format == NotifyFormat::Slack && entry.url == shown_url(&entry.url, entry.format) {
             errors.add(
                 format!("notify[{i}].url"),
-                "is a redacted URL that matches no stored entry of this task; give the whole URL",
+                "is a redacted URL that matches no stored entry of this task, or several (Slack URLs on the same host look alike redacted); give the whole URL",
             );
         }
         let length = entry.secret.chars().count();
@@ -561,6 +562,29 @@ mod tests {
             .map(|e| e.field.clone())
             .collect();
         assert_eq!(refused, ["notify[2].url"]);
+    }
+
+    #[test]
+    fn a_redacted_url_that_could_be_either_of_two_stored_ones_is_refused_not_guessed() {
+        // Two channels' webhooks on one host; the caller removed the first and sent the
+        // second back redacted: restoring by index would route #general's events to #alerts.
+        let stored = vec![
+            slack("https://hooks.slack.com/services/T/B/alerts"),
+            slack("https://hooks.slack.com/services/T/B/general"),
+        ];
+        let mut sent = vec![slack("https://hooks.slack.com/***")];
+        keep_redacted_urls(&mut sent, &stored);
+        assert_eq!(sent[0].url, "https://hooks.slack.com/***");
+        let mut errors = Errors::new();
+        check_notify(&sent, &mut errors);
+        let refused: Vec<String> = errors
+            .finish()
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| e.field.clone())
+            .collect();
+        assert_eq!(refused, ["notify[0].url"]);
     }
 
     #[test]
