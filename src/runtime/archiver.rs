@@ -15,6 +15,7 @@ use crate::cluster::{keys, observe};
 use crate::domain::loglines::{split_timestamp, Anchor, LineSplitter, Resume, Seen};
 use crate::domain::masking::{MaskedLines, Masks};
 use crate::store::logs::{self, Append};
+use backon::BackoffBuilder;
 use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -172,31 +173,47 @@ impl Archiver {
         });
     }
 
-    /// Reads the pod whose turn came, and captures its log.
+    /// Reads the pod whose turn came, and captures its log. The read is retried with capped
+    /// backoff, holding the slot, until it answers or the service stops: nothing else would
+    /// retry it (no `pod_logs` row exists before the capture claims one, so the sweep cannot
+    /// find it, and a pod that ended while it waited sends no further event), and the kubelet
+    /// may remove a dead container's log if its capture waits for the next re-list.
     async fn read_and_capture(
         &self,
         key: &(Uuid, String),
         namespace: String,
         shutdown: &CancellationToken,
     ) {
-        match self.inner.cluster.get_pod(&namespace, &key.1).await {
-            Ok(current) => {
-                // A pod gone meanwhile goes through the capture as a stale copy would: its log
-                // is found gone and recorded as missing.
-                let pod = current.unwrap_or_else(|| Pod {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(key.1.clone()),
-                        namespace: Some(namespace),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                });
-                self.capture(key, &pod, shutdown).await;
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let current = loop {
+            match self.inner.cluster.get_pod(&namespace, &key.1).await {
+                Ok(current) => break current,
+                Err(error) => {
+                    tracing::warn!(run_id = %key.0, pod = %key.1, error = %crate::error::chain(&error), "reading a pod to capture its log failed; retrying");
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
-            Err(error) => {
-                tracing::warn!(run_id = %key.0, pod = %key.1, error = %crate::error::chain(&error), "reading a pod to capture its log failed; the next pod event retries");
-            }
-        }
+        };
+        // A pod gone meanwhile goes through the capture as a stale copy would: its log is
+        // found gone and recorded as missing.
+        let pod = current.unwrap_or_else(|| Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(key.1.clone()),
+                namespace: Some(namespace),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        self.capture(key, &pod, shutdown).await;
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %key.0, pod = %key.1))]
