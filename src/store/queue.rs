@@ -161,7 +161,11 @@ pub async fn note_left(
 /// Records the reason each of `held` (queued runs and why they wait now) waits, as a `queue`
 /// event of the run (`run.queue` on the event stream), for those whose reason is not the one
 /// last announced: one event per run per change, in one statement, in the caller's
-/// transaction. A run no longer queued is left alone.
+/// transaction. A run no longer queued is left alone, and so is one another transaction holds
+/// (a supersession or cancel in progress): the admission pass runs under the admission lock and
+/// must never wait on a run row, and rows are locked in id order so that this statement cannot
+/// deadlock with another multi-row lock of the same runs. A skipped run is announced by the next
+/// pass if it still waits for that reason.
 pub async fn note_reasons(
     db: impl PgExecutor<'_>,
     held: &[(Uuid, WaitReason)],
@@ -175,9 +179,13 @@ pub async fn note_reasons(
     sqlx::query(
         "WITH c AS (
             SELECT * FROM unnest($1::uuid[], $2::text[]) AS c(id, reason)
+         ), k AS (
+            SELECT r.id FROM runs r JOIN c ON c.id = r.id
+            WHERE r.status = 'queued' AND r.queue_reason IS DISTINCT FROM c.reason
+            ORDER BY r.id FOR NO KEY UPDATE OF r SKIP LOCKED
          ), u AS (
-            UPDATE runs r SET queue_reason = c.reason FROM c
-            WHERE r.id = c.id AND r.status = 'queued' AND r.queue_reason IS DISTINCT FROM c.reason
+            UPDATE runs r SET queue_reason = c.reason FROM c, k
+            WHERE r.id = c.id AND r.id = k.id
             RETURNING r.id, r.task_name, c.reason,
                       coalesce(r.template->>'namespace', $3) AS namespace
          ), e AS (
