@@ -1,8 +1,7 @@
 -- Retention for outbox_keys (issue 17 leftover): a key's row outlived the messages it ordered
 -- (they go with their runs when the pruner deletes them), so the table only grew. The pruner
--- now deletes keys with nothing due, no lease and no message left (store::outbox::prune_keys);
--- this index finds a key's messages for that check and for outbox_put's superseding.
-CREATE INDEX outbox_key ON outbox (key);
+-- now deletes keys with nothing due, no lease and no message left (store::outbox::prune_keys;
+-- the index on outbox (key) it uses comes in the next migration, built concurrently).
 
 -- outbox_put, race-free against that cleanup: the key's row was created with
 -- INSERT ... ON CONFLICT DO NOTHING (which takes no lock on an existing row) and then locked

@@ -1,0 +1,11 @@
+-- no-transaction
+-- Finds a key's messages, for store::outbox::prune_keys (a key row goes once none is left) and
+-- for outbox_put's superseding. Built CONCURRENTLY, outside a transaction (the line above tells
+-- sqlx so): a plain CREATE INDEX holds a SHARE lock on outbox for the whole build, and every
+-- status change of a reported run and every notification writes to outbox through
+-- outbox_put, so on a large installation those writes would stall for the build. IF NOT EXISTS
+-- makes a start retried after a crash mid-build go on (sqlx did not record this migration, so
+-- it runs again); an index such a crash left INVALID is unused by queries, not harmful: rebuild
+-- it by hand with REINDEX INDEX CONCURRENTLY outbox_key. One statement only: a multi-statement
+-- string runs as one implicit transaction, which CONCURRENTLY refuses.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS outbox_key ON outbox (key);
